@@ -1,0 +1,231 @@
+"""config.toml -> a frozen dataclass tree, validated once at start.
+
+Every error names the key (section.key), the value and what is allowed. Relative paths are
+resolved against the config file's folder, so a config works wherever the daemon is started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import ConfigError
+from .naming import PRESETS, compile_user_pattern
+from .plate import PLATE_FORMATS
+
+
+def _choice(*allowed: object) -> dict:
+    return {"choices": allowed}
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict:
+    return {"range": (lo, hi)}
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    root: str = "acquisition/data"
+    naming: str = field(default="scanr", metadata=_choice(*PRESETS))
+    pattern: str = ""
+    observer: str = field(default="native", metadata=_choice("native", "polling"))
+    settle_s: float = field(default=0.3, metadata=_range(0.0, 3600.0))
+    settle_polls: int = field(default=2, metadata=_range(1, 100))
+    reconcile_s: float = field(default=10.0, metadata=_range(0.1, 86400.0))
+    recursive: bool = True
+    extensions: tuple[str, ...] = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class PlateConfig:
+    format: int = field(default=96, metadata=_choice(*PLATE_FORMATS))
+    name: str = ""
+    fields_per_well: int = field(default=0, metadata=_range(0, 100000))
+    default_well: str = "A1"
+
+
+@dataclass(frozen=True)
+class ChannelsConfig:
+    label_free: tuple[str, ...] = ("BF",)
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    live_dead: ModelSlot = ModelSlot()
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
+    require_gpu: bool = False
+    intra_op_threads: int = field(default=0, metadata=_range(0, 1024))
+    warmup: bool = True
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch: int = field(default=256, metadata=_range(1, 65536))
+    max_delay_ms: float = field(default=20.0, metadata=_range(0.0, 60000.0))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    read_workers: int = field(default=2, metadata=_range(1, 256))
+    queue_size: int = field(default=64, metadata=_range(1, 100000))
+    max_retries: int = field(default=3, metadata=_range(0, 100))
+    retry_delay_s: float = field(default=1.0, metadata=_range(0.0, 3600.0))
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    endpoint: str = "tcp://127.0.0.1:5556"
+    snapshot_endpoint: str = "tcp://127.0.0.1:5557"
+    send_hwm: int = field(default=100000, metadata=_range(0, 10**9))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = field(default=9108, metadata=_range(0, 65535))
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    path: str = "wellwatch-journal.sqlite"
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: WatchConfig = WatchConfig()
+    plate: PlateConfig = PlateConfig()
+    channels: ChannelsConfig = ChannelsConfig()
+    models: ModelsConfig = ModelsConfig()
+    inference: InferenceConfig = InferenceConfig()
+    batching: BatchingConfig = BatchingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    publish: PublishConfig = PublishConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    journal: JournalConfig = JournalConfig()
+
+    @property
+    def plate_name(self) -> str:
+        """The configured plate name, else the acquisition folder's name (scanR: parent of data/)."""
+        if self.plate.name:
+            return self.plate.name
+        root = Path(self.watch.root)
+        return (root.parent if root.name == "data" else root).name or "plate"
+
+
+_PATH_KEYS = {("watch", "root"), ("models.live_dead", "path"), ("journal", "path")}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a config file (None: defaults). `overrides` uses dotted keys."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", str(path), "the file does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("--config", str(path), f"not valid TOML: {e}") from None
+        base = path.resolve().parent
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    config = _build(Config, data, "", base)
+    _check_cross_keys(config)
+    return config
+
+
+def _build(cls: type, data: Any, prefix: str, base: Path) -> Any:
+    section = prefix.rstrip(".") or "<top level>"
+    if not isinstance(data, dict):
+        raise ConfigError(section, data, "expected a table")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]],
+                          f"unknown key; keys allowed in [{section}]: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in data:
+            continue
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, data[name], key + ".", base)
+            continue
+        value = _coerce(key, data[name], hint)
+        _check_metadata(key, value, f.metadata)
+        if (prefix.rstrip("."), name) in _PATH_KEYS and value:
+            value = str((base / Path(value).expanduser()).resolve())
+        values[name] = value
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "expected a string")
+        return value
+    if hint == tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, value, "expected a non-empty string or list of non-empty strings")
+        return tuple(value)
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _check_metadata(key: str, value: Any, metadata: Any) -> None:
+    if "choices" in metadata and value not in metadata["choices"]:
+        raise ConfigError(key, value, f"allowed: {', '.join(map(str, metadata['choices']))}")
+    if "range" in metadata:
+        lo, hi = metadata["range"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(key, value, f"allowed range {lo}..{hi}")
+
+
+def _check_cross_keys(config: Config) -> None:
+    if config.watch.naming == "regex":
+        if not config.watch.pattern:
+            raise ConfigError("watch.pattern", "", "required when watch.naming = 'regex'")
+        compile_user_pattern(config.watch.pattern)
+    elif config.watch.pattern:
+        raise ConfigError("watch.pattern", config.watch.pattern,
+                          "only used with watch.naming = 'regex'; remove it or set naming = 'regex'")
+    if config.inference.require_gpu and config.inference.device == "cpu":
+        raise ConfigError("inference.require_gpu", True, "cannot require a GPU with inference.device = 'cpu'")
+    for key, endpoint in (("publish.endpoint", config.publish.endpoint),
+                          ("publish.snapshot_endpoint", config.publish.snapshot_endpoint)):
+        if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ConfigError(key, endpoint, "expected a ZeroMQ endpoint like tcp://127.0.0.1:5556")
+    if config.publish.endpoint == config.publish.snapshot_endpoint:
+        raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
+                          "must differ from publish.endpoint")

@@ -1,0 +1,174 @@
+"""The model contract: a JSON document in every exported ONNX file's metadata.
+
+It says what the model does and how its input must be prepared, so the daemon never has to
+guess. `export/` writes it through `ModelContract.to_json`; the daemon reads it with
+`read_contract`. Validation lives here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ContractError
+
+CONTRACT_VERSION = 1
+METADATA_KEY = "wellwatch.contract"
+TASKS = ("live_dead", "cell_type")
+NORMALISATIONS = {
+    # (x - frame median) / (1.4826 * frame MAD): background noise ~ N(0, 1) whatever the gain.
+    "robust_zscore": set(),
+    # (x - mean) / std with fixed parameters.
+    "fixed": {"mean", "std"},
+    # (x - p_low) / (p_high - p_low) with per-frame percentiles.
+    "percentile": {"low", "high"},
+}
+EMPTY_FILTERS = {"none": set(), "std": {"threshold"}}
+OUTPUTS = ("probabilities", "logits")
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    method: str = "robust_zscore"
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    tile_size: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class EmptyFilter:
+    method: str = "std"
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    name: str
+    task: str
+    classes: tuple[str, ...]
+    positive_class: str
+    output: str
+    input_name: str
+    channels: tuple[str, ...]  # what each input channel must be, e.g. ("brightfield",)
+    layout: str
+    height: int
+    width: int
+    normalisation: Normalisation
+    tiling: Tiling | None
+    empty_filter: EmptyFilter
+    decision_threshold: float
+    trained_on: dict[str, Any]
+    metrics: dict[str, Any]
+    created: str = ""
+    tool: str = ""
+    contract_version: int = CONTRACT_VERSION
+
+    @property
+    def positive_index(self) -> int:
+        return self.classes.index(self.positive_class)
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["classes"], doc["channels"] = list(self.classes), list(self.channels)
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<contract>") -> "ModelContract":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ContractError(source, f"contract is not valid JSON ({e})") from None
+        return cls.from_dict(doc, source)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str = "<contract>") -> "ModelContract":
+        if not isinstance(doc, dict):
+            raise ContractError(source, "contract is not a JSON object")
+        version = doc.get("contract_version")
+        if version != CONTRACT_VERSION:
+            raise ContractError(source, f"contract_version {version!r} is not supported "
+                                        f"(this wellwatch reads version {CONTRACT_VERSION})")
+        try:
+            tiling = doc["tiling"]
+            contract = cls(
+                name=str(doc["name"]), task=doc["task"], classes=tuple(doc["classes"]),
+                positive_class=doc["positive_class"], output=doc["output"],
+                input_name=doc["input_name"], channels=tuple(doc["channels"]),
+                layout=doc["layout"], height=int(doc["height"]), width=int(doc["width"]),
+                normalisation=Normalisation(**doc["normalisation"]),
+                tiling=Tiling(**tiling) if tiling else None,
+                empty_filter=EmptyFilter(**doc["empty_filter"]),
+                decision_threshold=float(doc["decision_threshold"]),
+                trained_on=dict(doc.get("trained_on", {})), metrics=dict(doc.get("metrics", {})),
+                created=doc.get("created", ""), tool=doc.get("tool", ""), contract_version=version,
+            )
+        except KeyError as e:
+            raise ContractError(source, f"contract lacks the field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ContractError(source, f"contract field has the wrong type ({e})") from None
+        contract.validate(source)
+        return contract
+
+    def validate(self, source: str = "<contract>") -> None:
+        def bad(reason: str) -> ContractError:
+            return ContractError(source, f"invalid contract: {reason}")
+
+        if self.task not in TASKS:
+            raise bad(f"task {self.task!r}; allowed: {', '.join(TASKS)}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise bad(f"classes {list(self.classes)} must be two or more distinct names")
+        if self.task == "live_dead" and set(self.classes) != {"live", "dead"}:
+            raise bad(f"a live_dead model must have classes live and dead, got {list(self.classes)}")
+        if self.positive_class not in self.classes:
+            raise bad(f"positive_class {self.positive_class!r} is not one of {list(self.classes)}")
+        if self.output not in OUTPUTS:
+            raise bad(f"output {self.output!r}; allowed: {', '.join(OUTPUTS)}")
+        if self.layout != "NCHW":
+            raise bad(f"layout {self.layout!r}; only NCHW is supported")
+        if not self.channels:
+            raise bad("channels is empty")
+        if self.height < 1 or self.width < 1:
+            raise bad(f"input size {self.height}x{self.width}")
+        need = NORMALISATIONS.get(self.normalisation.method)
+        if need is None:
+            raise bad(f"normalisation {self.normalisation.method!r}; allowed: {', '.join(NORMALISATIONS)}")
+        if missing := need - set(self.normalisation.params):
+            raise bad(f"normalisation {self.normalisation.method!r} lacks parameters {sorted(missing)}")
+        need = EMPTY_FILTERS.get(self.empty_filter.method)
+        if need is None:
+            raise bad(f"empty_filter {self.empty_filter.method!r}; allowed: {', '.join(EMPTY_FILTERS)}")
+        if missing := need - set(self.empty_filter.params):
+            raise bad(f"empty_filter {self.empty_filter.method!r} lacks parameters {sorted(missing)}")
+        if self.task == "live_dead":
+            if self.tiling is None:
+                raise bad("a live_dead model needs tiling (tile_size, stride)")
+            if self.tiling.tile_size != self.height or self.tiling.tile_size != self.width:
+                raise bad(f"tile_size {self.tiling.tile_size} differs from input {self.height}x{self.width}")
+            if not 1 <= self.tiling.stride:
+                raise bad(f"stride {self.tiling.stride} must be >= 1")
+        if not 0.0 <= self.decision_threshold <= 1.0:
+            raise bad(f"decision_threshold {self.decision_threshold} outside 0..1")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def contract_from_metadata(metadata: dict[str, str], source: str) -> ModelContract:
+    """Find and validate the contract in an ONNX model's custom metadata map."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ContractError(source, f"has no wellwatch model contract (metadata key {METADATA_KEY!r}); "
+                                    "export it with `wellwatch export` or add the contract")
+    return ModelContract.from_json(text, source)

@@ -1,0 +1,186 @@
+"""The SQLite journal: every frame's identity and outcome, its results, and the outbox.
+
+A frame's results and the messages announcing them are written in one transaction, so after a
+crash either both exist or neither does: a frame is counted once, ever. WAL + synchronous=FULL,
+on a local disk only (SQLite's locking is not safe on network filesystems).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import StartupError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('done', 'quarantined')),
+    reason TEXT,
+    plate TEXT, well TEXT, field INTEGER, timepoint INTEGER, z INTEGER, channel TEXT,
+    live INTEGER, dead INTEGER, empty INTEGER,
+    t_file REAL, t_done REAL,
+    UNIQUE (path, sha256)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent) WHERE sent = 0;
+"""
+
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
+                       "ceph", "fuse.glusterfs", "lustre", "davfs", "fuse.davfs2"}
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    version: int
+    state: str
+    reason: str | None
+    plate: str | None
+    well: str | None
+    field: int | None
+    timepoint: int | None
+    z: int | None
+    channel: str | None
+    live: int | None
+    dead: int | None
+    empty: int | None
+    t_file: float | None
+    t_done: float | None
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    seq: int
+    topic: str
+    payload: dict
+
+
+def filesystem_type(path: Path) -> str:
+    """The mount type holding `path`, from /proc/mounts (longest matching mount point)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    target, best, kind = str(path.resolve()), "", "unknown"
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3:
+            point = parts[1].replace("\\040", " ")
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                best, kind = point, parts[2]
+    return kind
+
+
+class Journal:
+    """One connection per thread: open a Journal in the thread that uses it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise StartupError(f"journal.path {self.path}: folder {folder} does not exist")
+        fs = filesystem_type(folder)
+        if fs in NETWORK_FILESYSTEMS:
+            raise StartupError(f"journal.path {self.path} is on a {fs} network filesystem; "
+                               "put the journal on a local disk")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StartupError(f"journal.path {self.path}: cannot open as SQLite ({e})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def records(self) -> Iterator[FrameRecord]:
+        cols = ", ".join(FrameRecord.__dataclass_fields__)
+        for row in self.db.execute(f"SELECT {cols} FROM frames ORDER BY id"):
+            yield FrameRecord(*row)
+
+    def last_seq(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+
+    def last_sent_seq(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE sent = 1").fetchone()[0]
+
+    def sent_payloads(self, topic_prefix: str) -> Iterator[dict]:
+        """Sent messages under a topic prefix, oldest first (to rebuild the snapshot state)."""
+        rows = self.db.execute("SELECT payload FROM outbox WHERE sent = 1 AND topic >= ? AND topic < ? "
+                               "ORDER BY seq", (topic_prefix, topic_prefix + "\uffff"))
+        for (payload,) in rows:
+            yield json.loads(payload)
+
+    def unsent(self) -> list[OutboxMessage]:
+        rows = self.db.execute("SELECT seq, topic, payload FROM outbox WHERE sent = 0 ORDER BY seq")
+        return [OutboxMessage(seq, topic, json.loads(payload)) for seq, topic, payload in rows]
+
+    def latest_version(self, path: str) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM frames WHERE path = ?",
+                               (path,)).fetchone()[0]
+
+    def has(self, path: str, sha256: str) -> bool:
+        return self.db.execute("SELECT 1 FROM frames WHERE path = ? AND sha256 = ?",
+                               (path, sha256)).fetchone() is not None
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def commit(self, record: FrameRecord, messages: Iterable[OutboxMessage]) -> bool:
+        """Write a frame's record and its messages atomically. False if the frame was already there."""
+        cols = list(FrameRecord.__dataclass_fields__)
+        values = [getattr(record, c) for c in cols]
+        with self._transaction() as cur:
+            cur.execute(f"INSERT OR IGNORE INTO frames ({', '.join(cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})", values)
+            if cur.rowcount == 0:
+                return False
+            cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
+                            [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
+        return True
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def append_messages(self, messages: Iterable[OutboxMessage]) -> None:
+        """Status messages that belong to no frame record."""
+        with self._transaction() as cur:
+            cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
+                                [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
+
+    def mark_sent(self, up_to_seq: int) -> None:
+        with self._transaction() as cur:
+            cur.execute("UPDATE outbox SET sent = 1 WHERE sent = 0 AND seq <= ?", (up_to_seq,))
+
+
+def same_file_identity(record: FrameRecord, stat: os.stat_result) -> bool:
+    return record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns

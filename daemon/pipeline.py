@@ -1,0 +1,484 @@
+"""Wires the stages together: the one place that knows about threads and queues.
+
+    discovery -> gate thread -> read/prepare workers -> inference thread (pooled batches)
+              -> commit thread (aggregate + journal + outbox, one transaction per frame)
+              -> publisher thread (ZeroMQ PUB + snapshot ROUTER)
+
+Each stage thread only moves data between queues and calls the pure stage functions. A bad frame
+is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the daemon with
+the error (the entry point decides to exit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zmq
+
+from .aggregate import PlateAggregate, TileCounts, count_tiles
+from .backend import InferenceBackend
+from .batcher import PatchBatcher
+from .config import Config
+from .errors import FrameReadError, NamingError, StartupError
+from .gate import CompletenessGate, ReadyFile
+from .journal import FrameRecord, Journal, OutboxMessage
+from .metrics import DaemonMetrics
+from .naming import FrameMeta, NamingScheme
+from .plate import PLATE_FORMATS
+from .preprocess import prepare_tiles
+from .publish import Publisher
+from .reader import check_frame
+from .stream import envelope, frame_topic, status_topic, well_topic
+from .watcher import Discovery
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    path: str
+    rel: str
+    meta: FrameMeta
+    size: int
+    mtime_ns: int
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    job: FrameJob
+    sha256: str
+    n_patches: int
+    n_empty: int
+
+
+@dataclass(frozen=True)
+class FailedFrame:
+    job: FrameJob
+    sha256: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    kind: str
+    body: dict
+
+
+class Pipeline:
+    def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
+                 context: zmq.Context | None = None):
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics
+        self.contract = backend.contract
+        self.root = os.path.realpath(config.watch.root)
+        if not os.path.isdir(self.root):
+            raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
+        if len(config.channels.label_free) != len(self.contract.channels):
+            raise StartupError(
+                f"channels.label_free {list(config.channels.label_free)} gives {len(config.channels.label_free)} "
+                f"channel(s) but model {self.contract.name!r} expects {len(self.contract.channels)} "
+                f"({', '.join(self.contract.channels)})")
+        if len(config.channels.label_free) > 1:
+            raise StartupError("channels.label_free: multi-channel models are not supported yet; "
+                               "give one channel")
+        self.naming = NamingScheme(config.watch.naming, PLATE_FORMATS[config.plate.format],
+                                   config.plate_name, config.watch.pattern, config.plate.default_well)
+        self.models = {self.contract.name: backend.sha256}
+        self.journal_path = Path(config.journal.path)
+        self.aggregate = PlateAggregate(config.plate.fields_per_well)
+        self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
+        self.known_content: set[tuple[str, str]] = set()  # (rel path, sha256)
+        self.context = context or zmq.Context.instance()
+        self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
+                                   self.journal_path, metrics, config.publish.send_hwm)
+        journal = Journal(self.journal_path)  # SQLite connections stay in their thread: this one is for start-up
+        try:
+            self.seq = journal.last_seq()
+            self._rebuild_from_journal(journal)
+            self.publisher.seed_state(list(journal.sent_payloads("well/")), journal.last_sent_seq())
+            self._unsent = journal.unsent()
+        finally:
+            journal.close()
+        self.journal: Journal | None = None  # the commit thread's own connection
+
+        self.stop_event = threading.Event()
+        self.fatal: BaseException | None = None
+        self._lock = threading.Lock()
+        self.discovered: queue.Queue = queue.Queue()
+        self.prepared: queue.Queue = queue.Queue(maxsize=config.pipeline.queue_size)
+        self.to_commit: queue.Queue = queue.Queue()
+        self._ignored: set[str] = set()
+        self._retries: list[tuple[float, FrameJob]] = []
+        self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
+        self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
+        self.discovery = Discovery(self.root, self._on_path, config.watch.observer, config.watch.recursive,
+                                   config.watch.extensions)
+        self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True)
+                         for n, f in (("gate", self._gate_loop), ("infer", self._infer_loop),
+                                      ("commit", self._commit_loop))]
+        self._root_was_available = True
+
+    # --- start-up and shutdown ---------------------------------------------------------------
+
+    def _rebuild_from_journal(self, journal: Journal) -> None:
+        """After a restart: what is done, and the per-well state, come from the journal."""
+        n = 0
+        for r in journal.records():
+            self.known.add((r.path, r.size, r.mtime_ns))
+            self.known_content.add((r.path, r.sha256))
+            if r.state == "done" and r.channel is not None:
+                self.aggregate.add(r.plate, r.well, r.timepoint, r.field, TileCounts(r.live, r.dead, r.empty))
+            n += 1
+        if n:
+            log.info("journal %s: %d frames already recorded; last seq %d", self.journal_path, n, self.seq)
+
+    def start(self) -> None:
+        self.publisher.start()
+        if self._unsent:
+            log.info("re-sending %d journaled messages not yet published", len(self._unsent))
+            self.publisher.submit(self._unsent)
+        for t in self._threads:
+            t.start()
+        self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
+                                                  "root": self.root}))
+        offered = self.discovery.start()
+        log.info("watching %s (%s observer); %d files present at start", self.root,
+                 self.config.watch.observer, offered)
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a stop is requested; True if it was."""
+        return self.stop_event.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Drain: finish frames already being read, score and commit them, publish, close."""
+        self.stop_event.set()
+        self.discovery.stop()
+        self._threads[0].join()  # the gate stops handing out work
+        self.pool.shutdown(wait=True)
+        self.prepared.put(_STOP)
+        for t in self._threads[1:]:
+            t.join()
+        self.publisher.stop()
+        self.publisher.join(timeout=30)
+        log.info("stopped after seq %d", self.seq)
+
+    def _guard(self, loop):
+        def run():
+            try:
+                loop()
+            except BaseException as e:
+                self.fatal = e
+                log.exception("stage %s failed; stopping", threading.current_thread().name)
+                self.stop_event.set()
+        return run
+
+    # --- discovery and gate ------------------------------------------------------------------
+
+    def _on_path(self, path: str, renamed: bool) -> None:
+        self.discovered.put((path, renamed))
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+    def _accept_name(self, path: str) -> FrameMeta | None:
+        """Parse the name; a non-matching or other-channel file is counted and logged once."""
+        if path in self._ignored:
+            return None
+        name = os.path.basename(path)
+        try:
+            meta = self.naming.parse(name)
+        except NamingError as e:
+            self._ignored.add(path)
+            self.metrics.frames.labels("unmatched_name").inc()
+            log.warning("ignoring %s: %s", self._rel(path), e.reason)
+            return None
+        if meta.channel not in self.config.channels.label_free:
+            self._ignored.add(path)
+            self.metrics.frames.labels("other_channel").inc()
+            return None
+        return meta
+
+    def _gate_loop(self) -> None:
+        cfg = self.config.watch
+        gate = CompletenessGate(cfg.settle_polls)
+        interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
+        next_reconcile = time.monotonic() + cfg.reconcile_s
+        while not self.stop_event.is_set():
+            t0 = time.monotonic()
+            self._drain_discovered(gate)
+            if t0 >= next_reconcile:
+                self._reconcile()
+                self._drain_discovered(gate)
+                next_reconcile = t0 + cfg.reconcile_s
+            for ready in gate.poll():
+                self._dispatch(ready)
+            self._dispatch_due_retries(t0)
+            self.metrics.queue_depth.labels("gate").set(len(gate))
+            self.stop_event.wait(max(0.0, interval - (time.monotonic() - t0)))
+
+    def _drain_discovered(self, gate: CompletenessGate) -> None:
+        while True:
+            try:
+                path, renamed = self.discovered.get_nowait()
+            except queue.Empty:
+                return
+            if self._accept_name(path) is None:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            with self._lock:
+                done = (self._rel(path), st.st_size, st.st_mtime_ns) in self.known
+            if not done:
+                gate.offer(path, renamed)
+
+    def _reconcile(self) -> None:
+        available = self.discovery.root_available()
+        self.metrics.watch_root_up.set(1 if available else 0)
+        if available != self._root_was_available:
+            self._root_was_available = available
+            event = "root_available" if available else "root_unavailable"
+            log.warning("watch.root %s is %s", self.root, "back" if available else "gone (share dropped?)")
+            self.to_commit.put(StatusEvent("watch", {"event": event, "root": self.root}))
+        if available:
+            self.discovery.scan()
+
+    def _dispatch(self, ready: ReadyFile, attempt: int = 0) -> None:
+        meta = self._accept_name(ready.path)
+        if meta is None:
+            return
+        job = FrameJob(ready.path, self._rel(ready.path), meta, ready.size, ready.mtime_ns, attempt)
+        self._submit(job)
+
+    def _submit(self, job: FrameJob) -> None:
+        while not self._in_flight.acquire(timeout=0.1):  # back-pressure: at most queue_size in flight
+            if self.stop_event.is_set():
+                return
+        self.pool.submit(self._guard_prepare, job)
+
+    def _dispatch_due_retries(self, now: float) -> None:
+        with self._lock:
+            due = [j for t, j in self._retries if t <= now]
+            self._retries = [(t, j) for t, j in self._retries if t > now]
+        for job in due:
+            try:
+                st = os.stat(job.path)
+            except OSError:
+                st = None
+            if st is not None:
+                job = FrameJob(job.path, job.rel, job.meta, st.st_size, st.st_mtime_ns, job.attempt)
+            self._submit(job)
+
+    # --- read and prepare (worker pool) ------------------------------------------------------
+
+    def _guard_prepare(self, job: FrameJob) -> None:
+        try:
+            self._prepare(job)
+        except BaseException as e:
+            self.fatal = e
+            log.exception("prepare failed on %s; stopping", job.rel)
+            self.stop_event.set()
+        finally:
+            self._in_flight.release()
+
+    def _prepare(self, job: FrameJob) -> None:
+        t0 = time.perf_counter()
+        sha = ""
+        try:
+            with open(job.path, "rb") as f:
+                data = f.read()
+            sha = hashlib.sha256(data).hexdigest()
+            with self._lock:
+                duplicate = (job.rel, sha) in self.known_content
+            if duplicate:  # touched but unchanged: the same frame, already counted
+                self.metrics.frames.labels("duplicate").inc()
+                return
+            image = check_frame(job.path, tifffile.imread(io.BytesIO(data)))
+        except FileNotFoundError:
+            return  # removed or renamed away before we got to it
+        except PermissionError as e:
+            self._fail(job, sha, FrameReadError(job.path, f"permission denied ({e.strerror})"))
+            return
+        except FrameReadError as e:
+            self._fail(job, sha, e)
+            return
+        except Exception as e:  # tifffile raises many types on damaged input
+            self._fail(job, sha, FrameReadError(job.path, f"not a readable TIFF ({type(e).__name__}: {e})"))
+            return
+        t1 = time.perf_counter()
+        patches, origins, empty = prepare_tiles([image], self.contract)
+        t2 = time.perf_counter()
+        self.metrics.stage_seconds.labels("read").observe(t1 - t0)
+        self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
+        item = PreparedFrame(job, sha, len(patches), int(empty.sum()))
+        self.prepared.put((item, patches, time.monotonic()))
+
+    def _fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
+        if error.retryable and job.attempt < self.config.pipeline.max_retries:
+            self.metrics.frames.labels("retried").inc()
+            log.info("retrying %s later (attempt %d): %s", job.rel, job.attempt + 1, error.reason)
+            retry = FrameJob(job.path, job.rel, job.meta, job.size, job.mtime_ns, job.attempt + 1)
+            with self._lock:
+                self._retries.append((time.monotonic() + self.config.pipeline.retry_delay_s, retry))
+            return
+        self.to_commit.put(FailedFrame(job, sha, error.reason))
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        cfg = self.config.batching
+        batcher = PatchBatcher(cfg.max_batch, cfg.max_delay_ms / 1000.0)
+        stopping = False
+        while True:
+            wait = batcher.seconds_until_due(time.monotonic())
+            try:
+                msg = self.prepared.get(timeout=0.05 if wait is None else wait) if not stopping else _STOP
+            except queue.Empty:
+                msg = None
+            if msg is _STOP:
+                stopping = True
+            elif msg is not None:
+                item, patches, t_added = msg
+                for done in batcher.add(item, patches, t_added):
+                    self.to_commit.put(done)
+            self.metrics.queue_depth.labels("prepared").set(self.prepared.qsize())
+            self.metrics.queue_depth.labels("batch_patches").set(batcher.waiting_patches)
+            while batcher.due(time.monotonic()) or (stopping and batcher.waiting_patches):
+                batch, owners = batcher.next_batch()
+                t0 = time.perf_counter()
+                scores = self.backend.infer(batch)
+                self.metrics.stage_seconds.labels("infer").observe(time.perf_counter() - t0)
+                self.metrics.batch_size.observe(len(batch))
+                for done in batcher.distribute(scores, owners):
+                    self.to_commit.put(done)
+            if stopping:
+                self.to_commit.put(_STOP)
+                return
+
+    # --- aggregate, journal, outbox ----------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _commit_loop(self) -> None:
+        self.journal = Journal(self.journal_path)
+        try:
+            self._commit_messages()
+        finally:
+            self.journal.close()
+
+    def _commit_messages(self) -> None:
+        while True:
+            msg = self.to_commit.get()
+            self.metrics.queue_depth.labels("commit").set(self.to_commit.qsize())
+            if msg is _STOP:
+                return
+            t0 = time.perf_counter()
+            if isinstance(msg, StatusEvent):
+                self._commit_status(msg)
+            elif isinstance(msg, FailedFrame):
+                self._commit_quarantine(msg)
+            else:
+                item, scores = msg
+                self._commit_frame(item, scores)
+            self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+
+    def _commit_status(self, event: StatusEvent) -> None:
+        seq0 = self.seq
+        message = OutboxMessage(self._next_seq(), status_topic(event.kind),
+                                envelope(self.seq, "status", self.models, kind=event.kind, **event.body))
+        try:
+            self.journal.append_messages([message])
+        except BaseException:
+            self.seq = seq0
+            raise
+        self.publisher.submit([message])
+
+    def _commit_quarantine(self, failed: FailedFrame) -> None:
+        job, meta = failed.job, failed.job.meta
+        log.error("quarantined %s: %s", job.rel, failed.reason)
+        seq0 = self.seq
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, failed.sha256 or f"unread:{job.size}:{job.mtime_ns}",
+                             self.journal.latest_version(job.rel) + 1, "quarantined", failed.reason,
+                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
+                             None, None, None, job.mtime_ns / 1e9, time.time())
+        message = OutboxMessage(self._next_seq(), status_topic("quarantine"),
+                                envelope(self.seq, "status", self.models, meta.plate, meta.well, meta.timepoint,
+                                         kind="quarantine", path=job.rel, reason=failed.reason,
+                                         attempts=job.attempt + 1))
+        if self.journal.commit(record, [message]):
+            self._remember(record)
+            self.metrics.frames.labels("quarantined").inc()
+            self.publisher.submit([message])
+        else:
+            self.seq = seq0
+
+    def _commit_frame(self, item: PreparedFrame, scores: np.ndarray) -> None:
+        job, meta = item.job, item.job.meta
+        dead_p = scores[:, self.contract.positive_index] if len(scores) else np.zeros(0, np.float32)
+        counts = count_tiles(dead_p, item.n_empty, self.contract.decision_threshold)
+        version = self.journal.latest_version(job.rel) + 1
+        now = time.time()
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, item.sha256, version, "done", None,
+                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
+                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, now)
+        previous = self.aggregate.wells.get((meta.plate, meta.well, meta.timepoint))
+        previous_fields = dict(previous.fields) if previous else None
+        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
+        seq0 = self.seq
+        frame_msg = OutboxMessage(self._next_seq(), frame_topic(meta.plate, meta.well), envelope(
+            self.seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
+            path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
+            counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
+            live_fraction=counts.live / counts.cells_or_tiles if counts.cells_or_tiles else None,
+            unit="tile", t_file=job.mtime_ns / 1e9))
+        well_msg = OutboxMessage(self._next_seq(), well_topic(meta.plate, meta.well), envelope(
+            self.seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
+        try:
+            committed = self.journal.commit(record, [frame_msg, well_msg])
+        except BaseException:
+            committed = False
+            raise
+        finally:
+            if not committed:  # undo the in-memory effects: the journal is the truth
+                self.seq = seq0
+                if previous_fields is None:
+                    del self.aggregate.wells[(meta.plate, meta.well, meta.timepoint)]
+                else:
+                    state.fields = previous_fields
+        if not committed:
+            self.metrics.frames.labels("duplicate").inc()
+            return
+        if version > 1:
+            log.warning("%s was re-written with new content: version %d replaces the earlier result",
+                        job.rel, version)
+        self._remember(record)
+        self.metrics.frames.labels("processed").inc()
+        for call, n in (("live", counts.live), ("dead", counts.dead), ("empty", counts.empty)):
+            self.metrics.tiles.labels(call).inc(n)
+        self.publisher.submit([frame_msg, well_msg])
+
+    def _remember(self, record: FrameRecord) -> None:
+        with self._lock:
+            self.known.add((record.path, record.size, record.mtime_ns))
+            self.known_content.add((record.path, record.sha256))

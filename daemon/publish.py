@@ -1,0 +1,129 @@
+"""ZeroMQ publishing: PUB for updates, ROUTER for snapshots (the ZeroMQ guide's Clone pattern).
+
+One thread owns both sockets (ZeroMQ sockets are not thread-safe). It sends what the commit stage
+has journaled, in seq order, keeps the latest well message per (plate, well, timepoint) as the
+snapshot state, and marks messages sent in the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+
+import zmq
+
+from .errors import StartupError
+from .journal import Journal, OutboxMessage
+from .metrics import DaemonMetrics
+from .stream import SCHEMA_VERSION, snapshot_key, stamp_sent
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_REQUEST = b"snapshot"
+_STOP = object()
+
+
+def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as e:
+        raise StartupError(f"{key} {endpoint}: cannot bind ({e.strerror}); "
+                           "is another wellwatch running, or the port in use?") from None
+
+
+class Publisher(threading.Thread):
+    def __init__(self, context: zmq.Context, endpoint: str, snapshot_endpoint: str, journal_path: Path,
+                 metrics: DaemonMetrics, send_hwm: int = 100000):
+        super().__init__(name="publisher", daemon=True)
+        self.pub = context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, send_hwm)
+        self.pub.setsockopt(zmq.LINGER, 2000)
+        bind(self.pub, endpoint, "publish.endpoint")
+        self.router = context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        bind(self.router, snapshot_endpoint, "publish.snapshot_endpoint")
+        self.journal_path = journal_path
+        self.metrics = metrics
+        self.inbox: queue.Queue = queue.Queue()
+        self.state: dict[tuple, dict] = {}
+        self.last_seq = 0
+        self.error: BaseException | None = None
+
+    def seed_state(self, messages: list[dict], last_seq: int) -> None:
+        """Before start: the snapshot state rebuilt from the journal after a restart."""
+        for m in messages:
+            if (key := snapshot_key(m)) is not None:
+                self.state[key] = m
+        self.last_seq = last_seq
+
+    def submit(self, messages: list[OutboxMessage]) -> None:
+        self.inbox.put(messages)
+
+    def stop(self) -> None:
+        """Send everything submitted so far, then close."""
+        self.inbox.put(_STOP)
+
+    def run(self) -> None:
+        journal = Journal(self.journal_path)
+        try:
+            self._loop(journal)
+        except BaseException as e:  # surfaced to the entry point, which decides to exit
+            self.error = e
+            log.exception("publisher failed")
+        finally:
+            journal.close()
+            self.pub.close()
+            self.router.close()
+
+    def _loop(self, journal: Journal) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        stopping = False
+        while True:
+            self._answer_snapshots(poller)
+            sent_upto = 0
+            try:
+                while True:  # drain what is waiting, then mark it sent in one transaction
+                    item = self.inbox.get(timeout=0.02 if not sent_upto else 0)
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    for m in item:
+                        self._send(m)
+                        sent_upto = m.seq
+            except queue.Empty:
+                pass
+            if sent_upto:
+                journal.mark_sent(sent_upto)
+            self.metrics.queue_depth.labels("publish").set(self.inbox.qsize())
+            if stopping:
+                self._answer_snapshots(poller)
+                return
+
+    def _send(self, m: OutboxMessage) -> None:
+        if m.seq <= self.last_seq:
+            return  # already sent before a restart; subscribers dedupe by seq anyway
+        payload = stamp_sent(m.payload)
+        self.pub.send_multipart([m.topic.encode(), json.dumps(payload).encode()])
+        self.last_seq = m.seq
+        self.metrics.messages.labels(payload["type"]).inc()
+        if payload["type"] == "frame" and "latency_s" in payload:
+            self.metrics.latency.observe(payload["latency_s"])
+        if (key := snapshot_key(payload)) is not None:
+            self.state[key] = payload
+
+    def _answer_snapshots(self, poller: zmq.Poller) -> None:
+        while dict(poller.poll(0)).get(self.router):
+            frames = self.router.recv_multipart()
+            ident, request = frames[0], frames[-1]
+            if request != SNAPSHOT_REQUEST:
+                reply = {"schema": SCHEMA_VERSION, "type": "error",
+                         "error": f"unknown request {request[:40]!r}; send {SNAPSHOT_REQUEST!r}"}
+            else:
+                reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "seq": self.last_seq,
+                         "wells": [self.state[k] for k in sorted(self.state, key=str)]}
+                self.metrics.snapshots.inc()
+            self.router.send_multipart([ident, b"", json.dumps(reply).encode()])

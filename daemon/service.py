@@ -1,0 +1,90 @@
+"""The daemon's entry point: load, start, wait for a signal or a fatal error, drain, exit.
+
+Signal handlers only set a flag; shutdown happens here, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from .backend import OnnxBackend
+from .config import Config
+from .errors import StartupError
+from .metrics import DaemonMetrics
+from .pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+
+def bundled_demo_model() -> Path:
+    """The demo model shipped in the package (see wellwatch/models/README.md)."""
+    from importlib.resources import files
+
+    return Path(str(files("wellwatch") / "models" / "demo-live-dead.onnx"))
+
+
+def load_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
+    path = config.models.live_dead.path or str(bundled_demo_model())
+    if not config.models.live_dead.path:
+        log.warning("models.live_dead.path is empty: using the bundled DEMO model %s, trained on simulated "
+                    "frames only; it is not for real experiments", path)
+    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu,
+                          config.batching.max_batch, config.inference.intra_op_threads, config.inference.warmup)
+    if backend.contract.task != "live_dead":
+        raise StartupError(f"models.live_dead.path {path}: the model's task is {backend.contract.task!r}, "
+                           "not 'live_dead'")
+    log.info("inference: %s", backend.describe())
+    metrics.provider.labels("live_dead", backend.provider).set(1)
+    metrics.model.labels("live_dead").info({"name": backend.contract.name, "sha256": backend.sha256,
+                                            "path": backend.path, "provider": backend.provider})
+    return backend
+
+
+def start_metrics_server(config: Config, registry: CollectorRegistry) -> None:
+    if config.metrics.port == 0:
+        return
+    try:
+        start_http_server(config.metrics.port, addr=config.metrics.host, registry=registry)
+    except OSError as e:
+        raise StartupError(f"metrics.port {config.metrics.port}: cannot listen on {config.metrics.host} "
+                           f"({e.strerror}); pick another port or 0 to turn metrics off") from None
+    log.info("metrics on http://%s:%d/metrics", config.metrics.host, config.metrics.port)
+
+
+class Daemon:
+    """A running daemon; `run()` blocks until stopped. Also used in-process by demo, bench and tests."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None, backend=None):
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = DaemonMetrics(self.registry)
+        self.backend = backend or load_backend(config, self.metrics)
+        self.pipeline = Pipeline(config, self.backend, self.metrics)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        start_metrics_server(self.config, self.registry)
+        self.pipeline.start()
+
+    def stop(self) -> None:
+        self.pipeline.request_stop()
+
+    def run(self, install_signals: bool = True) -> int:
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: self.pipeline.request_stop())
+        self.start()
+        while not self.pipeline.wait(0.5):  # a timed wait keeps signals deliverable
+            pass
+        log.info("stopping: finishing frames in flight")
+        self.pipeline.shutdown()
+        if self.pipeline.fatal is not None:
+            log.error("stopped by an internal error: %s", self.pipeline.fatal)
+            return 1
+        return 0

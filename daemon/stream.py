@@ -1,0 +1,45 @@
+"""The stream's message schema: topics and envelopes. JSON only, never pickle.
+
+Every message: schema, seq, type, plate, well, timepoint, models, t_created (epoch seconds).
+The publisher adds t_published (and, for frame messages, latency_s) when it sends.
+"""
+
+from __future__ import annotations
+
+import time
+
+SCHEMA_VERSION = 1
+
+
+def frame_topic(plate: str, well: str) -> str:
+    return f"frame/{plate}/{well}"
+
+
+def well_topic(plate: str, well: str) -> str:
+    return f"well/{plate}/{well}"
+
+
+def status_topic(kind: str) -> str:
+    return f"status/{kind}"
+
+
+def envelope(seq: int, type_: str, models: dict[str, str], plate: str | None = None,
+             well: str | None = None, timepoint: int | None = None, **body) -> dict:
+    return {"schema": SCHEMA_VERSION, "seq": seq, "type": type_, "plate": plate, "well": well,
+            "timepoint": timepoint, "models": models, "t_created": time.time(), **body}
+
+
+def stamp_sent(message: dict, now: float | None = None) -> dict:
+    """Add send-time fields; latency counts from the moment the file was last written."""
+    now = time.time() if now is None else now
+    out = dict(message, t_published=now)
+    if message.get("type") == "frame" and message.get("t_file") is not None:
+        out["latency_s"] = now - message["t_file"]
+    return out
+
+
+def snapshot_key(message: dict) -> tuple | None:
+    """What a message replaces in the snapshot state: the latest per (plate, well, timepoint)."""
+    if message.get("type") == "well":
+        return (message["plate"], message["well"], message["timepoint"])
+    return None

@@ -1,0 +1,103 @@
+"""Discovery: watchdog events are hints; a scan at start and a periodic reconcile scan are the truth.
+
+The observer starts before the first scan, so a file written during the scan is seen by one or
+the other. Temp names (".x.part", "~x.tif", "x.tmp") are never offered; a rename destination is.
+Symlinks that lead outside the watched root are never followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".temp", ".lock")
+
+OnPath = Callable[[str, bool], None]  # (absolute path, is a rename destination)
+
+
+def is_candidate_name(name: str, extensions: tuple[str, ...]) -> bool:
+    lower = name.lower()
+    if name.startswith((".", "~")) or lower.endswith(TEMP_SUFFIXES):
+        return False
+    return lower.endswith(tuple(e.lower() for e in extensions))
+
+
+def inside_root(path: str, root: str) -> bool:
+    """False for a symlink (or a path through one) that resolves outside the watched root."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, on_path: OnPath, extensions: tuple[str, ...]):
+        self.on_path, self.extensions = on_path, extensions
+
+    def _offer(self, path: str, renamed: bool) -> None:
+        if is_candidate_name(os.path.basename(path), self.extensions):
+            self.on_path(path, renamed)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(str(event.src_path), False)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(str(event.src_path), False)
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(str(event.src_path), False)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(str(event.dest_path), True)
+
+
+class Discovery:
+    def __init__(self, root: str, on_path: OnPath, observer: str = "native", recursive: bool = True,
+                 extensions: tuple[str, ...] = (".tif", ".tiff")):
+        self.root = os.path.realpath(root)
+        self.on_path = on_path
+        self.recursive = recursive
+        self.extensions = extensions
+        self.observer = PollingObserver(timeout=1.0) if observer == "polling" else Observer()
+        self.observer.schedule(_Handler(on_path, extensions), self.root, recursive=recursive)
+
+    def start(self) -> int:
+        self.observer.start()
+        return self.scan()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+    def root_available(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def scan(self) -> int:
+        """Offer every candidate file under the root; return how many were offered."""
+        offered = 0
+        for path in self.list_files():
+            self.on_path(path, False)
+            offered += 1
+        return offered
+
+    def list_files(self) -> list[str]:
+        found: list[str] = []
+        for folder, dirs, files in os.walk(self.root, followlinks=False):
+            for name in files:
+                if is_candidate_name(name, self.extensions):
+                    path = os.path.join(folder, name)
+                    if not os.path.islink(path) or inside_root(path, self.root):
+                        found.append(path)
+            if not self.recursive:
+                dirs.clear()
+        return sorted(found)

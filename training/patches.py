@@ -1,0 +1,73 @@
+"""Paired label-free + fluorescence fields -> labelled live/dead patches.
+
+Tiling, normalisation and the empty-patch test are the daemon's own functions
+(wellwatch.daemon.preprocess), so a model sees at training time exactly what it sees when served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from wellwatch.daemon.contract import EmptyFilter, Normalisation, Tiling
+from wellwatch.daemon.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
+
+from .gmm import Thresholds, label_by_thresholds, live_dead_thresholds
+
+
+@dataclass(frozen=True)
+class PairedField:
+    """One field: its label-free image, its fluorescence image, and group ids for leak-free splits."""
+
+    label_free: np.ndarray
+    fluorescence: np.ndarray
+    source: str  # the raw image's identity (the unit of splitting)
+    well: str
+    plate: str
+
+
+@dataclass
+class PatchSet:
+    patches: np.ndarray       # (N, 1, T, T) float32, normalised
+    fluorescence: np.ndarray  # (N,) mean fluorescence of the same window
+    sources: np.ndarray       # (N,) group id: source image
+    wells: np.ndarray
+    plates: np.ndarray
+    labels: np.ndarray | None = None  # 0 live, 1 dead, -1 ambiguous
+
+    def subset(self, mask: np.ndarray) -> "PatchSet":
+        return PatchSet(self.patches[mask], self.fluorescence[mask], self.sources[mask], self.wells[mask],
+                        self.plates[mask], None if self.labels is None else self.labels[mask])
+
+
+def cut_patches(fields: Iterable[PairedField], tiling: Tiling, norm: Normalisation, qc: EmptyFilter) -> PatchSet:
+    """Tile every field; keep the non-empty tiles with their mean fluorescence."""
+    out: dict[str, list] = {k: [] for k in ("patches", "fluorescence", "sources", "wells", "plates")}
+    for f in fields:
+        normed = normalise_frame(f.label_free, norm)
+        origins = tile_origins(normed.shape, tiling)
+        tiles = cut_tiles(normed, origins, tiling.tile_size)
+        keep = ~empty_mask(tiles, qc)
+        fluo = cut_tiles(f.fluorescence.astype(np.float32), origins[keep], tiling.tile_size)
+        out["patches"].append(tiles[keep][:, None])
+        out["fluorescence"].append(fluo.reshape(len(fluo), -1).mean(axis=1))
+        n = int(keep.sum())
+        out["sources"].append(np.full(n, f.source, dtype=object))
+        out["wells"].append(np.full(n, f.well, dtype=object))
+        out["plates"].append(np.full(n, f.plate, dtype=object))
+    return PatchSet(*(np.concatenate(v) if v else np.zeros(0) for v in out.values()))
+
+
+def label_patches(patches: PatchSet, reference: np.ndarray | None = None) -> tuple[PatchSet, Thresholds]:
+    """Label by the mixture thresholds fitted on `reference` (a boolean mask; default: all patches)."""
+    ref = patches.fluorescence if reference is None else patches.fluorescence[reference]
+    thresholds = live_dead_thresholds(ref)
+    patches.labels = label_by_thresholds(patches.fluorescence, thresholds)
+    return patches, thresholds
+
+
+def choose_empty_threshold(tiles_std_background: np.ndarray, quantile: float = 0.999) -> float:
+    """An empty-tile std threshold just above what cell-free background tiles reach."""
+    return float(np.quantile(tiles_std_background, quantile))

@@ -1,0 +1,81 @@
+"""The `wellwatch` command: one console script, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .daemon.errors import WellwatchError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon.config import load_config
+    from .daemon.service import Daemon
+
+    config = load_config(args.config)
+    return Daemon(config).run()
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from .client import follow
+
+    count = 0
+    for kind, message, state in follow(args.endpoint, args.snapshot, tuple(args.topic or [""]), args.timeout):
+        if kind == "snapshot":
+            print(json.dumps({"type": "snapshot", "seq": message["seq"], "wells": message["wells"]}), flush=True)
+        else:
+            print(json.dumps(message), flush=True)
+            count += 1
+            if args.count and count >= args.count:
+                break
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .simulator.cli import register as register_simulate
+    from .demo import register as register_demo
+    from .bench import register as register_bench
+
+    parser = argparse.ArgumentParser(prog="wellwatch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon on an acquisition folder")
+    p.add_argument("--config", required=True, help="config.toml (see the documented default in the repo)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("subscribe", help="print the stream as JSON lines, snapshot first")
+    p.add_argument("endpoint", help="the daemon's PUB endpoint, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--snapshot", help="snapshot endpoint (default: the PUB port + 1)")
+    p.add_argument("--topic", action="append", help="topic prefix, e.g. well/ (repeatable; default all)")
+    p.add_argument("--count", type=int, default=0, help="exit after this many updates (0 = never)")
+    p.add_argument("--timeout", type=float, default=None, help="exit after this many seconds without a message")
+    p.set_defaults(func=cmd_subscribe)
+
+    register_simulate(sub)
+    register_demo(sub)
+    register_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except WellwatchError as e:
+        logging.getLogger("wellwatch").error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
