@@ -8,7 +8,6 @@ on a local disk only (SQLite's locking is not safe on network filesystems).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,18 +146,18 @@ class Journal:
 
     # --- writes ------------------------------------------------------------------------------
 
-    def commit(self, record: FrameRecord, messages: Iterable[OutboxMessage]) -> bool:
-        """Write a frame's record and its messages atomically. False if the frame was already there."""
+    def commit(self, records: Iterable[FrameRecord], messages: Iterable[OutboxMessage]) -> None:
+        """Write frame records and their messages in one transaction (a group commit: one fsync).
+
+        A record already present (same path and content) violates the UNIQUE constraint and
+        rolls the whole group back: the caller checks `has()` first, as the only writer.
+        """
         cols = list(FrameRecord.__dataclass_fields__)
-        values = [getattr(record, c) for c in cols]
         with self._transaction() as cur:
-            cur.execute(f"INSERT OR IGNORE INTO frames ({', '.join(cols)}) "
-                        f"VALUES ({', '.join('?' * len(cols))})", values)
-            if cur.rowcount == 0:
-                return False
+            cur.executemany(f"INSERT INTO frames ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                            [[getattr(r, c) for c in cols] for r in records])
             cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
                             [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
-        return True
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -171,16 +170,7 @@ class Journal:
             raise
         cur.execute("COMMIT")
 
-    def append_messages(self, messages: Iterable[OutboxMessage]) -> None:
-        """Status messages that belong to no frame record."""
-        with self._transaction() as cur:
-            cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
-                                [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
-
     def mark_sent(self, up_to_seq: int) -> None:
         with self._transaction() as cur:
             cur.execute("UPDATE outbox SET sent = 1 WHERE sent = 0 AND seq <= ?", (up_to_seq,))
 
-
-def same_file_identity(record: FrameRecord, stat: os.stat_result) -> bool:
-    return record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns

@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 import zmq
 
-from .aggregate import PlateAggregate, TileCounts, count_tiles
+from .aggregate import PlateAggregate, TileCounts, count_tiles, live_fraction
 from .backend import InferenceBackend
 from .batcher import PatchBatcher
 from .config import Config
@@ -45,6 +45,7 @@ from .watcher import Discovery
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_COMMIT_GROUP = 256  # outcomes per transaction at most
 
 
 @dataclass(frozen=True)
@@ -232,8 +233,15 @@ class Pipeline:
                 self._dispatch(ready)
             self._dispatch_due_retries(t0)
             self.metrics.queue_depth.labels("gate").set(len(gate))
-            self.stop_event.wait(max(0.0, interval - (time.monotonic() - t0)))
+            self._wait_for_discovery(gate, t0 + interval)
 
+    def _wait_for_discovery(self, gate: CompletenessGate, until: float) -> None:
+        """Sleep until the next poll, but wake at once for a new file: renamed files need no settling."""
+        try:
+            path, renamed = self.discovered.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            return
+        self.discovered.put((path, renamed))  # handled by the next drain, in order with the rest
     def _drain_discovered(self, gate: CompletenessGate) -> None:
         while True:
             try:
@@ -383,100 +391,100 @@ class Pipeline:
     def _commit_loop(self) -> None:
         self.journal = Journal(self.journal_path)
         try:
-            self._commit_messages()
+            stopping = False
+            while not stopping:
+                group = [self.to_commit.get()]
+                while len(group) < _COMMIT_GROUP:  # whatever else is waiting joins this transaction
+                    try:
+                        group.append(self.to_commit.get_nowait())
+                    except queue.Empty:
+                        break
+                if group[-1] is _STOP:
+                    stopping = True
+                    group.pop()
+                self.metrics.queue_depth.labels("commit").set(self.to_commit.qsize())
+                if group:
+                    self._commit_group(group)
         finally:
             self.journal.close()
 
-    def _commit_messages(self) -> None:
-        while True:
-            msg = self.to_commit.get()
-            self.metrics.queue_depth.labels("commit").set(self.to_commit.qsize())
-            if msg is _STOP:
-                return
-            t0 = time.perf_counter()
+    def _commit_group(self, group: list) -> None:
+        """Aggregate, journal and announce a group of outcomes in one transaction.
+
+        A database error here is fatal: the daemon stops, and a restart rebuilds the in-memory
+        state (aggregates, seq) from the journal, so nothing half-done survives.
+        """
+        t0 = time.perf_counter()
+        records: list[FrameRecord] = []
+        messages: list[OutboxMessage] = []
+        outcomes: list[str] = []
+        latest: dict[str, int] = {}  # path -> version assigned in this group
+        seen: set[tuple[str, str]] = set()
+        for msg in group:
             if isinstance(msg, StatusEvent):
-                self._commit_status(msg)
-            elif isinstance(msg, FailedFrame):
-                self._commit_quarantine(msg)
+                messages.append(self._status_message(msg))
+                continue
+            job = msg.job if isinstance(msg, FailedFrame) else msg[0].job
+            sha = msg.sha256 if isinstance(msg, FailedFrame) else msg[0].sha256
+            sha = sha or f"unread:{job.size}:{job.mtime_ns}"
+            if (job.rel, sha) in seen or self.journal.has(job.rel, sha):
+                self.metrics.frames.labels("duplicate").inc()
+                continue
+            seen.add((job.rel, sha))
+            version = latest[job.rel] = (latest.get(job.rel) or self.journal.latest_version(job.rel)) + 1
+            if isinstance(msg, FailedFrame):
+                record, new = self._quarantine(msg, sha, version)
+                outcomes.append("quarantined")
             else:
-                item, scores = msg
-                self._commit_frame(item, scores)
-            self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+                record, new = self._scored(msg[0], msg[1], version)
+                outcomes.append("processed")
+            records.append(record)
+            messages.extend(new)
+        self.journal.commit(records, messages)
+        for record in records:
+            self._remember(record)
+            if record.state == "done":
+                for call in ("live", "dead", "empty"):
+                    self.metrics.tiles.labels(call).inc(getattr(record, call))
+                if record.version > 1:
+                    log.warning("%s was re-written with new content: version %d replaces the earlier result",
+                                record.path, record.version)
+        for outcome in outcomes:
+            self.metrics.frames.labels(outcome).inc()
+        self.publisher.submit(messages)
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
 
-    def _commit_status(self, event: StatusEvent) -> None:
-        seq0 = self.seq
-        message = OutboxMessage(self._next_seq(), status_topic(event.kind),
-                                envelope(self.seq, "status", self.models, kind=event.kind, **event.body))
-        try:
-            self.journal.append_messages([message])
-        except BaseException:
-            self.seq = seq0
-            raise
-        self.publisher.submit([message])
+    def _status_message(self, event: StatusEvent) -> OutboxMessage:
+        return OutboxMessage(self._next_seq(), status_topic(event.kind),
+                             envelope(self.seq, "status", self.models, kind=event.kind, **event.body))
 
-    def _commit_quarantine(self, failed: FailedFrame) -> None:
+    def _quarantine(self, failed: FailedFrame, sha: str, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = failed.job, failed.job.meta
         log.error("quarantined %s: %s", job.rel, failed.reason)
-        seq0 = self.seq
-        record = FrameRecord(job.rel, job.size, job.mtime_ns, failed.sha256 or f"unread:{job.size}:{job.mtime_ns}",
-                             self.journal.latest_version(job.rel) + 1, "quarantined", failed.reason,
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "quarantined", failed.reason,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
                              None, None, None, job.mtime_ns / 1e9, time.time())
-        message = OutboxMessage(self._next_seq(), status_topic("quarantine"),
-                                envelope(self.seq, "status", self.models, meta.plate, meta.well, meta.timepoint,
-                                         kind="quarantine", path=job.rel, reason=failed.reason,
-                                         attempts=job.attempt + 1))
-        if self.journal.commit(record, [message]):
-            self._remember(record)
-            self.metrics.frames.labels("quarantined").inc()
-            self.publisher.submit([message])
-        else:
-            self.seq = seq0
+        message = OutboxMessage(self._next_seq(), status_topic("quarantine"), envelope(
+            self.seq, "status", self.models, meta.plate, meta.well, meta.timepoint,
+            kind="quarantine", path=job.rel, reason=failed.reason, attempts=job.attempt + 1))
+        return record, [message]
 
-    def _commit_frame(self, item: PreparedFrame, scores: np.ndarray) -> None:
+    def _scored(self, item: PreparedFrame, scores: np.ndarray, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = item.job, item.job.meta
         dead_p = scores[:, self.contract.positive_index] if len(scores) else np.zeros(0, np.float32)
         counts = count_tiles(dead_p, item.n_empty, self.contract.decision_threshold)
-        version = self.journal.latest_version(job.rel) + 1
-        now = time.time()
         record = FrameRecord(job.rel, job.size, job.mtime_ns, item.sha256, version, "done", None,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
-                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, now)
-        previous = self.aggregate.wells.get((meta.plate, meta.well, meta.timepoint))
-        previous_fields = dict(previous.fields) if previous else None
+                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time())
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
-        seq0 = self.seq
         frame_msg = OutboxMessage(self._next_seq(), frame_topic(meta.plate, meta.well), envelope(
             self.seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
             path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
-            live_fraction=counts.live / counts.cells_or_tiles if counts.cells_or_tiles else None,
-            unit="tile", t_file=job.mtime_ns / 1e9))
+            live_fraction=live_fraction(counts.live, counts.dead), unit="tile", t_file=job.mtime_ns / 1e9))
         well_msg = OutboxMessage(self._next_seq(), well_topic(meta.plate, meta.well), envelope(
             self.seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
-        try:
-            committed = self.journal.commit(record, [frame_msg, well_msg])
-        except BaseException:
-            committed = False
-            raise
-        finally:
-            if not committed:  # undo the in-memory effects: the journal is the truth
-                self.seq = seq0
-                if previous_fields is None:
-                    del self.aggregate.wells[(meta.plate, meta.well, meta.timepoint)]
-                else:
-                    state.fields = previous_fields
-        if not committed:
-            self.metrics.frames.labels("duplicate").inc()
-            return
-        if version > 1:
-            log.warning("%s was re-written with new content: version %d replaces the earlier result",
-                        job.rel, version)
-        self._remember(record)
-        self.metrics.frames.labels("processed").inc()
-        for call, n in (("live", counts.live), ("dead", counts.dead), ("empty", counts.empty)):
-            self.metrics.tiles.labels(call).inc(n)
-        self.publisher.submit([frame_msg, well_msg])
+        return record, [frame_msg, well_msg]
 
     def _remember(self, record: FrameRecord) -> None:
         with self._lock:

@@ -1,3 +1,188 @@
-"""Placeholder replaced below."""
-def register(sub):
-    pass
+"""`wellwatch bench`: the daemon end to end beside the model alone and a naive loop, in one run.
+
+1. end to end, burst: frames rendered beforehand are written as fast as the disk takes them
+   (temp name + rename) into the folder a running daemon watches; frames/s from the first file
+   to the last frame message;
+2. end to end, steady: frames written at half that rate; latency from each file's last write to
+   its frame message being published (p50, p99);
+3. model only: the same patches through the same ONNX session in a tight loop of full batches;
+4. naive: one file at a time, read, tile, infer each patch with a batch of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .client import follow
+from .daemon.backend import OnnxBackend
+from .daemon.preprocess import prepare_tiles
+from .harness import local_config, start_daemon
+from .simulator.plate import iter_fields
+from .simulator.spec import SimulationSpec, parse_wells
+from .simulator.writer import frame_name, tiff_bytes, write_frame
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure throughput and latency on a simulated plate")
+    p.add_argument("--wells", default="24", help="well list, a count, or 'all' (default 24)")
+    p.add_argument("--fields", type=int, default=2)
+    p.add_argument("--timepoints", type=int, default=2)
+    p.add_argument("--size", type=int, default=1024, help="frame edge in px (default 1024)")
+    p.add_argument("--model", default="", help="ONNX model (default: the bundled demo model)")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--max-delay-ms", type=float, default=20.0)
+    p.add_argument("--read-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--naive-frames", type=int, default=8, help="frames for the naive loop")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run_bench)
+
+
+def _say(args, text: str) -> None:
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def render_files(spec: SimulationSpec) -> list[tuple[str, bytes]]:
+    """Render before timing: the simulator must not be what the benchmark measures."""
+    return [(frame_name(spec, f.well, f.field, f.timepoint, ch), tiff_bytes(f.images[ch]))
+            for f in iter_fields(spec) for ch in spec.channels]
+
+
+def write_files(files: list[tuple[str, bytes]], folder: Path, interval_s: float = 0.0) -> None:
+    """Temp name, then rename, as acquisition software does; optionally at a steady rate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for i, (name, data) in enumerate(files):
+        if interval_s:
+            time.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
+        write_frame(folder / name, data, "rename")
+
+
+class Collector(threading.Thread):
+    """Subscribes before frames are written and records every frame message."""
+
+    def __init__(self, config):
+        super().__init__(daemon=True)
+        self.config, self.frames, self.ready = config, [], threading.Event()
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        for kind, message, _ in follow(self.config.publish.endpoint, self.config.publish.snapshot_endpoint,
+                                       topics=("frame/",), timeout_s=600):
+            self.ready.set()
+            if kind == "update":
+                self.frames.append((time.time(), message))
+        self.ready.set()
+
+    def wait_for(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.frames) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if len(self.frames) < n:
+            raise TimeoutError(f"only {len(self.frames)} of {n} frame messages arrived within {timeout:.0f} s")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    spec = SimulationSpec(wells=parse_wells(args.wells, 96), fields=args.fields, timepoints=args.timepoints,
+                          size=args.size, channels=("BF",), write_mode="rename", treatment="dose_series",
+                          plate_name="bench-burst", seed=3)
+    n = len(spec.wells) * spec.fields * spec.timepoints
+    work = Path(tempfile.mkdtemp(prefix="wellwatch-bench-"))
+    config = local_config(work, spec, args.model, **{"batching.max_batch": args.max_batch,
+                                                       "batching.max_delay_ms": args.max_delay_ms,
+                                                       "pipeline.read_workers": args.read_workers,
+                                                       "watch.reconcile_s": 5.0})
+    _say(args, f"bench: {n} simulated {spec.size}x{spec.size} frames per phase, in {work}")
+    running = start_daemon(config)
+    backend = running.daemon.backend
+    collector = Collector(config)
+    collector.start()
+    collector.ready.wait(10)
+
+    burst_files = render_files(spec)
+    steady_spec = replace(spec, plate_name="bench-steady", seed=4)
+    steady_files = render_files(steady_spec)
+    _say(args, "[1/4] end to end, burst ...")
+    data = work / "acquisition" / "data"
+    t0 = time.time()
+    write_files(burst_files, data / "burst")
+    collector.wait_for(n, timeout=600)
+    burst_s = collector.frames[n - 1][0] - t0
+    patches_scored = sum(m["counts"]["live"] + m["counts"]["dead"] for _, m in collector.frames[:n])
+    e2e_fps = n / burst_s
+
+    _say(args, "[2/4] end to end, steady rate (half the burst rate) ...")
+    steady_interval = 2.0 / e2e_fps
+    write_files(steady_files, data / "steady", steady_interval)
+    collector.wait_for(2 * n, timeout=600)
+    latencies = np.array([m["latency_s"] for _, m in collector.frames[n:2 * n]])
+    running.stop()
+    collector.join(timeout=5)
+
+    _say(args, "[3/4] model only, tight batched loop ...")
+    files = sorted((data / "burst").glob("*.tif"))
+    images = [tifffile.imread(f) for f in files[:n]]
+    patches = np.concatenate([prepare_tiles([im], backend.contract)[0] for im in images])
+    model_s = _time_model(backend, patches, args.max_batch)
+
+    _say(args, "[4/4] naive loop: one file at a time, batch of 1 ...")
+    naive_fps = _naive(config, files[:args.naive_frames], backend)
+
+    result = {
+        "frames": n, "frame_size": spec.size, "patches": int(patches_scored),
+        "e2e_frames_per_s": e2e_fps, "e2e_patches_per_s": patches_scored / burst_s,
+        "model_only_patches_per_s": len(patches) / model_s,
+        "naive_frames_per_s": naive_fps,
+        "latency_p50_s": float(np.percentile(latencies, 50)), "latency_p99_s": float(np.percentile(latencies, 99)),
+        "latency_max_s": float(latencies.max()), "steady_rate_frames_per_s": 1.0 / steady_interval,
+        "settle_s": config.watch.settle_s, "provider": backend.provider, "max_batch": args.max_batch,
+        "model": backend.contract.name, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    result["e2e_vs_model_only"] = result["e2e_patches_per_s"] / result["model_only_patches_per_s"]
+    result["e2e_vs_naive"] = e2e_fps / naive_fps
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    return 0
+
+
+def _time_model(backend: OnnxBackend, patches: np.ndarray, max_batch: int) -> float:
+    backend.infer(patches[:max_batch])  # warm
+    t0 = time.perf_counter()
+    for i in range(0, len(patches), max_batch):
+        backend.infer(patches[i:i + max_batch])
+    return time.perf_counter() - t0
+
+
+def _naive(config, files: list[Path], backend: OnnxBackend) -> float:
+    t0 = time.perf_counter()
+    for f in files:
+        patches, _, _ = prepare_tiles([tifffile.imread(f)], backend.contract)
+        for p in patches:
+            backend.infer(p[None])
+    return len(files) / (time.perf_counter() - t0)
+
+
+def print_table(r: dict) -> None:
+    print(f"\nwellwatch bench: {r['frames']} frames of {r['frame_size']}x{r['frame_size']} px, "
+          f"model {r['model']!r} on {r['provider']} ({r['machine']})")
+    print(f"  end to end (burst)      {r['e2e_frames_per_s']:8.1f} frames/s  {r['e2e_patches_per_s']:9.0f} patches/s")
+    print(f"  model only (batch {r['max_batch']:<4}) {'':15}{r['model_only_patches_per_s']:9.0f} patches/s")
+    print(f"  naive (1 file, batch 1) {r['naive_frames_per_s']:8.1f} frames/s")
+    print(f"  latency file->published at {r['steady_rate_frames_per_s']:.1f} frames/s: p50 {r['latency_p50_s'] * 1000:.0f} ms, "
+          f"p99 {r['latency_p99_s'] * 1000:.0f} ms, max {r['latency_max_s'] * 1000:.0f} ms "
+          f"(includes the {r['settle_s'] * 1000:.0f} ms settle gate for non-renamed files)")
+    print(f"  ratios: end to end / model only = {r['e2e_vs_model_only']:.2f}; "
+          f"end to end / naive = {r['e2e_vs_naive']:.1f}x")

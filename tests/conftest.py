@@ -1,0 +1,81 @@
+"""Shared fixtures: a daemon running in-process on loopback ports against a temp folder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wellwatch.client import follow
+from wellwatch.harness import local_config, start_daemon
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data {path} not present")
+    return path
+
+
+class StreamRecorder(threading.Thread):
+    """A full subscriber (snapshot first, then updates) that keeps everything it receives."""
+
+    def __init__(self, config):
+        super().__init__(daemon=True)
+        self.config = config
+        self.updates: list[dict] = []
+        self.snapshots: list[dict] = []
+        self.state = None
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        for kind, message, state in follow(self.config.publish.endpoint, self.config.publish.snapshot_endpoint,
+                                           timeout_s=60):
+            self.state = state
+            (self.snapshots if kind == "snapshot" else self.updates).append(message)
+            self.connected.set()
+
+    def of_type(self, type_: str) -> list[dict]:
+        return [m for m in self.updates if m["type"] == type_]
+
+    def wait_frames(self, n: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.of_type("frame")) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        frames = self.of_type("frame")
+        assert len(frames) >= n, f"only {len(frames)} of {n} frame messages within {timeout} s"
+        return frames
+
+
+@pytest.fixture
+def run_daemon(tmp_path):
+    """Start daemons on a simulated plate's folder; all are stopped at the end of the test."""
+    running = []
+
+    def start(spec, **overrides):
+        config = local_config(tmp_path, spec, **overrides)
+        daemon = start_daemon(config)
+        running.append(daemon)
+        return config, daemon
+
+    yield start
+    for d in running:
+        d.stop()
+
+
+@pytest.fixture
+def recorder_for():
+    recorders = []
+
+    def make(config) -> StreamRecorder:
+        r = StreamRecorder(config)
+        r.start()
+        assert r.connected.wait(15), "no snapshot from the daemon"
+        recorders.append(r)
+        return r
+
+    return make
