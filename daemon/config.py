@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from .errors import ConfigError
+from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
-from .plate import PLATE_FORMATS
+from .plate import PLATE_FORMATS, normalise_well
 
 
 def _choice(*allowed: object) -> dict:
@@ -123,9 +123,6 @@ class Config:
         return (root.parent if root.name == "data" else root).name or "plate"
 
 
-_PATH_KEYS = {("watch", "root"), ("models.live_dead", "path"), ("journal", "path")}
-
-
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a config file (None: defaults). `overrides` uses dotted keys."""
     data: dict[str, Any] = {}
@@ -136,6 +133,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError("--config", str(path), "the file does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError("--config", str(path), "is a folder; give the config.toml file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError("--config", str(path), f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError("--config", str(path), f"cannot be read ({e.strerror})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError("--config", str(path), f"not valid TOML: {e}") from None
         base = path.resolve().parent
@@ -145,12 +148,24 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    config = _build(Config, data, "", base)
+    config = _resolve_paths(_build(Config, data, ""), base)
     _check_cross_keys(config)
     return config
 
 
-def _build(cls: type, data: Any, prefix: str, base: Path) -> Any:
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative paths (given or default) are relative to the config file's folder."""
+    def resolve(value: str) -> str:
+        return str((base / Path(value).expanduser()).resolve()) if value else value
+
+    return dataclasses.replace(
+        config,
+        watch=dataclasses.replace(config.watch, root=resolve(config.watch.root)),
+        models=dataclasses.replace(config.models, live_dead=ModelSlot(resolve(config.models.live_dead.path))),
+        journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
     section = prefix.rstrip(".") or "<top level>"
     if not isinstance(data, dict):
         raise ConfigError(section, data, "expected a table")
@@ -167,12 +182,10 @@ def _build(cls: type, data: Any, prefix: str, base: Path) -> Any:
         key = f"{prefix}{name}"
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, data[name], key + ".", base)
+            values[name] = _build(hint, data[name], key + ".")
             continue
         value = _coerce(key, data[name], hint)
         _check_metadata(key, value, f.metadata)
-        if (prefix.rstrip("."), name) in _PATH_KEYS and value:
-            value = str((base / Path(value).expanduser()).resolve())
         values[name] = value
     return cls(**values)
 
@@ -213,6 +226,15 @@ def _check_metadata(key: str, value: Any, metadata: Any) -> None:
 
 
 def _check_cross_keys(config: Config) -> None:
+    if not config.watch.root:
+        raise ConfigError("watch.root", "", "the acquisition folder to watch is required")
+    if not config.journal.path:
+        raise ConfigError("journal.path", "", "a journal file on a local disk is required")
+    try:
+        normalise_well(config.plate.default_well, PLATE_FORMATS[config.plate.format])
+    except NamingError as e:
+        raise ConfigError("plate.default_well", config.plate.default_well,
+                          f"{e.reason} (plate.format = {config.plate.format})") from None
     if config.watch.naming == "regex":
         if not config.watch.pattern:
             raise ConfigError("watch.pattern", "", "required when watch.naming = 'regex'")

@@ -86,7 +86,7 @@ class NamingScheme:
         self.preset = preset
         self.plate_format = plate_format
         self.default_plate = default_plate
-        self.default_well = default_well
+        self.default_well = normalise_well(default_well, plate_format)
         self._match: Callable[[str], dict[str, str] | None]
         if preset == "regex":
             regex = compile_user_pattern(pattern)

@@ -12,7 +12,6 @@ the error (the entry point decides to exit).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import queue
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import zmq
 
 from .aggregate import PlateAggregate, TileCounts, count_tiles, live_fraction
@@ -38,7 +36,7 @@ from .naming import FrameMeta, NamingScheme
 from .plate import PLATE_FORMATS
 from .preprocess import prepare_tiles
 from .publish import Publisher
-from .reader import check_frame
+from .reader import decode_frame
 from .stream import envelope, frame_topic, status_topic, well_topic
 from .watcher import Discovery
 
@@ -310,30 +308,33 @@ class Pipeline:
 
     def _prepare(self, job: FrameJob) -> None:
         t0 = time.perf_counter()
-        sha = ""
         try:
             with open(job.path, "rb") as f:
                 data = f.read()
-            sha = hashlib.sha256(data).hexdigest()
-            with self._lock:
-                duplicate = (job.rel, sha) in self.known_content
-            if duplicate:  # touched but unchanged: the same frame, already counted
-                self.metrics.frames.labels("duplicate").inc()
-                return
-            image = check_frame(job.path, tifffile.imread(io.BytesIO(data)))
         except FileNotFoundError:
-            return  # removed or renamed away before we got to it
-        except PermissionError as e:
-            self._fail(job, sha, FrameReadError(job.path, f"permission denied ({e.strerror})"))
+            return  # removed or renamed away before we got to it; a new name is a new candidate
+        except OSError as e:
+            self._fail(job, "", FrameReadError(job.path, f"cannot read ({e.strerror})"))
             return
+        sha = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            duplicate = (job.rel, sha) in self.known_content
+        if duplicate:  # touched but unchanged: the same frame, already counted
+            self.metrics.frames.labels("duplicate").inc()
+            return
+        try:
+            image = decode_frame(job.path, data)
         except FrameReadError as e:
             self._fail(job, sha, e)
             return
-        except Exception as e:  # tifffile raises many types on damaged input
-            self._fail(job, sha, FrameReadError(job.path, f"not a readable TIFF ({type(e).__name__}: {e})"))
-            return
         t1 = time.perf_counter()
-        patches, origins, empty = prepare_tiles([image], self.contract)
+        try:
+            patches, origins, empty = prepare_tiles([image], self.contract)
+        except Exception as e:  # a frame the model cannot take must not stop the daemon
+            log.exception("cannot prepare %s", job.rel)
+            self._fail(job, sha, FrameReadError(job.path, f"cannot be prepared for the model "
+                                                          f"({type(e).__name__}: {e})", retryable=False))
+            return
         t2 = time.perf_counter()
         self.metrics.stage_seconds.labels("read").observe(t1 - t0)
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)

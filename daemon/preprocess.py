@@ -42,6 +42,8 @@ def tile_origins(shape: tuple[int, int], tiling: Tiling) -> np.ndarray:
 
 def cut_tiles(image: np.ndarray, origins: np.ndarray, tile_size: int) -> np.ndarray:
     """(N, tile, tile) copies of the windows at `origins` (works for any 2-D array)."""
+    if len(origins) == 0:  # also a frame smaller than one tile
+        return np.zeros((0, tile_size, tile_size), image.dtype)
     windows = np.lib.stride_tricks.sliding_window_view(image, (tile_size, tile_size))
     return np.ascontiguousarray(windows[origins[:, 0], origins[:, 1]])
 
@@ -51,7 +53,7 @@ def empty_mask(tiles: np.ndarray, qc: EmptyFilter) -> np.ndarray:
     if qc.method == "none":
         return np.zeros(len(tiles), dtype=bool)
     if qc.method == "std":
-        return tiles.reshape(len(tiles), -1).std(axis=1) < qc.params["threshold"]
+        return tiles.std(axis=(1, 2)) < qc.params["threshold"]
     raise ValueError(f"unknown empty filter {qc.method!r}")
 
 

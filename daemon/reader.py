@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import tifffile
 
@@ -11,20 +13,35 @@ ACCEPTED_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 def read_frame(path: str) -> np.ndarray:
-    """Return a 2-D image. Raise FrameReadError (retryable when a writer may still be busy)."""
+    """Read and check a 2-D image file. Raise FrameReadError (retryable when a writer may still be busy)."""
     try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.pages:
-                raise FrameReadError(path, "TIFF has no pages")
-            page = tif.pages.first
-            image = page.asarray()
-    except FrameReadError:
-        raise
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise FrameReadError(path, "file vanished before it could be read", retryable=False) from None
     except PermissionError as e:
         raise FrameReadError(path, f"permission denied ({e.strerror})") from None
-    except (tifffile.TiffFileError, ValueError, EOFError, OSError, IndexError, KeyError) as e:
+    except OSError as e:
+        raise FrameReadError(path, f"cannot read ({e.strerror})") from None
+    return decode_frame(path, data)
+
+
+def decode_frame(path: str, data: bytes) -> np.ndarray:
+    """Parse a whole TIFF from bytes already read (the pipeline hashes the same bytes)."""
+    if not data:
+        raise FrameReadError(path, "file is empty (0 bytes)")
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            pages = len(tif.pages)
+            if pages == 0:
+                raise FrameReadError(path, "TIFF has no pages")
+            if pages > 1:
+                raise FrameReadError(path, f"TIFF has {pages} pages; expected one plane per file "
+                                           "(export z-stacks and channels as separate files)", retryable=False)
+            image = tif.pages.first.asarray()
+    except FrameReadError:
+        raise
+    except Exception as e:  # tifffile raises many types (struct, zlib, ValueError...) on damaged input
         # A truncated or half-written TIFF lands here; waiting may let the writer finish.
         raise FrameReadError(path, f"not a readable TIFF ({type(e).__name__}: {e})") from None
     return check_frame(path, image)

@@ -29,8 +29,11 @@ def test_documented_config_equals_the_defaults():
                                journal=default.journal) == default
 
 
-def test_no_file_gives_defaults():
-    assert load_config(None) == Config()
+def test_no_file_gives_defaults_with_paths_relative_to_the_working_folder():
+    config = load_config(None)
+    assert config.watch.root == str(Path.cwd() / Config().watch.root)
+    assert config.journal.path == str(Path.cwd() / Config().journal.path)
+    assert dataclasses.replace(config, watch=Config().watch, journal=Config().journal) == Config()
 
 
 @pytest.mark.parametrize("text, key, why", [
@@ -103,25 +106,18 @@ def test_absolute_paths_and_scalar_coercions(tmp_path):
     assert config.channels.label_free == ("PH",)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py _build: default path values (keys absent from the file) "
-                                       "are not resolved against the config file's folder, only given ones")
 def test_default_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parent)
     config = load_config(write(tmp_path, "[plate]\nformat = 384\n"))
     assert config.journal.path == str(tmp_path / "wellwatch-journal.sqlite")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py PlateConfig.default_well: not validated; a well that "
-                                       "is not on the plate (or not canonical) is accepted")
 def test_default_well_outside_plate_is_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, "[plate]\nformat = 96\ndefault_well = 'Z99'\n"))
     assert e.value.key == "plate.default_well"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py load_config: only FileNotFoundError and TOMLDecodeError are "
-                                       "caught; a non-UTF-8 file (UnicodeDecodeError) or a folder (IsADirectoryError) "
-                                       "escapes as a raw exception that does not name --config")
 @pytest.mark.parametrize("kind", ["not utf-8", "a folder"])
 def test_unreadable_config_file_is_a_config_error(tmp_path, kind):
     path = tmp_path / "config.toml"

@@ -87,6 +87,8 @@ def test_sigterm_drains_and_a_restart_neither_repeats_nor_skips(tmp_path):
         proc.kill()
     assert proc.returncode == 0, out
     assert "provider=CPUExecutionProvider" in out and "stopped after seq" in out
+    with sqlite3.connect(config.journal.path) as db:
+        first_run_seq = db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
 
     # a second plate arrives while the daemon is down; the restart takes only the new frames
     write_plate(plate(wells=("B1",), seed=10), tmp_path / "acq")
@@ -104,10 +106,15 @@ def test_sigterm_drains_and_a_restart_neither_repeats_nor_skips(tmp_path):
     with sqlite3.connect(config.journal.path) as db:
         paths = [r[0] for r in db.execute("SELECT path FROM frames")]
         seqs = [r[0] for r in db.execute("SELECT seq FROM outbox ORDER BY seq")]
+        second_run_frames = [r[0] for r in db.execute(
+            "SELECT topic FROM outbox WHERE seq > ? AND topic LIKE 'frame/%'", (first_run_seq,))]
+        unsent = db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 0").fetchone()[0]
     assert len(paths) == len(set(paths)) == 16
     assert seqs == list(range(1, len(seqs) + 1))  # seq continued across the restart, no gap, no reuse
-    assert rec.snapshots and rec.snapshots[0]["seq"] >= 1 + 2 * 12  # the snapshot had the first run's state
-    assert {m["well"] for m in rec.of_type("frame")} == {"B1"}
+    assert second_run_frames == ["frame/ops/B1"] * 4  # only the frames written while it was down
+    assert unsent == 0  # everything journaled was published before the clean stop
+    assert rec.snapshots and rec.snapshots[0]["seq"] > first_run_seq - 1  # it served the first run's state too
+    assert {w["well"] for w in rec.state.wells.values()} == {"A1", "A2", "A3", "B1"}
 
 
 def test_metrics_pass_promtool_and_report_provider(tmp_path):

@@ -114,9 +114,6 @@ def test_prepare_tiles_all_empty_gives_zero_patches():
     assert patches.shape[0] == 0 and empty.all() and len(origins) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG preprocess.py cut_tiles: sliding_window_view raises ValueError for a "
-                                       "frame smaller than the tile (reader accepts >= 8 px); the pipeline's "
-                                       "_guard_prepare turns that into a fatal daemon stop")
 def test_prepare_tiles_frame_smaller_than_a_tile_gives_zero_patches():
     frame, _ = noisy_frame(shape=(48, 300), blobs=())
     patches, origins, empty = prepare_tiles([frame], contract(tile=64))
