@@ -6,7 +6,7 @@
 2. tile the bright-field frames with the daemon's own tiling; drop empty tiles;
 3. label each tile by its mean PI fluorescence with the two-component mixture rule;
 4. train a tiny CNN on grouped splits (by source field); evaluate on held-out fields;
-5. export to ONNX with the model contract; parity-check against PyTorch.
+5. save RUN/best.pt, then export it to ONNX with the model contract; parity-check against PyTorch.
 
 The model knows only simulated frames: it is a demo, not a model for real experiments.
 """
@@ -26,6 +26,7 @@ from wellwatch.export.onnx_export import export_classifier
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 
+from .checkpoint import history_dict, load_checkpoint, save_checkpoint
 from .gmm import fit_mixture
 from .patches import PairedField, cut_patches, label_patches
 from .scores import balanced_accuracy, roc_auc
@@ -55,7 +56,8 @@ def empty_threshold(fields: list[PairedField], norm: Normalisation, tiling: Tili
     return float(np.exp(mix.means[0] + 4 * mix.sds[0]))
 
 
-def build(out: Path, epochs: int = 12, seed: int = 0, tile: int = TILE) -> ModelContract:
+def build(out: Path, epochs: int = 12, seed: int = 0, tile: int = TILE,
+          run_dir: Path = Path("runs/demo-live-dead")) -> ModelContract:
     serve_stride, train_stride = tile, tile // 2  # overlap for training only: serving counts each area once
     t0 = time.perf_counter()
     norm = Normalisation("robust_zscore", {})
@@ -93,6 +95,8 @@ def build(out: Path, epochs: int = 12, seed: int = 0, tile: int = TILE) -> Model
                     "arch": "tiny", "seconds": round(history.seconds, 1)},
         metrics=metrics, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), tool="wellwatch demo_model")
     out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = save_checkpoint(run_dir / "best.pt", model, "tiny", contract, history_dict(history))
+    model, _, contract, _ = load_checkpoint(checkpoint)  # export exactly what the checkpoint holds
     export_classifier(model, contract, out, parity_inputs=labelled.patches[test])
     log.info("wrote %s in %.0f s", out, time.perf_counter() - t0)
     return contract
@@ -103,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("wellwatch/models/demo-live-dead.onnx"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo-live-dead"), help="where best.pt goes")
     parser.add_argument("--tile", type=int, default=TILE, help="tile edge in px (stride = tile when served)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build(args.out, args.epochs, args.seed, args.tile)
+    build(args.out, args.epochs, args.seed, args.tile, args.run_dir)
     return 0
 
 
