@@ -1,7 +1,9 @@
 """The completeness gate: a file is offered for reading only once it has stopped changing.
 
-A file is ready when its size and mtime have been the same for `settle_polls` consecutive polls
-(and it is not empty). A rename destination is ready at once: writers rename only finished files.
+A file is ready when its size and mtime have been the same for `settle_polls` consecutive polls.
+A rename destination is ready at once: writers rename only finished files. A zero-length file is
+usually a writer that has opened but not yet written: it is held back for `empty_polls` polls,
+then released so the reader can call it empty and, after retries, quarantine it.
 Either way the reader must still parse the whole file; a parse failure is retried, then quarantined.
 """
 
@@ -27,8 +29,9 @@ class ReadyFile:
 
 
 class CompletenessGate:
-    def __init__(self, settle_polls: int):
+    def __init__(self, settle_polls: int, empty_polls: int | None = None):
         self.settle_polls = settle_polls
+        self.empty_polls = empty_polls if empty_polls is not None else 10 * settle_polls
         self.candidates: dict[str, _Candidate] = {}
 
     def offer(self, path: str, renamed: bool = False) -> None:
@@ -52,7 +55,8 @@ class CompletenessGate:
                 c.stable += 1
             else:
                 c.size, c.mtime_ns, c.stable = st.st_size, st.st_mtime_ns, 0
-            if st.st_size > 0 and (c.renamed or c.stable >= self.settle_polls):
+            needed = self.settle_polls if st.st_size > 0 else self.empty_polls
+            if (c.renamed and st.st_size > 0) or c.stable >= needed:
                 del self.candidates[path]
                 ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns))
         return ready

@@ -240,6 +240,7 @@ class Pipeline:
         except queue.Empty:
             return
         self.discovered.put((path, renamed))  # handled by the next drain, in order with the rest
+
     def _drain_discovered(self, gate: CompletenessGate) -> None:
         while True:
             try:
@@ -263,8 +264,11 @@ class Pipeline:
         if available != self._root_was_available:
             self._root_was_available = available
             event = "root_available" if available else "root_unavailable"
-            log.warning("watch.root %s is %s", self.root, "back" if available else "gone (share dropped?)")
+            log.warning("watch.root %s is %s", self.root, "back" if available else
+                        "gone (share dropped?); results so far are kept, watching for its return")
             self.to_commit.put(StatusEvent("watch", {"event": event, "root": self.root}))
+            if available:
+                self.discovery.restart_observer()  # the old watch died with the folder
         if available:
             self.discovery.scan()
 

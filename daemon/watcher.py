@@ -37,11 +37,12 @@ def inside_root(path: str, root: str) -> bool:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, on_path: OnPath, extensions: tuple[str, ...]):
-        self.on_path, self.extensions = on_path, extensions
+    def __init__(self, on_path: OnPath, extensions: tuple[str, ...], root: str):
+        self.on_path, self.extensions, self.root = on_path, extensions, root
 
     def _offer(self, path: str, renamed: bool) -> None:
-        if is_candidate_name(os.path.basename(path), self.extensions):
+        if is_candidate_name(os.path.basename(path), self.extensions) and (
+                not os.path.islink(path) or inside_root(path, self.root)):
             self.on_path(path, renamed)
 
     def on_created(self, event: FileSystemEvent) -> None:
@@ -68,16 +69,30 @@ class Discovery:
         self.on_path = on_path
         self.recursive = recursive
         self.extensions = extensions
-        self.observer = PollingObserver(timeout=1.0) if observer == "polling" else Observer()
-        self.observer.schedule(_Handler(on_path, extensions), self.root, recursive=recursive)
+        self.kind = observer
+        self.observer = self._new_observer()
+
+    def _new_observer(self):
+        observer = PollingObserver(timeout=1.0) if self.kind == "polling" else Observer()
+        observer.schedule(_Handler(self.on_path, self.extensions, self.root), self.root, recursive=self.recursive)
+        return observer
 
     def start(self) -> int:
         self.observer.start()
         return self.scan()
 
+    def restart_observer(self) -> None:
+        """After the root came back (a share reconnected): watch the new folder."""
+        self.stop()
+        try:
+            self.observer = self._new_observer()
+            self.observer.start()
+        except OSError as e:  # gone again already: the next reconcile tries again
+            log.warning("cannot watch %s yet: %s", self.root, e)
     def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(timeout=5)
+        if self.observer.is_alive():
+            self.observer.stop()
+            self.observer.join(timeout=5)
 
     def root_available(self) -> bool:
         return os.path.isdir(self.root)

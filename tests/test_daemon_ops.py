@@ -59,8 +59,11 @@ def wait_rows(journal: Path, n: int, timeout: float = 30) -> int:
     rows = 0
     while time.monotonic() < deadline:
         if journal.exists():
-            with sqlite3.connect(journal) as db:
-                rows = db.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+            try:
+                with sqlite3.connect(journal) as db:
+                    rows = db.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+            except sqlite3.OperationalError:  # the daemon is still creating the schema
+                rows = 0
             if rows >= n:
                 return rows
         time.sleep(0.1)

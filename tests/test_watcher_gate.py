@@ -80,15 +80,21 @@ def test_vanished_file_is_dropped(tmp_path):
     assert gate.poll() == [] and len(gate) == 0
 
 
-def test_zero_length_file_is_never_released(tmp_path):
+def test_zero_length_file_waits_for_bytes_then_is_released_for_quarantine(tmp_path):
     path = write(tmp_path / "a.tif", 0)
-    gate = CompletenessGate(settle_polls=1)
+    gate = CompletenessGate(settle_polls=1, empty_polls=5)
     gate.offer(str(path), renamed=True)
     for _ in range(5):
         assert gate.poll() == []
     assert len(gate) == 1  # still watched: it may yet be written
     grow(path, 10)
     assert [r.size for r in gate.poll()] == [10]  # a rename destination: at once, once it has bytes
+
+    empty = write(tmp_path / "b.tif", 0)
+    gate.offer(str(empty))
+    released = [gate.poll() for _ in range(7)]
+    assert [len(r) for r in released] == [0, 0, 0, 0, 0, 1, 0]  # after empty_polls stable polls, once
+    assert released[5][0].size == 0
 
 
 def test_several_candidates_are_independent(tmp_path):
