@@ -88,6 +88,8 @@ class PublishConfig:
     endpoint: str = "tcp://127.0.0.1:5556"
     snapshot_endpoint: str = "tcp://127.0.0.1:5557"
     send_hwm: int = field(default=100000, metadata=_range(0, 10**9))
+    curve_secret_key: str = ""        # the daemon's .key_secret file: "" = no encryption
+    curve_allowed_clients: str = ""   # folder of allowed clients' public .key files: "" = any
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         config,
         watch=dataclasses.replace(config.watch, root=resolve(config.watch.root)),
         models=dataclasses.replace(config.models, live_dead=ModelSlot(resolve(config.models.live_dead.path))),
+        publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
+                                    curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
 
 
@@ -248,6 +252,9 @@ def _check_cross_keys(config: Config) -> None:
                           ("publish.snapshot_endpoint", config.publish.snapshot_endpoint)):
         if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(key, endpoint, "expected a ZeroMQ endpoint like tcp://127.0.0.1:5556")
+    if config.publish.curve_allowed_clients and not config.publish.curve_secret_key:
+        raise ConfigError("publish.curve_allowed_clients", config.publish.curve_allowed_clients,
+                          "needs publish.curve_secret_key (the daemon's own key) as well")
     if config.publish.endpoint == config.publish.snapshot_endpoint:
         raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
                           "must differ from publish.endpoint")

@@ -36,6 +36,7 @@ from .naming import FrameMeta, NamingScheme
 from .plate import PLATE_FORMATS
 from .preprocess import prepare_tiles
 from .publish import Publisher
+from .security import CurveServer
 from .reader import decode_frame
 from .stream import envelope, frame_topic, status_topic, well_topic
 from .watcher import Discovery
@@ -103,8 +104,10 @@ class Pipeline:
         self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
         self.known_content: set[tuple[str, str]] = set()  # (rel path, sha256)
         self.context = context or zmq.Context.instance()
+        self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
+                      if config.publish.curve_secret_key else None)
         self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
-                                   self.journal_path, metrics, config.publish.send_hwm)
+                                   self.journal_path, metrics, config.publish.send_hwm, self.curve)
         journal = Journal(self.journal_path)  # SQLite connections stay in their thread: this one is for start-up
         try:
             self.seq = journal.last_seq()
@@ -177,6 +180,8 @@ class Pipeline:
             t.join()
         self.publisher.stop()
         self.publisher.join(timeout=30)
+        if self.curve is not None:
+            self.curve.close()
         log.info("stopped after seq %d", self.seq)
 
     def _guard(self, loop):

@@ -18,6 +18,7 @@ import zmq
 from .errors import StartupError
 from .journal import Journal, OutboxMessage
 from .metrics import DaemonMetrics
+from .security import CurveServer
 from .stream import SCHEMA_VERSION, snapshot_key, stamp_sent
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,17 @@ def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
 
 class Publisher(threading.Thread):
     def __init__(self, context: zmq.Context, endpoint: str, snapshot_endpoint: str, journal_path: Path,
-                 metrics: DaemonMetrics, send_hwm: int = 100000):
+                 metrics: DaemonMetrics, send_hwm: int = 100000, curve: CurveServer | None = None):
         super().__init__(name="publisher", daemon=True)
         self.pub = context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, send_hwm)
         self.pub.setsockopt(zmq.LINGER, 2000)
-        bind(self.pub, endpoint, "publish.endpoint")
         self.router = context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.pub)
+            curve.apply(self.router)
+        bind(self.pub, endpoint, "publish.endpoint")
         bind(self.router, snapshot_endpoint, "publish.snapshot_endpoint")
         self.journal_path = journal_path
         self.metrics = metrics

@@ -145,3 +145,37 @@ def test_subscribe_command_prints_snapshot_then_updates(run_daemon, recorder_for
     assert [m["type"] for m in lines[1:]] == ["frame", "well", "frame", "well"]
     assert all(m["seq"] > lines[0]["seq"] for m in lines[1:])
     assert lines[1]["topic"] == "frame/p1/A1" and lines[2]["topic"] == "well/p1/A1"
+
+
+def test_curve_encrypted_stream_admits_only_allowed_clients(run_daemon, tmp_path):
+    import zmq
+    import zmq.auth
+
+    from wellwatch.client import CurveKeys, follow, request_snapshot
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    keys.mkdir()
+    allowed.mkdir()
+    zmq.auth.create_certificates(keys, "server")
+    client_public, _ = zmq.auth.create_certificates(keys, "client")
+    zmq.auth.create_certificates(keys, "stranger")
+    (allowed / "client.key").write_bytes(open(client_public, "rb").read())
+    spec = small_plate(wells=("A1",), timepoints=1)
+    config, _ = run_daemon(spec, **{"publish.curve_secret_key": str(keys / "server.key_secret"),
+                                    "publish.curve_allowed_clients": str(allowed)})
+    good = CurveKeys(str(keys / "server.key"), str(keys / "client.key_secret"))
+    stranger = CurveKeys(str(keys / "server.key"), str(keys / "stranger.key_secret"))
+    context = zmq.Context.instance()
+    time.sleep(1.0)
+    assert request_snapshot(context, config.publish.snapshot_endpoint, timeout_s=5, curve=good)["type"] == "snapshot"
+    for curve in (stranger, None):
+        try:
+            request_snapshot(context, config.publish.snapshot_endpoint, timeout_s=1.5, curve=curve)
+            raise AssertionError(f"a client with {curve} got a snapshot")
+        except TimeoutError:
+            pass
+    stream = follow(config.publish.endpoint, config.publish.snapshot_endpoint, curve=good, timeout_s=20)
+    assert next(stream)[0] == "snapshot"
+    write_plate(spec, tmp_path / "acquisition")
+    kind, message, _ = next(stream)
+    assert kind == "update" and message["type"] in ("frame", "well")

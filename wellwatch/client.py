@@ -25,9 +25,25 @@ def default_snapshot_endpoint(endpoint: str) -> str:
     return f"{base}:{int(port) + 1}"
 
 
-def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0) -> dict:
+@dataclass(frozen=True)
+class CurveKeys:
+    """For a daemon with CurveZMQ: its public key file and this client's .key_secret file."""
+
+    server_public: str
+    client_secret: str
+
+    def apply(self, socket: zmq.Socket) -> None:
+        from wellwatch.daemon.security import apply_client_keys
+
+        apply_client_keys(socket, self.server_public, self.client_secret)
+
+
+def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0,
+                     curve: CurveKeys | None = None) -> dict:
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(req)
     req.connect(endpoint)
     try:
         req.send(SNAPSHOT_REQUEST)
@@ -44,7 +60,8 @@ class StreamState:
 
     seq: int = 0
     wells: dict[tuple, dict] = field(default_factory=dict)
-    gaps: int = 0
+    gaps: int = 0     # times a gap forced a new snapshot
+    missed: int = 0   # messages lost to those gaps (a slow subscriber overran its queue)
 
     def load_snapshot(self, snapshot: dict) -> None:
         self.seq = snapshot["seq"]
@@ -61,7 +78,8 @@ class StreamState:
 
 
 def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[str, ...] = ("",),
-           timeout_s: float | None = None, context: zmq.Context | None = None) -> Iterator[tuple[str, dict, StreamState]]:
+           timeout_s: float | None = None, context: zmq.Context | None = None,
+           curve: CurveKeys | None = None) -> Iterator[tuple[str, dict, StreamState]]:
     """Yield ("snapshot", snapshot, state) first, then ("update", message, state) for each new message.
 
     Stops after `timeout_s` without a message (None: never).
@@ -71,6 +89,8 @@ def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[st
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 0)
+    if curve is not None:
+        curve.apply(sub)
     sub.connect(endpoint)
     for t in topics:
         sub.setsockopt_string(zmq.SUBSCRIBE, t)
@@ -78,7 +98,7 @@ def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[st
     state = StreamState()
     try:
         time.sleep(0.2)  # let the subscription reach the publisher before the snapshot is cut
-        snapshot = request_snapshot(context, snapshot_endpoint)
+        snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
         state.load_snapshot(snapshot)
         yield "snapshot", snapshot, state
         while True:
@@ -88,7 +108,8 @@ def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[st
             message = json.loads(payload)
             if check_gaps and message["seq"] > state.seq + 1:
                 state.gaps += 1
-                snapshot = request_snapshot(context, snapshot_endpoint)
+                state.missed += message["seq"] - state.seq - 1
+                snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
                 state.load_snapshot(snapshot)
                 yield "snapshot", snapshot, state
             if state.apply(message):
