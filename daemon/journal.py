@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS frames (
     plate TEXT, well TEXT, field INTEGER, timepoint INTEGER, z INTEGER, channel TEXT,
     live INTEGER, dead INTEGER, empty INTEGER,
     t_file REAL, t_done REAL,
+    seq INTEGER,  -- the outbox message announcing this outcome
     UNIQUE (path, sha256)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -38,6 +39,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent) WHERE sent = 0;
+-- Each journaled frame's state: inferred (results committed, announcement not yet sent),
+-- published, or quarantined. Frames only seen or being read are not persisted: after a crash
+-- the start-up scan finds them again, and nothing was counted for them.
+CREATE VIEW IF NOT EXISTS frame_status AS
+SELECT f.path, f.version, f.sha256,
+       CASE WHEN f.state = 'quarantined' THEN 'quarantined'
+            WHEN o.sent = 1 THEN 'published'
+            ELSE 'inferred' END AS status,
+       f.reason
+FROM frames f LEFT JOIN outbox o ON o.seq = f.seq;
 """
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -64,6 +75,7 @@ class FrameRecord:
     empty: int | None
     t_file: float | None
     t_done: float | None
+    seq: int | None = None
 
 
 @dataclass(frozen=True)

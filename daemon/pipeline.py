@@ -471,21 +471,18 @@ class Pipeline:
     def _quarantine(self, failed: FailedFrame, sha: str, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = failed.job, failed.job.meta
         log.error("quarantined %s: %s", job.rel, failed.reason)
-        record = FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "quarantined", failed.reason,
-                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
-                             None, None, None, job.mtime_ns / 1e9, time.time())
         message = OutboxMessage(self._next_seq(), status_topic("quarantine"), envelope(
             self.seq, "status", self.models, meta.plate, meta.well, meta.timepoint,
             kind="quarantine", path=job.rel, reason=failed.reason, attempts=job.attempt + 1))
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "quarantined", failed.reason,
+                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
+                             None, None, None, job.mtime_ns / 1e9, time.time(), message.seq)
         return record, [message]
 
     def _scored(self, item: PreparedFrame, scores: np.ndarray, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = item.job, item.job.meta
         dead_p = scores[:, self.contract.positive_index] if len(scores) else np.zeros(0, np.float32)
         counts = count_tiles(dead_p, item.n_empty, self.contract.decision_threshold)
-        record = FrameRecord(job.rel, job.size, job.mtime_ns, item.sha256, version, "done", None,
-                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
-                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time())
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
         frame_msg = OutboxMessage(self._next_seq(), frame_topic(meta.plate, meta.well), envelope(
             self.seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
@@ -494,6 +491,9 @@ class Pipeline:
             live_fraction=live_fraction(counts.live, counts.dead), unit="tile", t_file=job.mtime_ns / 1e9))
         well_msg = OutboxMessage(self._next_seq(), well_topic(meta.plate, meta.well), envelope(
             self.seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, item.sha256, version, "done", None,
+                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
+                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq)
         return record, [frame_msg, well_msg]
 
     def _remember(self, record: FrameRecord) -> None:

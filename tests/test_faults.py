@@ -152,6 +152,10 @@ def test_truncated_and_bit_flipped_files_are_processed_or_quarantined(run_daemon
             assert state in ("done", "quarantined")
             assert state == "done" or reasons[name]
     assert running.thread.is_alive() and running.daemon.pipeline.fatal is None
+    time.sleep(0.2)
+    with sqlite3.connect(config.journal.path) as db:
+        status = dict(db.execute("SELECT path, status FROM frame_status").fetchall())
+    assert status == {name: "quarantined" if results[name][0] == "quarantined" else "published" for name in names}
     quarantine_messages = [m for m in rec.updates if m["type"] == "status" and m.get("kind") == "quarantine"]
     assert {m["path"] for m in quarantine_messages} == set(reasons)
     assert running.daemon.metrics.frames.labels("quarantined")._value.get() == len(reasons)

@@ -111,3 +111,12 @@ def test_non_sqlite_file_raises_startup_error(tmp_path):
 def test_filesystem_type(tmp_path):
     kind = filesystem_type(tmp_path)
     assert isinstance(kind, str) and kind and " " not in kind
+
+
+def test_journal_on_a_network_filesystem_is_refused(tmp_path, monkeypatch):
+    from wellwatch.daemon import journal as journal_module
+
+    kind = journal_module.filesystem_type(tmp_path)
+    monkeypatch.setattr(journal_module, "NETWORK_FILESYSTEMS", {kind})  # pretend tmp_path's fs is a share
+    with pytest.raises(StartupError, match=rf"journal.path .* is on a {kind} network filesystem"):
+        journal_module.Journal(tmp_path / "j.sqlite")
