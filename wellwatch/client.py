@@ -44,9 +44,15 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
     req.setsockopt(zmq.LINGER, 0)
     if curve is not None:
         curve.apply(req)
+    # Without a send timeout, a REQ whose only peer refused it (a failed CURVE handshake) blocks forever.
+    req.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
     req.connect(endpoint)
     try:
-        req.send(SNAPSHOT_REQUEST)
+        try:
+            req.send(SNAPSHOT_REQUEST)
+        except zmq.Again:
+            raise TimeoutError(f"cannot send a snapshot request to {endpoint} within {timeout_s} s; "
+                               "is the daemon running (and are the CurveZMQ keys right)?") from None
         if not req.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"no snapshot from {endpoint} within {timeout_s} s; is the daemon running?")
         return json.loads(req.recv())
