@@ -103,19 +103,26 @@ class Pipeline:
         self.aggregate = PlateAggregate(config.plate.fields_per_well)
         self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
         self.known_content: set[tuple[str, str]] = set()  # (rel path, sha256)
-        self.context = context or zmq.Context.instance()
-        self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
-                      if config.publish.curve_secret_key else None)
-        self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
-                                   self.journal_path, metrics, config.publish.send_hwm, self.curve)
         journal = Journal(self.journal_path)  # SQLite connections stay in their thread: this one is for start-up
         try:
             self.seq = journal.last_seq()
             self._rebuild_from_journal(journal)
-            self.publisher.seed_state(list(journal.sent_payloads("well/")), journal.last_sent_seq())
+            snapshot_state = list(journal.sent_payloads("well/"))
+            last_sent = journal.last_sent_seq()
             self._unsent = journal.unsent()
         finally:
             journal.close()
+        self.context = context or zmq.Context.instance()
+        self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
+                      if config.publish.curve_secret_key else None)
+        try:
+            self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
+                                       self.journal_path, metrics, config.publish.send_hwm, self.curve)
+        except BaseException:
+            if self.curve is not None:
+                self.curve.close()  # its authenticator thread would keep the process alive
+            raise
+        self.publisher.seed_state(snapshot_state, last_sent)
         self.journal: Journal | None = None  # the commit thread's own connection
 
         self.stop_event = threading.Event()
@@ -174,10 +181,13 @@ class Pipeline:
         self.stop_event.set()
         self.discovery.stop()
         self._threads[0].join()  # the gate stops handing out work
-        self.pool.shutdown(wait=True)
-        self.prepared.put(_STOP)
-        for t in self._threads[1:]:
-            t.join()
+        if self.fatal is None:
+            self.pool.shutdown(wait=True)
+            self.prepared.put(_STOP)
+            for t in self._threads[1:]:
+                t.join()
+        else:  # a stage died: do not wait on queues it no longer drains; the journal is consistent
+            self.pool.shutdown(wait=False, cancel_futures=True)
         self.publisher.stop()
         self.publisher.join(timeout=30)
         if self.curve is not None:
@@ -348,7 +358,12 @@ class Pipeline:
         self.metrics.stage_seconds.labels("read").observe(t1 - t0)
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
         item = PreparedFrame(job, sha, len(patches), int(empty.sum()))
-        self.prepared.put((item, patches, time.monotonic()))
+        while self.fatal is None:  # bounded queue: back-pressure, unless the inference stage died
+            try:
+                self.prepared.put((item, patches, time.monotonic()), timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def _fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
         if error.retryable and job.attempt < self.config.pipeline.max_retries:
