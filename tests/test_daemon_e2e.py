@@ -12,6 +12,7 @@ import sqlite3
 import time
 
 import numpy as np
+import pytest
 
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
@@ -101,14 +102,19 @@ def test_frames_present_before_start_are_processed_once(run_daemon, recorder_for
     assert sum(m["frames"] for m in rec.state.wells.values()) == frames_of(spec)
 
 
-def test_burst_of_renamed_files_is_all_found(run_daemon, recorder_for, tmp_path):
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_burst_of_renamed_files_is_all_found(run_daemon, recorder_for, tmp_path, observer):
     spec = small_plate(wells=tuple(f"{r}{c}" for r in "AB" for c in range(1, 13)), fields=3, timepoints=2,
                        size=64, cells_per_field=2, channels=("BF",), write_mode="rename")
-    config, running = run_daemon(spec)
+    config, running = run_daemon(spec, **{"watch.observer": observer, "watch.reconcile_s": 60.0})
     rec = recorder_for(config)
     write_plate(spec, tmp_path / "acquisition")
     frames = rec.wait_frames(frames_of(spec))
     assert len({m["path"] for m in frames}) == len(frames) == frames_of(spec)
+    # temp name then rename: what was read is the finished file, never the .part
+    for path, sha, state, *_ in journal_rows(config):
+        assert not path.endswith(".part") and state == "done"
+        assert hashlib.sha256((tmp_path / "acquisition" / "data" / path).read_bytes()).hexdigest() == sha
 
 
 def test_late_subscriber_ends_with_the_publishers_state(run_daemon, recorder_for, tmp_path):
