@@ -127,6 +127,7 @@ def run_bench(args: argparse.Namespace) -> int:
     write_files(steady_files, data / "steady", steady_interval)
     collector.wait_for(2 * n, timeout=600)
     latencies = np.array([m["latency_s"] for _, m in collector.frames[n:2 * n]])
+    stages = stage_means_ms(running.daemon.registry)
     running.stop()
     collector.join(timeout=5)
 
@@ -148,6 +149,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "latency_max_s": float(latencies.max()), "steady_rate_frames_per_s": 1.0 / steady_interval,
         "settle_s": config.watch.settle_s, "provider": backend.provider, "max_batch": args.max_batch,
         "model": backend.contract.name, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "stage_mean_ms": stages,
     }
     result["e2e_vs_model_only"] = result["e2e_patches_per_s"] / result["model_only_patches_per_s"]
     result["e2e_vs_naive"] = e2e_fps / naive_fps
@@ -156,6 +158,19 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print_table(result)
     return 0
+
+
+def stage_means_ms(registry) -> dict[str, float]:
+    """Mean time per call of each pipeline stage, from the daemon's own histograms."""
+    sums, counts = {}, {}
+    for metric in registry.collect():
+        if metric.name == "wellwatch_stage_seconds":
+            for s in metric.samples:
+                if s.name.endswith("_sum"):
+                    sums[s.labels["stage"]] = s.value
+                elif s.name.endswith("_count"):
+                    counts[s.labels["stage"]] = s.value
+    return {k: round(1000 * sums[k] / counts[k], 3) for k in sums if counts.get(k)}
 
 
 def _time_model(backend: OnnxBackend, patches: np.ndarray, max_batch: int) -> float:
@@ -183,6 +198,8 @@ def print_table(r: dict) -> None:
     print(f"  naive (1 file, batch 1) {r['naive_frames_per_s']:8.1f} frames/s")
     print(f"  latency file->published at {r['steady_rate_frames_per_s']:.1f} frames/s: p50 {r['latency_p50_s'] * 1000:.0f} ms, "
           f"p99 {r['latency_p99_s'] * 1000:.0f} ms, max {r['latency_max_s'] * 1000:.0f} ms "
-          f"(includes the {r['settle_s'] * 1000:.0f} ms settle gate for non-renamed files)")
+          f"(renamed files: no settle wait; files written in place wait settle_s = {r['settle_s'] * 1000:.0f} ms more)")
+    print("  mean ms per call by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stage_mean_ms"].items())
+          + " (read/prepare per frame, infer per batch, commit per group)")
     print(f"  ratios: end to end / model only = {r['e2e_vs_model_only']:.2f}; "
           f"end to end / naive = {r['e2e_vs_naive']:.1f}x")
