@@ -120,7 +120,7 @@ def _patches(cells: Sequence[Cell], scale: float) -> _Patches:
     tex = np.array([CELL_TYPES[c.type].texture for c in cells], np.float32)
     return _Patches(ext=ext, rows=rows, cols=cols, dead=_col(dead, bool), sd=sd, inside=inside,
                     nd=nd, rn=_col(rn), spots=spots,
-                    texture_amp=_col(np.where(dead, tex * 0.25, tex)))
+                    texture_amp=_col(np.where(dead, tex * 0.25, tex)))  # dead: near-uniform
 
 
 def _paste(patches: np.ndarray, p: _Patches, size: int) -> np.ndarray:
@@ -148,20 +148,28 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
 def _to_uint16(signal: np.ndarray, read_sigma: float, gain: float,
                rng: np.random.Generator) -> np.ndarray:
     """Camera: Gaussian read noise plus signal-dependent (Poisson-like) shot noise."""
-    sigma = np.sqrt(read_sigma ** 2 + gain * np.maximum(signal, 0.0))
-    img = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
-    return np.rint(np.clip(img, 0, 65535)).astype(np.uint16)
+    signal = np.asarray(signal, np.float32)
+    noise = rng.standard_normal(signal.shape, dtype=np.float32)
+    sigma = np.maximum(signal, 0.0)                      # in-place chain: few 2-D temporaries
+    sigma *= gain
+    sigma += read_sigma ** 2
+    np.sqrt(sigma, out=sigma)
+    noise *= sigma
+    noise += signal
+    np.clip(noise, 0, 65535, out=noise)
+    return np.rint(noise, out=noise).astype(np.uint16)
 
 
 def _bf_contrast(p: _Patches, rng: np.random.Generator, scale: float) -> np.ndarray:
     """Live: pale textured body, dark membrane, bright defocus halo, darker nucleus, bright
     nucleoli. Dead: darker uniform body inside a distinct dark ring, no nucleoli."""
-    s, dead = scale, p.dead
-    body = np.where(dead, -0.15, -0.04) * p.inside
-    membrane = np.where(dead, 0.0, -0.05) * _gauss(p.sd, 0.0, 0.8 * s)
-    halo = np.where(dead, -0.16 * _gauss(p.sd, 1.8 * s, 1.2 * s),
-                    0.08 * _gauss(p.sd, 2.0 * s, 1.2 * s))
-    nucleus = np.where(dead, -0.04, -0.06) * np.clip(0.5 - (p.nd - p.rn) / s, 0.0, 1.0) * p.inside
+    s = scale
+    pick = lambda dead, live: np.where(p.dead, np.float32(dead), np.float32(live))  # noqa: E731
+    body = pick(-0.15, -0.04) * p.inside
+    membrane = pick(0.0, -0.05) * _gauss(p.sd, 0.0, 0.8 * s)
+    # Dead: a dark ring just outside the outline; live: a fainter bright defocus halo further out.
+    halo = pick(-0.16, 0.08) * _gauss(p.sd, pick(1.8 * s, 2.0 * s), 1.2 * s)
+    nucleus = pick(-0.04, -0.06) * np.clip(0.5 - (p.nd - p.rn) / s, 0.0, 1.0) * p.inside
     texture = p.texture_amp * p.inside * _smooth_noise(rng, p.sd.shape)
     return body + membrane + halo + nucleus + 0.12 * p.spots + texture
 
