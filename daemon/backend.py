@@ -24,6 +24,7 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 class InferenceBackend(Protocol):
     """What the pipeline needs from a model; tests pass a fake."""
 
+    path: str
     contract: ModelContract
     sha256: str
     provider: str

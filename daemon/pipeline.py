@@ -91,8 +91,8 @@ class Pipeline:
         if len(config.channels.label_free) != len(self.contract.channels):
             raise StartupError(
                 f"channels.label_free {list(config.channels.label_free)} gives {len(config.channels.label_free)} "
-                f"channel(s) but model {self.contract.name!r} expects {len(self.contract.channels)} "
-                f"({', '.join(self.contract.channels)})")
+                f"channel(s) but model {backend.path} ({self.contract.name!r}) expects "
+                f"{len(self.contract.channels)} ({', '.join(self.contract.channels)})")
         if len(config.channels.label_free) > 1:
             raise StartupError("channels.label_free: multi-channel models are not supported yet; "
                                "give one channel")

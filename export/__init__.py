@@ -1,1 +1,14 @@
+"""Export: RUN/best.pt -> ONNX with the model contract, proven equal to the PyTorch model.
 
+    from_checkpoint.export_checkpoint   the single entry point (CLI `wellwatch export`, demo model)
+    onnx_export.export_classifier       a torch module + contract -> checked ONNX file(s) + manifests
+    onnx_graph                          torch -> ONNX graph with a dynamic batch axis
+    metadata                            the contract and precision in the file's metadata
+    fp16                                the float16 variant (float32 input/output)
+    parity, parity_inputs               value and decision comparison; the fixed inputs they run on
+    manifest                            MODEL.manifest.json: sha256, size, contract, tools
+    inspect_model                       `wellwatch inspect`: contract in words, hash verified
+    cli                                 the two subcommands
+
+Submodules are imported where needed: `wellwatch inspect` must run without torch.
+"""

@@ -1,0 +1,71 @@
+"""`wellwatch export RUN/best.pt --out model.onnx` and `wellwatch inspect model.onnx`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .metadata import OPSET
+from .parity import Tolerances
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .from_checkpoint import export_checkpoint
+
+    images = None if args.parity_image is None else list(args.parity_image)
+    if args.no_real_images:
+        images = []
+    tol = Tolerances(args.atol, args.rtol, args.fp16_atol, args.fp16_rtol, args.decision_margin)
+    result = export_checkpoint(args.checkpoint, args.out, fp16=args.fp16, parity_images=images, tolerances=tol,
+                               opset=args.opset)
+    print(result.summary())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_model import format_info, inspect_model
+
+    info = inspect_model(args.model, args.sha256)
+    print(json.dumps(info.as_dict(), indent=2) if args.json else format_info(info))
+    if info.hash_check == "mismatch":
+        print(f"error: {args.model}: {info.hash_problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    d = Tolerances()
+    p = subparsers.add_parser(
+        "export", help="RUN/best.pt -> ONNX with the model contract, parity-checked against PyTorch",
+        description="Export a training checkpoint to ONNX (dynamic batch axis, contract in the metadata) and "
+                    "prove it equal to the PyTorch model on random and real inputs; writes MODEL.manifest.json "
+                    "beside it. Exits 2 with a ParityError report when they differ beyond tolerance.")
+    p.add_argument("checkpoint", help="a training run's best.pt")
+    p.add_argument("--out", required=True, help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write MODEL.fp16.onnx (float16 weights, float32 input/output) for GPUs, checked "
+                        "for NaN/inf, values and decisions against the PyTorch model")
+    p.add_argument("--parity-image", action="append", metavar="PATH",
+                   help="a real frame (TIFF) to cut parity patches from with the daemon's preprocessing "
+                        "(repeatable; default: ../shared/data/usiigaci-phase/set1/raw.tif when present)")
+    p.add_argument("--no-real-images", action="store_true", help="random parity inputs only")
+    p.add_argument("--atol", type=float, default=d.atol, help=f"float32 absolute tolerance (default {d.atol:g})")
+    p.add_argument("--rtol", type=float, default=d.rtol, help=f"float32 relative tolerance (default {d.rtol:g})")
+    p.add_argument("--fp16-atol", type=float, default=d.fp16_atol, help=f"default {d.fp16_atol:g}")
+    p.add_argument("--fp16-rtol", type=float, default=d.fp16_rtol, help=f"default {d.fp16_rtol:g}")
+    p.add_argument("--decision-margin", type=float, default=d.decision_margin,
+                   help="float16 may call a sample differently only when the float32 score is this close to the "
+                        f"decision boundary (default {d.decision_margin:g})")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser(
+        "inspect", help="print a model's contract and verify its sha256",
+        description="Load an ONNX model as the daemon would (contract and graph checks), print its contract, and "
+                    "verify its sha256 against MODEL.manifest.json (or --sha256). Exits 1 on a hash mismatch, "
+                    "2 when the daemon would refuse the model.")
+    p.add_argument("model", help="an exported .onnx file")
+    p.add_argument("--sha256", help="the expected sha256 (when the manifest did not travel with the file)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
