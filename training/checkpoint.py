@@ -39,7 +39,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelContract, di
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a wellwatch checkpoint (format {CHECKPOINT_FORMAT})")
     contract = ModelContract.from_dict(data["contract"], str(path))
-    model = build_model(data["arch"], data["in_channels"], len(contract.classes))
+    model = build_model(data["arch"], data["in_channels"], len(contract.classes), input_size=contract.height)
     model.load_state_dict(data["state_dict"])
     model.eval()
     return model, data["arch"], contract, data.get("history", {})

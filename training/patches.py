@@ -26,6 +26,7 @@ class PairedField:
     source: str  # the raw image's identity (the unit of splitting)
     well: str
     plate: str
+    frame: str = ""  # this image's own identity when `source` groups several (e.g. timepoints of one field)
 
 
 @dataclass
@@ -36,15 +37,21 @@ class PatchSet:
     wells: np.ndarray
     plates: np.ndarray
     labels: np.ndarray | None = None  # 0 live, 1 dead, -1 ambiguous
+    origins: np.ndarray | None = None  # (N, 2) top-left (y, x) of each patch in its image
+    frames: np.ndarray | None = None   # (N,) the image each patch was cut from
 
     def subset(self, mask: np.ndarray) -> "PatchSet":
         return PatchSet(self.patches[mask], self.fluorescence[mask], self.sources[mask], self.wells[mask],
-                        self.plates[mask], None if self.labels is None else self.labels[mask])
+                        self.plates[mask], None if self.labels is None else self.labels[mask],
+                        None if self.origins is None else self.origins[mask],
+                        None if self.frames is None else self.frames[mask])
 
 
 def cut_patches(fields: Iterable[PairedField], tiling: Tiling, norm: Normalisation, qc: EmptyFilter) -> PatchSet:
     """Tile every field; keep the non-empty tiles with their mean fluorescence."""
     out: dict[str, list] = {k: [] for k in ("patches", "fluorescence", "sources", "wells", "plates")}
+    kept_origins: list[np.ndarray] = []
+    frames: list[np.ndarray] = []
     for f in fields:
         normed = normalise_frame(f.label_free, norm)
         origins = tile_origins(normed.shape, tiling)
@@ -52,12 +59,16 @@ def cut_patches(fields: Iterable[PairedField], tiling: Tiling, norm: Normalisati
         keep = ~empty_mask(tiles, qc)
         fluo = cut_tiles(f.fluorescence.astype(np.float32), origins[keep], tiling.tile_size)
         out["patches"].append(tiles[keep][:, None])
-        out["fluorescence"].append(fluo.reshape(len(fluo), -1).mean(axis=1))
+        out["fluorescence"].append(fluo.reshape(len(fluo), tiling.tile_size ** 2).mean(axis=1))
         n = int(keep.sum())
         out["sources"].append(np.full(n, f.source, dtype=object))
         out["wells"].append(np.full(n, f.well, dtype=object))
         out["plates"].append(np.full(n, f.plate, dtype=object))
-    return PatchSet(*(np.concatenate(v) if v else np.zeros(0) for v in out.values()))
+        kept_origins.append(origins[keep])
+        frames.append(np.full(n, f.frame or f.source, dtype=object))
+    return PatchSet(*(np.concatenate(v) if v else np.zeros(0) for v in out.values()),
+                    origins=np.concatenate(kept_origins) if kept_origins else np.zeros((0, 2), np.int64),
+                    frames=np.concatenate(frames) if frames else np.zeros(0, dtype=object))
 
 
 def label_patches(patches: PatchSet, reference: np.ndarray | None = None) -> tuple[PatchSet, Thresholds]:

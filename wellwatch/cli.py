@@ -24,10 +24,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from .client import follow
+    from .client import CurveKeys, follow
 
-    count = 0
-    for kind, message, state in follow(args.endpoint, args.snapshot, tuple(args.topic or [""]), args.timeout):
+    curve = None
+    if args.curve_server_key or args.curve_client_key:
+        if not (args.curve_server_key and args.curve_client_key):
+            raise SystemExit("wellwatch subscribe: give both --curve-server-key and --curve-client-key")
+        curve = CurveKeys(args.curve_server_key, args.curve_client_key)
+    count, gaps = 0, 0
+    for kind, message, state in follow(args.endpoint, args.snapshot, tuple(args.topic or [""]), args.timeout,
+                                       curve=curve):
+        if state.gaps > gaps:
+            gaps = state.gaps
+            print(f"wellwatch subscribe: gap in seq (this subscriber fell behind): {state.missed} messages "
+                  f"missed in {gaps} gaps; state refreshed from a new snapshot", file=sys.stderr, flush=True)
         if kind == "snapshot":
             print(json.dumps({"type": "snapshot", "seq": message["seq"], "wells": message["wells"]}), flush=True)
         else:
@@ -38,10 +48,24 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    import os
+
+    import zmq.auth
+
+    os.makedirs(args.folder, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(args.folder, args.name)
+    os.chmod(secret, 0o600)
+    print(f"public key: {public}\nsecret key: {secret} (keep private; mode 600)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .simulator.cli import register as register_simulate
     from .demo import register as register_demo
     from .bench import register as register_bench
+    from .export.cli import register as register_export
+    from .training.cli import register as register_training
 
     parser = argparse.ArgumentParser(prog="wellwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -57,11 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", action="append", help="topic prefix, e.g. well/ (repeatable; default all)")
     p.add_argument("--count", type=int, default=0, help="exit after this many updates (0 = never)")
     p.add_argument("--timeout", type=float, default=None, help="exit after this many seconds without a message")
+    p.add_argument("--curve-server-key", help="CurveZMQ: the daemon's public .key file")
+    p.add_argument("--curve-client-key", help="CurveZMQ: this client's .key_secret file")
     p.set_defaults(func=cmd_subscribe)
+
+    p = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key public, NAME.key_secret private)")
+    p.add_argument("folder")
+    p.add_argument("name", help="e.g. server, or a client's name")
+    p.set_defaults(func=cmd_keys)
 
     register_simulate(sub)
     register_demo(sub)
     register_bench(sub)
+    register_export(sub)
+    register_training(sub)
     return parser
 
 

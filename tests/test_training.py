@@ -1,0 +1,162 @@
+"""Models, the training loop, splits and `wellwatch train` on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from wellwatch.training.checkpoint import load_checkpoint
+from wellwatch.training.dataset import save_dataset
+from wellwatch.training.models import PretrainedUnavailable, build_model, cam_layer, penultimate
+from wellwatch.training.run import train_run
+from wellwatch.training.splits import grouped_kfold, grouped_split
+from wellwatch.training.train import TrainConfig, augment, seed_defaults, train_classifier
+
+from .test_training_data import blob_crops, blob_dataset
+
+
+@pytest.mark.parametrize("arch,size", [("tiny", 32), ("ogawa", 48), ("resnet18", 32), ("squeezenet1_1", 48),
+                                       ("inception_v3", 75)])
+def test_architectures_take_grey_input_and_expose_features(arch, size):
+    torch.manual_seed(0)
+    m = build_model(arch, 1, 2, input_size=size).eval()
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        assert m(x).shape == (2, 2)
+        f = penultimate(m, x)
+    assert f.ndim == 2 and f.shape[0] == 2 and f.shape[1] >= 16
+    assert cam_layer(m) is not None
+
+
+def test_inception_refuses_too_small_input():
+    with pytest.raises(ValueError, match="at least 75 px"):
+        build_model("inception_v3", 1, 2, input_size=64)
+
+
+def test_seed_hyperparameters_are_the_defaults():
+    c = seed_defaults("resnet18")
+    assert (c.lr, c.betas, c.weight_decay, c.batch_size, c.epochs) == (1e-5, (0.5, 0.999), 1e-5, 4, 30)
+    o = seed_defaults("ogawa", epochs=7)
+    assert (o.lr, o.batch_size, o.patience, o.epochs) == (1e-4, 32, 5, 7)
+
+
+def test_pretrained_fails_clearly_for_ogawa():
+    with pytest.raises(PretrainedUnavailable, match="no ImageNet weights exist for architecture 'ogawa'"):
+        build_model("ogawa", 1, 2, input_size=64, pretrained="imagenet")
+
+
+def test_pretrained_fails_quickly_and_clearly_offline(tmp_path, monkeypatch):
+    """No network: the torchvision download fails at once with a message saying what to do."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+
+    def refuse(*a, **k):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    t0 = time.perf_counter()
+    with pytest.raises(PretrainedUnavailable, match=r"cannot load ImageNet weights .*resnet18.*without --pretrained"):
+        build_model("resnet18", 1, 2, pretrained="imagenet")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_cli_pretrained_offline_exits_2_with_message(tmp_path, monkeypatch, capsys):
+    from wellwatch.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("offline (test)")))
+    save_dataset(blob_dataset(40, 32, 8), tmp_path / "ds")
+    rc = main(["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--arch", "squeezenet1_1",
+               "--pretrained", "imagenet", "--epochs", "1", "--quiet"])
+    assert rc == 2
+    assert "cannot load ImageNet weights" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_augment_rotates_and_flips_each_sample_independently():
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(50, 1, 1, 1)
+    out = augment(x, torch.Generator().manual_seed(0))
+    # each output is one of the 8 symmetries of its input (values preserved), and they differ across samples
+    for i in range(len(x)):
+        variants = [torch.rot90(x[i], k, (1, 2)) for k in range(4)]
+        variants += [torch.flip(v, (2,)) for v in variants]
+        assert any(torch.equal(out[i], v) for v in variants)
+    distinct = {tuple(out[i].flatten().tolist()) for i in range(0, len(x), 2)}
+    assert len(distinct) == 8
+
+
+def test_grouped_splits_never_share_a_group():
+    groups = np.repeat([f"g{i}" for i in range(20)], 7)
+    tr, va, te = grouped_split(groups, (0.8, 0.1, 0.1), 0)
+    assert (tr.astype(int) + va + te == 1).all()
+    assert not set(groups[tr]) & set(groups[te]) and not set(groups[va]) & set(groups[te])
+    folds = grouped_kfold(groups, 5, 0)
+    assert (np.sum(folds, axis=0) == 1).all()
+    for f in folds:
+        assert not set(groups[f]) & set(groups[~f])
+
+
+def test_fixed_seed_gives_the_same_model():
+    x, y, _ = blob_crops(64, 16, 8)
+    cfg = TrainConfig(arch="tiny", epochs=2, batch_size=16, seed=3)
+    a, _ = train_classifier(x[:48], y[:48], x[48:], y[48:], cfg)
+    b, _ = train_classifier(x[:48], y[:48], x[48:], y[48:], cfg)
+    c, _ = train_classifier(x[:48], y[:48], x[48:], y[48:], TrainConfig(arch="tiny", epochs=2, batch_size=16, seed=4))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    x, y, _ = blob_crops(64, 16, 8)
+    rng = np.random.default_rng(0)
+    y_val = rng.integers(0, 2, 16)  # unlearnable validation labels: val loss soon stops improving
+    model, h = train_classifier(x[:48], y[:48], x[48:], y_val, TrainConfig(arch="tiny", epochs=30, batch_size=16,
+                                                                           lr=1e-2, patience=2))
+    assert len(h.train_loss) < 30
+    assert h.best_epoch == int(np.argmin(h.val_loss))
+    assert len(h.train_loss) == h.best_epoch + 1 + 2
+
+
+def test_train_run_writes_a_checkpoint_with_the_contract(tmp_path, capsys):
+    save_dataset(blob_dataset(96, 24, 20), tmp_path / "ds")
+    s = train_run(tmp_path / "ds", tmp_path / "run", arch="tiny", epochs=2, batch_size=16, lr=1e-3, seed=0)
+    model, arch, contract, history = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert arch == "tiny" and contract.task == "live_dead" and contract.classes == ("live", "dead")
+    assert contract.positive_class == "dead" and (contract.height, contract.width) == (24, 24)
+    assert contract.tiling.tile_size == 24 and contract.normalisation.method == "robust_zscore"
+    assert contract.trained_on["dataset"]["fingerprint"] == json.loads((tmp_path / "ds" / "dataset.json").read_text())["fingerprint"]
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert not set(split["train_groups"]) & set(split["test_groups"])
+    assert not set(split["val_groups"]) & set(split["test_groups"])
+    assert len(history["train_loss"]) == s["epochs_run"] >= 1
+    assert (tmp_path / "run" / "history.png").stat().st_size > 5000
+    assert "epoch   1/2" in capsys.readouterr().err  # progress lines
+
+
+def test_ogawa_checkpoint_round_trips_with_its_input_size(tmp_path):
+    save_dataset(blob_dataset(80, 48, 10), tmp_path / "ds")
+    train_run(tmp_path / "ds", tmp_path / "run", arch="ogawa", epochs=1, seed=0, progress=False)
+    model, arch, contract, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert arch == "ogawa" and contract.height == 48
+    with torch.no_grad():
+        assert model(torch.zeros(3, 1, 48, 48)).shape == (3, 2)
+
+
+def test_cross_validation_by_group(tmp_path):
+    save_dataset(blob_dataset(72, 16, 12), tmp_path / "ds")
+    s = train_run(tmp_path / "ds", tmp_path / "run", arch="tiny", epochs=1, batch_size=16, lr=1e-3, folds=3,
+                  progress=False)
+    cv = s["cv"]
+    assert cv["k"] == 3 and len(cv["folds"]) == 3
+    tests = [set(f["test_groups"]) for f in cv["folds"]]
+    assert not (tests[0] & tests[1]) and len(set().union(*tests)) == 12
+    lines = (tmp_path / "run" / "cv_scores.csv").read_text().splitlines()
+    assert lines[0] == "id,label,score,fold" and len(lines) == 73
+    assert (tmp_path / "run" / "best.pt").exists()

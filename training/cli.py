@@ -1,0 +1,162 @@
+"""`wellwatch dataset live-dead|voc`, `wellwatch train`, `wellwatch evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _class_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise SystemExit(f"--class-map: {item!r} is not NAME=CLASS")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_live_dead(args: argparse.Namespace) -> int:
+    from wellwatch.daemon.contract import Normalisation
+
+    from .dataset import save_dataset
+    from .livedead import build_live_dead_dataset, find_pairs, read_pairs
+
+    pairs = find_pairs(args.folders, args.naming, args.label_free, args.fluorescence, args.plate_format, args.pattern)
+    print(f"{len(pairs)} paired fields ({args.label_free} + {args.fluorescence})", file=sys.stderr)
+    fields = list(read_pairs(pairs))
+    reference = {"wells": _csv(args.reference_wells), "plates": _csv(args.reference_plates)}
+    out = Path(args.out)
+    ds = build_live_dead_dataset(fields, args.tile, args.stride or args.tile // 2, Normalisation(args.normalisation, {}),
+                                 args.empty_filter, args.empty_threshold,
+                                 reference if any(reference.values()) else None, histogram=out / "fluorescence_histogram.png")
+    ds.meta["provenance"].update(folders=[str(f) for f in args.folders], naming=args.naming,
+                                 label_free=args.label_free, fluorescence=args.fluorescence)
+    save_dataset(ds, out)
+    print(json.dumps({"out": str(out), "counts": ds.meta["label_counts"],
+                      "thresholds": {k: ds.meta["thresholds"][k] for k in ("live_below", "dead_above", "equal_posterior",
+                                                                           "empty_std")}}, indent=1))
+    return 0
+
+
+def cmd_voc(args: argparse.Namespace) -> int:
+    from wellwatch.daemon.contract import Normalisation
+
+    from .dataset import save_dataset
+    from .voc import build_voc_dataset
+
+    ds = build_voc_dataset(args.folders, args.size, args.context, Normalisation(args.normalisation, {}),
+                           _class_map(args.class_map), args.group_pattern, args.limit,
+                           None if args.no_duplicate_groups else args.duplicate_threshold)
+    save_dataset(ds, args.out)
+    print(json.dumps({"out": args.out, "n": len(ds), "counts": ds.counts(), "task": ds.meta["task"],
+                      "groups": len(set(ds.source.tolist())), "duplicates": ds.meta["duplicates"]}, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models import PretrainedUnavailable
+    from .run import train_run
+
+    fractions = tuple(float(f) for f in args.split.split("/"))
+    if len(fractions) != 3:
+        raise SystemExit(f"--split {args.split!r}: give train/val/test, e.g. 80/10/10")
+    try:
+        summary = train_run(args.dataset, args.out, args.arch, args.epochs, args.batch_size, args.lr, args.patience,
+                            args.seed, args.pretrained, args.group_by, fractions, args.folds, args.threshold,
+                            args.device, args.name, progress=not args.quiet)
+    except PretrainedUnavailable as e:
+        print(f"wellwatch train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("arch", "metrics", "threshold", "train_seconds", "epochs_run",
+                                              "best_epoch", "device")}, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    m = evaluate(args.model, args.dataset, args.out, args.split, args.bootstrap, args.tsne_max, args.gradcam)
+    print(json.dumps({k: m[k] for k in ("n", "auc", "auc_ci95", "balanced_accuracy", "balanced_accuracy_ci95",
+                                        "confusion_matrix", "patches")}, indent=1))
+    print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    ds = sub.add_parser("dataset", help="build a training dataset (live-dead from paired fluorescence, voc from boxes)")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+
+    p = dsub.add_parser("live-dead", help="tile paired label-free + PI acquisitions, label tiles by a 2-component GMM")
+    p.add_argument("folders", nargs="+", help="acquisition folders (searched recursively)")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--naming", default="scanr", help="naming preset (scanr, nis, metaxpress, operetta, incucyte, "
+                                                     "cellomics, regex)")
+    p.add_argument("--pattern", default="", help="regex for --naming regex")
+    p.add_argument("--plate-format", type=int, default=96)
+    p.add_argument("--label-free", default="BF", help="label-free channel name (default BF)")
+    p.add_argument("--fluorescence", default="PI", help="propidium-iodide channel name (default PI)")
+    p.add_argument("--tile", type=int, default=224, help="patch size in px (default 224, the seed study's)")
+    p.add_argument("--stride", type=int, default=0, help="stride in px (default tile/2 = 50%% overlap)")
+    p.add_argument("--normalisation", default="robust_zscore", choices=["robust_zscore"])
+    p.add_argument("--empty-filter", default="std", choices=["std", "none"],
+                   help="std (default; chosen on measured evidence, see training/empty_filter.py) or none")
+    p.add_argument("--empty-threshold", type=float, default=None, help="std threshold (default: fitted without labels)")
+    p.add_argument("--reference-wells", help="fit the mixture on these wells only, e.g. A1,B1 (the untreated set)")
+    p.add_argument("--reference-plates", help="fit the mixture on these plates only")
+    p.set_defaults(func=cmd_live_dead)
+
+    p = dsub.add_parser("voc", help="import Pascal VOC boxes (LabelImg/CVAT) as labelled crops")
+    p.add_argument("folders", nargs="+", help="folders with image + .xml pairs (searched recursively)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=64, help="crop size in px after resizing (default 64)")
+    p.add_argument("--context", type=float, default=1.5, help="crop side / box's longer side (default 1.5)")
+    p.add_argument("--normalisation", default="robust_zscore", choices=["robust_zscore"])
+    p.add_argument("--class-map", help="box name to class, e.g. 'Living Cell=live,Dead Cell=dead' "
+                                       "(default: LDC names map to live/dead, others kept)")
+    p.add_argument("--group-pattern", help="regex with named groups plate/well searched in the image name")
+    p.add_argument("--duplicate-threshold", type=float, default=0.95,
+                   help="images that are rotated/flipped near-copies (thumbnail correlation above this) share a group")
+    p.add_argument("--no-duplicate-groups", action="store_true", help="every image its own group")
+    p.add_argument("--limit", type=int, default=0, help="read only the first N xml files")
+    p.set_defaults(func=cmd_voc)
+
+    p = sub.add_parser("train", help="train a classifier on a dataset folder; writes RUN/best.pt")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny"],
+                   help="default: resnet18 for tiles, ogawa for crops")
+    p.add_argument("--pretrained", choices=["imagenet"], help="load torchvision's ImageNet weights")
+    p.add_argument("--epochs", type=int, help="at most this many (default: the seed study's, 30)")
+    p.add_argument("--batch-size", type=int, help="default: the seed study's (4 torchvision, 32 ogawa)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the seed study's)")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 5)")
+    p.add_argument("--split", default="80/10/10", help="train/val/test fractions of the groups")
+    p.add_argument("--group-by", default="source", choices=["source", "well", "plate"])
+    p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation by group (0 = off)")
+    p.add_argument("--threshold", default="0.5", choices=["0.5", "val"],
+                   help="decision threshold: 0.5 or the one maximising balanced accuracy on validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
+    p.add_argument("--name", help="model name in the contract")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, plots and a report for a run or an exported ONNX model")
+    p.add_argument("model", help="RUN folder, RUN/best.pt, or an exported .onnx")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--split", default="auto", choices=["auto", "test", "all"],
+                   help="auto: the run's test split when the dataset is its own, else all patches")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--tsne-max", type=int, default=1500)
+    p.add_argument("--gradcam", type=int, default=12, help="patches shown with Grad-CAM")
+    p.set_defaults(func=cmd_evaluate)

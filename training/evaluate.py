@@ -1,0 +1,395 @@
+"""`wellwatch evaluate RUN_OR_ONNX DATASET --out REPORT`: metrics, plots and a one-page report.
+
+The model is either a training run (RUN/ or RUN/best.pt: the PyTorch checkpoint) or an exported
+ONNX file (run with ONNX Runtime, as the daemon runs it): the model the daemon serves is the model
+evaluated. Its contract must match the dataset's preprocessing (normalisation, input size).
+
+Which patches: with --split auto (default), when the dataset is the one the model was trained on
+(same fingerprint), only its held-out test groups; otherwise every patch. --split all forces all.
+
+REPORT/metrics.json  auc (+ bootstrap 95% CI), balanced_accuracy (+ balanced_accuracy_ci95),
+                     n, positive_class, confusion_matrix (rows = true class, columns = predicted,
+                     in `classes` order), sensitivity, specificity, pearson_r with fluorescence
+REPORT/scores.csv    id,label,score: label 1 = the positive class, score = its probability
+REPORT/*.png         roc, confusion, fluorescence (paired data), tsne and gradcam (checkpoints only)
+REPORT/report.md     one page that shows them
+The bootstrap resamples whole groups (source images), not patches: patches of one image are not
+independent, and a CI that ignored that would be too narrow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wellwatch.daemon.contract import ModelContract
+
+from .dataset import Dataset, load_dataset
+from .scores import balanced_accuracy, roc_auc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    kind: str                  # "checkpoint" | "onnx"
+    path: Path
+    contract: ModelContract
+    torch_model: Any = None    # nn.Module for checkpoints
+    session: Any = None        # onnxruntime.InferenceSession for ONNX files
+    arch: str = ""
+
+    def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        """(N, classes) probabilities."""
+        if self.torch_model is not None:
+            from .train import predict_proba
+
+            return predict_proba(self.torch_model, x, batch)
+        out = []
+        for i in range(0, len(x), batch):
+            y = self.session.run(None, {self.contract.input_name: np.ascontiguousarray(x[i:i + batch], np.float32)})[0]
+            if self.contract.output == "logits":
+                y = np.exp(y - y.max(axis=1, keepdims=True))
+                y /= y.sum(axis=1, keepdims=True)
+            out.append(y)
+        return np.concatenate(out) if out else np.zeros((0, len(self.contract.classes)), np.float32)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        from wellwatch.daemon.contract import contract_from_metadata
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        contract = contract_from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+        return LoadedModel("onnx", path, contract, session=session)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint or ONNX file")
+    from .checkpoint import load_checkpoint
+
+    model, arch, contract, _ = load_checkpoint(path)
+    return LoadedModel("checkpoint", path, contract, torch_model=model, arch=arch)
+
+
+def check_compatible(contract: ModelContract, ds: Dataset) -> None:
+    problems = []
+    if (contract.height, contract.width) != tuple(ds.x.shape[-2:]):
+        problems.append(f"input {contract.height}x{contract.width} vs patches {ds.x.shape[-2]}x{ds.x.shape[-1]}")
+    if len(contract.channels) != ds.x.shape[1]:
+        problems.append(f"{len(contract.channels)} channels vs {ds.x.shape[1]}")
+    if contract.normalisation.method != ds.normalisation.method or contract.normalisation.params != ds.normalisation.params:
+        problems.append(f"normalisation {contract.normalisation} vs the dataset's {ds.normalisation}")
+    if set(contract.classes) != set(ds.classes):
+        problems.append(f"classes {list(contract.classes)} vs {list(ds.classes)}")
+    if problems:
+        raise ValueError("the model does not fit this dataset: " + "; ".join(problems))
+
+
+def select_patches(contract: ModelContract, ds: Dataset, split: str) -> tuple[np.ndarray, str]:
+    if split == "all":
+        return np.ones(len(ds), bool), "all patches"
+    info = contract.trained_on.get("split", {})
+    same = contract.trained_on.get("dataset", {}).get("fingerprint") == ds.meta.get("fingerprint")
+    if same and info.get("test_groups"):
+        groups = ds.groups(info.get("group_by", "source"))
+        mask = np.isin(groups, info["test_groups"])
+        return mask, f"the run's held-out test split ({len(info['test_groups'])} {info.get('group_by', 'source')} groups)"
+    if split == "test":
+        raise ValueError("--split test: this dataset is not the one the model was trained on (fingerprints differ), "
+                         "or the model holds no test split")
+    if same:
+        log.warning("the model was trained on this dataset and holds no test split: evaluating on all patches")
+        return np.ones(len(ds), bool), "all patches (WARNING: includes the training data)"
+    return np.ones(len(ds), bool), "all patches (a dataset the model was not trained on)"
+
+
+def bootstrap_ci(y: np.ndarray, score: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: int = 2000,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile intervals of balanced accuracy and AUC, resampling whole groups."""
+    rng = np.random.default_rng(seed)
+    _, gi = np.unique(groups.astype(str), return_inverse=True)
+    g = gi.max() + 1 if len(gi) else 0
+    stats = np.zeros((g, 4))  # tp, fn, tn, fp per group
+    np.add.at(stats, (gi, 0), y & pred)
+    np.add.at(stats, (gi, 1), y & ~pred)
+    np.add.at(stats, (gi, 2), ~y & ~pred)
+    np.add.at(stats, (gi, 3), ~y & pred)
+    draws = np.stack([np.bincount(rng.integers(0, g, g), minlength=g) for _ in range(n_boot)])
+    c = draws @ stats
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ba = 0.5 * (c[:, 0] / (c[:, 0] + c[:, 1]) + c[:, 2] / (c[:, 2] + c[:, 3]))
+    members = [np.nonzero(gi == k)[0] for k in range(g)]
+    aucs = []
+    for d in draws[: min(n_boot, 1000)]:
+        idx = np.concatenate([np.repeat(members[k], d[k]) for k in np.nonzero(d)[0]])
+        aucs.append(roc_auc(y[idx], score[idx]))
+    q = lambda a: [round(float(np.nanpercentile(a, 2.5)), 4), round(float(np.nanpercentile(a, 97.5)), 4)]
+    return {"balanced_accuracy_ci95": q(ba), "auc_ci95": q(np.array(aucs)), "bootstrap": f"{n_boot} resamples of "
+            f"{g} groups (AUC: {len(aucs)})"}
+
+
+def compute_metrics(y: np.ndarray, score: np.ndarray, threshold: float, groups: np.ndarray, classes: tuple[str, ...],
+                    positive: str, fluorescence: np.ndarray | None = None, n_boot: int = 2000) -> dict[str, Any]:
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(score) >= threshold
+    neg = [c for c in classes if c != positive][0] if len(classes) == 2 else "rest"
+    tn, fp = int((~y & ~pred).sum()), int((~y & pred).sum())
+    fn, tp = int((y & ~pred).sum()), int((y & pred).sum())
+    m: dict[str, Any] = {
+        "n": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups.astype(str)))),
+        "positive_class": positive, "classes": [neg, positive], "decision_threshold": float(threshold),
+        "auc": round(roc_auc(y, score), 4), "balanced_accuracy": round(balanced_accuracy(y.astype(int), pred.astype(int)), 4),
+        "sensitivity": round(tp / max(tp + fn, 1), 4), "specificity": round(tn / max(tn + fp, 1), 4),
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }
+    m.update(bootstrap_ci(y, np.asarray(score, np.float64), pred, groups, n_boot))
+    if fluorescence is not None and len(y) > 2 and np.std(score) > 0:
+        m["pearson_r_score_fluorescence"] = round(float(np.corrcoef(score, fluorescence)[0, 1]), 4)
+    return m
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-score, kind="mergesort")
+    ys, ss = y[order].astype(bool), score[order]
+    distinct = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]
+    tps, fps = np.cumsum(ys)[distinct], np.cumsum(~ys)[distinct]
+    return np.r_[0, fps / max(fps[-1], 1)], np.r_[0, tps / max(tps[-1], 1)]
+
+
+def plot_roc(y, score, m, path: Path) -> None:
+    plt = _plt()
+    fpr, tpr = roc_curve(np.asarray(y).astype(bool), np.asarray(score))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.plot(1 - m["specificity"], m["sensitivity"], "o", color="tab:red", label=f"threshold {m['decision_threshold']:.2f}")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel(f"true positive rate ({m['positive_class']})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"ROC, n={m['n']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(m, path: Path) -> None:
+    plt = _plt()
+    cm = np.array(m["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{cm[i, j]}\n({cm[i, j] / max(cm[i].sum(), 1):.0%})", ha="center", va="center", fontsize=9)
+    ax.set_xticks([0, 1], m["classes"])
+    ax.set_yticks([0, 1], m["classes"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"balanced accuracy {m['balanced_accuracy']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fluorescence(score, fluo, y, m, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for val, colour, name in ((False, "tab:green", m["classes"][0]), (True, "tab:red", m["classes"][1])):
+        sel = y == val
+        ax.scatter(fluo[sel], score[sel], s=6, alpha=0.5, color=colour, label=f"label {name}")
+    ax.set_xlabel("mean fluorescence of the patch")
+    ax.set_ylabel(f"P({m['positive_class']})")
+    ax.set_title(f"Pearson r = {m.get('pearson_r_score_fluorescence', float('nan')):.3f}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tsne(features: np.ndarray, y: np.ndarray, pred: np.ndarray, m, path: Path, seed: int = 0) -> None:
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    emb = TSNE(2, perplexity=min(30, max(5, len(features) // 4)), init="pca", random_state=seed).fit_transform(
+        features.astype(np.float64))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+    for ax, colour_by, title in ((axes[0], y, "coloured by label"), (axes[1], pred, "coloured by prediction")):
+        for val, colour, name in ((False, "tab:green", m["classes"][0]), (True, "tab:red", m["classes"][1])):
+            sel = colour_by == val
+            ax.scatter(emb[sel, 0], emb[sel, 1], s=5, alpha=0.6, color=colour, label=name)
+        ax.set_title(f"t-SNE of penultimate features, {title}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gradcam(model, x: np.ndarray, target: int) -> np.ndarray:
+    """(N, H, W) Grad-CAM maps in 0..1 for class `target`, at the input's resolution."""
+    import torch
+    import torch.nn.functional as F
+
+    from .models import cam_layer
+
+    layer = cam_layer(model)
+    store: dict[str, Any] = {}
+
+    def hook(_m, _i, out):
+        store["a"] = out
+        out.register_hook(lambda g: store.__setitem__("g", g))
+
+    h = layer.register_forward_hook(hook)
+    try:
+        model.eval()
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).requires_grad_(True)
+        logits = model(xt)
+        model.zero_grad()
+        logits[:, target].sum().backward()
+    finally:
+        h.remove()
+    a, g = store["a"].detach(), store["g"].detach()
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
+    top = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
+    return cam / np.maximum(top, 1e-12)
+
+
+def plot_gradcam(model, x, y, score, ids, m, pos_index: int, path: Path, n: int = 12, seed: int = 0) -> None:
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    picks = []
+    for val in (True, False):
+        idx = np.nonzero(y == val)[0]
+        picks += rng.choice(idx, min(len(idx), n // 2), replace=False).tolist()
+    picks = np.array(picks, int)
+    cams = gradcam(model, x[picks], pos_index)
+    cols = min(6, len(picks))
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, i in enumerate(picks):
+        ax = axes.ravel()[k]
+        img = x[i, 0]
+        lo, hi = np.percentile(img, [1, 99])
+        ax.imshow(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), cmap="gray")
+        ax.imshow(cams[k], cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        ax.set_title(f"{m['classes'][int(y[i])]} p={score[i]:.2f}", fontsize=7)
+    fig.suptitle(f"Grad-CAM for class '{m['positive_class']}' (label, P({m['positive_class']}))", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split: str = "auto",
+             n_boot: int = 2000, tsne_max: int = 1500, gradcam_n: int = 12, seed: int = 0) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(model_path)
+    ds = load_dataset(dataset)
+    check_compatible(lm.contract, ds)
+    mask, which = select_patches(lm.contract, ds, split)
+    sub = ds.subset(mask)
+    c = lm.contract
+    pos_model = c.classes.index(c.positive_class)
+    probs = lm.predict(sub.x)
+    score = probs[:, pos_model].astype(np.float64)
+    y = np.asarray(sub.classes)[sub.y] == c.positive_class
+    group_by = c.trained_on.get("split", {}).get("group_by", "source")
+    m = compute_metrics(y, score, c.decision_threshold, sub.groups(group_by), c.classes, c.positive_class,
+                        sub.fluorescence, n_boot)
+    m.update(model=str(lm.path), model_kind=lm.kind, model_name=c.name, arch=lm.arch or c.trained_on.get("arch"),
+             dataset=str(dataset), patches=which, input_size=[c.height, c.width], bootstrap_unit=group_by)
+    with open(out / "scores.csv", "w") as f:
+        f.write("id,label,score\n")
+        for i, lab, s in zip(sub.ids, y, score):
+            f.write(f"{i},{int(lab)},{s:.6f}\n")
+    figures = {"roc": "roc.png", "confusion": "confusion.png"}
+    plot_roc(y, score, m, out / "roc.png")
+    plot_confusion(m, out / "confusion.png")
+    if sub.fluorescence is not None:
+        plot_fluorescence(score, sub.fluorescence, y, m, out / "fluorescence.png")
+        figures["fluorescence"] = "fluorescence.png"
+    notes = []
+    if lm.torch_model is not None:
+        import torch
+
+        from .models import penultimate
+
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(len(sub), min(len(sub), tsne_max), replace=False))
+        if len(pick) >= 10:
+            with torch.no_grad():
+                feats = np.concatenate([penultimate(lm.torch_model, torch.from_numpy(sub.x[pick[i:i + 256]])).numpy()
+                                        for i in range(0, len(pick), 256)])
+            plot_tsne(feats, y[pick], score[pick] >= c.decision_threshold, m, out / "tsne.png", seed)
+            figures["tsne"] = "tsne.png"
+        if gradcam_n > 0 and len(sub):
+            plot_gradcam(lm.torch_model, sub.x, y, score, sub.ids, m, pos_model, out / "gradcam.png", gradcam_n, seed)
+            figures["gradcam"] = "gradcam.png"
+    else:
+        notes.append("t-SNE and Grad-CAM need the PyTorch checkpoint (RUN/best.pt); this report evaluated the "
+                     "exported ONNX file with ONNX Runtime, so they are absent.")
+    m["figures"] = figures
+    m["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "metrics.json").write_text(json.dumps(m, indent=1) + "\n")
+    write_report(out, m, c, notes)
+    log.info("evaluated %s on %d patches: AUC %.4f, balanced accuracy %.4f %s", lm.path, m["n"], m["auc"],
+             m["balanced_accuracy"], m["balanced_accuracy_ci95"])
+    return m
+
+
+def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str]) -> Path:
+    t = c.trained_on
+    cm = m["confusion_matrix"]
+    lines = [
+        f"# Evaluation: {c.name}", "",
+        f"Model `{m['model']}` ({m['model_kind']}, architecture {m.get('arch')}, input "
+        f"{c.height}x{c.width}x{len(c.channels)}, normalisation {c.normalisation.method}), "
+        f"dataset `{m['dataset']}`, evaluated on {m['patches']}.", "",
+        "| metric | value |", "|---|---|",
+        f"| n (positive = {m['positive_class']}) | {m['n']} ({m['n_positive']}), {m['n_groups']} groups |",
+        f"| AUC | {m['auc']:.4f} (95% CI {m['auc_ci95'][0]:.4f}-{m['auc_ci95'][1]:.4f}) |",
+        f"| balanced accuracy @ {m['decision_threshold']:.2f} | {m['balanced_accuracy']:.4f} "
+        f"(95% CI {m['balanced_accuracy_ci95'][0]:.4f}-{m['balanced_accuracy_ci95'][1]:.4f}) |",
+        f"| sensitivity / specificity | {m['sensitivity']:.4f} / {m['specificity']:.4f} |",
+    ]
+    if "pearson_r_score_fluorescence" in m:
+        lines.append(f"| Pearson r (score vs mean fluorescence) | {m['pearson_r_score_fluorescence']:.4f} |")
+    lines += [f"| confusion (rows true {m['classes'][0]}/{m['classes'][1]}) | {cm[0]} / {cm[1]} |", "",
+              f"CIs: {m['bootstrap']} (the {m['bootstrap_unit']} is the resampling unit).", ""]
+    if t:
+        lines += [f"Training: {t.get('epochs_run', '?')} epochs (best {t.get('best_epoch', '?')}), "
+                  f"{t.get('seconds', '?')} s on {t.get('device', '?')}; split by {t.get('split', {}).get('group_by')}.", ""]
+    for key, title in (("roc", "ROC curve"), ("confusion", "Confusion matrix"),
+                       ("fluorescence", "Score vs mean fluorescence"), ("tsne", "t-SNE of penultimate features"),
+                       ("gradcam", "Grad-CAM")):
+        if key in m["figures"]:
+            lines += [f"## {title}", "", f"![{title}]({m['figures'][key]})", ""]
+    for n in notes:
+        lines += [f"> {n}", ""]
+    lines += ["Files: `metrics.json`, `scores.csv` (id,label,score; label 1 = positive class).", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,200 @@
+"""`wellwatch train`: a dataset folder -> RUN/ (best.pt, history plot, split, metrics).
+
+Splits are by group (source image by default; well or plate for cross-validation by dish or
+plate), so patches of one group never sit on both sides of a split.
+
+RUN/best.pt        the checkpoint (training/checkpoint.py): weights + the full model contract
+RUN/history.png    training and validation loss (and validation AUC) per epoch
+RUN/split.json     the groups of each split and the per-split counts
+RUN/train.json     configuration, timing, test metrics (and cross-validation folds)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wellwatch.daemon.contract import ModelContract
+
+from .checkpoint import history_dict, save_checkpoint
+from .dataset import Dataset, load_dataset
+from .scores import balanced_accuracy, roc_auc
+from .splits import grouped_kfold, grouped_split
+from .train import History, TrainConfig, predict_proba, seed_defaults, train_classifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARCH = {"tiles": "resnet18", "crops": "ogawa"}
+
+
+def default_arch(ds: Dataset) -> str:
+    """The seed study's network for this kind of data: tiles -> ResNet-18 (live/dead study),
+    single-cell crops -> the Ogawa CNN (the cell-crop study)."""
+    return DEFAULT_ARCH.get(ds.meta.get("kind", "tiles"), "resnet18")
+
+
+def make_contract(ds: Dataset, arch: str, name: str, threshold: float, trained_on: dict[str, Any],
+                  metrics: dict[str, Any]) -> ModelContract:
+    size = int(ds.x.shape[-1])
+    return ModelContract(
+        name=name, task=ds.meta.get("task", "live_dead"), classes=tuple(ds.classes),
+        positive_class=ds.positive_class, output="probabilities", input_name="input",
+        channels=tuple(ds.meta.get("channels", ["brightfield"])), layout="NCHW", height=size, width=size,
+        normalisation=ds.normalisation, tiling=ds.tiling, empty_filter=ds.empty_filter,
+        decision_threshold=float(threshold), trained_on=trained_on, metrics=metrics,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), tool="wellwatch train")
+
+
+def _metrics(y_pos: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, Any]:
+    return {"n": int(len(y_pos)), "auc": round(roc_auc(y_pos, score), 4),
+            "balanced_accuracy": round(balanced_accuracy(y_pos.astype(int), (score >= threshold).astype(int)), 4)}
+
+
+def fit_split(ds: Dataset, train: np.ndarray, val: np.ndarray, cfg: TrainConfig):
+    return train_classifier(ds.x[train], ds.y[train], ds.x[val], ds.y[val], cfg, classes=len(ds.classes))
+
+
+def choose_threshold(y_pos: np.ndarray, score: np.ndarray, how: str) -> float:
+    """'0.5' (the weighted sampler trains on balanced classes, so 0.5 is the balanced boundary) or
+    'val' (the threshold that maximises balanced accuracy on the validation split)."""
+    if how != "val" or len(np.unique(y_pos)) < 2:
+        return 0.5
+    candidates = np.unique(np.round(score, 4))
+    best = max(candidates, key=lambda t: balanced_accuracy(y_pos.astype(int), (score >= t).astype(int)))
+    return float(best)
+
+
+def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epochs: int | None = None,
+              batch_size: int | None = None, lr: float | None = None, patience: int | None = None,
+              seed: int = 0, pretrained: str | None = None, group_by: str = "source",
+              fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int = 0,
+              threshold: str = "0.5", device: str = "auto", name: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    ds = load_dataset(dataset)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arch = arch or default_arch(ds)
+    cfg = seed_defaults(arch, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+                        pretrained=pretrained, device=device, progress=progress)
+    groups = ds.groups(group_by)
+    pos = ds.classes.index(ds.positive_class)
+    summary: dict[str, Any] = {"dataset": str(dataset), "fingerprint": ds.meta.get("fingerprint"),
+                               "arch": arch, "config": asdict(cfg), "group_by": group_by}
+    t0 = time.perf_counter()
+    if folds:
+        summary["cv"] = cross_validate(ds, groups, folds, cfg, pos, threshold, out)
+        train, val = grouped_split(groups, (0.9, 0.1), seed)
+        test = np.zeros(len(ds), bool)
+    else:
+        train, val, test = grouped_split(groups, fractions, seed)
+    _log(progress, f"training {arch} on {int(train.sum())} patches ({len(set(groups[train]))} {group_by} groups), "
+                   f"validating on {int(val.sum())}, testing on {int(test.sum())}; input "
+                   f"{ds.x.shape[1]}x{ds.x.shape[2]}x{ds.x.shape[3]}")
+    model, history = fit_split(ds, train, val, cfg)
+    p_val = predict_proba(model, ds.x[val])[:, pos]
+    thr = choose_threshold(ds.y[val] == pos, p_val, threshold)
+    metrics: dict[str, Any] = {"val": _metrics(ds.y[val] == pos, p_val, thr)}
+    if test.any():
+        p_test = predict_proba(model, ds.x[test])[:, pos]
+        metrics["test"] = _metrics(ds.y[test] == pos, p_test, thr)
+        metrics["test"]["split"] = f"held-out {group_by} groups"
+    if folds:
+        metrics["cv"] = summary["cv"]["pooled"]
+    split = {"group_by": group_by, "seed": seed, "fractions": list(fractions) if not folds else [0.9, 0.1],
+             "train_groups": sorted(set(groups[train].tolist())), "val_groups": sorted(set(groups[val].tolist())),
+             "test_groups": sorted(set(groups[test].tolist())),
+             "counts": {k: {c: int((ds.y[m] == i).sum()) for i, c in enumerate(ds.classes)}
+                        for k, m in (("train", train), ("val", val), ("test", test))}}
+    (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
+    trained_on = {"dataset": {k: ds.meta.get(k) for k in ("kind", "provenance", "counts", "n", "groups",
+                                                          "thresholds", "crop", "duplicates", "fingerprint")
+                              if ds.meta.get(k) is not None},
+                  "arch": arch, "pretrained": pretrained, "epochs_run": len(history.train_loss),
+                  "best_epoch": history.best_epoch + 1, "seconds": round(history.seconds, 1),
+                  "device": history.device, "hyperparameters": {k: v for k, v in asdict(cfg).items()
+                                                                if k not in ("progress", "device")},
+                  "split": {"group_by": group_by, "seed": seed, "test_groups": split["test_groups"],
+                            "counts": split["counts"]},
+                  "threshold_rule": threshold}
+    contract = make_contract(ds, arch, name or f"{ds.meta.get('task', 'model')}-{arch}", thr, trained_on, metrics)
+    save_checkpoint(out / "best.pt", model, arch, contract, history_dict(history))
+    plot_history(history, out / "history.png", f"{arch} on {Path(dataset).name}")
+    summary.update(metrics=metrics, threshold=thr, seconds=round(time.perf_counter() - t0, 1),
+                   train_seconds=round(history.seconds, 1), epochs_run=len(history.train_loss),
+                   best_epoch=history.best_epoch + 1, device=history.device)
+    (out / "train.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    _log(progress, f"wrote {out / 'best.pt'}: {json.dumps(metrics)} (training {history.seconds:.0f} s)")
+    return summary
+
+
+def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, pos: int, threshold: str,
+                   out: Path) -> dict[str, Any]:
+    """k folds by group: each fold's groups are the test set once; 10% of the other groups validate."""
+    oof = np.full(len(ds), np.nan)
+    folds = []
+    for i, test in enumerate(grouped_kfold(groups, k, cfg.seed)):
+        rest = np.nonzero(~test)[0]
+        tr, va = grouped_split(groups[rest], (0.9, 0.1), cfg.seed + i)
+        train, val = np.zeros(len(ds), bool), np.zeros(len(ds), bool)
+        train[rest[tr]], val[rest[va]] = True, True
+        _log(cfg.progress, f"fold {i + 1}/{k}: test groups {sorted(set(groups[test].tolist()))[:6]}...")
+        model, history = fit_split(ds, train, val, replace(cfg, seed=cfg.seed + i))
+        thr = choose_threshold(ds.y[val] == pos, predict_proba(model, ds.x[val])[:, pos], threshold)
+        oof[test] = predict_proba(model, ds.x[test])[:, pos]
+        m = _metrics(ds.y[test] == pos, oof[test], thr)
+        m.update(fold=i + 1, test_groups=sorted(set(groups[test].tolist())), epochs_run=len(history.train_loss),
+                 threshold=thr)
+        folds.append(m)
+    with open(out / "cv_scores.csv", "w") as f:
+        f.write("id,label,score,fold\n")
+        fold_of = np.zeros(len(ds), int)
+        for i, t in enumerate(grouped_kfold(groups, k, cfg.seed)):
+            fold_of[t] = i + 1
+        for j in range(len(ds)):
+            f.write(f"{ds.ids[j]},{int(ds.y[j] == pos)},{oof[j]:.6f},{fold_of[j]}\n")
+    aucs = [f["auc"] for f in folds]
+    return {"k": k, "folds": folds, "pooled": _metrics(ds.y == pos, oof, 0.5),
+            "auc_mean": round(float(np.nanmean(aucs)), 4), "auc_sd": round(float(np.nanstd(aucs)), 4)}
+
+
+def plot_history(h: History, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(h.train_loss) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(epochs, h.train_loss, "o-", label="train loss")
+    ax.plot(epochs, h.val_loss, "s-", label="validation loss")
+    if h.best_epoch >= 0:
+        ax.axvline(h.best_epoch + 1, color="grey", ls="--", lw=1, label=f"best epoch {h.best_epoch + 1}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    if h.val_auc:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, h.val_auc, "^:", color="tab:green", label="validation AUC")
+        ax2.set_ylabel("validation AUC")
+        ax2.set_ylim(0.4, 1.0)
+        ax2.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        import sys
+
+        print(msg, file=sys.stderr, flush=True)
+    else:
+        log.info(msg)
