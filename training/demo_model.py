@@ -6,7 +6,8 @@
 2. tile the bright-field frames with the daemon's own tiling; drop empty tiles;
 3. label each tile by its mean PI fluorescence with the two-component mixture rule;
 4. train a tiny CNN on grouped splits (by source field); evaluate on held-out fields;
-5. save RUN/best.pt, then export it to ONNX with the model contract; parity-check against PyTorch.
+5. save RUN/best.pt, then export it with `wellwatch export`'s entry point (export_checkpoint): ONNX with
+   the model contract, parity-checked against PyTorch on random, held-out and real patches.
 
 The model knows only simulated frames: it is a demo, not a model for real experiments.
 """
@@ -22,11 +23,11 @@ import numpy as np
 
 from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Tiling
 from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins
-from wellwatch.export.onnx_export import export_classifier
+from wellwatch.export.from_checkpoint import export_checkpoint
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 
-from .checkpoint import history_dict, load_checkpoint, save_checkpoint
+from .checkpoint import history_dict, save_checkpoint
 from .gmm import fit_mixture
 from .patches import PairedField, cut_patches, label_patches
 from .scores import balanced_accuracy, roc_auc
@@ -41,7 +42,9 @@ CALIBRATION_PLATE = SimulationSpec(plate_name="calibration", treatment="dose_ser
 
 
 def paired_fields(spec: SimulationSpec) -> list[PairedField]:
-    return [PairedField(f.images["BF"], f.images["PI"], f"{f.plate}/{f.well}/{f.field}/{f.timepoint}", f.well, f.plate)
+    # The split unit is the field position: its timepoints show the same cells, so they stay together.
+    return [PairedField(f.images["BF"], f.images["PI"], f"{f.plate}/{f.well}/{f.field}", f.well, f.plate,
+                        frame=f"{f.plate}/{f.well}/{f.field}/{f.timepoint}")
             for f in iter_fields(spec)]
 
 
@@ -75,7 +78,7 @@ def build(out: Path, epochs: int = 12, seed: int = 0, tile: int = TILE,
                                       labelled.labels[val], TrainConfig(epochs=epochs, seed=seed))
     p_dead = predict_proba(model, labelled.patches[test])[:, 1]
     y = labelled.labels[test]
-    metrics = {"split": "held-out simulated fields (grouped by field)", "n": int(len(y)),
+    metrics = {"split": "held-out simulated field positions (all timepoints of a field on one side)", "n": int(len(y)),
                "auc": round(roc_auc(y, p_dead), 4), "balanced_accuracy": round(balanced_accuracy(y, p_dead >= 0.5), 4)}
     log.info("test: %s", metrics)
     contract = ModelContract(
@@ -96,10 +99,10 @@ def build(out: Path, epochs: int = 12, seed: int = 0, tile: int = TILE,
         metrics=metrics, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), tool="wellwatch demo_model")
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = save_checkpoint(run_dir / "best.pt", model, "tiny", contract, history_dict(history))
-    model, _, contract, _ = load_checkpoint(checkpoint)  # export exactly what the checkpoint holds
-    export_classifier(model, contract, out, parity_inputs=labelled.patches[test])
+    # the same entry point as `wellwatch export`: exactly what the checkpoint holds, parity-checked
+    result = export_checkpoint(checkpoint, out, real_inputs=labelled.patches[test])
     log.info("wrote %s in %.0f s", out, time.perf_counter() - t0)
-    return contract
+    return result.contract
 
 
 def main(argv: list[str] | None = None) -> int:
