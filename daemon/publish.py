@@ -19,11 +19,10 @@ from .errors import StartupError
 from .journal import Journal, OutboxMessage
 from .metrics import DaemonMetrics
 from .security import CurveServer
-from .stream import SCHEMA_VERSION, snapshot_key, stamp_sent
+from .stream import SCHEMA_VERSION, SNAPSHOT_REQUEST, snapshot_key, stamp_sent
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_REQUEST = b"snapshot"
 _STOP = object()
 
 

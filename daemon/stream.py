@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 SCHEMA_VERSION = 1
+SNAPSHOT_REQUEST = b"snapshot"  # what a client sends to the snapshot endpoint
 
 
 def frame_topic(plate: str, well: str) -> str:

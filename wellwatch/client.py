@@ -14,7 +14,7 @@ from typing import Iterator
 
 import zmq
 
-SNAPSHOT_REQUEST = b"snapshot"
+from .daemon.stream import SNAPSHOT_REQUEST
 
 
 def default_snapshot_endpoint(endpoint: str) -> str:
