@@ -18,10 +18,6 @@ class TileCounts:
     dead: int
     empty: int
 
-    @property
-    def cells_or_tiles(self) -> int:
-        return self.live + self.dead
-
 
 def count_tiles(dead_probability: np.ndarray, n_empty: int, threshold: float) -> TileCounts:
     """Tiles with P(dead) >= threshold are dead; the rest of the non-empty tiles are live."""

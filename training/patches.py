@@ -78,7 +78,3 @@ def label_patches(patches: PatchSet, reference: np.ndarray | None = None) -> tup
     patches.labels = label_by_thresholds(patches.fluorescence, thresholds)
     return patches, thresholds
 
-
-def choose_empty_threshold(tiles_std_background: np.ndarray, quantile: float = 0.999) -> float:
-    """An empty-tile std threshold just above what cell-free background tiles reach."""
-    return float(np.quantile(tiles_std_background, quantile))
