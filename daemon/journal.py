@@ -39,16 +39,27 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent) WHERE sent = 0;
--- Each journaled frame's state: inferred (results committed, announcement not yet sent),
--- published, or quarantined. Frames only seen or being read are not persisted: after a crash
--- the start-up scan finds them again, and nothing was counted for them.
+-- Files on their way in: seen (waiting at the completeness gate) or read (handed to a reader).
+-- Nothing is counted for them yet; after a crash the start-up scan finds them again.
+CREATE TABLE IF NOT EXISTS inflight (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('seen', 'read')),
+    t REAL NOT NULL  -- epoch seconds of the last change
+);
+-- Every frame's state: seen, read, inferred (results committed, announcement not yet sent),
+-- published, or quarantined.
 CREATE VIEW IF NOT EXISTS frame_status AS
 SELECT f.path, f.version, f.sha256,
        CASE WHEN f.state = 'quarantined' THEN 'quarantined'
             WHEN o.sent = 1 THEN 'published'
             ELSE 'inferred' END AS status,
        f.reason
-FROM frames f LEFT JOIN outbox o ON o.seq = f.seq;
+FROM frames f LEFT JOIN outbox o ON o.seq = f.seq
+UNION ALL
+SELECT i.path, NULL, NULL, i.state, NULL FROM inflight i
+WHERE NOT EXISTS (SELECT 1 FROM frames f WHERE f.path = i.path AND f.size = i.size AND f.mtime_ns = i.mtime_ns);
 """
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -170,6 +181,18 @@ class Journal:
                             [[getattr(r, c) for c in cols] for r in records])
             cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
                             [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
+            cur.executemany("DELETE FROM inflight WHERE path = ?", [(r.path,) for r in records])
+
+    def mark_inflight(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
+        """(path, size, mtime_ns, 'seen' | 'read') for files on their way in; one transaction."""
+        with self._transaction() as cur:
+            cur.executemany("INSERT OR REPLACE INTO inflight (path, size, mtime_ns, state, t) "
+                            "VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0)", rows)
+
+    def clear_inflight(self) -> int:
+        """At start-up: forget the previous run's in-flight files (the scan finds them again)."""
+        with self._transaction() as cur:
+            return cur.execute("DELETE FROM inflight").rowcount
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:

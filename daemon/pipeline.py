@@ -107,6 +107,8 @@ class Pipeline:
         try:
             self.seq = journal.last_seq()
             self._rebuild_from_journal(journal)
+            if stale := journal.clear_inflight():
+                log.info("%d files were on their way in at the last stop; the start-up scan finds them again", stale)
             snapshot_state = list(journal.sent_payloads("well/"))
             last_sent = journal.last_sent_seq()
             self._unsent = journal.unsent()
@@ -133,6 +135,7 @@ class Pipeline:
         self.to_commit: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
         self._retries: list[tuple[float, FrameJob]] = []
+        self._inflight_marks: list[tuple[str, int, int, str]] = []  # gate thread only
         self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
         self.discovery = Discovery(self.root, self._on_path, config.watch.observer, config.watch.recursive,
@@ -231,6 +234,13 @@ class Pipeline:
         return meta
 
     def _gate_loop(self) -> None:
+        journal = Journal(self.journal_path)  # this thread's connection: records files seen and read
+        try:
+            self._gate_polls(journal)
+        finally:
+            journal.close()
+
+    def _gate_polls(self, journal: Journal) -> None:
         cfg = self.config.watch
         gate = CompletenessGate(cfg.settle_polls)
         interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
@@ -242,8 +252,13 @@ class Pipeline:
                 self._reconcile()
                 self._drain_discovered(gate)
                 next_reconcile = t0 + cfg.reconcile_s
-            for ready in gate.poll():
-                self._dispatch(ready)
+            ready = gate.poll()
+            self._inflight_marks += [(self._rel(r.path), r.size, r.mtime_ns, "read") for r in ready]
+            if self._inflight_marks:  # one transaction per poll, and before readers can finish them
+                journal.mark_inflight(self._inflight_marks)
+                self._inflight_marks = []
+            for r in ready:
+                self._dispatch(r)
             self._dispatch_due_retries(t0)
             self.metrics.queue_depth.labels("gate").set(len(gate))
             self._wait_for_discovery(gate, t0 + interval)
@@ -271,6 +286,8 @@ class Pipeline:
             with self._lock:
                 done = (self._rel(path), st.st_size, st.st_mtime_ns) in self.known
             if not done:
+                if path not in gate.candidates:
+                    self._inflight_marks.append((self._rel(path), st.st_size, st.st_mtime_ns, "seen"))
                 gate.offer(path, renamed)
 
     def _reconcile(self) -> None:

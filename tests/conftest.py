@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
-from wellwatch.client import follow
+from wellwatch.client import follow, request_snapshot
 from wellwatch.harness import local_config, start_daemon
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -19,6 +20,18 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data {path} not present")
     return path
+
+
+def wait_ready(config, timeout: float = 30) -> None:
+    """Block until the daemon answers snapshot requests (a process under load may take seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request_snapshot(zmq.Context.instance(), config.publish.snapshot_endpoint, timeout_s=1)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
 
 
 class StreamRecorder(threading.Thread):

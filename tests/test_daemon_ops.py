@@ -18,7 +18,7 @@ from wellwatch.harness import free_port
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
-from .conftest import StreamRecorder
+from .conftest import StreamRecorder, wait_ready
 
 WELLWATCH = [sys.executable, "-m", "wellwatch"]
 
@@ -97,6 +97,7 @@ def test_sigterm_drains_and_a_restart_neither_repeats_nor_skips(tmp_path):
     write_plate(plate(wells=("B1",), seed=10), tmp_path / "acq")
     proc = start(cfg_path)
     try:
+        wait_ready(config)
         rec = StreamRecorder(config)
         rec.start()
         assert wait_rows(Path(config.journal.path), 16) == 16

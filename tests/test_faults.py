@@ -25,6 +25,7 @@ from wellwatch.daemon.plate import PLATE_FORMATS, all_wells, well_index
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
+from .conftest import wait_ready
 from .test_daemon_ops import WELLWATCH, config_of, plate, wait_rows, write_config
 
 
@@ -78,20 +79,6 @@ def run_to_completion(tmp_path: Path, spec: SimulationSpec, name: str, kill_afte
         proc.wait(timeout=30)
     assert proc.returncode == 0
     return {"results": per_field_results(config.journal.path), "stream": stream_frame_paths(config.journal.path)}
-
-
-def wait_ready(config, timeout: float = 30) -> None:
-    from wellwatch.client import request_snapshot
-    import zmq
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            request_snapshot(zmq.Context.instance(), config.publish.snapshot_endpoint, timeout_s=1)
-            return
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                raise
 
 
 def test_kill_9_at_random_points_then_restart_counts_every_frame_once(tmp_path):

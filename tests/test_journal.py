@@ -120,3 +120,17 @@ def test_journal_on_a_network_filesystem_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(journal_module, "NETWORK_FILESYSTEMS", {kind})  # pretend tmp_path's fs is a share
     with pytest.raises(StartupError, match=rf"journal.path .* is on a {kind} network filesystem"):
         journal_module.Journal(tmp_path / "j.sqlite")
+
+
+def test_inflight_files_show_as_seen_or_read_until_their_frame_commits(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    j.mark_inflight([("a.tif", 10, 1, "seen"), ("b.tif", 20, 2, "seen")])
+    j.mark_inflight([("a.tif", 10, 1, "read")])
+    status = lambda: dict(j.db.execute("SELECT path, status FROM frame_status").fetchall())  # noqa: E731
+    assert status() == {"a.tif": "read", "b.tif": "seen"}
+    record = FrameRecord("a.tif", 10, 1, "h", 1, "done", None, "p", "A1", 1, 0, 0, "BF", 3, 1, 5, 1.0, 2.0, 1)
+    j.commit([record], [OutboxMessage(1, "frame/p/A1", {"type": "frame"})])
+    assert status() == {"a.tif": "inferred", "b.tif": "seen"}
+    j.mark_sent(1)
+    assert status() == {"a.tif": "published", "b.tif": "seen"}
+    assert j.clear_inflight() == 1 and status() == {"a.tif": "published"}
