@@ -283,11 +283,12 @@ class Pipeline:
                 st = os.stat(path)
             except OSError:
                 continue
+            identity = (self._rel(path), st.st_size, st.st_mtime_ns)
             with self._lock:
-                done = (self._rel(path), st.st_size, st.st_mtime_ns) in self.known
+                done = identity in self.known
             if not done:
                 if path not in gate.candidates:
-                    self._inflight_marks.append((self._rel(path), st.st_size, st.st_mtime_ns, "seen"))
+                    self._inflight_marks.append((*identity, "seen"))
                 gate.offer(path, renamed)
 
     def _reconcile(self) -> None:
@@ -304,11 +305,11 @@ class Pipeline:
         if available:
             self.discovery.scan()
 
-    def _dispatch(self, ready: ReadyFile, attempt: int = 0) -> None:
+    def _dispatch(self, ready: ReadyFile) -> None:
         meta = self._accept_name(ready.path)
         if meta is None:
             return
-        job = FrameJob(ready.path, self._rel(ready.path), meta, ready.size, ready.mtime_ns, attempt)
+        job = FrameJob(ready.path, self._rel(ready.path), meta, ready.size, ready.mtime_ns)
         self._submit(job)
 
     def _submit(self, job: FrameJob) -> None:
