@@ -3,6 +3,13 @@
 A cell's shape (orientation, outline wobble, nucleus placement) is drawn once and kept for the
 whole time-lapse, so the same cell looks the same from frame to frame; only its state
 (live/dead) and a tiny drift change over time.
+
+Cell types: "A" is the original cell line (the default, single-type plate). "lmpp" and "prob"
+are the two haematopoietic progenitors of the Ogawa et al. study: lymphoid-primed multipotent
+progenitors are larger, more irregular and more granular; pro-B cells are smaller, rounder and
+smoother, with a larger nucleus, and carry the B-lineage surface marker CD19 (bright in the
+marker channel, where LMPPs are dim). Marker intensity per cell is log-normal around the
+type's median, so the two types overlap a little on log intensity, as measured ones do.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ MAX_NUCLEOLI = 2
 
 @dataclass(frozen=True)
 class CellType:
-    """Look of one cell line; a second type only needs another entry in CELL_TYPES."""
+    """Look of one cell line; another type only needs another entry in CELL_TYPES."""
 
     name: str
     live_radius: tuple[float, float]  # px at cell_scale 1 (default 512 px frames)
@@ -27,11 +34,21 @@ class CellType:
     texture: float                    # granular interior texture (fraction of background)
     nucleus: float                    # nucleus radius / cell radius
     nucleoli: tuple[int, int]         # count range, inclusive
+    marker: float = 80.0              # median marker-channel counts above background (CD19-like)
+    marker_sd: float = 0.4            # log-normal spread of the marker (sd of ln counts)
 
 
 CELL_TYPES: dict[str, CellType] = {
     "A": CellType("A", live_radius=(7.0, 11.0), dead_shrink=0.72, aspect=(1.1, 1.5),
                   wobble=0.05, texture=0.06, nucleus=0.45, nucleoli=(1, 2)),
+    # LMPP: large, irregular outline, granular interior, CD19-negative (dim marker).
+    "lmpp": CellType("lmpp", live_radius=(9.5, 13.0), dead_shrink=0.72, aspect=(1.1, 1.4),
+                     wobble=0.09, texture=0.12, nucleus=0.42, nucleoli=(2, 2),
+                     marker=80.0, marker_sd=0.45),
+    # Pro-B: small, round, smooth, high nucleus-to-cytoplasm ratio, CD19-positive (bright marker).
+    "prob": CellType("prob", live_radius=(5.5, 8.0), dead_shrink=0.78, aspect=(1.0, 1.15),
+                     wobble=0.02, texture=0.025, nucleus=0.6, nucleoli=(1, 1),
+                     marker=600.0, marker_sd=0.45),
 }
 
 
@@ -47,6 +64,7 @@ class CellShape:
     nucleoli: tuple[tuple[float, float], ...]       # (dx, dy) as a fraction of the nucleus radius
     pi_amp: float                                   # PI counts of the nucleus once dead
     pi_leak: float                                  # PI counts of the nucleus while live
+    marker_amp: float = 0.0                         # marker counts of the cell body (surface stain)
 
 
 @dataclass(frozen=True)
@@ -88,3 +106,11 @@ def random_shapes(rng: np.random.Generator, cell_type: CellType, n: int) -> list
         )
         for i in range(n)
     ]
+
+
+def marker_amplitudes(rng: np.random.Generator, types: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Per-cell marker counts: log-normal around each cell's type median (one draw per cell)."""
+    z = rng.standard_normal(len(types))
+    mu = np.array([np.log(CELL_TYPES[k].marker) for k in types], float).reshape(-1)
+    sd = np.array([CELL_TYPES[k].marker_sd for k in types], float).reshape(-1)
+    return np.exp(mu + sd * z)

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from wellwatch.daemon.errors import ConfigError
 
-from .spec import NAMINGS, SIM_PLATE_FORMATS, TREATMENTS, WRITE_MODES, SimulationSpec, parse_wells
+from .cells import CELL_TYPES
+from .spec import (NAMINGS, SIM_PLATE_FORMATS, TREATMENTS, TYPE_MIXES, WRITE_MODES, SimulationSpec,
+                   parse_wells)
 from .writer import write_plate
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "simulate", help="write a simulated plate acquisition (BF + PI) with ground truth",
+        "simulate", help="write a simulated plate acquisition (BF + PI by default) with ground truth",
         description="Write fake microscope frames into OUT_DIR/data/ and the ground truth into "
                     "OUT_DIR/ground_truth.json and OUT_DIR/ground_truth_cells.csv.")
     d = SimulationSpec()
@@ -32,7 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="mean cells per field (Poisson)")
     p.add_argument("--cell-scale", type=float, default=d.cell_scale,
                    help="cell size factor (1: live radius ~7-11 px)")
-    p.add_argument("--channels", default=",".join(d.channels), help="comma list, e.g. BF,PI")
+    p.add_argument("--channels", default=",".join(d.channels),
+                   help="comma list of BF, PH (phase contrast), DIC, PI, CD19 (or MARKER: a "
+                        "surface marker, bright on pro-B cells), e.g. BF,PI or PH,DIC,CD19")
+    p.add_argument("--cell-types", default="",
+                   help=f"comma list of cell types among {', '.join(CELL_TYPES)}, e.g. lmpp,prob "
+                        "(default: one cell line, 'A')")
+    p.add_argument("--type-mix", choices=TYPE_MIXES, default=d.type_mix,
+                   help="none: every well --type-fraction of the first type; series: the first "
+                        "type's fraction runs from 0.1 to 0.9 across the wells")
+    p.add_argument("--type-fraction", type=float, default=d.type_fraction,
+                   help="fraction of the first cell type per well (with --type-mix none)")
     p.add_argument("--naming", choices=NAMINGS, default=d.naming)
     p.add_argument("--write-mode", choices=WRITE_MODES, default=d.write_mode)
     p.add_argument("--chunk-pause-s", type=float, default=d.chunk_pause_s,
@@ -48,13 +60,15 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
     """Raises ConfigError naming the option's value and what is allowed."""
     wells = parse_wells(args.wells, args.plate_format) if args.wells else ()
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    cell_types = tuple(c.strip() for c in args.cell_types.split(",") if c.strip())
     return SimulationSpec(
         plate_format=args.plate_format, wells=wells, fields=args.fields,
         timepoints=args.timepoints, interval_s=args.interval_s, size=args.size,
         cells_per_field=args.cells_per_field, channels=channels, naming=args.naming,
         write_mode=args.write_mode, chunk_pause_s=args.chunk_pause_s,
         plate_name=args.plate_name, treatment=args.treatment, seed=args.seed,
-        cell_scale=args.cell_scale)
+        cell_scale=args.cell_scale, cell_types=cell_types, type_mix=args.type_mix,
+        type_fraction=args.type_fraction)
 
 
 class _Printer:

@@ -1,13 +1,15 @@
-"""A simulated plate: doses per well, the cells of every field, and frames in acquisition order.
+"""A simulated plate: doses and cell-type mix per well, the cells of every field, and frames in
+acquisition order.
 
 Every random draw is keyed by (seed, well index, field[, timepoint]), not by the order of the
-run: a field looks the same whichever other wells are simulated with it, and the cells (and
-so the ground truth) are known before a single frame is rendered.
+run: a field looks the same whichever other wells are simulated with it (except that a
+'dose_series' or a type_mix 'series' spreads its doses or type fractions over the wells listed),
+and the cells (and so the ground truth) are known before a single frame is rendered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from typing import Iterator
 
 import numpy as np
@@ -19,7 +21,7 @@ from .cells import Cell
 from .population import FieldPopulation, populate
 from .render import flat_field, render_field
 from .response import dose_series
-from .spec import SimulationSpec
+from .spec import TYPE_FRACTION_RANGE, SimulationSpec
 
 _POPULATION, _RENDER = 0, 1  # stream tags so population and noise draws never collide
 
@@ -48,12 +50,24 @@ class FieldFrame:
     def dead(self) -> int:
         return sum(c.dead for c in self.cells)
 
+    def type_counts(self, types: tuple[str, ...] | list[str]) -> dict[str, int]:
+        """Cells per type (live and dead), in the order given; zero for a type not present."""
+        return count_types(self.cells, types)
+
+
+def count_types(cells: list[Cell], types: tuple[str, ...] | list[str]) -> dict[str, int]:
+    counts = {t: 0 for t in types}
+    for c in cells:
+        counts[c.type] = counts.get(c.type, 0) + 1
+    return counts
+
 
 @dataclass(frozen=True)
 class PlatePlan:
     spec: SimulationSpec
     doses: dict[str, float]                             # well -> dose (0 without treatment)
     populations: dict[tuple[str, int], FieldPopulation]  # (well, field) -> cells
+    type_mix: dict[str, dict[str, float]] = dc_field(default_factory=dict)  # well -> type -> fraction
 
     def cells(self, well: str, field: int, timepoint: int) -> list[Cell]:
         return self.populations[(well, field)].cells_at(timepoint)
@@ -70,20 +84,41 @@ def well_doses(spec: SimulationSpec) -> dict[str, float]:
     return {w: doses[rank[cols[w]]] for w in spec.wells}
 
 
+def well_type_mix(spec: SimulationSpec) -> dict[str, dict[str, float]]:
+    """Expected fraction of each cell type per well; empty for a plate without cell_types.
+
+    The first of spec.cell_types gets type_fraction ('none') or a fraction running linearly over
+    TYPE_FRACTION_RANGE across the simulated wells in the order listed ('series'; row-major by
+    default); the other types share the remainder equally."""
+    types = spec.cell_types
+    if not types:
+        return {}
+    if spec.type_mix == "series" and len(spec.wells) > 1:
+        firsts = np.linspace(*TYPE_FRACTION_RANGE, len(spec.wells)).tolist()
+    else:
+        firsts = [float(spec.type_fraction)] * len(spec.wells)
+    if len(types) == 1:
+        return {w: {types[0]: 1.0} for w in spec.wells}
+    return {w: {t: first if i == 0 else (1.0 - first) / (len(types) - 1)
+                for i, t in enumerate(types)}
+            for w, first in zip(spec.wells, firsts)}
+
+
 def _rng(spec: SimulationSpec, *key: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, *key])
 
 
 def plan_plate(spec: SimulationSpec) -> PlatePlan:
     doses = well_doses(spec)
+    mixes = well_type_mix(spec)
     pops = {}
     for well in spec.wells:
         wi = well_index(well, spec.plate)
         for f in range(1, spec.fields + 1):
             pops[(well, f)] = populate(_rng(spec, _POPULATION, wi, f), spec.size,
                                        spec.cells_per_field, spec.timepoints, doses[well],
-                                       spec.cell_scale)
-    return PlatePlan(spec, doses, pops)
+                                       spec.cell_scale, mixes.get(well))
+    return PlatePlan(spec, doses, pops, mixes)
 
 
 def iter_fields(spec: SimulationSpec, plan: PlatePlan | None = None) -> Iterator[FieldFrame]:

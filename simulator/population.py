@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
 
-from .cells import CELL_TYPES, Cell, CellShape, random_shapes
+from .cells import CELL_TYPES, Cell, CellShape, marker_amplitudes, random_shapes
 from .response import death_timepoints
 
 CANDIDATES_PER_CELL = 64   # rejection-sampling tries before a cell is left out of a crowded field
@@ -64,7 +64,11 @@ def place(rng: np.random.Generator, radii: np.ndarray, size: int, scale: float) 
 def populate(rng: np.random.Generator, size: int, mean_cells: float, timepoints: int,
              dose: float, scale: float = 1.0,
              cell_types: Mapping[str, float] | None = None) -> FieldPopulation:
-    """Draw one field's cells: count (Poisson), types, sizes, positions, shapes, death times."""
+    """Draw one field's cells: count (Poisson), types, sizes, positions, shapes, death times,
+    marker intensities. `cell_types` maps type name -> expected fraction (default: all "A").
+
+    The marker draws come last, so adding them left every earlier draw (and so every frame of
+    a plate without a marker channel) as it was."""
     mix = dict(cell_types or {"A": 1.0})
     names = sorted(mix)
     weights = np.array([mix[k] for k in names], float)
@@ -83,6 +87,8 @@ def populate(rng: np.random.Generator, size: int, mean_cells: float, timepoints:
             shapes[i] = shape
     u = rng.uniform(size=n)
     drift = rng.normal(0.0, DRIFT_SIGMA * scale, (n, 2))
+    marker = marker_amplitudes(rng, types)
+    shapes = [replace(sh, marker_amp=float(m)) for sh, m in zip(shapes, marker)]  # type: ignore[type-var]
     return FieldPopulation(size=size, x0=pos[:, 0], y0=pos[:, 1], drift=drift, live_radius=radii,
                            types=tuple(types), shapes=tuple(shapes),  # type: ignore[arg-type]
                            death_t=death_timepoints(u, timepoints, dose))

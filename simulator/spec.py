@@ -8,11 +8,17 @@ from typing import Any, Sequence
 from wellwatch.daemon.errors import ConfigError, NamingError
 from wellwatch.daemon.plate import PLATE_FORMATS, PlateFormat, all_wells, normalise_well
 
+from .cells import CELL_TYPES
 from .render import channel_kind
 
 NAMINGS = ("scanr", "nis")
 WRITE_MODES = ("direct", "chunked", "rename")
 TREATMENTS = ("none", "dose_series")
+TYPE_MIXES = ("none", "series")
+TYPE_FRACTION_RANGE = (0.1, 0.9)  # 'series': first type's fraction, first well to last
+# Options added after the first release: left out of to_json() while at their defaults, so a
+# default plate's ground_truth.json stays byte-identical to what earlier versions wrote.
+_LATER_DEFAULTS = {"cell_types": [], "type_mix": "none", "type_fraction": 0.5}
 SIM_PLATE_FORMATS = (96, 384)
 DEFAULT_WELL_COUNT = 12
 
@@ -34,6 +40,9 @@ class SimulationSpec:
     treatment: str = "none"
     seed: int = 0
     cell_scale: float = 1.0          # cell size factor: 1 gives radii ~7-11 px (live)
+    cell_types: tuple[str, ...] = ()  # empty: one cell line ("A"), as before; e.g. ("lmpp", "prob")
+    type_mix: str = "none"           # "none": every well type_fraction; "series": varies by well
+    type_fraction: float = 0.5       # fraction of the first of cell_types (the rest share the remainder)
 
     def __post_init__(self) -> None:
         def check(key: str, ok: bool, value: Any, allowed: str) -> None:
@@ -72,6 +81,19 @@ class SimulationSpec:
               f"allowed: {', '.join(WRITE_MODES)}")
         check("treatment", self.treatment in TREATMENTS, self.treatment,
               f"allowed: {', '.join(TREATMENTS)}")
+        cell_types = tuple(self.cell_types)
+        check("cell_types", len(set(cell_types)) == len(cell_types), list(cell_types),
+              "each cell type at most once")
+        for name in cell_types:
+            check("cell_types", name in CELL_TYPES, name,
+                  f"allowed: {', '.join(CELL_TYPES)}")
+        object.__setattr__(self, "cell_types", cell_types)
+        check("type_mix", self.type_mix in TYPE_MIXES, self.type_mix,
+              f"allowed: {', '.join(TYPE_MIXES)}")
+        check("type_mix", self.type_mix == "none" or len(cell_types) >= 2, self.type_mix,
+              "'series' needs two or more cell_types")
+        check("type_fraction", isinstance(self.type_fraction, (int, float))
+              and 0.0 <= self.type_fraction <= 1.0, self.type_fraction, "0..1")
         check("seed", isinstance(self.seed, int) and self.seed >= 0, self.seed,
               "a non-negative integer")
         check("plate_name", bool(self.plate_name) and "/" not in self.plate_name
@@ -81,9 +103,18 @@ class SimulationSpec:
     def plate(self) -> PlateFormat:
         return PLATE_FORMATS[self.plate_format]
 
+    @property
+    def typed(self) -> bool:
+        """True when cell types were asked for: the ground truth then counts cells per type."""
+        return bool(self.cell_types)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["wells"], d["channels"] = list(self.wells), list(self.channels)
+        d["cell_types"] = list(self.cell_types)
+        if all(d[k] == v for k, v in _LATER_DEFAULTS.items()):
+            for k in _LATER_DEFAULTS:
+                del d[k]
         return d
 
 

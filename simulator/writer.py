@@ -22,8 +22,8 @@ import tifffile
 from wellwatch.daemon.naming import format_nis, format_scanr
 from wellwatch.daemon.plate import parse_well, row_letters, well_index
 
-from .plate import PlatePlan, iter_fields, plan_plate
-from .render import channel_kind
+from .plate import PlatePlan, count_types, iter_fields, plan_plate
+from .render import LABEL_FREE_KINDS, channel_kind
 from .spec import SimulationSpec
 
 DATA_DIR = "data"
@@ -31,6 +31,7 @@ GROUND_TRUTH = "ground_truth.json"
 CELLS_CSV = "ground_truth_cells.csv"
 CSV_COLUMNS = ("file", "plate", "well", "field", "timepoint", "cell_id", "x", "y", "radius",
                "state", "type")
+MARKER_COLUMN = "marker"  # appended when a marker channel is simulated: the cell's marker counts
 CHUNKS = 8
 
 Progress = Callable[[int, int, Path], None]  # (frames written, frames in total, file just written)
@@ -60,7 +61,11 @@ def frame_name(spec: SimulationSpec, well: str, field: int, timepoint: int, chan
 
 def write_order(channels: tuple[str, ...]) -> list[str]:
     """Label-free channels first: the fluorescence file completes a field, as on the scope."""
-    return sorted(channels, key=lambda ch: channel_kind(ch) != "bf")
+    return sorted(channels, key=lambda ch: channel_kind(ch) not in LABEL_FREE_KINDS)
+
+
+def has_marker(spec: SimulationSpec) -> bool:
+    return any(channel_kind(ch) == "marker" for ch in spec.channels)
 
 
 def tiff_bytes(image: np.ndarray) -> bytes:
@@ -96,33 +101,51 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def ground_truth(spec: SimulationSpec, plan: PlatePlan) -> tuple[dict[str, Any], str]:
-    """(ground_truth.json document, ground_truth_cells.csv text) for the whole plate."""
+    """(ground_truth.json document, ground_truth_cells.csv text) for the whole plate.
+
+    A plate with cell_types adds, to every frame and well entry, `types` {type: cells (live and
+    dead)}, and to every well entry `type_mix` {type: expected fraction}. A plate with a marker
+    channel adds a `marker` column (the cell's marker counts above background) to the CSV.
+    Without them, both files are exactly what earlier versions wrote."""
     wells, frames = [], []
     csv_buf = io.StringIO()
     rows = csv.writer(csv_buf, lineterminator="\n")
-    rows.writerow(CSV_COLUMNS)
+    marker = has_marker(spec)
+    rows.writerow(CSV_COLUMNS + ((MARKER_COLUMN,) if marker else ()))
     cell_file_channel = write_order(spec.channels)[0]
     for t in range(spec.timepoints):
         for well in spec.wells:
             live_w = dead_w = 0
+            types_w = count_types([], spec.cell_types)
             for f in range(1, spec.fields + 1):
                 cells = plan.cells(well, f, t)
                 dead = sum(c.dead for c in cells)
                 live = len(cells) - dead
                 live_w, dead_w = live_w + live, dead_w + dead
+                types = count_types(cells, spec.cell_types)
+                for k, v in types.items():
+                    types_w[k] = types_w.get(k, 0) + v
                 for ch in spec.channels:
-                    frames.append({"file": frame_name(spec, well, f, t, ch), "plate": spec.plate_name,
-                                   "well": well, "field": f, "timepoint": t, "channel": ch,
-                                   "live": live, "dead": dead})
+                    entry = {"file": frame_name(spec, well, f, t, ch), "plate": spec.plate_name,
+                             "well": well, "field": f, "timepoint": t, "channel": ch,
+                             "live": live, "dead": dead}
+                    if spec.typed:
+                        entry["types"] = dict(types)
+                    frames.append(entry)
                 cell_file = frame_name(spec, well, f, t, cell_file_channel)
                 for c in cells:
-                    rows.writerow((cell_file, spec.plate_name, well, f, t, c.cell_id,
-                                   f"{c.x:.2f}", f"{c.y:.2f}", f"{c.radius:.2f}", c.state, c.type))
+                    row = (cell_file, spec.plate_name, well, f, t, c.cell_id,
+                           f"{c.x:.2f}", f"{c.y:.2f}", f"{c.radius:.2f}", c.state, c.type)
+                    rows.writerow(row + ((f"{c.shape.marker_amp:.2f}",) if marker else ()))
             total = live_w + dead_w
-            wells.append({"plate": spec.plate_name, "well": well, "timepoint": t,
-                          "dose": plan.doses[well], "live": live_w, "dead": dead_w,
-                          "live_fraction": live_w / total if total else None,
-                          "fields": spec.fields})
+            entry = {"plate": spec.plate_name, "well": well, "timepoint": t,
+                     "dose": plan.doses[well], "live": live_w, "dead": dead_w,
+                     "live_fraction": live_w / total if total else None,
+                     "fields": spec.fields}
+            if spec.typed:
+                entry["types"] = types_w
+                entry["type_mix"] = dict(plan.type_mix[well])
+            wells.append(entry)
     return {"spec": spec.to_json(), "wells": wells, "frames": frames}, csv_buf.getvalue()
 
 

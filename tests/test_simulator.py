@@ -235,3 +235,58 @@ def test_ground_truth_is_complete_before_the_first_frame(tmp_path):
 
     write_plate(spec, tmp_path, progress=progress)
     assert seen == [(16, 16, True)]
+
+
+# Default options must keep producing exactly what earlier versions produced (the demo model and
+# other tests were made from it). The digests were recorded from the simulator before cell types,
+# phase/DIC and the marker channel were added. They hash decoded pixels and the ground-truth
+# text, not TIFF bytes (which may follow the tifffile version); numpy's float32 maths may still
+# differ by an ulp across numpy versions or CPUs, which would show up here first.
+UNCHANGED = {
+    "default": (dict(), 4),
+    "dose_small": (dict(size=192, cells_per_field=25, wells=("A1", "A6", "B12"), fields=2,
+                        timepoints=3, treatment="dose_series", seed=4), None),
+    "nis_pi_bf_384": (dict(plate_format=384, wells=("C3",), size=200, cells_per_field=8, fields=1,
+                           timepoints=2, channels=("PI", "BF"), cell_scale=1.7, naming="nis",
+                           write_mode="rename", chunk_pause_s=0.0, seed=12), None),
+}
+UNCHANGED_DIGESTS = {
+    "default": "1d34f4a91f5e31325ca6416528913bafac1612e31b32b5e11b9815f71d1f3d8e",
+    "dose_small": "136d4c2811c52069e6039bf7b71470a6dd44daf75faa37d92c30a37b86e2fb2b",
+    "nis_pi_bf_384": "d12cdfb8fecc84c607a31b8aeed985e3d4a9f771189a960be9d10505ee7dff7c",
+}
+
+
+def output_digest(spec, tmp_path, n_fields=None):
+    """sha256 over rendered pixels and ground truth: the first n_fields fields from iter_fields
+    plus ground_truth() (the default plate), or, with n_fields None, everything write_plate
+    writes (file names, decoded pixels, ground_truth.json, ground_truth_cells.csv)."""
+    import hashlib
+    import itertools
+
+    from wellwatch.simulator.plate import plan_plate
+    from wellwatch.simulator.writer import ground_truth
+
+    h = hashlib.sha256()
+    if n_fields is not None:
+        for fr in itertools.islice(iter_fields(spec), n_fields):
+            for ch in spec.channels:
+                h.update(ch.encode())
+                h.update(fr.images[ch].tobytes())
+        doc, cells_csv = ground_truth(spec, plan_plate(spec))
+        h.update(json.dumps(doc, indent=1).encode())
+        h.update(cells_csv.encode())
+        return h.hexdigest()
+    write_plate(spec, tmp_path)
+    for p in sorted((tmp_path / "data").iterdir()):
+        h.update(p.name.encode())
+        h.update(tifffile.imread(p).tobytes())
+    for name in ("ground_truth.json", "ground_truth_cells.csv"):
+        h.update((tmp_path / name).read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(UNCHANGED))
+def test_default_options_output_unchanged(tmp_path, name):
+    kwargs, n_fields = UNCHANGED[name]
+    assert output_digest(SimulationSpec(**kwargs), tmp_path, n_fields) == UNCHANGED_DIGESTS[name]
