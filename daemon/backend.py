@@ -30,7 +30,7 @@ class InferenceBackend(Protocol):
     provider: str
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 -> (N, classes) probabilities."""
+        """(N, C, H, W) float32 -> (N, classes) probabilities; segmentation: (N, maps, H, W)."""
         ...
 
 
@@ -87,6 +87,9 @@ class OnnxBackend:
                 f"inference.require_gpu is true but ONNX Runtime gave {self.provider} "
                 f"(asked for {', '.join(wanted)}); check the CUDA/cuDNN installation or set require_gpu = false")
         self._check_io()
+        seg = self.contract.segmentation
+        self.output_shape = ((len(seg.maps), self.contract.height, self.contract.width) if seg
+                             else (len(self.contract.classes),))
         self.pad_to_buckets = self.provider == CUDA  # fixed shapes pay off on GPUs, padding costs on CPUs
         self.buckets = batch_buckets(max_batch)
         if warmup:
@@ -110,7 +113,12 @@ class OnnxBackend:
             raise ContractError(self.path, f"graph input shape {shape} does not match the contract's "
                                            f"[N, {', '.join(map(str, expected))}]")
         out = self.session.get_outputs()[0].shape
-        if len(out) != 2 or out[1] != len(c.classes):
+        if c.segmentation is not None:
+            expected = [len(c.segmentation.maps), c.height, c.width]
+            if len(out) != 4 or list(out[1:]) != expected:
+                raise ContractError(self.path, f"graph output shape {out} does not give the contract's "
+                                               f"[N, {', '.join(map(str, expected))}] segmentation maps")
+        elif len(out) != 2 or out[1] != len(c.classes):
             raise ContractError(self.path, f"graph output shape {out} does not give {len(c.classes)} classes")
 
     def warmup(self) -> None:
@@ -127,7 +135,7 @@ class OnnxBackend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
         if n == 0:
-            return np.zeros((0, len(self.contract.classes)), np.float32)
+            return np.zeros((0, *self.output_shape), np.float32)
         if not self.pad_to_buckets:
             return self._run(batch)
         bucket = next((b for b in self.buckets if b >= n), None)

@@ -17,7 +17,7 @@ from .errors import ContractError
 
 CONTRACT_VERSION = 1
 METADATA_KEY = "wellwatch.contract"
-TASKS = ("live_dead", "cell_type")
+TASKS = ("live_dead", "cell_type", "segmentation")
 NORMALISATIONS = {
     # (x - frame median) / (1.4826 * frame MAD): background noise ~ N(0, 1) whatever the gain.
     "robust_zscore": set(),
@@ -28,6 +28,12 @@ NORMALISATIONS = {
 }
 EMPTY_FILTERS = {"none": set(), "std": {"threshold"}}
 OUTPUTS = ("probabilities", "logits")
+# What each output map of a segmentation network means (all in 0..1 after the network's own
+# activations): class probabilities (softmax over background/interior/boundary) and the distance to
+# the cell's edge divided by the largest such distance in the cell (1 at the centre of every cell).
+SEGMENTATION_MAPS = ("background", "interior", "boundary", "distance")
+STITCHES = ("blend",)
+SEEDS = ("distance", "interior")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,25 @@ class Tiling:
 class EmptyFilter:
     method: str = "std"
     params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """How a segmentation network's input is made and its output turned into labelled cells.
+
+    The frame is reduced by `downsample` (block mean), normalised, cut into tiles of
+    tiling.tile_size with tiling.stride (tiles overlap by tile_size - stride and always cover the
+    frame; frames smaller than a tile are reflect-padded); the maps of overlapping tiles are
+    blended with weights that fall linearly towards tile edges ("blend"); `postprocess` holds the
+    watershed's parameters (see daemon/segment_maps.py).
+    """
+    downsample: int = 2
+    maps: tuple[str, ...] = SEGMENTATION_MAPS
+    stitch: str = "blend"
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+
+POSTPROCESS_KEYS = {"foreground_threshold", "seed_threshold", "seeds", "min_seed_area", "min_area", "max_area"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +94,7 @@ class ModelContract:
     created: str = ""
     tool: str = ""
     contract_version: int = CONTRACT_VERSION
+    segmentation: Segmentation | None = None
 
     @property
     def positive_index(self) -> int:
@@ -77,6 +103,10 @@ class ModelContract:
     def to_json(self) -> str:
         doc = asdict(self)
         doc["classes"], doc["channels"] = list(self.classes), list(self.channels)
+        if self.segmentation is None:
+            del doc["segmentation"]  # classifier contracts stay as they were
+        else:
+            doc["segmentation"]["maps"] = list(self.segmentation.maps)
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
@@ -97,6 +127,7 @@ class ModelContract:
                                         f"(this wellwatch reads version {CONTRACT_VERSION})")
         try:
             tiling = doc["tiling"]
+            seg = doc.get("segmentation")
             contract = cls(
                 name=str(doc["name"]), task=doc["task"], classes=tuple(doc["classes"]),
                 positive_class=doc["positive_class"], output=doc["output"],
@@ -108,6 +139,8 @@ class ModelContract:
                 decision_threshold=float(doc["decision_threshold"]),
                 trained_on=dict(doc.get("trained_on", {})), metrics=dict(doc.get("metrics", {})),
                 created=doc.get("created", ""), tool=doc.get("tool", ""), contract_version=version,
+                segmentation=Segmentation(**{**seg, "maps": tuple(seg.get("maps", SEGMENTATION_MAPS))})
+                if seg else None,
             )
         except KeyError as e:
             raise ContractError(source, f"contract lacks the field {e.args[0]!r}") from None
@@ -155,6 +188,29 @@ class ModelContract:
                 raise bad(f"stride {self.tiling.stride} must be >= 1")
         if not 0.0 <= self.decision_threshold <= 1.0:
             raise bad(f"decision_threshold {self.decision_threshold} outside 0..1")
+        if self.task == "segmentation":
+            self._validate_segmentation(bad)
+        elif self.segmentation is not None:
+            raise bad(f"a {self.task} model has no segmentation section")
+
+    def _validate_segmentation(self, bad) -> None:
+        seg = self.segmentation
+        if seg is None:
+            raise bad("a segmentation model needs a segmentation section")
+        if self.tiling is None or self.tiling.tile_size != self.height or self.tiling.tile_size != self.width:
+            raise bad(f"a segmentation model needs tiling with tile_size equal to its input {self.height}x{self.width}")
+        if not 1 <= self.tiling.stride <= self.tiling.tile_size:
+            raise bad(f"stride {self.tiling.stride} must be 1..tile_size")
+        if seg.downsample not in (1, 2, 4):
+            raise bad(f"segmentation.downsample {seg.downsample}; allowed: 1, 2, 4")
+        if tuple(seg.maps) != SEGMENTATION_MAPS:
+            raise bad(f"segmentation.maps {list(seg.maps)}; this wellwatch reads {list(SEGMENTATION_MAPS)}")
+        if seg.stitch not in STITCHES:
+            raise bad(f"segmentation.stitch {seg.stitch!r}; allowed: {', '.join(STITCHES)}")
+        if unknown := set(seg.postprocess) - POSTPROCESS_KEYS:
+            raise bad(f"segmentation.postprocess has unknown keys {sorted(unknown)}; allowed: {sorted(POSTPROCESS_KEYS)}")
+        if seg.postprocess.get("seeds", "distance") not in SEEDS:
+            raise bad(f"segmentation.postprocess.seeds {seg.postprocess['seeds']!r}; allowed: {', '.join(SEEDS)}")
 
 
 def file_sha256(path: str | Path) -> str:

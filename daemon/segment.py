@@ -1,0 +1,114 @@
+"""Cell segmentation as the daemon, `wellwatch segment` and the benchmark all run it.
+
+Two methods behind one small interface (`segment(frame) -> int32 labels`):
+- ClassicalSegmenter: the seed study's threshold + distance-transform watershed
+  (daemon/segment_classical.py), for images where it suffices.
+- ModelSegmenter: a segmentation network with a contract (task "segmentation"), in three steps the
+  daemon runs on different threads: `prepare` (reduce, normalise, tile), the network (the shared
+  batched inference path), `finish` (blend the tiles' maps, seeded watershed).
+
+The CPU-heavy steps (classical segmentation, `finish`) are module-level functions so a process
+pool can run them on every core (`SegmentationPool`); the GIL would hold threads to about one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .contract import ModelContract
+from .errors import ContractError
+from .segment_classical import ClassicalParams, segment_classical
+from .segment_maps import labels_from_tile_outputs, model_input, seg_tiles
+
+log = logging.getLogger(__name__)
+
+BUNDLED_SEGMENTATION_MODEL = Path(__file__).resolve().parents[1] / "wellwatch" / "models" / "phase-segmentation.onnx"
+
+
+class Segmenter(Protocol):
+    name: str
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        """One 2-D frame -> int32 labels of its shape (0 = background, 1..n cells)."""
+        ...
+
+
+class ClassicalSegmenter:
+    def __init__(self, params: ClassicalParams = ClassicalParams()):
+        self.params = params.validate()
+        self.name = "classical"
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        return segment_classical(frame, self.params)
+
+
+class ModelSegmenter:
+    def __init__(self, backend):
+        contract = backend.contract
+        if contract.task != "segmentation":
+            raise ContractError(backend.path, f"is a {contract.task} model; a segmentation model is needed here")
+        self.backend = backend
+        self.contract: ModelContract = contract
+        self.name = contract.name
+
+    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tiles (N, 1, t, t) float32, their origins at model resolution)."""
+        return seg_tiles(model_input(frame, self.contract), self.contract.tiling)
+
+    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        return labels_from_tile_outputs(outputs, origins, shape, self.contract)
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        tiles, origins = self.prepare(frame)
+        return self.finish(self.backend.infer(tiles), origins, frame.shape)
+
+
+def load_segmenter(model_path: str | None, classical: ClassicalParams | None = None, threads: int = 0,
+                   device: str = "cpu") -> Segmenter:
+    """A model segmenter for `model_path` ("" = the bundled phase-contrast model), else classical."""
+    if model_path is None:
+        return ClassicalSegmenter(classical or ClassicalParams())
+    from .backend import OnnxBackend
+
+    path = model_path or str(BUNDLED_SEGMENTATION_MODEL)
+    backend = OnnxBackend(path, device=device, intra_op_threads=threads, max_batch=16, warmup=False)
+    return ModelSegmenter(backend)
+
+
+# --- the process pool: module-level functions, picklable arguments --------------------------
+
+def count_cells_classical(frame: np.ndarray, params: ClassicalParams) -> int:
+    return int(segment_classical(frame, params).max())
+
+
+def count_cells_from_outputs(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
+                             contract: ModelContract) -> int:
+    return int(labels_from_tile_outputs(outputs, origins, shape, contract).max())
+
+
+class SegmentationPool:
+    """Processes that run segmentation's CPU-heavy steps, one frame per task, on every core."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or os.cpu_count() or 1
+        context = multiprocessing.get_context("spawn")  # fork is unsafe beside the daemon's threads
+        self.executor = ProcessPoolExecutor(self.workers, mp_context=context)
+        for f in [self.executor.submit(int, 0) for _ in range(self.workers)]:
+            f.result()  # start the workers now, not on the first frame
+
+    def classical(self, frame: np.ndarray, params: ClassicalParams) -> Future:
+        return self.executor.submit(count_cells_classical, frame, params)
+
+    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
+               contract: ModelContract) -> Future:
+        return self.executor.submit(count_cells_from_outputs, outputs, origins, shape, contract)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
