@@ -17,6 +17,7 @@ class TileCounts:
     live: int
     dead: int
     empty: int
+    cells: int | None = None  # from segmentation; None when the daemon does not segment
 
 
 def count_tiles(dead_probability: np.ndarray, n_empty: int, threshold: float) -> TileCounts:
@@ -37,9 +38,11 @@ class WellState:
     fields: dict[int, TileCounts] = field(default_factory=dict)
 
     def totals(self) -> TileCounts:
+        cells = [c.cells for c in self.fields.values() if c.cells is not None]
         return TileCounts(live=sum(c.live for c in self.fields.values()),
                           dead=sum(c.dead for c in self.fields.values()),
-                          empty=sum(c.empty for c in self.fields.values()))
+                          empty=sum(c.empty for c in self.fields.values()),
+                          cells=sum(cells) if cells else None)
 
 
 class PlateAggregate:
@@ -68,4 +71,5 @@ class PlateAggregate:
             "counts": {"live": t.live, "dead": t.dead, "empty": t.empty},
             "live_fraction": live_fraction(t.live, t.dead),
             "unit": "tile",
+            "cells": t.cells,
         }

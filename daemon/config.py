@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
+from .segment_classical import ClassicalParams
 
 
 def _choice(*allowed: object) -> dict:
@@ -59,6 +60,16 @@ class ModelSlot:
 @dataclass(frozen=True)
 class ModelsConfig:
     live_dead: ModelSlot = ModelSlot()
+    segmentation: ModelSlot = ModelSlot()  # "" = the bundled phase-contrast model
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Per-cell counts: `method` none (tiles only), classical, or model ([models.segmentation])."""
+    method: str = field(default="none", metadata=_choice("none", "classical", "model"))
+    workers: int = field(default=0, metadata=_range(0, 256))  # processes; 0 = one per core
+    max_batch: int = field(default=16, metadata=_range(1, 4096))  # network tiles per batch
+    classical: ClassicalParams = ClassicalParams()
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class Config:
     plate: PlateConfig = PlateConfig()
     channels: ChannelsConfig = ChannelsConfig()
     models: ModelsConfig = ModelsConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
     inference: InferenceConfig = InferenceConfig()
     batching: BatchingConfig = BatchingConfig()
     pipeline: PipelineConfig = PipelineConfig()
@@ -163,7 +175,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return dataclasses.replace(
         config,
         watch=dataclasses.replace(config.watch, root=resolve(config.watch.root)),
-        models=dataclasses.replace(config.models, live_dead=ModelSlot(resolve(config.models.live_dead.path))),
+        models=dataclasses.replace(config.models, live_dead=ModelSlot(resolve(config.models.live_dead.path)),
+                                   segmentation=ModelSlot(resolve(config.models.segmentation.path))),
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
@@ -255,6 +268,12 @@ def _check_cross_keys(config: Config) -> None:
     if config.publish.curve_allowed_clients and not config.publish.curve_secret_key:
         raise ConfigError("publish.curve_allowed_clients", config.publish.curve_allowed_clients,
                           "needs publish.curve_secret_key (the daemon's own key) as well")
+    try:
+        config.segmentation.classical.validate()
+    except ValueError as e:  # rules across keys, e.g. min_area <= max_area
+        name = str(e).split(":", 1)[0].removeprefix("ClassicalParams.")
+        raise ConfigError(f"segmentation.classical.{name}", getattr(config.segmentation.classical, name),
+                          str(e).split("; ", 1)[-1]) from None
     if config.publish.endpoint == config.publish.snapshot_endpoint:
         raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
                           "must differ from publish.endpoint")

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS frames (
     live INTEGER, dead INTEGER, empty INTEGER,
     t_file REAL, t_done REAL,
     seq INTEGER,  -- the outbox message announcing this outcome
+    cells INTEGER,  -- cells found by segmentation; NULL when the daemon did not segment
     UNIQUE (path, sha256)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -87,6 +88,7 @@ class FrameRecord:
     t_file: float | None
     t_done: float | None
     seq: int | None = None
+    cells: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,15 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             raise StartupError(f"journal.path {self.path}: cannot open as SQLite ({e})") from None
+
+    def _migrate(self) -> None:
+        """Journals written before per-cell counts existed lack the `cells` column: add it."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
+        if "cells" not in columns:
+            self.db.execute("ALTER TABLE frames ADD COLUMN cells INTEGER")
 
     def close(self) -> None:
         self.db.close()

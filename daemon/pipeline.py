@@ -4,6 +4,11 @@
               -> commit thread (aggregate + journal + outbox, one transaction per frame)
               -> publisher thread (ZeroMQ PUB + snapshot ROUTER)
 
+With segmentation on, the CPU-heavy part runs in a process pool (all cores): classical
+segmentation is called from the prepare workers; a segmentation network's tiles are batched by the
+inference thread beside the live/dead patches, and the watershed that turns its maps into cells
+runs in the pool, handed back by a callback so the inference thread never waits for it.
+
 Each stage thread only moves data between queues and calls the pure stage functions. A bad frame
 is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the daemon with
 the error (the entry point decides to exit).
@@ -11,6 +16,7 @@ the error (the entry point decides to exit).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,6 +41,7 @@ from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .plate import PLATE_FORMATS
 from .preprocess import prepare_tiles
+from .segment import ModelSegmenter, SegmentationPool
 from .publish import Publisher
 from .security import CurveServer
 from .reader import decode_frame
@@ -63,6 +70,16 @@ class PreparedFrame:
     sha256: str
     n_patches: int
     n_empty: int
+    shape: tuple[int, int] = (0, 0)
+    cells: int | None = None  # from segmentation, once known
+
+
+@dataclass
+class _AwaitingSegmentation:
+    """A frame whose live/dead scores and segmentation maps come from two batchers."""
+    origins: np.ndarray
+    scores: np.ndarray | None = None
+    maps: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -80,11 +97,15 @@ class StatusEvent:
 
 class Pipeline:
     def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None):
         self.config = config
         self.backend = backend
         self.metrics = metrics
         self.contract = backend.contract
+        self.seg_method = config.segmentation.method
+        self.seg_model = ModelSegmenter(segmentation_backend) if self.seg_method == "model" else None
+        if self.seg_method == "model" and segmentation_backend is None:
+            raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
         self.root = os.path.realpath(config.watch.root)
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
@@ -99,6 +120,8 @@ class Pipeline:
         self.naming = NamingScheme(config.watch.naming, PLATE_FORMATS[config.plate.format],
                                    config.plate_name, config.watch.pattern, config.plate.default_well)
         self.models = {self.contract.name: backend.sha256}
+        if self.seg_model is not None:
+            self.models[self.seg_model.name] = segmentation_backend.sha256
         self.journal_path = Path(config.journal.path)
         self.aggregate = PlateAggregate(config.plate.fields_per_well)
         self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
@@ -138,6 +161,8 @@ class Pipeline:
         self._inflight_marks: list[tuple[str, int, int, str]] = []  # gate thread only
         self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
+        self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
+        self._seg_futures: set = set()  # watershed tasks in the pool (the inference thread's)
         self.discovery = Discovery(self.root, self._on_path, config.watch.observer, config.watch.recursive,
                                    config.watch.extensions)
         self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True)
@@ -154,7 +179,8 @@ class Pipeline:
             self.known.add((r.path, r.size, r.mtime_ns))
             self.known_content.add((r.path, r.sha256))
             if r.state == "done" and r.channel is not None:
-                self.aggregate.add(r.plate, r.well, r.timepoint, r.field, TileCounts(r.live, r.dead, r.empty))
+                self.aggregate.add(r.plate, r.well, r.timepoint, r.field,
+                                   TileCounts(r.live, r.dead, r.empty, r.cells))
             n += 1
         if n:
             log.info("journal %s: %d frames already recorded; last seq %d", self.journal_path, n, self.seq)
@@ -167,10 +193,17 @@ class Pipeline:
         for t in self._threads:
             t.start()
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
-                                                  "root": self.root}))
+                                                  "root": self.root, "segmentation": self.segmentation_name}))
         offered = self.discovery.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
+
+    @property
+    def segmentation_name(self) -> str | None:
+        """What counts cells: "classical", the segmentation model's name, or None."""
+        if self.seg_method == "none":
+            return None
+        return self.seg_model.name if self.seg_model is not None else "classical"
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -191,6 +224,8 @@ class Pipeline:
                 t.join()
         else:  # a stage died: do not wait on queues it no longer drains; the journal is consistent
             self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.seg_pool is not None:
+            self.seg_pool.shutdown()
         self.publisher.stop()
         self.publisher.join(timeout=30)
         if self.curve is not None:
@@ -367,6 +402,7 @@ class Pipeline:
         t1 = time.perf_counter()
         try:
             patches, origins, empty = prepare_tiles([image], self.contract)
+            cells, seg_tiles = self._segment_or_prepare(image)
         except Exception as e:  # a frame the model cannot take must not stop the daemon
             log.exception("cannot prepare %s", job.rel)
             self._fail(job, sha, FrameReadError(job.path, f"cannot be prepared for the model "
@@ -375,13 +411,24 @@ class Pipeline:
         t2 = time.perf_counter()
         self.metrics.stage_seconds.labels("read").observe(t1 - t0)
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
-        item = PreparedFrame(job, sha, len(patches), int(empty.sum()))
+        item = PreparedFrame(job, sha, len(patches), int(empty.sum()), image.shape, cells)
         while self.fatal is None:  # bounded queue: back-pressure, unless the inference stage died
             try:
-                self.prepared.put((item, patches, time.monotonic()), timeout=0.5)
+                self.prepared.put((item, patches, time.monotonic(), seg_tiles), timeout=0.5)
                 return
             except queue.Full:
                 continue
+
+    def _segment_or_prepare(self, image: np.ndarray) -> tuple[int | None, tuple | None]:
+        """Classical: the cell count (segmented in the pool). Model: its input tiles and origins."""
+        if self.seg_method == "classical":
+            t0 = time.perf_counter()
+            cells = self.seg_pool.classical(image, self.config.segmentation.classical).result()
+            self.metrics.stage_seconds.labels("segment").observe(time.perf_counter() - t0)
+            return cells, None
+        if self.seg_model is not None:
+            return None, self.seg_model.prepare(image)
+        return None, None
 
     def _fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
         if error.retryable and job.attempt < self.config.pipeline.max_retries:
@@ -398,32 +445,81 @@ class Pipeline:
     def _infer_loop(self) -> None:
         cfg = self.config.batching
         batcher = PatchBatcher(cfg.max_batch, cfg.max_delay_ms / 1000.0)
+        # segmentation tiles are pooled across frames too, in batches of their own network
+        seg_batcher = PatchBatcher(self.config.segmentation.max_batch, cfg.max_delay_ms / 1000.0)
+        awaiting: dict[PreparedFrame, _AwaitingSegmentation] = {}
         stopping = False
         while True:
-            wait = batcher.seconds_until_due(time.monotonic())
+            waits = [w for w in (batcher.seconds_until_due(time.monotonic()),
+                                 seg_batcher.seconds_until_due(time.monotonic())) if w is not None]
             try:
-                msg = self.prepared.get(timeout=0.05 if wait is None else wait) if not stopping else _STOP
+                msg = self.prepared.get(timeout=min(waits) if waits else 0.05) if not stopping else _STOP
             except queue.Empty:
                 msg = None
             if msg is _STOP:
                 stopping = True
             elif msg is not None:
-                item, patches, t_added = msg
+                item, patches, t_added, seg = msg
+                if seg is not None:
+                    tiles, origins = seg
+                    awaiting[item] = _AwaitingSegmentation(origins)
+                    seg_batcher.add(item, tiles, t_added)
                 for done in batcher.add(item, patches, t_added):
-                    self.to_commit.put(done)
+                    self._scores_ready(done, awaiting)
             self.metrics.queue_depth.labels("prepared").set(self.prepared.qsize())
             self.metrics.queue_depth.labels("batch_patches").set(batcher.waiting_patches)
-            while batcher.due(time.monotonic()) or (stopping and batcher.waiting_patches):
-                batch, owners = batcher.next_batch()
-                t0 = time.perf_counter()
-                scores = self.backend.infer(batch)
-                self.metrics.stage_seconds.labels("infer").observe(time.perf_counter() - t0)
-                self.metrics.batch_size.observe(len(batch))
-                for done in batcher.distribute(scores, owners):
-                    self.to_commit.put(done)
+            for b, backend, stage in ((batcher, self.backend, "infer"),
+                                      (seg_batcher, self.seg_model and self.seg_model.backend, "infer_segmentation")):
+                while b.due(time.monotonic()) or (stopping and b.waiting_patches):
+                    batch, owners = b.next_batch()
+                    t0 = time.perf_counter()
+                    outputs = backend.infer(batch)
+                    self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - t0)
+                    self.metrics.batch_size.observe(len(batch))
+                    for item, out in b.distribute(outputs, owners):
+                        if b is batcher:
+                            self._scores_ready((item, out), awaiting)
+                        else:
+                            awaiting[item].maps = out
+                            self._maybe_finish(item, awaiting)
             if stopping:
+                while self._seg_futures:  # their callbacks hand the last frames to commit
+                    time.sleep(0.01)
                 self.to_commit.put(_STOP)
                 return
+
+    def _scores_ready(self, done: tuple[PreparedFrame, np.ndarray], awaiting: dict) -> None:
+        item, scores = done
+        if item not in awaiting:
+            self.to_commit.put(done)
+            return
+        awaiting[item].scores = scores
+        self._maybe_finish(item, awaiting)
+
+    def _maybe_finish(self, item: PreparedFrame, awaiting: dict) -> None:
+        """Both parts scored: the watershed runs in the pool; its callback hands the frame to commit."""
+        parts = awaiting[item]
+        if parts.scores is None or parts.maps is None:
+            return
+        del awaiting[item]
+        t0 = time.perf_counter()
+        future = self.seg_pool.finish(parts.maps, parts.origins, item.shape, self.seg_model.contract)
+        self._seg_futures.add(future)
+
+        def finished(f) -> None:
+            try:
+                self.metrics.stage_seconds.labels("segment").observe(time.perf_counter() - t0)
+                error = f.exception()
+                if error is not None:
+                    log.error("segmentation of %s failed: %s", item.job.rel, error)
+                    self.to_commit.put(FailedFrame(item.job, item.sha256,
+                                                   f"segmentation failed ({type(error).__name__}: {error})"))
+                else:
+                    self.to_commit.put((dataclasses.replace(item, cells=f.result()), parts.scores))
+            finally:
+                self._seg_futures.discard(f)  # last: shutdown waits until the frame is handed on
+
+        future.add_done_callback(finished)
 
     # --- aggregate, journal, outbox ----------------------------------------------------------
 
@@ -515,18 +611,21 @@ class Pipeline:
     def _scored(self, item: PreparedFrame, scores: np.ndarray, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = item.job, item.job.meta
         dead_p = scores[:, self.contract.positive_index] if len(scores) else np.zeros(0, np.float32)
-        counts = count_tiles(dead_p, item.n_empty, self.contract.decision_threshold)
+        counts = dataclasses.replace(count_tiles(dead_p, item.n_empty, self.contract.decision_threshold),
+                                     cells=item.cells)
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
         frame_msg = OutboxMessage(self._next_seq(), frame_topic(meta.plate, meta.well), envelope(
             self.seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
             path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
-            live_fraction=live_fraction(counts.live, counts.dead), unit="tile", t_file=job.mtime_ns / 1e9))
+            live_fraction=live_fraction(counts.live, counts.dead), unit="tile", cells=counts.cells,
+            t_file=job.mtime_ns / 1e9))
         well_msg = OutboxMessage(self._next_seq(), well_topic(meta.plate, meta.well), envelope(
             self.seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
         record = FrameRecord(job.rel, job.size, job.mtime_ns, item.sha256, version, "done", None,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
-                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq)
+                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
+                             counts.cells)
         return record, [frame_msg, well_msg]
 
     def _remember(self, record: FrameRecord) -> None:

@@ -17,6 +17,7 @@ from .config import Config
 from .errors import StartupError
 from .metrics import DaemonMetrics
 from .pipeline import Pipeline
+from .segment import BUNDLED_SEGMENTATION_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,23 @@ def load_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
     return backend
 
 
+def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
+    """The segmentation network when segmentation.method = 'model' ("" = the bundled model)."""
+    if config.segmentation.method != "model":
+        return None
+    path = config.models.segmentation.path or str(BUNDLED_SEGMENTATION_MODEL)
+    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu,
+                          config.segmentation.max_batch, config.inference.intra_op_threads, config.inference.warmup)
+    if backend.contract.task != "segmentation":
+        raise StartupError(f"models.segmentation.path {path}: the model's task is {backend.contract.task!r}, "
+                           "not 'segmentation'")
+    log.info("segmentation: %s", backend.describe())
+    metrics.provider.labels("segmentation", backend.provider).set(1)
+    metrics.model.labels("segmentation").info({"name": backend.contract.name, "sha256": backend.sha256,
+                                               "path": backend.path, "provider": backend.provider})
+    return backend
+
+
 def start_metrics_server(config: Config, registry: CollectorRegistry) -> None:
     if config.metrics.port == 0:
         return
@@ -60,12 +78,14 @@ def start_metrics_server(config: Config, registry: CollectorRegistry) -> None:
 class Daemon:
     """A running daemon; `run()` blocks until stopped. Also used in-process by demo, bench and tests."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None, backend=None):
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None, backend=None,
+                 segmentation_backend=None):
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.backend = backend or load_backend(config, self.metrics)
-        self.pipeline = Pipeline(config, self.backend, self.metrics)
+        seg_backend = segmentation_backend or load_segmentation_backend(config, self.metrics)
+        self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend)
         self._stopped = threading.Event()
 
     def start(self) -> None:
