@@ -37,6 +37,20 @@ def _checkpoint_metrics(path: Path) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
+def _load_any(path: Path):
+    """(servable model, arch, contract) from a classifier or a segmentation checkpoint."""
+    from wellwatch.training.checkpoint import load_checkpoint
+    from wellwatch.training.seg_train import load_seg_checkpoint
+    from wellwatch.training.unet import SegmentationMaps
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(data, dict) and data.get("task") == "segmentation":
+        model, contract, _ = load_seg_checkpoint(path)
+        return SegmentationMaps(model).eval(), "unet", contract
+    model, arch, contract, _ = load_checkpoint(path)
+    return model, arch, contract
+
+
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, fp16: bool = False,
                       atol: float = Tolerances.atol, rtol: float = Tolerances.rtol,
                       real_inputs: np.ndarray | None = None, parity_images: Sequence[str | Path] | None = None,
@@ -48,13 +62,11 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, fp16: bool =
     `parity_images` (None: the shared real images of ../shared/data when present; []: none).
     Raises ParityError / DecisionError when a file disagrees with the PyTorch model.
     """
-    from wellwatch.training.checkpoint import load_checkpoint
-
     checkpoint_path = Path(checkpoint_path)
     if not checkpoint_path.is_file():
         raise ExportError(f"checkpoint {checkpoint_path} does not exist")
     try:
-        model, arch, contract, _ = load_checkpoint(checkpoint_path)
+        model, arch, contract = _load_any(checkpoint_path)
     except (ValueError, KeyError, RuntimeError) as e:
         raise ExportError(f"checkpoint {checkpoint_path} cannot be loaded: {e}") from None
     contract = contract_for_export(contract, _checkpoint_metrics(checkpoint_path))

@@ -15,6 +15,7 @@ import numpy as np
 from wellwatch.daemon.contract import ModelContract, Tiling
 from wellwatch.daemon.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
 from wellwatch.daemon.reader import read_frame
+from wellwatch.daemon.segment_maps import model_input, seg_tiles
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,13 @@ def real_patches(image: np.ndarray, contract: ModelContract, limit: int = MAX_RE
     """Model inputs cut from one real frame exactly as the daemon cuts them.
 
     live_dead: the contract's normalisation, tiling and empty filter (non-empty tiles first).
+    segmentation: the reduced, normalised frame's covering tiles.
     cell_type (no tiling in the contract): a grid of input-sized crops of the normalised frame.
     Every input channel gets the same frame: this is for parity, not accuracy.
     """
+    if contract.segmentation is not None:  # the covering tiles the daemon cuts for the network
+        tiles, _ = seg_tiles(model_input(image, contract), contract.tiling)
+        return np.ascontiguousarray(tiles[:limit])
     normed = normalise_frame(image, contract.normalisation)
     size = contract.height
     if contract.height != contract.width:

@@ -81,6 +81,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_masks(args: argparse.Namespace) -> int:
+    from .masks import build_mask_set, find_mask_pairs, save_mask_set
+
+    ds = build_mask_set(find_mask_pairs(args.folders, args.image_name, args.mask_name))
+    save_mask_set(ds, args.out)
+    print(json.dumps({"out": args.out, "images": len(ds), "cells": int(sum(ds.meta["cells"]))}, indent=1))
+    return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """'set1-20' or 'set1,set5' -> names; a range is prefix + first..last."""
+    import re
+
+    out = []
+    for part in _csv(text):
+        m = re.fullmatch(r"(\D*)(\d+)-(\d+)", part)
+        out += [f"{m[1]}{i}" for i in range(int(m[2]), int(m[3]) + 1)] if m else [part]
+    return tuple(out)
+
+
+def cmd_train_segmentation(args: argparse.Namespace) -> int:
+    from .seg_train import SegTrainConfig, train_segmentation
+
+    if not args.train_images or not args.val_images:
+        raise SystemExit("wellwatch train --task segmentation: give --train-images and --val-images "
+                         "(e.g. set1-20 and set21-24); keep test images out of both")
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("base", args.width), ("crop", args.crop), ("seed", args.seed),
+                                   ("name", args.name), ("threads", args.threads)) if v is not None}
+    cfg = SegTrainConfig(train=_names(args.train_images), val=_names(args.val_images), **overrides)
+    summary = train_segmentation(args.dataset, args.out, cfg, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("metrics", "postprocess", "train_seconds", "steps")}, indent=1))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
@@ -129,7 +164,15 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=0, help="read only the first N xml files")
     p.set_defaults(func=cmd_voc)
 
-    p = sub.add_parser("train", help="train a classifier on a dataset folder; writes RUN/best.pt")
+    p = dsub.add_parser("masks", help="import images with label masks (e.g. the Usiigaci sets) for segmentation")
+    p.add_argument("folders", nargs="+", help="folders whose sub-folders each hold one image and its mask")
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-name", default="raw.tif", help="the image's file name in each sub-folder")
+    p.add_argument("--mask-name", default="instances_ids.png",
+                   help="the label mask's file name (0 = background, one integer id per cell)")
+    p.set_defaults(func=cmd_masks)
+
+    p = sub.add_parser("train", help="train a classifier (or, with --task segmentation, a U-Net); writes RUN/best.pt")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny"],
@@ -148,7 +191,16 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     p.add_argument("--name", help="model name in the contract")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--task", default="classify", choices=["classify", "segmentation"],
+                   help="segmentation: a U-Net on a `dataset masks` folder")
+    seg = p.add_argument_group("segmentation (--task segmentation)")
+    seg.add_argument("--train-images", help="images to train on, e.g. set1-20")
+    seg.add_argument("--val-images", help="images to select weights and the watershed on, e.g. set21-24")
+    seg.add_argument("--steps", type=int, help="optimiser steps (default 1200)")
+    seg.add_argument("--width", type=int, help="U-Net base width (default 16)")
+    seg.add_argument("--crop", type=int, help="training crop at model resolution (default 192)")
+    seg.add_argument("--threads", type=int, help="torch CPU threads (default: all)")
+    p.set_defaults(func=lambda a: cmd_train_segmentation(a) if a.task == "segmentation" else cmd_train(a))
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a run or an exported ONNX model")
     p.add_argument("model", help="RUN folder, RUN/best.pt, or an exported .onnx")

@@ -1,0 +1,92 @@
+"""Segmentation training: masks import, targets, augmentation, a short real run, export, serving."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.conftest import shared_data
+from wellwatch.training.masks import build_mask_set, find_mask_pairs, load_mask_set, read_labels, save_mask_set
+from wellwatch.training.seg_targets import class_map, distance_map, downsample_labels
+
+torch = pytest.importorskip("torch")
+
+
+def test_targets_of_two_touching_squares():
+    labels = np.zeros((12, 20), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[2:10, 10:18] = 2
+    classes = class_map(labels)
+    assert set(np.unique(classes[labels == 0])) == {0}
+    assert classes[5, 9] == 2 and classes[5, 10] == 2  # both cells' own edge pixels: a band between them
+    assert classes[5, 5] == 1
+    d = distance_map(labels)
+    assert d.max() == 1.0 and d[labels == 0].max() == 0
+    assert np.isclose(d[labels == 1].max(), 1.0) and np.isclose(d[labels == 2].max(), 1.0)
+    assert d[2, 2] < d[5, 5]
+
+
+def test_label_downsampling_keeps_ids_and_aligns_with_block_means():
+    labels = np.repeat(np.repeat(np.arange(12, dtype=np.int32).reshape(3, 4), 2, axis=0), 2, axis=1)
+    np.testing.assert_array_equal(downsample_labels(labels, 2), np.arange(12).reshape(3, 4))
+
+
+def test_augmentation_moves_input_and_targets_together():
+    from wellwatch.training.seg_train import augment
+
+    rng = np.random.default_rng(0)
+    c = np.zeros((32, 32), np.int64)
+    c[4:12, 6:20] = 1
+    d = (c == 1).astype(np.float32)
+    for _ in range(20):
+        x_aug, c_aug, d_aug = augment(c.astype(np.float32), c, d, rng)
+        assert np.corrcoef(x_aug.ravel(), c_aug.ravel())[0, 1] > 0.8
+        np.testing.assert_array_equal(c_aug == 1, d_aug == 1)
+
+
+def test_mask_import_refuses_mismatched_and_colour_masks(tmp_path):
+    (tmp_path / "a").mkdir()
+    tifffile.imwrite(tmp_path / "a" / "raw.tif", np.zeros((8, 8), np.uint16))
+    tifffile.imwrite(tmp_path / "a" / "mask.tif", np.zeros((8, 9), np.uint16))
+    with pytest.raises(ValueError, match="differs from its mask"):
+        build_mask_set(find_mask_pairs([tmp_path], "raw.tif", "mask.tif"), progress=False)
+    tifffile.imwrite(tmp_path / "a" / "rgb.tif", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="one 2-D plane"):
+        read_labels(tmp_path / "a" / "rgb.tif")
+    with pytest.raises(FileNotFoundError, match="holds both"):
+        find_mask_pairs([tmp_path], "raw.tif", "nothing.png")
+
+
+def test_short_run_on_real_masks_trains_exports_and_serves(tmp_path):
+    """Two Usiigaci sets, a tiny U-Net, a few steps: the whole chain runs and stays consistent."""
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.daemon.reader import read_frame
+    from wellwatch.daemon.segment import ModelSegmenter
+    from wellwatch.export.from_checkpoint import export_checkpoint
+    from wellwatch.export.manifest import manifest_path
+    from wellwatch.training.seg_train import SegTrainConfig, load_seg_checkpoint, train_segmentation
+
+    root = shared_data("usiigaci-phase")
+    pairs = [p for p in find_mask_pairs([root], "raw.tif", "instances_ids.png") if p[0] in ("set1", "set2")]
+    save_mask_set(build_mask_set(pairs, progress=False), tmp_path / "ds")
+    ds = load_mask_set(tmp_path / "ds")
+    assert ds.names == ["set1", "set2"] and ds.labels[0].max() == 66
+
+    cfg = SegTrainConfig(train=("set1",), val=("set2",), base=4, depth=2, crop=64, batch_size=2, steps=4,
+                         eval_every=2, tile_size=128, stride=96, threads=1)
+    summary = train_segmentation(tmp_path / "ds", tmp_path / "run", cfg, progress=False)
+    assert [h["step"] for h in summary["history"]] == [2, 4]
+    model, contract, _ = load_seg_checkpoint(tmp_path / "run" / "best.pt")
+    assert contract.task == "segmentation" and contract.trained_on["images"] == ["set1"]
+    assert contract.segmentation.postprocess == summary["postprocess"]
+
+    result = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "seg.onnx", parity_images=[root / "set3" / "raw.tif"])
+    assert result.parity.passed and result.parity.elements > 0
+    backend = OnnxBackend(tmp_path / "seg.onnx", device="cpu", warmup=False)
+    labels = ModelSegmenter(backend).segment(read_frame(str(root / "set3" / "raw.tif")))
+    assert labels.shape == (1022, 1024) and labels.dtype == np.int32
+    manifest = json.loads(manifest_path(tmp_path / "seg.onnx").read_text())
+    assert manifest["contract"]["task"] == "segmentation" and manifest["sha256"] == backend.sha256
