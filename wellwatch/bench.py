@@ -47,6 +47,13 @@ def register(sub) -> None:
     p.add_argument("--naive-frames", type=int, default=8, help="frames for the naive loop")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_bench)
+    targets = p.add_subparsers(dest="bench_target", metavar="{segment}")
+    from .bench_segment import add_arguments, run
+
+    seg = targets.add_parser("segment", help="segmentation quality (F1, AP at IoU 0.5/0.75, count error) and "
+                                            "frames/s per method on images with masks")
+    add_arguments(seg)
+    seg.set_defaults(func=run)
 
 
 def _say(args, text: str) -> None:

@@ -48,6 +48,33 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    """One frame -> a label image, with exactly the daemon's segmentation code."""
+    import time
+
+    import numpy as np
+    import tifffile
+
+    from .daemon.config import load_config
+    from .daemon.reader import read_frame
+    from .daemon.segment import load_segmenter
+
+    config = load_config(args.config) if args.config else load_config(None)
+    if args.classical:
+        segmenter = load_segmenter(None, config.segmentation.classical)
+    else:
+        segmenter = load_segmenter(args.model or config.models.segmentation.path, threads=args.threads)
+    frame = read_frame(args.image)
+    t0 = time.perf_counter()
+    labels = segmenter.segment(frame)
+    seconds = time.perf_counter() - t0
+    n = int(labels.max())
+    tifffile.imwrite(args.out, labels.astype(np.uint16 if n <= 65535 else np.int32), compression="zlib")
+    print(json.dumps({"image": args.image, "out": args.out, "method": segmenter.name, "cells": n,
+                      "seconds": round(seconds, 3)}))
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import os
 
@@ -89,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("name", help="e.g. server, or a client's name")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("segment", help="segment one frame into a label image (0 = background, one id per cell)")
+    p.add_argument("image", help="a TIFF frame")
+    p.add_argument("--out", required=True, help="label image to write (TIFF, uint16; int32 above 65535 cells)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--model", help="segmentation ONNX model (default: the bundled phase-contrast model)")
+    how.add_argument("--classical", action="store_true",
+                     help="the classical pipeline with [segmentation.classical] of --config (or its defaults)")
+    p.add_argument("--config", help="config.toml whose [segmentation] / [models.segmentation] to use")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    p.set_defaults(func=cmd_segment)
 
     register_simulate(sub)
     register_demo(sub)
