@@ -25,6 +25,8 @@ NORMALISATIONS = {
     "fixed": {"mean", "std"},
     # (x - p_low) / (p_high - p_low) with per-frame percentiles.
     "percentile": {"low", "high"},
+    # single-cell crops (the cell-type study): zero outside a circular mask, mean inside it = 1.
+    "mask_mean": set(),
 }
 EMPTY_FILTERS = {"none": set(), "std": {"threshold"}}
 OUTPUTS = ("probabilities", "logits")
@@ -70,6 +72,18 @@ class Segmentation:
     postprocess: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CellCrop:
+    """Single-cell crops for a cell_type model: `size` square around each segmented cell's centroid,
+    zero outside a circle of `mask_radius`, each channel's mean inside it scaled to 1 ("mask_mean").
+    Cells with an area (full-resolution px) outside [min_area, max_area] are not classified
+    (0 = no limit): the model never saw such cells."""
+    size: int = 150
+    mask_radius: float = 50.0
+    min_area: int = 0
+    max_area: int = 0
+
+
 POSTPROCESS_KEYS = {"foreground_threshold", "seed_threshold", "seeds", "min_seed_area", "min_area", "max_area"}
 
 
@@ -95,6 +109,7 @@ class ModelContract:
     tool: str = ""
     contract_version: int = CONTRACT_VERSION
     segmentation: Segmentation | None = None
+    crop: CellCrop | None = None
 
     @property
     def positive_index(self) -> int:
@@ -103,6 +118,8 @@ class ModelContract:
     def to_json(self) -> str:
         doc = asdict(self)
         doc["classes"], doc["channels"] = list(self.classes), list(self.channels)
+        if self.crop is None:
+            del doc["crop"]
         if self.segmentation is None:
             del doc["segmentation"]  # classifier contracts stay as they were
         else:
@@ -141,6 +158,7 @@ class ModelContract:
                 created=doc.get("created", ""), tool=doc.get("tool", ""), contract_version=version,
                 segmentation=Segmentation(**{**seg, "maps": tuple(seg.get("maps", SEGMENTATION_MAPS))})
                 if seg else None,
+                crop=CellCrop(**doc["crop"]) if doc.get("crop") else None,
             )
         except KeyError as e:
             raise ContractError(source, f"contract lacks the field {e.args[0]!r}") from None
@@ -188,10 +206,25 @@ class ModelContract:
                 raise bad(f"stride {self.tiling.stride} must be >= 1")
         if not 0.0 <= self.decision_threshold <= 1.0:
             raise bad(f"decision_threshold {self.decision_threshold} outside 0..1")
+        if self.crop is not None:
+            self._validate_crop(bad)
+        elif self.normalisation.method == "mask_mean":
+            raise bad("normalisation 'mask_mean' is for single-cell crops; the contract has no crop section")
         if self.task == "segmentation":
             self._validate_segmentation(bad)
         elif self.segmentation is not None:
             raise bad(f"a {self.task} model has no segmentation section")
+
+    def _validate_crop(self, bad) -> None:
+        c = self.crop
+        if self.task != "cell_type":
+            raise bad(f"a {self.task} model has no crop section (crops are for cell_type models)")
+        if c.size != self.height or c.size != self.width:
+            raise bad(f"crop.size {c.size} differs from input {self.height}x{self.width}")
+        if not 0 < c.mask_radius <= c.size:
+            raise bad(f"crop.mask_radius {c.mask_radius} must be in (0, crop.size]")
+        if c.min_area < 0 or c.max_area < 0 or (c.max_area and c.min_area > c.max_area):
+            raise bad(f"crop area range {c.min_area}..{c.max_area} (0 = no limit)")
 
     def _validate_segmentation(self, bad) -> None:
         seg = self.segmentation
