@@ -14,10 +14,41 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TileCounts:
+    """One field's counts: tiles by call; with segmentation, cells and their calls."""
     live: int
     dead: int
     empty: int
     cells: int | None = None  # from segmentation; None when the daemon does not segment
+    cell_live: int | None = None  # cells called live/dead from the tiles at their centroids
+    cell_dead: int | None = None
+    cell_types: dict[str, int] | None = None  # with a cell-type model: class name -> cells
+
+
+def _sum_optional(values: list) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _sum_types(values: list[dict[str, int] | None]) -> dict[str, int] | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    total: dict[str, int] = {}
+    for v in present:
+        for name, n in v.items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def cell_fields(c: TileCounts) -> dict:
+    """The per-cell part of a frame or well message (all None when the daemon does not segment)."""
+    has_calls = c.cell_live is not None
+    return {
+        "cells": c.cells,
+        "cell_counts": {"live": c.cell_live, "dead": c.cell_dead} if has_calls else None,
+        "cell_live_fraction": live_fraction(c.cell_live, c.cell_dead) if has_calls else None,
+        "cell_types": c.cell_types,
+    }
 
 
 def count_tiles(dead_probability: np.ndarray, n_empty: int, threshold: float) -> TileCounts:
@@ -38,11 +69,12 @@ class WellState:
     fields: dict[int, TileCounts] = field(default_factory=dict)
 
     def totals(self) -> TileCounts:
-        cells = [c.cells for c in self.fields.values() if c.cells is not None]
-        return TileCounts(live=sum(c.live for c in self.fields.values()),
-                          dead=sum(c.dead for c in self.fields.values()),
-                          empty=sum(c.empty for c in self.fields.values()),
-                          cells=sum(cells) if cells else None)
+        f = list(self.fields.values())
+        return TileCounts(live=sum(c.live for c in f), dead=sum(c.dead for c in f), empty=sum(c.empty for c in f),
+                          cells=_sum_optional([c.cells for c in f]),
+                          cell_live=_sum_optional([c.cell_live for c in f]),
+                          cell_dead=_sum_optional([c.cell_dead for c in f]),
+                          cell_types=_sum_types([c.cell_types for c in f]))
 
 
 class PlateAggregate:
@@ -71,5 +103,5 @@ class PlateAggregate:
             "counts": {"live": t.live, "dead": t.dead, "empty": t.empty},
             "live_fraction": live_fraction(t.live, t.dead),
             "unit": "tile",
-            "cells": t.cells,
+            **cell_fields(t),
         }

@@ -61,6 +61,7 @@ class ModelSlot:
 class ModelsConfig:
     live_dead: ModelSlot = ModelSlot()
     segmentation: ModelSlot = ModelSlot()  # "" = the bundled phase-contrast model
+    cell_type: ModelSlot = ModelSlot()     # "" = no cell types
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         config,
         watch=dataclasses.replace(config.watch, root=resolve(config.watch.root)),
         models=dataclasses.replace(config.models, live_dead=ModelSlot(resolve(config.models.live_dead.path)),
-                                   segmentation=ModelSlot(resolve(config.models.segmentation.path))),
+                                   segmentation=ModelSlot(resolve(config.models.segmentation.path)),
+                                   cell_type=ModelSlot(resolve(config.models.cell_type.path))),
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
@@ -268,6 +270,9 @@ def _check_cross_keys(config: Config) -> None:
     if config.publish.curve_allowed_clients and not config.publish.curve_secret_key:
         raise ConfigError("publish.curve_allowed_clients", config.publish.curve_allowed_clients,
                           "needs publish.curve_secret_key (the daemon's own key) as well")
+    if config.models.cell_type.path and config.segmentation.method == "none":
+        raise ConfigError("models.cell_type.path", config.models.cell_type.path,
+                          "cell types need segmented cells: set segmentation.method to classical or model")
     try:
         config.segmentation.classical.validate()
     except ValueError as e:  # rules across keys, e.g. min_area <= max_area

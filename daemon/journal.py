@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS frames (
     t_file REAL, t_done REAL,
     seq INTEGER,  -- the outbox message announcing this outcome
     cells INTEGER,  -- cells found by segmentation; NULL when the daemon did not segment
+    cell_live INTEGER, cell_dead INTEGER,  -- cells called live/dead from the tiles at their centroids
+    cell_types TEXT,  -- JSON {class name: cells} from a cell-type model; NULL without one
     UNIQUE (path, sha256)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -89,6 +91,15 @@ class FrameRecord:
     t_done: float | None
     seq: int | None = None
     cells: int | None = None
+    cell_live: int | None = None
+    cell_dead: int | None = None
+    cell_types: str | None = None  # JSON
+
+    def counts(self):
+        from .aggregate import TileCounts
+
+        return TileCounts(self.live, self.dead, self.empty, self.cells, self.cell_live, self.cell_dead,
+                          json.loads(self.cell_types) if self.cell_types else None)
 
 
 @dataclass(frozen=True)
@@ -136,10 +147,12 @@ class Journal:
             raise StartupError(f"journal.path {self.path}: cannot open as SQLite ({e})") from None
 
     def _migrate(self) -> None:
-        """Journals written before per-cell counts existed lack the `cells` column: add it."""
+        """Journals written before per-cell counts existed lack their columns: add them."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
-        if "cells" not in columns:
-            self.db.execute("ALTER TABLE frames ADD COLUMN cells INTEGER")
+        for name, kind in (("cells", "INTEGER"), ("cell_live", "INTEGER"), ("cell_dead", "INTEGER"),
+                           ("cell_types", "TEXT")):
+            if name not in columns:
+                self.db.execute(f"ALTER TABLE frames ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()

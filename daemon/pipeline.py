@@ -7,7 +7,8 @@
 With segmentation on, the CPU-heavy part runs in a process pool (all cores): classical
 segmentation is called from the prepare workers; a segmentation network's tiles are batched by the
 inference thread beside the live/dead patches, and the watershed that turns its maps into cells
-runs in the pool, handed back by a callback so the inference thread never waits for it.
+(and the single-cell crops for a cell-type model) runs in the pool, handed back through a queue so
+the inference thread never waits for it (daemon/inference_stage.py).
 
 Each stage thread only moves data between queues and calls the pure stage functions. A bad frame
 is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the daemon with
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -30,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from .aggregate import PlateAggregate, TileCounts, count_tiles, live_fraction
+from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
 from .backend import InferenceBackend
-from .batcher import PatchBatcher
 from .config import Config
 from .errors import FrameReadError, NamingError, StartupError
 from .gate import CompletenessGate, ReadyFile
@@ -40,6 +41,8 @@ from .journal import FrameRecord, Journal, OutboxMessage
 from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .plate import PLATE_FORMATS
+from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
+from .inference_stage import FrameWork, InferenceStage
 from .preprocess import prepare_tiles
 from .segment import ModelSegmenter, SegmentationPool
 from .publish import Publisher
@@ -65,24 +68,6 @@ class FrameJob:
 
 
 @dataclass(frozen=True)
-class PreparedFrame:
-    job: FrameJob
-    sha256: str
-    n_patches: int
-    n_empty: int
-    shape: tuple[int, int] = (0, 0)
-    cells: int | None = None  # from segmentation, once known
-
-
-@dataclass
-class _AwaitingSegmentation:
-    """A frame whose live/dead scores and segmentation maps come from two batchers."""
-    origins: np.ndarray
-    scores: np.ndarray | None = None
-    maps: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
 class FailedFrame:
     job: FrameJob
     sha256: str
@@ -97,7 +82,8 @@ class StatusEvent:
 
 class Pipeline:
     def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
-                 context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None):
+                 context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None,
+                 cell_type_backend: InferenceBackend | None = None):
         self.config = config
         self.backend = backend
         self.metrics = metrics
@@ -106,6 +92,11 @@ class Pipeline:
         self.seg_model = ModelSegmenter(segmentation_backend) if self.seg_method == "model" else None
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
+        self.cell_type = cell_type_backend
+        if cell_type_backend is not None and self.seg_method == "none":
+            raise StartupError("models.cell_type.path is set but segmentation.method = 'none': cell types need "
+                               "segmented cells; set segmentation.method to classical or model")
+        self.crop = cell_type_backend.contract.crop if cell_type_backend is not None else None
         self.root = os.path.realpath(config.watch.root)
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
@@ -122,6 +113,8 @@ class Pipeline:
         self.models = {self.contract.name: backend.sha256}
         if self.seg_model is not None:
             self.models[self.seg_model.name] = segmentation_backend.sha256
+        if cell_type_backend is not None:
+            self.models[cell_type_backend.contract.name] = cell_type_backend.sha256
         self.journal_path = Path(config.journal.path)
         self.aggregate = PlateAggregate(config.plate.fields_per_well)
         self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
@@ -162,7 +155,6 @@ class Pipeline:
         self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
         self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
-        self._seg_futures: set = set()  # watershed tasks in the pool (the inference thread's)
         self.discovery = Discovery(self.root, self._on_path, config.watch.observer, config.watch.recursive,
                                    config.watch.extensions)
         self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True)
@@ -179,8 +171,7 @@ class Pipeline:
             self.known.add((r.path, r.size, r.mtime_ns))
             self.known_content.add((r.path, r.sha256))
             if r.state == "done" and r.channel is not None:
-                self.aggregate.add(r.plate, r.well, r.timepoint, r.field,
-                                   TileCounts(r.live, r.dead, r.empty, r.cells))
+                self.aggregate.add(r.plate, r.well, r.timepoint, r.field, r.counts())
             n += 1
         if n:
             log.info("journal %s: %d frames already recorded; last seq %d", self.journal_path, n, self.seq)
@@ -402,7 +393,8 @@ class Pipeline:
         t1 = time.perf_counter()
         try:
             patches, origins, empty = prepare_tiles([image], self.contract)
-            cells, seg_tiles = self._segment_or_prepare(image)
+            work = FrameWork(job, sha, image.shape, patches, origins[~empty], int(empty.sum()), 0.0)
+            self._segment_or_prepare(image, work)
         except Exception as e:  # a frame the model cannot take must not stop the daemon
             log.exception("cannot prepare %s", job.rel)
             self._fail(job, sha, FrameReadError(job.path, f"cannot be prepared for the model "
@@ -411,24 +403,25 @@ class Pipeline:
         t2 = time.perf_counter()
         self.metrics.stage_seconds.labels("read").observe(t1 - t0)
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
-        item = PreparedFrame(job, sha, len(patches), int(empty.sum()), image.shape, cells)
+        work.t_added = time.monotonic()
         while self.fatal is None:  # bounded queue: back-pressure, unless the inference stage died
             try:
-                self.prepared.put((item, patches, time.monotonic(), seg_tiles), timeout=0.5)
+                self.prepared.put(work, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    def _segment_or_prepare(self, image: np.ndarray) -> tuple[int | None, tuple | None]:
-        """Classical: the cell count (segmented in the pool). Model: its input tiles and origins."""
+    def _segment_or_prepare(self, image: np.ndarray, work: FrameWork) -> None:
+        """Classical: the cells (and crops), segmented in the pool. Model: the network's input tiles."""
         if self.seg_method == "classical":
             t0 = time.perf_counter()
-            cells = self.seg_pool.classical(image, self.config.segmentation.classical).result()
+            work.cells, work.crops, work.crop_keep = self.seg_pool.classical(
+                image, self.config.segmentation.classical, self.crop).result()
             self.metrics.stage_seconds.labels("segment").observe(time.perf_counter() - t0)
-            return cells, None
-        if self.seg_model is not None:
-            return None, self.seg_model.prepare(image)
-        return None, None
+        elif self.seg_model is not None:
+            work.seg_input = self.seg_model.prepare(image)
+            if self.crop is not None:
+                work.image = image  # the pool cuts the crops once the cells are known
 
     def _fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
         if error.retryable and job.attempt < self.config.pipeline.max_retries:
@@ -444,82 +437,27 @@ class Pipeline:
 
     def _infer_loop(self) -> None:
         cfg = self.config.batching
-        batcher = PatchBatcher(cfg.max_batch, cfg.max_delay_ms / 1000.0)
-        # segmentation tiles are pooled across frames too, in batches of their own network
-        seg_batcher = PatchBatcher(self.config.segmentation.max_batch, cfg.max_delay_ms / 1000.0)
-        awaiting: dict[PreparedFrame, _AwaitingSegmentation] = {}
-        stopping = False
+        stage = InferenceStage(self.backend, cfg.max_batch, cfg.max_delay_ms / 1000.0, self.metrics,
+                               emit=self.to_commit.put,
+                               fail=lambda work, reason: self.to_commit.put(FailedFrame(work.job, work.sha256, reason)),
+                               seg_model=self.seg_model, seg_batch=self.config.segmentation.max_batch,
+                               pool=self.seg_pool, cell_type=self.cell_type)
         while True:
-            waits = [w for w in (batcher.seconds_until_due(time.monotonic()),
-                                 seg_batcher.seconds_until_due(time.monotonic())) if w is not None]
+            wait = stage.seconds_until_due(time.monotonic())
             try:
-                msg = self.prepared.get(timeout=min(waits) if waits else 0.05) if not stopping else _STOP
+                msg = self.prepared.get(timeout=0.05 if wait is None else min(wait, 0.05))
             except queue.Empty:
                 msg = None
             if msg is _STOP:
-                stopping = True
-            elif msg is not None:
-                item, patches, t_added, seg = msg
-                if seg is not None:
-                    tiles, origins = seg
-                    awaiting[item] = _AwaitingSegmentation(origins)
-                    seg_batcher.add(item, tiles, t_added)
-                for done in batcher.add(item, patches, t_added):
-                    self._scores_ready(done, awaiting)
-            self.metrics.queue_depth.labels("prepared").set(self.prepared.qsize())
-            self.metrics.queue_depth.labels("batch_patches").set(batcher.waiting_patches)
-            for b, backend, stage in ((batcher, self.backend, "infer"),
-                                      (seg_batcher, self.seg_model and self.seg_model.backend, "infer_segmentation")):
-                while b.due(time.monotonic()) or (stopping and b.waiting_patches):
-                    batch, owners = b.next_batch()
-                    t0 = time.perf_counter()
-                    outputs = backend.infer(batch)
-                    self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - t0)
-                    self.metrics.batch_size.observe(len(batch))
-                    for item, out in b.distribute(outputs, owners):
-                        if b is batcher:
-                            self._scores_ready((item, out), awaiting)
-                        else:
-                            awaiting[item].maps = out
-                            self._maybe_finish(item, awaiting)
-            if stopping:
-                while self._seg_futures:  # their callbacks hand the last frames to commit
-                    time.sleep(0.01)
+                stage.drain()
                 self.to_commit.put(_STOP)
                 return
-
-    def _scores_ready(self, done: tuple[PreparedFrame, np.ndarray], awaiting: dict) -> None:
-        item, scores = done
-        if item not in awaiting:
-            self.to_commit.put(done)
-            return
-        awaiting[item].scores = scores
-        self._maybe_finish(item, awaiting)
-
-    def _maybe_finish(self, item: PreparedFrame, awaiting: dict) -> None:
-        """Both parts scored: the watershed runs in the pool; its callback hands the frame to commit."""
-        parts = awaiting[item]
-        if parts.scores is None or parts.maps is None:
-            return
-        del awaiting[item]
-        t0 = time.perf_counter()
-        future = self.seg_pool.finish(parts.maps, parts.origins, item.shape, self.seg_model.contract)
-        self._seg_futures.add(future)
-
-        def finished(f) -> None:
-            try:
-                self.metrics.stage_seconds.labels("segment").observe(time.perf_counter() - t0)
-                error = f.exception()
-                if error is not None:
-                    log.error("segmentation of %s failed: %s", item.job.rel, error)
-                    self.to_commit.put(FailedFrame(item.job, item.sha256,
-                                                   f"segmentation failed ({type(error).__name__}: {error})"))
-                else:
-                    self.to_commit.put((dataclasses.replace(item, cells=f.result()), parts.scores))
-            finally:
-                self._seg_futures.discard(f)  # last: shutdown waits until the frame is handed on
-
-        future.add_done_callback(finished)
+            if msg is not None:
+                stage.admit(msg)
+            stage.take_returned()
+            self.metrics.queue_depth.labels("prepared").set(self.prepared.qsize())
+            self.metrics.queue_depth.labels("batch_patches").set(stage.waiting)
+            stage.run_due()
 
     # --- aggregate, journal, outbox ----------------------------------------------------------
 
@@ -563,8 +501,7 @@ class Pipeline:
             if isinstance(msg, StatusEvent):
                 messages.append(self._status_message(msg))
                 continue
-            job = msg.job if isinstance(msg, FailedFrame) else msg[0].job
-            sha = msg.sha256 if isinstance(msg, FailedFrame) else msg[0].sha256
+            job, sha = msg.job, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
             if (job.rel, sha) in seen or self.journal.has(job.rel, sha):
                 self.metrics.frames.labels("duplicate").inc()
@@ -575,7 +512,7 @@ class Pipeline:
                 record, new = self._quarantine(msg, sha, version)
                 outcomes.append("quarantined")
             else:
-                record, new = self._scored(msg[0], msg[1], version)
+                record, new = self._scored(msg, version)
                 outcomes.append("processed")
             records.append(record)
             messages.extend(new)
@@ -608,25 +545,41 @@ class Pipeline:
                              None, None, None, job.mtime_ns / 1e9, time.time(), message.seq)
         return record, [message]
 
-    def _scored(self, item: PreparedFrame, scores: np.ndarray, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
-        job, meta = item.job, item.job.meta
-        dead_p = scores[:, self.contract.positive_index] if len(scores) else np.zeros(0, np.float32)
-        counts = dataclasses.replace(count_tiles(dead_p, item.n_empty, self.contract.decision_threshold),
-                                     cells=item.cells)
+    def _scored(self, work: FrameWork, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
+        job, meta = work.job, work.job.meta
+        counts = self._counts(work)
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
         frame_msg = OutboxMessage(self._next_seq(), frame_topic(meta.plate, meta.well), envelope(
             self.seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
             path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
-            live_fraction=live_fraction(counts.live, counts.dead), unit="tile", cells=counts.cells,
+            live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
             t_file=job.mtime_ns / 1e9))
         well_msg = OutboxMessage(self._next_seq(), well_topic(meta.plate, meta.well), envelope(
             self.seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
-        record = FrameRecord(job.rel, job.size, job.mtime_ns, item.sha256, version, "done", None,
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, work.sha256, version, "done", None,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
                              counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
-                             counts.cells)
+                             counts.cells, counts.cell_live, counts.cell_dead,
+                             json.dumps(counts.cell_types) if counts.cell_types is not None else None)
         return record, [frame_msg, well_msg]
+
+    def _counts(self, work: FrameWork) -> TileCounts:
+        """Tile calls; with segmentation also cells, their live/dead calls and (with a model) types."""
+        c = self.contract
+        dead_p = work.scores[:, c.positive_index] if len(work.scores) else np.zeros(0, np.float32)
+        counts = count_tiles(dead_p, work.n_empty, c.decision_threshold)
+        if work.cells is None:
+            return counts
+        p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
+        cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
+        types = None
+        if self.cell_type is not None:
+            t = self.cell_type.contract
+            types = type_counts(work.type_scores if len(work.type_scores) else np.zeros((0, len(t.classes))),
+                                t.classes, t.positive_index, t.decision_threshold)
+        return dataclasses.replace(counts, cells=len(work.cells), cell_live=cell_live, cell_dead=cell_dead,
+                                   cell_types=types)
 
     def _remember(self, record: FrameRecord) -> None:
         with self._lock:

@@ -7,8 +7,9 @@ Two methods behind one small interface (`segment(frame) -> int32 labels`):
   daemon runs on different threads: `prepare` (reduce, normalise, tile), the network (the shared
   batched inference path), `finish` (blend the tiles' maps, seeded watershed).
 
-The CPU-heavy steps (classical segmentation, `finish`) are module-level functions so a process
-pool can run them on every core (`SegmentationPool`); the GIL would hold threads to about one.
+The CPU-heavy steps (classical segmentation, `finish`, and cutting single-cell crops for a
+cell-type model) are module-level functions so a process pool can run them on every core
+(`SegmentationPool`); the GIL would hold threads to about one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .contract import ModelContract
+from .contract import CellCrop, ModelContract
+from .crops import cells_of, prepare_crops
 from .errors import ContractError
 from .segment_classical import ClassicalParams, segment_classical
 from .segment_maps import labels_from_tile_outputs, model_input, seg_tiles
@@ -84,13 +86,24 @@ def load_segmenter(model_path: str | None, classical: ClassicalParams | None = N
 
 # --- the process pool: module-level functions, picklable arguments --------------------------
 
-def count_cells_classical(frame: np.ndarray, params: ClassicalParams) -> int:
-    return int(segment_classical(frame, params).max())
+CellsAndCrops = tuple  # (Cells, crops (K, C, size, size) or None, kept-cell index (N,) or None)
 
 
-def count_cells_from_outputs(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
-                             contract: ModelContract) -> int:
-    return int(labels_from_tile_outputs(outputs, origins, shape, contract).max())
+def _cells_and_crops(labels: np.ndarray, frame: np.ndarray | None, crop: CellCrop | None) -> CellsAndCrops:
+    cells = cells_of(labels)
+    if crop is None or frame is None:
+        return cells, None, None
+    crops, keep = prepare_crops([frame], cells, crop)
+    return cells, crops, keep
+
+
+def classical_cells(frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None) -> CellsAndCrops:
+    return _cells_and_crops(segment_classical(frame, params), frame, crop)
+
+
+def model_cells(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
+                frame: np.ndarray | None = None, crop: CellCrop | None = None) -> CellsAndCrops:
+    return _cells_and_crops(labels_from_tile_outputs(outputs, origins, shape, contract), frame, crop)
 
 
 class SegmentationPool:
@@ -103,12 +116,13 @@ class SegmentationPool:
         for f in [self.executor.submit(int, 0) for _ in range(self.workers)]:
             f.result()  # start the workers now, not on the first frame
 
-    def classical(self, frame: np.ndarray, params: ClassicalParams) -> Future:
-        return self.executor.submit(count_cells_classical, frame, params)
+    def classical(self, frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None) -> Future:
+        """-> (Cells, crops or None, kept index or None); crops when a cell-type model needs them."""
+        return self.executor.submit(classical_cells, frame, params, crop)
 
-    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
-               contract: ModelContract) -> Future:
-        return self.executor.submit(count_cells_from_outputs, outputs, origins, shape, contract)
+    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
+               frame: np.ndarray | None = None, crop: CellCrop | None = None) -> Future:
+        return self.executor.submit(model_cells, outputs, origins, shape, contract, frame, crop)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)

@@ -64,6 +64,28 @@ def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBac
     return backend
 
 
+def load_cell_type_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
+    """The cell-type classifier of [models.cell_type], if one is configured."""
+    path = config.models.cell_type.path
+    if not path:
+        return None
+    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu,
+                          config.batching.max_batch, config.inference.intra_op_threads, config.inference.warmup)
+    c = backend.contract
+    if c.task != "cell_type" or c.crop is None:
+        raise StartupError(f"models.cell_type.path {path}: a {c.task} model "
+                           f"{'without a crop section' if c.task == 'cell_type' else ''}; a cell_type model with "
+                           "a crop section (trained on a `wellwatch dataset cells` dataset) is needed")
+    if len(c.channels) != len(config.channels.label_free):
+        raise StartupError(f"models.cell_type.path {path}: the model takes {len(c.channels)} channel(s) "
+                           f"({', '.join(c.channels)}); channels.label_free gives {len(config.channels.label_free)}")
+    log.info("cell types: %s", backend.describe())
+    metrics.provider.labels("cell_type", backend.provider).set(1)
+    metrics.model.labels("cell_type").info({"name": c.name, "sha256": backend.sha256, "path": backend.path,
+                                            "provider": backend.provider})
+    return backend
+
+
 def start_metrics_server(config: Config, registry: CollectorRegistry) -> None:
     if config.metrics.port == 0:
         return
@@ -79,13 +101,15 @@ class Daemon:
     """A running daemon; `run()` blocks until stopped. Also used in-process by demo, bench and tests."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None, backend=None,
-                 segmentation_backend=None):
+                 segmentation_backend=None, cell_type_backend=None):
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.backend = backend or load_backend(config, self.metrics)
         seg_backend = segmentation_backend or load_segmentation_backend(config, self.metrics)
-        self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend)
+        type_backend = cell_type_backend or load_cell_type_backend(config, self.metrics)
+        self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
+                                 cell_type_backend=type_backend)
         self._stopped = threading.Event()
 
     def start(self) -> None:

@@ -6,7 +6,7 @@ expected answer for every frame is the same segmentation code run on the finishe
 
 from __future__ import annotations
 
-import hashlib
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -131,7 +131,8 @@ def test_network_tiles_pooled_across_frames_come_back_to_their_frames(run_daemon
 
 
 def test_journal_from_before_cells_existed_is_migrated(tmp_path):
-    from wellwatch.daemon.journal import Journal
+    from wellwatch.daemon.aggregate import TileCounts
+    from wellwatch.daemon.journal import FrameRecord, Journal
 
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:  # the frames table as the previous release made it
@@ -146,6 +147,12 @@ def test_journal_from_before_cells_existed_is_migrated(tmp_path):
     try:
         (record,) = list(journal.records())
         assert (record.live, record.dead, record.cells) == (3, 1, None)
+        # new results keep their per-cell counts through the journal (a restart rebuilds from them)
+        new = FrameRecord("b.tif", 1, 1, "y", 1, "done", None, "p", "A1", 1, 0, 0, "BF", 5, 2, 1, 0.0, 0.0, 7,
+                          9, 6, 2, json.dumps({"lmpp": 4, "prob": 3}))
+        journal.commit([new], [])
+        again = [r for r in journal.records() if r.path == "b.tif"][0]
+        assert again.counts() == TileCounts(5, 2, 1, 9, 6, 2, {"lmpp": 4, "prob": 3})
     finally:
         journal.close()
 
@@ -160,3 +167,57 @@ def test_segmentation_config_errors_name_the_key(tmp_path):
                            ({"segmentation.classical.sigma": 1}, "segmentation.classical.sigma")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, overrides)
+
+
+class CropStdClassifier:
+    """A stand-in cell-type model: P(second class) from each crop's texture (tests may pass fakes)."""
+
+    def __init__(self, size: int = 32, radius: float = 12.0, min_area: int = 60):
+        from wellwatch.daemon.contract import CellCrop
+
+        self.path, self.sha256, self.provider = "crop-std", "1" * 64, "CPUExecutionProvider"
+        self.contract = ModelContract(
+            name="crop-std", task="cell_type", classes=("lmpp", "prob"), positive_class="prob",
+            output="probabilities", input_name="input", channels=("BF",), layout="NCHW", height=size, width=size,
+            normalisation=Normalisation("mask_mean", {}), tiling=None, empty_filter=EmptyFilter("none", {}),
+            decision_threshold=0.5, trained_on={}, metrics={},
+            crop=CellCrop(size=size, mask_radius=radius, min_area=min_area, max_area=100000))
+        self.batches: list[int] = []
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        p = 1 / (1 + np.exp(-(batch.std(axis=(1, 2, 3)) - 0.5) * 8))
+        return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+def test_cell_types_and_per_cell_live_dead_in_frame_and_well_messages(run_daemon, recorder_for, tmp_path):
+    from wellwatch.daemon.cell_calls import type_counts
+    from wellwatch.daemon.segment import classical_cells
+
+    spec = plate(seed=14, cell_types=("lmpp", "prob"), type_mix="series")
+    classifier = CropStdClassifier()
+    overrides = {"segmentation.method": "classical", "segmentation.workers": 2,
+                 **{f"segmentation.classical.{k}": v for k, v in SIMULATED_BF.items()}}
+    config, _ = run_daemon(spec, cell_type_backend=classifier, **overrides)
+    rec = recorder_for(config)
+    write_plate(spec, tmp_path / "acquisition")
+    frames = rec.wait_frames(len(spec.wells) * spec.fields * spec.timepoints, timeout=120)
+    time.sleep(0.3)
+    daemon_batches = list(classifier.batches)
+
+    data = tmp_path / "acquisition" / "data"
+    c = classifier.contract
+    for m in frames:
+        cells, crops, keep = classical_cells(read_frame(str(data / m["path"])), ClassicalParams(**SIMULATED_BF), c.crop)
+        expected = type_counts(classifier.infer(crops), c.classes, c.positive_index, c.decision_threshold)
+        assert m["cells"] == len(cells) and m["cell_types"] == expected
+        assert sum(m["cell_types"].values()) == int(keep.sum()) <= m["cells"]
+        called = m["cell_counts"]["live"] + m["cell_counts"]["dead"]
+        assert 0 < called <= m["cells"]
+    assert sum(sum(m["cell_types"].values()) for m in frames) > 50
+    assert max(daemon_batches) > max(sum(m["cell_types"].values()) for m in frames)  # crops of several frames
+    for (well, t), msg in last_well_messages(rec).items():
+        mine = [m for m in frames if (m["well"], m["timepoint"]) == (well, t)]
+        assert msg["cell_types"] == {k: sum(m["cell_types"][k] for m in mine) for k in c.classes}
+        assert msg["cell_counts"]["dead"] == sum(m["cell_counts"]["dead"] for m in mine)
+        assert msg["models"]["crop-std"] == classifier.sha256
