@@ -1,4 +1,4 @@
-"""`wellwatch dataset live-dead|voc`, `wellwatch train`, `wellwatch evaluate`."""
+"""`wellwatch dataset live-dead|voc|masks|cells`, `wellwatch train`, `wellwatch evaluate`."""
 
 from __future__ import annotations
 
@@ -62,6 +62,73 @@ def cmd_voc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cells(args: argparse.Namespace) -> int:
+    from wellwatch.bench_segment import classical_params
+    from wellwatch.daemon.contract import CellCrop
+    from wellwatch.daemon.segment import load_segmenter
+
+    from .cells import CellDatasetError, build_cell_dataset, find_fields, read_fields, stderr_progress
+    from .dataset import save_dataset
+
+    label_free = _csv(args.label_free)
+    classes = tuple(_csv(args.classes))
+    method = args.segmentation or ("model" if args.model is not None else "classical")
+    if method == "classical" and args.model is not None:
+        raise CellDatasetError(f"--model {args.model!r} is for --segmentation model")
+    if method == "model" and args.classical:
+        raise CellDatasetError("--classical KEY=VALUE is for --segmentation classical")
+    if len(classes) != 2:
+        raise CellDatasetError(f"--classes {args.classes!r}: give two names NEG,POS (marker-negative first)")
+    if args.crop < 8:
+        raise CellDatasetError(f"--crop {args.crop}: at least 8 px")
+    if not 0 < args.mask_radius <= args.crop:
+        raise CellDatasetError(f"--mask-radius {args.mask_radius}: must be in (0, --crop {args.crop}]")
+    if args.min_area < 0 or args.max_area < 0 or (args.max_area and args.min_area > args.max_area):
+        raise CellDatasetError(f"--min-area {args.min_area} / --max-area {args.max_area}: need 0 <= min <= max "
+                               "(max 0 = no limit)")
+    if args.segment_channel and args.segment_channel.lower() not in [c.lower() for c in label_free]:
+        raise CellDatasetError(f"--segment-channel {args.segment_channel!r} is not one of --label-free {label_free}")
+    crop = CellCrop(args.crop, float(args.mask_radius), args.min_area, args.max_area)
+    seg_meta: dict = {"method": method}
+    if method == "classical":
+        # the segmenter's own area filter defaults to the crop's range (the study keeps 2000-8000 px regions);
+        # --classical min_area=/max_area= override it
+        given = {item.partition("=")[0].strip() for item in args.classical}
+        defaults = [f"min_area={args.min_area}"] if "min_area" not in given else []
+        if "max_area" not in given:
+            defaults.append(f"max_area={args.max_area or 10**9}")
+        params = classical_params(defaults + list(args.classical))
+        segmenter = load_segmenter(None, params)
+        from dataclasses import asdict
+
+        seg_meta["classical"] = asdict(params)
+    else:
+        segmenter = load_segmenter(args.model or "", None)
+        seg_meta["model"] = args.model or "bundled phase-segmentation.onnx"
+    files = find_fields(args.folders, args.naming, label_free, args.marker, args.plate_format, args.pattern)
+    segment_channel = next((c for c in label_free if c.lower() == (args.segment_channel or label_free[0]).lower()))
+    print(f"{len(files)} fields ({'+'.join(label_free)} + marker {args.marker}); segmenting {segment_channel} "
+          f"({method})", file=sys.stderr, flush=True)
+    out = Path(args.out)
+    ds = build_cell_dataset(read_fields(files), segmenter, label_free, segment_channel=segment_channel, crop=crop,
+                            marker_radius=args.marker_radius, posterior=args.posterior, classes=classes,
+                            balance=args.balance, seed=args.seed, histogram=out / "marker_histogram.png",
+                            segmentation=seg_meta, marker_channel=args.marker, progress=stderr_progress,
+                            total_fields=len(files))
+    ds.meta["provenance"].update(folders=[str(f) for f in args.folders], naming=args.naming,
+                                 label_free=label_free, marker=args.marker)
+    save_dataset(ds, out)
+    c = ds.meta["label_counts"]
+    print(f"cells: {c['segmented']} segmented, {c['in_size_range']} in the size range, {c['ambiguous']} ambiguous, "
+          f"{c['kept']} kept ({', '.join(f'{k} {v}' for k, v in ds.counts().items())})", file=sys.stderr, flush=True)
+    print(json.dumps({"out": str(out), "counts": c, "classes": list(ds.classes),
+                      "thresholds": {k: ds.meta["thresholds"][k] for k in ("negative_below", "positive_above",
+                                                                           "equal_posterior")},
+                      "groups": {"fields": len(set(ds.source.tolist())), "wells": len(set(ds.groups("well").tolist()))}},
+                     indent=1))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import PretrainedUnavailable
     from .run import train_run
@@ -121,13 +188,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     m = evaluate(args.model, args.dataset, args.out, args.split, args.bootstrap, args.tsne_max, args.gradcam)
     print(json.dumps({k: m[k] for k in ("n", "auc", "auc_ci95", "balanced_accuracy", "balanced_accuracy_ci95",
-                                        "confusion_matrix", "patches")}, indent=1))
+                                        "confusion_matrix", "patches", "baseline_cell_size_svm") if k in m}, indent=1))
     print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
-    ds = sub.add_parser("dataset", help="build a training dataset (live-dead from paired fluorescence, voc from boxes)")
+    ds = sub.add_parser("dataset", help="build a training dataset (live-dead from paired fluorescence, voc from boxes, "
+                                        "masks for segmentation, cells from paired marker fluorescence)")
     dsub = ds.add_subparsers(dest="dataset_command", required=True)
 
     p = dsub.add_parser("live-dead", help="tile paired label-free + PI acquisitions, label tiles by a 2-component GMM")
@@ -171,6 +239,38 @@ def register(sub) -> None:
     p.add_argument("--mask-name", default="instances_ids.png",
                    help="the label mask's file name (0 = background, one integer id per cell)")
     p.set_defaults(func=cmd_masks)
+
+    p = dsub.add_parser("cells", help="segment paired label-free + marker fields into single-cell crops, "
+                                      "label cells by a 2-component GMM on the marker (the cell-type study)")
+    p.add_argument("folders", nargs="+", help="acquisition folders (searched recursively)")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--naming", default="scanr", help="naming preset (scanr, nis, metaxpress, operetta, incucyte, "
+                                                     "cellomics, regex)")
+    p.add_argument("--pattern", default="", help="regex for --naming regex")
+    p.add_argument("--plate-format", type=int, default=96)
+    p.add_argument("--label-free", default="PH",
+                   help="label-free channel(s), comma-separated, e.g. PH or PH,DIC: the model's input channels")
+    p.add_argument("--marker", default="CD19", help="marker fluorescence channel that labels the cells (default CD19)")
+    p.add_argument("--segment-channel", help="label-free channel to segment (default: the first of --label-free)")
+    p.add_argument("--segmentation", choices=["classical", "model"],
+                   help="classical watershed (default) or a segmentation model (--model; default the bundled one)")
+    p.add_argument("--model", help="segmentation ONNX model for --segmentation model")
+    p.add_argument("--classical", action="append", default=[], metavar="KEY=VALUE",
+                   help="classical segmentation parameter (repeatable), e.g. downsample=1 min_distance=10; "
+                        "min_area/max_area default to --min-area/--max-area")
+    p.add_argument("--min-area", type=int, default=2000, help="smallest cell kept, px (default 2000)")
+    p.add_argument("--max-area", type=int, default=8000, help="largest cell kept, px (default 8000; 0 = no limit)")
+    p.add_argument("--crop", type=int, default=150, help="crop size in px around each centroid (default 150)")
+    p.add_argument("--mask-radius", type=float, default=50.0, help="circular mask radius in px (default 50)")
+    p.add_argument("--marker-radius", type=float, default=30.0,
+                   help="marker intensity: mean of the raw marker frame within this radius of the centroid (default 30)")
+    p.add_argument("--posterior", type=float, default=0.8,
+                   help="cells below this posterior in both mixture components are not used (default 0.8)")
+    p.add_argument("--classes", default=",".join(("LMPP", "pro-B")),
+                   help="NEG,POS: names of the marker-negative and marker-positive classes (default LMPP,pro-B)")
+    p.add_argument("--balance", action="store_true", help="trim the classes to equal counts within each plate/well")
+    p.add_argument("--seed", type=int, default=0, help="random seed of --balance")
+    p.set_defaults(func=cmd_cells)
 
     p = sub.add_parser("train", help="train a classifier (or, with --task segmentation, a U-Net); writes RUN/best.pt")
     p.add_argument("dataset")

@@ -13,6 +13,12 @@ REPORT/metrics.json  auc (+ bootstrap 95% CI), balanced_accuracy (+ balanced_acc
 REPORT/scores.csv    id,label,score: label 1 = the positive class, score = its probability
 REPORT/*.png         roc, confusion, fluorescence (paired data), tsne and gradcam (checkpoints only)
 REPORT/report.md     one page that shows them
+On a cell-crop dataset that stores cell areas (`dataset cells`), the cell-type study's baseline, an
+RBF SVM on cell size, is reported beside the network (metrics.json "baseline_cell_size_svm", a row
+in report.md, a second curve in roc.png) on the same evaluated cells: when they are the run's
+held-out test split, the SVM is fitted on the dataset's other groups (those the run trained and
+validated on); otherwise its scores are out-of-fold from 5-fold cross-validation by group on the
+evaluated cells. The AUC difference (network - SVM) gets a paired group-bootstrap 95% CI.
 The bootstrap resamples whole groups (source images), not patches: patches of one image are not
 independent, and a CI that ignored that would be too narrow.
 """
@@ -32,6 +38,7 @@ from wellwatch.daemon.contract import ModelContract
 
 from .dataset import Dataset, load_dataset
 from .scores import balanced_accuracy, roc_auc
+from .splits import grouped_kfold
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,10 @@ def check_compatible(contract: ModelContract, ds: Dataset) -> None:
         problems.append(f"{len(contract.channels)} channels vs {ds.x.shape[1]}")
     if contract.normalisation.method != ds.normalisation.method or contract.normalisation.params != ds.normalisation.params:
         problems.append(f"normalisation {contract.normalisation} vs the dataset's {ds.normalisation}")
+    crop = ds.cell_crop
+    if (contract.crop is None) != (crop is None) or (crop and (crop.size, crop.mask_radius) !=
+                                                     (contract.crop.size, contract.crop.mask_radius)):
+        problems.append(f"crop {contract.crop} vs the dataset's {crop}")
     if set(contract.classes) != set(ds.classes):
         problems.append(f"classes {list(contract.classes)} vs {list(ds.classes)}")
     if problems:
@@ -138,6 +149,63 @@ def bootstrap_ci(y: np.ndarray, score: np.ndarray, pred: np.ndarray, groups: np.
             f"{g} groups (AUC: {len(aucs)})"}
 
 
+def cell_size_baseline(ds: Dataset, mask: np.ndarray, positive: str, group_by: str,
+                       seed: int = 0) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Scores of the study's cell-size SVM for the evaluated cells (ds.subset(mask)), and how they were
+    made: fitted on the dataset's other cells when the evaluated cells are a held-out split, else
+    out-of-fold from 5-fold cross-validation by group on the evaluated cells."""
+    from .cells import SVM_DESCRIPTION, cell_size_svm_scores
+
+    y = np.asarray(ds.classes)[ds.y] == positive
+    info: dict[str, Any] = {"model": SVM_DESCRIPTION, "feature": "cell area (full-resolution px)"}
+    if not mask.all():
+        if len(np.unique(y[~mask])) < 2:
+            info["how"] = "not fitted: the cells outside the evaluated split hold one class only"
+            return None, info
+        info["how"] = ("fitted on the dataset's cells outside the evaluated split (the run's training and "
+                       "validation groups), scored on the same held-out cells as the network")
+        return cell_size_svm_scores(ds.area[~mask], y[~mask], ds.area[mask], seed), info
+    groups = ds.groups(group_by)
+    n_groups = len(np.unique(groups.astype(str)))
+    if n_groups < 2:
+        info["how"] = f"not fitted: the evaluated cells hold one {group_by} group (cross-validation needs two)"
+        return None, info
+    k = min(5, n_groups)
+    scores = np.full(len(ds), np.nan)
+    for i, test in enumerate(grouped_kfold(groups, k, seed)):
+        scores[test] = cell_size_svm_scores(ds.area[~test], y[~test], ds.area[test], seed + i)
+    info["how"] = (f"out-of-fold scores from {k}-fold cross-validation by {group_by} on the evaluated cells "
+                   "(the SVM never scored a cell it was fitted on)")
+    return scores, info
+
+
+def size_baseline_metrics(y: np.ndarray, score: np.ndarray, svm: np.ndarray, groups: np.ndarray,
+                          n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The baseline's AUC, balanced accuracy (decision function >= 0) and group-bootstrap CIs, and the
+    AUC difference network - SVM with a paired group-bootstrap CI (the same resamples for both)."""
+    y = np.asarray(y).astype(bool)
+    ok = np.isfinite(svm)
+    pred = svm >= 0
+    m: dict[str, Any] = {"n": int(ok.sum()), "auc": round(roc_auc(y[ok], svm[ok]), 4),
+                         "balanced_accuracy": round(balanced_accuracy(y[ok].astype(int), pred[ok].astype(int)), 4)}
+    ci = bootstrap_ci(y[ok], svm[ok], pred[ok], groups[ok], n_boot, seed)
+    m.update(auc_ci95=ci["auc_ci95"], balanced_accuracy_ci95=ci["balanced_accuracy_ci95"])
+    rng = np.random.default_rng(seed + 1)
+    _, gi = np.unique(groups[ok].astype(str), return_inverse=True)
+    members = [np.nonzero(gi == k)[0] for k in range(gi.max() + 1)] if len(gi) else []
+    ys, s_net, s_svm = y[ok], np.asarray(score)[ok], svm[ok]
+    diffs = []
+    for _ in range(min(n_boot, 1000)):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        diffs.append(roc_auc(ys[idx], s_net[idx]) - roc_auc(ys[idx], s_svm[idx]))
+    d = np.array(diffs)
+    m["auc_difference"] = {"value": round(roc_auc(ys, s_net) - roc_auc(ys, s_svm), 4),
+                           "ci95": [round(float(np.nanpercentile(d, 2.5)), 4), round(float(np.nanpercentile(d, 97.5)), 4)],
+                           "of": "network AUC - SVM AUC on the same cells",
+                           "bootstrap": f"{len(d)} paired resamples of {len(members)} groups"}
+    return m
+
+
 def compute_metrics(y: np.ndarray, score: np.ndarray, threshold: float, groups: np.ndarray, classes: tuple[str, ...],
                     positive: str, fluorescence: np.ndarray | None = None, n_boot: int = 2000) -> dict[str, Any]:
     y = np.asarray(y).astype(bool)
@@ -175,11 +243,17 @@ def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.r_[0, fps / max(fps[-1], 1)], np.r_[0, tps / max(tps[-1], 1)]
 
 
-def plot_roc(y, score, m, path: Path) -> None:
+def plot_roc(y, score, m, path: Path, baseline: np.ndarray | None = None) -> None:
     plt = _plt()
     fpr, tpr = roc_curve(np.asarray(y).astype(bool), np.asarray(score))
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(fpr, tpr, lw=2, label=f"AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]")
+    if baseline is not None and "baseline_cell_size_svm" in m:
+        b = m["baseline_cell_size_svm"]
+        ok = np.isfinite(baseline)
+        bf, bt = roc_curve(np.asarray(y).astype(bool)[ok], np.asarray(baseline)[ok])
+        ax.plot(bf, bt, lw=1.5, ls="--", color="tab:grey",
+                label=f"cell-size SVM AUC {b['auc']:.3f} [{b['auc_ci95'][0]:.3f}, {b['auc_ci95'][1]:.3f}]")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.plot(1 - m["specificity"], m["sensitivity"], "o", color="tab:red", label=f"threshold {m['decision_threshold']:.2f}")
     ax.set_xlabel("false positive rate")
@@ -325,8 +399,14 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
         f.write("id,label,score\n")
         for i, lab, s in zip(sub.ids, y, score):
             f.write(f"{i},{int(lab)},{s:.6f}\n")
+    svm = None
+    if ds.area is not None:
+        svm, base = cell_size_baseline(ds, mask, c.positive_class, group_by, seed)
+        if svm is not None:
+            base.update(size_baseline_metrics(y, score, svm, sub.groups(group_by), n_boot, seed))
+        m["baseline_cell_size_svm"] = base
     figures = {"roc": "roc.png", "confusion": "confusion.png"}
-    plot_roc(y, score, m, out / "roc.png")
+    plot_roc(y, score, m, out / "roc.png", svm)
     plot_confusion(m, out / "confusion.png")
     if sub.fluorescence is not None:
         plot_fluorescence(score, sub.fluorescence, y, m, out / "fluorescence.png")
@@ -351,6 +431,11 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
     else:
         notes.append("t-SNE and Grad-CAM need the PyTorch checkpoint (RUN/best.pt); this report evaluated the "
                      "exported ONNX file with ONNX Runtime, so they are absent.")
+    if svm is not None:
+        with open(out / "baseline_scores.csv", "w") as f:
+            f.write("id,label,svm_cell_size,area\n")
+            for i, lab, s, a in zip(sub.ids, y, svm, sub.area):
+                f.write(f"{i},{int(lab)},{s:.6f},{int(a)}\n")
     m["figures"] = figures
     m["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(m, indent=1) + "\n")
@@ -377,8 +462,17 @@ def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str
     ]
     if "pearson_r_score_fluorescence" in m:
         lines.append(f"| Pearson r (score vs mean fluorescence) | {m['pearson_r_score_fluorescence']:.4f} |")
+    b = m.get("baseline_cell_size_svm")
+    if b and "auc" in b:
+        d = b["auc_difference"]
+        lines += [f"| baseline: cell-size SVM AUC | {b['auc']:.4f} (95% CI {b['auc_ci95'][0]:.4f}-{b['auc_ci95'][1]:.4f}) |",
+                  f"| baseline: cell-size SVM balanced accuracy | {b['balanced_accuracy']:.4f} |",
+                  f"| AUC difference (network - SVM) | {d['value']:+.4f} (paired 95% CI {d['ci95'][0]:+.4f} to "
+                  f"{d['ci95'][1]:+.4f}) |"]
     lines += [f"| confusion (rows true {m['classes'][0]}/{m['classes'][1]}) | {cm[0]} / {cm[1]} |", "",
               f"CIs: {m['bootstrap']} (the {m['bootstrap_unit']} is the resampling unit).", ""]
+    if b:
+        lines += [f"Baseline (the cell-type study's): {b['model']}; {b['how']}.", ""]
     if t:
         lines += [f"Training: {t.get('epochs_run', '?')} epochs (best {t.get('best_epoch', '?')}), "
                   f"{t.get('seconds', '?')} s on {t.get('device', '?')}; split by {t.get('split', {}).get('group_by')}.", ""]
@@ -389,7 +483,9 @@ def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str
             lines += [f"## {title}", "", f"![{title}]({m['figures'][key]})", ""]
     for n in notes:
         lines += [f"> {n}", ""]
-    lines += ["Files: `metrics.json`, `scores.csv` (id,label,score; label 1 = positive class).", ""]
+    lines += ["Files: `metrics.json`, `scores.csv` (id,label,score; label 1 = positive class)"
+              + (", `baseline_scores.csv` (the cell-size SVM's scores and the areas)" if b and "auc" in b else "")
+              + ".", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -7,6 +7,11 @@ RUN/best.pt        the checkpoint (training/checkpoint.py): weights + the full m
 RUN/history.png    training and validation loss (and validation AUC) per epoch
 RUN/split.json     the groups of each split and the per-split counts
 RUN/train.json     configuration, timing, test metrics (and cross-validation folds)
+
+On a cell-crop dataset that stores each cell's area (`dataset cells`), the cell-type study's
+baseline, an RBF SVM on cell size, is fitted on the same training groups and scored on the same
+test groups as the network: metrics["cv"]["baseline_cell_size_svm"] (pooled out-of-fold) and
+metrics["test"]["baseline_cell_size_svm"].
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.daemon.contract import CellCrop, ModelContract
 
 from .checkpoint import history_dict, save_checkpoint
+from .cells import SVM_DESCRIPTION, cell_size_svm_scores
 from .dataset import Dataset, load_dataset
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold, grouped_split
@@ -42,18 +48,34 @@ def default_arch(ds: Dataset) -> str:
 def make_contract(ds: Dataset, arch: str, name: str, threshold: float, trained_on: dict[str, Any],
                   metrics: dict[str, Any]) -> ModelContract:
     size = int(ds.x.shape[-1])
+    crop = ds.meta.get("cell_crop")
     return ModelContract(
         name=name, task=ds.meta.get("task", "live_dead"), classes=tuple(ds.classes),
         positive_class=ds.positive_class, output="probabilities", input_name="input",
         channels=tuple(ds.meta.get("channels", ["brightfield"])), layout="NCHW", height=size, width=size,
         normalisation=ds.normalisation, tiling=ds.tiling, empty_filter=ds.empty_filter,
         decision_threshold=float(threshold), trained_on=trained_on, metrics=metrics,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), tool="wellwatch train")
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), tool="wellwatch train",
+        crop=CellCrop(**crop) if crop else None)
 
 
 def _metrics(y_pos: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, Any]:
     return {"n": int(len(y_pos)), "auc": round(roc_auc(y_pos, score), 4),
             "balanced_accuracy": round(balanced_accuracy(y_pos.astype(int), (score >= threshold).astype(int)), 4)}
+
+
+def train_val_split(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """90/10 by group, with at least one validation group whenever there are two or more groups: with
+    fewer than 5 groups the 10% rounds to none, and early stopping on an empty validation set would
+    keep the first epoch's weights."""
+    train, val = grouped_split(groups, (0.9, 0.1), seed)
+    names = sorted(set(groups[train].tolist()))
+    if not val.any() and len(names) >= 2:
+        one = names[int(np.random.default_rng(seed).integers(len(names)))]
+        val = groups == one
+        train = train & ~val
+        log.warning("only %d groups to train on: validating on one of them (%s)", len(set(groups.tolist())), one)
+    return train, val
 
 
 def fit_split(ds: Dataset, train: np.ndarray, val: np.ndarray, cfg: TrainConfig):
@@ -89,7 +111,7 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
     t0 = time.perf_counter()
     if folds:
         summary["cv"] = cross_validate(ds, groups, folds, cfg, pos, threshold, out)
-        train, val = grouped_split(groups, (0.9, 0.1), seed)
+        train, val = train_val_split(groups, seed)
         test = np.zeros(len(ds), bool)
     else:
         train, val, test = grouped_split(groups, fractions, seed)
@@ -104,8 +126,14 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
         p_test = predict_proba(model, ds.x[test])[:, pos]
         metrics["test"] = _metrics(ds.y[test] == pos, p_test, thr)
         metrics["test"]["split"] = f"held-out {group_by} groups"
+        if ds.area is not None:
+            fit = train | val
+            s = cell_size_svm_scores(ds.area[fit], ds.y[fit] == pos, ds.area[test], seed)
+            metrics["test"]["baseline_cell_size_svm"] = _metrics(ds.y[test] == pos, s, 0.0)
     if folds:
-        metrics["cv"] = summary["cv"]["pooled"]
+        metrics["cv"] = dict(summary["cv"]["pooled"])
+        if "baseline_cell_size_svm" in summary["cv"]:
+            metrics["cv"]["baseline_cell_size_svm"] = summary["cv"]["baseline_cell_size_svm"]["pooled"]
     split = {"group_by": group_by, "seed": seed, "fractions": list(fractions) if not folds else [0.9, 0.1],
              "train_groups": sorted(set(groups[train].tolist())), "val_groups": sorted(set(groups[val].tolist())),
              "test_groups": sorted(set(groups[test].tolist())),
@@ -113,7 +141,8 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
                         for k, m in (("train", train), ("val", val), ("test", test))}}
     (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     trained_on = {"dataset": {k: ds.meta.get(k) for k in ("kind", "provenance", "counts", "n", "groups",
-                                                          "thresholds", "crop", "duplicates", "fingerprint")
+                                                          "thresholds", "crop", "duplicates", "fingerprint",
+                                                          "cell_crop", "segmentation", "marker", "label_counts")
                               if ds.meta.get(k) is not None},
                   "arch": arch, "pretrained": pretrained, "epochs_run": len(history.train_loss),
                   "best_epoch": history.best_epoch + 1, "seconds": round(history.seconds, 1),
@@ -130,6 +159,9 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
                    best_epoch=history.best_epoch + 1, device=history.device)
     (out / "train.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     _log(progress, f"wrote {out / 'best.pt'}: {json.dumps(metrics)} (training {history.seconds:.0f} s)")
+    if folds and "baseline_cell_size_svm" in metrics["cv"]:
+        _log(progress, f"cross-validated AUC by {group_by} ({folds} folds, pooled out-of-fold): {arch} "
+                       f"{metrics['cv']['auc']:.4f}, cell-size SVM {metrics['cv']['baseline_cell_size_svm']['auc']:.4f}")
     return summary
 
 
@@ -137,10 +169,11 @@ def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, po
                    out: Path) -> dict[str, Any]:
     """k folds by group: each fold's groups are the test set once; 10% of the other groups validate."""
     oof = np.full(len(ds), np.nan)
+    svm = np.full(len(ds), np.nan) if ds.area is not None else None
     folds = []
     for i, test in enumerate(grouped_kfold(groups, k, cfg.seed)):
         rest = np.nonzero(~test)[0]
-        tr, va = grouped_split(groups[rest], (0.9, 0.1), cfg.seed + i)
+        tr, va = train_val_split(groups[rest], cfg.seed + i)
         train, val = np.zeros(len(ds), bool), np.zeros(len(ds), bool)
         train[rest[tr]], val[rest[va]] = True, True
         _log(cfg.progress, f"fold {i + 1}/{k}: test groups {sorted(set(groups[test].tolist()))[:6]}...")
@@ -150,17 +183,29 @@ def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, po
         m = _metrics(ds.y[test] == pos, oof[test], thr)
         m.update(fold=i + 1, test_groups=sorted(set(groups[test].tolist())), epochs_run=len(history.train_loss),
                  threshold=thr)
+        if svm is not None:
+            # the baseline sees the same training groups (train + validation: it needs no early stopping)
+            svm[test] = cell_size_svm_scores(ds.area[~test], ds.y[~test] == pos, ds.area[test], cfg.seed + i)
+            m["baseline_cell_size_svm"] = _metrics(ds.y[test] == pos, svm[test], 0.0)
         folds.append(m)
     with open(out / "cv_scores.csv", "w") as f:
-        f.write("id,label,score,fold\n")
+        f.write("id,label,score,fold" + (",svm_cell_size" if svm is not None else "") + "\n")
         fold_of = np.zeros(len(ds), int)
         for i, t in enumerate(grouped_kfold(groups, k, cfg.seed)):
             fold_of[t] = i + 1
         for j in range(len(ds)):
-            f.write(f"{ds.ids[j]},{int(ds.y[j] == pos)},{oof[j]:.6f},{fold_of[j]}\n")
+            extra = f",{svm[j]:.6f}" if svm is not None else ""
+            f.write(f"{ds.ids[j]},{int(ds.y[j] == pos)},{oof[j]:.6f},{fold_of[j]}{extra}\n")
     aucs = [f["auc"] for f in folds]
-    return {"k": k, "folds": folds, "pooled": _metrics(ds.y == pos, oof, 0.5),
-            "auc_mean": round(float(np.nanmean(aucs)), 4), "auc_sd": round(float(np.nanstd(aucs)), 4)}
+    out_cv = {"k": k, "folds": folds, "pooled": _metrics(ds.y == pos, oof, 0.5),
+              "auc_mean": round(float(np.nanmean(aucs)), 4), "auc_sd": round(float(np.nanstd(aucs)), 4)}
+    if svm is not None:
+        svm_aucs = [f["baseline_cell_size_svm"]["auc"] for f in folds]
+        out_cv["baseline_cell_size_svm"] = {
+            "model": SVM_DESCRIPTION, "feature": "cell area (full-resolution px)", "same_folds": True,
+            "pooled": _metrics(ds.y == pos, svm, 0.0), "auc_mean": round(float(np.nanmean(svm_aucs)), 4),
+            "auc_sd": round(float(np.nanstd(svm_aucs)), 4)}
+    return out_cv
 
 
 def plot_history(h: History, path: Path, title: str) -> Path:
