@@ -85,6 +85,14 @@ def format_info(info: ModelInfo) -> str:
                  "mismatch": f"MISMATCH: {info.hash_problem}"}[info.hash_check]
     geometry = (f"tiles {c.tiling.tile_size} px, stride {c.tiling.stride} px" if c.tiling
                 else f"crops {c.height}x{c.width} px")
+    if c.segmentation is not None:
+        seg = c.segmentation
+        geometry = (f"frame reduced {seg.downsample}x (block mean), {geometry} "
+                    f"(overlap {c.tiling.tile_size - c.tiling.stride} px, {seg.stitch}); maps {', '.join(seg.maps)}; "
+                    f"watershed {_kv(seg.postprocess)}")
+    elif c.crop is not None:
+        geometry = (f"one {c.crop.size} px crop per cell centroid, circular mask radius {c.crop.mask_radius:g}, "
+                    f"cells of {c.crop.min_area}..{c.crop.max_area or 'any'} px")
     rows = [
         ("file", str(info.path)), ("sha256", f"{info.sha256} ({hash_line})"), ("size", f"{info.size} bytes"),
         ("precision", f"{info.precision} (input and output float32)"), ("graph", graph),

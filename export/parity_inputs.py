@@ -14,6 +14,7 @@ import numpy as np
 
 from wellwatch.daemon.contract import ModelContract, Tiling
 from wellwatch.daemon.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
+from wellwatch.daemon.crops import Cells, prepare_crops
 from wellwatch.daemon.reader import read_frame
 from wellwatch.daemon.segment_maps import model_input, seg_tiles
 
@@ -56,12 +57,21 @@ def real_patches(image: np.ndarray, contract: ModelContract, limit: int = MAX_RE
 
     live_dead: the contract's normalisation, tiling and empty filter (non-empty tiles first).
     segmentation: the reduced, normalised frame's covering tiles.
+    cell_type with a crop section: mask-mean normalised crops centred on a grid over the frame.
     cell_type (no tiling in the contract): a grid of input-sized crops of the normalised frame.
     Every input channel gets the same frame: this is for parity, not accuracy.
     """
     if contract.segmentation is not None:  # the covering tiles the daemon cuts for the network
         tiles, _ = seg_tiles(model_input(image, contract), contract.tiling)
         return np.ascontiguousarray(tiles[:limit])
+    if contract.crop is not None:  # single-cell crops as the daemon cuts them, centred on a grid
+        step = max(contract.crop.size // 2, 1)
+        ys, xs = np.meshgrid(np.arange(step, image.shape[0] - step, step), np.arange(step, image.shape[1] - step, step),
+                             indexing="ij")
+        centres = np.stack([ys.ravel(), xs.ravel()], axis=1)[:limit].astype(float)
+        grid = Cells(centres, np.full(len(centres), max(contract.crop.min_area, 1)))
+        crops, _ = prepare_crops([image] * len(contract.channels), grid, contract.crop)
+        return np.ascontiguousarray(crops)
     normed = normalise_frame(image, contract.normalisation)
     size = contract.height
     if contract.height != contract.width:
