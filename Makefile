@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all bench promtool demo-model
+.PHONY: demo test test-all bench bench-segment promtool demo-model segmentation-model
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ test-all: $(VENV)/.dev promtool
 bench: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch bench
 
+# Segmentation quality and speed per method on the held-out Usiigaci sets 25-30 (../shared/data).
+bench-segment: $(VENV)/.runtime
+	$(VENV)/bin/wellwatch bench segment
+
 # Re-make the bundled demo model with this project's own training and export code.
 demo-model: $(VENV)/.dev
 	$(PY) -m wellwatch.training.demo_model --out wellwatch/models/demo-live-dead.onnx
+
+# Re-make the bundled phase-contrast segmentation model from the shared Usiigaci sets: train on
+# sets 1-20, choose weights and the watershed on 21-24; 25-30 stay unseen (bench-segment scores them).
+# About 40 minutes on a 2-core CPU.
+SEG_DATA ?= ../shared/data/usiigaci-phase
+segmentation-model: $(VENV)/.dev
+	$(VENV)/bin/wellwatch dataset masks $(SEG_DATA) --out runs/ds-usiigaci
+	$(VENV)/bin/wellwatch train runs/ds-usiigaci --task segmentation --train-images set1-20 --val-images set21-24 \
+		--name phase-segmentation --threads 1 --out runs/seg-unet16
+	$(VENV)/bin/wellwatch export runs/seg-unet16/best.pt --out wellwatch/models/phase-segmentation.onnx

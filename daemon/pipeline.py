@@ -253,7 +253,8 @@ class Pipeline:
             self.metrics.frames.labels("unmatched_name").inc()
             log.warning("ignoring %s: %s", self._rel(path), e.reason)
             return None
-        if meta.channel not in self.config.channels.label_free:
+        # a name without a channel (e.g. NIS-Elements without the c dimension) holds the one channel
+        if meta.channel not in self.config.channels.label_free and (meta.channel or len(self.config.channels.label_free) > 1):
             self._ignored.add(path)
             self.metrics.frames.labels("other_channel").inc()
             return None

@@ -197,6 +197,7 @@ def test_cell_types_and_per_cell_live_dead_in_frame_and_well_messages(run_daemon
     spec = plate(seed=14, cell_types=("lmpp", "prob"), type_mix="series")
     classifier = CropStdClassifier()
     overrides = {"segmentation.method": "classical", "segmentation.workers": 2,
+                 "batching.max_delay_ms": 2000.0,  # crops wait for other frames' crops: pooling is certain
                  **{f"segmentation.classical.{k}": v for k, v in SIMULATED_BF.items()}}
     config, _ = run_daemon(spec, cell_type_backend=classifier, **overrides)
     rec = recorder_for(config)
@@ -215,9 +216,51 @@ def test_cell_types_and_per_cell_live_dead_in_frame_and_well_messages(run_daemon
         called = m["cell_counts"]["live"] + m["cell_counts"]["dead"]
         assert 0 < called <= m["cells"]
     assert sum(sum(m["cell_types"].values()) for m in frames) > 50
-    assert max(daemon_batches) > max(sum(m["cell_types"].values()) for m in frames)  # crops of several frames
+    per_frame = [sum(m["cell_types"].values()) for m in frames]
+    assert max(daemon_batches) > max(per_frame), (daemon_batches, per_frame)  # crops of several frames
     for (well, t), msg in last_well_messages(rec).items():
         mine = [m for m in frames if (m["well"], m["timepoint"]) == (well, t)]
         assert msg["cell_types"] == {k: sum(m["cell_types"][k] for m in mine) for k in c.classes}
         assert msg["cell_counts"]["dead"] == sum(m["cell_counts"]["dead"] for m in mine)
         assert msg["models"]["crop-std"] == classifier.sha256
+
+
+# benchmarks/nis-timelapse-manual-count.md: counted by eye on t01 (adherent cells; ±4)
+MANUAL_COUNT_T01 = 58
+
+
+def test_nis_timelapse_cells_per_frame_with_the_bundled_model(tmp_path):
+    """The real NIS-Elements time-lapse (no channel in its names) through the daemon with the
+    bundled phase-contrast segmentation model: a `cells` count for every frame, equal to
+    `wellwatch segment` on the same file, and t01 close to a manual count."""
+    import shutil
+
+    from tests.conftest import StreamRecorder, shared_data
+    from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL, load_segmenter
+    from wellwatch.harness import local_config, start_daemon
+
+    folder = shared_data("nis-timelapse")
+    spec = SimulationSpec(naming="nis", plate_name="T98G")  # only for the config's naming/plate keys
+    config = local_config(tmp_path, spec, **{"channels.label_free": "phase", "plate.fields_per_well": 1,
+                                             "segmentation.method": "model", "segmentation.workers": 2})
+    daemon = start_daemon(config)
+    try:
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(30)
+        data = Path(config.watch.root)
+        for src in sorted(folder.glob("*.tif")):
+            shutil.copy(src, data / (src.name + ".part"))
+            (data / (src.name + ".part")).rename(data / src.name)
+        frames = rec.wait_frames(8, timeout=240)
+    finally:
+        assert daemon.stop() == 0
+    by_time = {m["timepoint"]: m for m in frames}
+    assert sorted(by_time) == list(range(1, 9))
+    direct = load_segmenter("")
+    assert BUNDLED_SEGMENTATION_MODEL.name in frames[0]["models"] or "phase-segmentation" in frames[0]["models"]
+    for t in (1, 8):
+        labels = direct.segment(read_frame(str(folder / f"20180101ef002xy01t0{t}.tif")))
+        assert by_time[t]["cells"] == int(labels.max())
+    assert abs(by_time[1]["cells"] - MANUAL_COUNT_T01) <= 0.15 * MANUAL_COUNT_T01, by_time[1]["cells"]
+    assert all(m["well"] == "A1" and m["cells"] > 20 for m in frames)

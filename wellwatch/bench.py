@@ -45,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--max-delay-ms", type=float, default=20.0)
     p.add_argument("--read-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--naive-frames", type=int, default=8, help="frames for the naive loop")
+    p.add_argument("--segmentation", default="none", choices=["none", "classical", "model"],
+                   help="also segment every frame (per-cell counts) with this method; the end-to-end figures "
+                        "then include it (model: the bundled phase-contrast model)")
+    p.add_argument("--segmentation-workers", type=int, default=0, help="segmentation processes (0 = one per core)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_bench)
     targets = p.add_subparsers(dest="bench_target", metavar="{segment}")
@@ -109,7 +113,9 @@ def run_bench(args: argparse.Namespace) -> int:
     config = local_config(work, spec, args.model, **{"batching.max_batch": args.max_batch,
                                                        "batching.max_delay_ms": args.max_delay_ms,
                                                        "pipeline.read_workers": args.read_workers,
-                                                       "watch.reconcile_s": 5.0})
+                                                       "watch.reconcile_s": 5.0,
+                                                       "segmentation.method": args.segmentation,
+                                                       "segmentation.workers": args.segmentation_workers})
     _say(args, f"bench: {n} simulated {spec.size}x{spec.size} frames per phase, in {work}")
     running = start_daemon(config)
     backend = running.daemon.backend
@@ -156,6 +162,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "latency_max_s": float(latencies.max()), "steady_rate_frames_per_s": 1.0 / steady_interval,
         "settle_s": config.watch.settle_s, "provider": backend.provider, "max_batch": args.max_batch,
         "model": backend.contract.name, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "segmentation": running.daemon.pipeline.segmentation_name,
         "stage_mean_ms": stages,
     }
     result["e2e_vs_model_only"] = result["e2e_patches_per_s"] / result["model_only_patches_per_s"]
@@ -199,7 +206,8 @@ def _naive(config, files: list[Path], backend: OnnxBackend) -> float:
 
 def print_table(r: dict) -> None:
     print(f"\nwellwatch bench: {r['frames']} frames of {r['frame_size']}x{r['frame_size']} px, "
-          f"model {r['model']!r} on {r['provider']} ({r['machine']})")
+          f"model {r['model']!r} on {r['provider']} ({r['machine']})"
+          + (f", segmentation: {r['segmentation']}" if r["segmentation"] else ""))
     print(f"  end to end (burst)      {r['e2e_frames_per_s']:8.1f} frames/s  {r['e2e_patches_per_s']:9.0f} patches/s")
     print(f"  model only (batch {r['max_batch']:<4}) {'':15}{r['model_only_patches_per_s']:9.0f} patches/s")
     print(f"  naive (1 file, batch 1) {r['naive_frames_per_s']:8.1f} frames/s")

@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from .daemon.errors import ConfigError, WellwatchError
-from .daemon.segment_classical import ClassicalParams, segment_classical
-from .training.seg_metrics import aggregate_scores, match_scores
+
+# scikit-image, tifffile and the scorers load when the benchmark runs, not when the CLI starts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -96,7 +95,9 @@ def _parse_value(text: str) -> object:
     return text.strip().strip("'\"")
 
 
-def classical_params(overrides: list[str]) -> ClassicalParams:
+def classical_params(overrides: list[str]) -> "ClassicalParams":
+    from .daemon.segment_classical import ClassicalParams
+
     table = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -111,18 +112,12 @@ def _dataset_root(data: str) -> Path:
     return root / DATASET if (root / DATASET).is_dir() else root
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image  # Pillow comes with scikit-image
-
-    with Image.open(path) as im:
-        mask = np.asarray(im)
-    if mask.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel label image, got shape {mask.shape}")
-    return mask
-
-
 def load_pairs(data: str, sets: list[int]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """[(name, frame, ground-truth labels)] for setN/raw.tif + setN/instances_ids.png."""
+    import tifffile
+
+    from .training.masks import read_labels
+
     root = _dataset_root(data)
     pairs = []
     for n in sets:
@@ -130,7 +125,7 @@ def load_pairs(data: str, sets: list[int]) -> list[tuple[str, np.ndarray, np.nda
         raw, mask = folder / "raw.tif", folder / "instances_ids.png"
         if not raw.is_file() or not mask.is_file():
             raise FileNotFoundError(f"{folder}: needs raw.tif and instances_ids.png")
-        frame, gt = tifffile.imread(raw), _read_mask(mask)
+        frame, gt = tifffile.imread(raw), read_labels(mask)
         if frame.shape != gt.shape:
             raise ValueError(f"{folder}: raw.tif {frame.shape} and instances_ids.png {gt.shape} differ in shape")
         pairs.append((f"set{n}", frame, gt))
@@ -139,25 +134,9 @@ def load_pairs(data: str, sets: list[int]) -> list[tuple[str, np.ndarray, np.nda
 
 # --- segmenters (built inside each worker: sessions are never pickled) --------------------------
 
-class _ClassicalAdapter:
-    """Stand-in when wellwatch.daemon.segment is not importable."""
-
-    name = "classical"
-
-    def __init__(self, params: ClassicalParams):
-        self.params = params.validate()
-
-    def segment(self, frame: np.ndarray) -> np.ndarray:
-        return segment_classical(frame, self.params)
-
-
 def make_segmenter(method: str, params: ClassicalParams, model_path: str | None, threads: int):
-    try:
-        from .daemon.segment import load_segmenter
-    except ImportError:
-        if method != "classical":
-            raise
-        return _ClassicalAdapter(params)
+    from .daemon.segment import load_segmenter
+
     if method == "classical":
         return load_segmenter(None, params)
     return load_segmenter(model_path, None, threads=threads)
@@ -246,6 +225,8 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
     finally:
         if old is not None:
             os.sched_setaffinity(0, old)
+    from .training.seg_metrics import aggregate_scores, match_scores
+
     per_image = [match_scores(gt, lab, THRESHOLDS) for (_, _, gt), lab in zip(pairs, labels)]
     result["scores"] = _summary(aggregate_scores(per_image))
     result["per_frame"] = [{"frame": name, "n_gt": s["n_gt"], "n_pred": s["n_pred"],
