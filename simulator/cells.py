@@ -41,12 +41,14 @@ class CellType:
 CELL_TYPES: dict[str, CellType] = {
     "A": CellType("A", live_radius=(7.0, 11.0), dead_shrink=0.72, aspect=(1.1, 1.5),
                   wobble=0.05, texture=0.06, nucleus=0.45, nucleoli=(1, 2)),
-    # LMPP: large, irregular outline, granular interior, CD19-negative (dim marker).
-    "lmpp": CellType("lmpp", live_radius=(9.5, 13.0), dead_shrink=0.72, aspect=(1.1, 1.4),
+    # LMPP: larger, irregular outline, granular interior, CD19-negative (dim marker). Sizes overlap
+    # with pro-B (radii 7.5-9 px both), as in the cell-type study, where size alone (its SVM
+    # baseline) separates the types worse than the CNN does.
+    "lmpp": CellType("lmpp", live_radius=(7.5, 12.0), dead_shrink=0.72, aspect=(1.1, 1.4),
                      wobble=0.09, texture=0.12, nucleus=0.42, nucleoli=(2, 2),
                      marker=80.0, marker_sd=0.45),
     # Pro-B: small, round, smooth, high nucleus-to-cytoplasm ratio, CD19-positive (bright marker).
-    "prob": CellType("prob", live_radius=(5.5, 8.0), dead_shrink=0.78, aspect=(1.0, 1.15),
+    "prob": CellType("prob", live_radius=(5.5, 9.0), dead_shrink=0.78, aspect=(1.0, 1.15),
                      wobble=0.02, texture=0.025, nucleus=0.6, nucleoli=(1, 1),
                      marker=600.0, marker_sd=0.45),
 }

@@ -113,8 +113,9 @@ def test_types_differ_in_size_shape_texture_and_marker():
             marker[c.type].append(c.shape.marker_amp)
             grain[c.type].append(ph[_disc(ph.shape, c.x, c.y, 0.6 * c.radius)].std() / PH_BACKGROUND)
     assert min(len(v) for v in radius.values()) >= 30
-    assert np.mean(radius["lmpp"]) > 1.4 * np.mean(radius["prob"])
-    assert min(radius["lmpp"]) > max(radius["prob"])  # sizes do not overlap (the SVM baseline's cue)
+    assert np.mean(radius["lmpp"]) > 1.25 * np.mean(radius["prob"])
+    # sizes overlap, as in the cell-type study: size alone (its SVM baseline) cannot separate all cells
+    assert min(radius["lmpp"]) < max(radius["prob"])
     assert np.mean(aspect["lmpp"]) > np.mean(aspect["prob"]) + 0.1
     assert np.median(grain["lmpp"]) > 1.5 * np.median(grain["prob"])
     lm, pb = np.log(marker["lmpp"]), np.log(marker["prob"])

@@ -136,7 +136,7 @@ def test_histogram_groups_areas_and_crop_geometry_are_stored(built):
     # areas: full-resolution px in the size range; LMPPs are the larger cells
     assert ds.area.dtype == np.int64 and len(ds.area) == len(ds)
     assert ds.area.min() >= 40 and ds.area.max() <= 2000
-    assert np.median(ds.area[ds.y == 0]) > 1.5 * np.median(ds.area[ds.y == 1])
+    assert np.median(ds.area[ds.y == 0]) > 1.25 * np.median(ds.area[ds.y == 1])  # LMPPs are larger
     # mean-in-mask normalisation: 0 outside the circle, mean 1 inside
     mask = circular_mask(48, 16.0).astype(bool)
     assert np.abs(ds.x[:, :, ~mask]).max() == 0
@@ -179,7 +179,8 @@ def test_train_cross_validation_reports_network_and_svm(built, plate, capsys):
     assert printed["metrics"]["cv"] == cv
     assert 0 <= cv["auc"] <= 1 and cv["n"] == len(load_dataset(built))
     svm = cv["baseline_cell_size_svm"]
-    assert svm["n"] == cv["n"] and svm["auc"] > 0.95  # simulated sizes barely overlap: the SVM's cue
+    # simulated sizes overlap (as in the study): size is informative but not decisive
+    assert svm["n"] == cv["n"] and 0.7 < svm["auc"] < 0.97
     detail = summary["cv"]["baseline_cell_size_svm"]
     assert detail["same_folds"] and "gamma=1" in detail["model"]
     assert [f["test_groups"] for f in summary["cv"]["folds"]] and \
@@ -205,7 +206,7 @@ def test_evaluate_reports_the_svm_on_the_same_test_cells(built, plate, capsys):
     m = json.loads((report / "metrics.json").read_text())
     b = m["baseline_cell_size_svm"]
     assert "held-out" in m["patches"] and "same held-out cells" in b["how"]
-    assert b["n"] == m["n"] and b["auc"] > 0.9
+    assert b["n"] == m["n"] and b["auc"] > 0.7
     assert b["auc_difference"]["value"] == pytest.approx(m["auc"] - b["auc"], abs=2e-4)
     text = (report / "report.md").read_text()
     assert "cell-size SVM AUC" in text and "AUC difference (network - SVM)" in text
