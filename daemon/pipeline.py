@@ -118,6 +118,9 @@ class Pipeline:
         self.journal_path = Path(config.journal.path)
         self.aggregate = PlateAggregate(config.plate.fields_per_well)
         self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
+        # rel paths handed to a reader and not yet journaled: a scan must not hand them out again
+        # (a slow stage, e.g. segmentation on a CPU, would otherwise redo in-flight frames)
+        self.on_their_way: set[str] = set()
         self.known_content: set[tuple[str, str]] = set()  # (rel path, sha256)
         journal = Journal(self.journal_path)  # SQLite connections stay in their thread: this one is for start-up
         try:
@@ -312,7 +315,7 @@ class Pipeline:
                 continue
             identity = (self._rel(path), st.st_size, st.st_mtime_ns)
             with self._lock:
-                done = identity in self.known
+                done = identity in self.known or identity[0] in self.on_their_way
             if not done:
                 if path not in gate.candidates:
                     self._inflight_marks.append((*identity, "seen"))
@@ -337,7 +340,16 @@ class Pipeline:
         if meta is None:
             return
         job = FrameJob(ready.path, self._rel(ready.path), meta, ready.size, ready.mtime_ns)
+        with self._lock:
+            if job.rel in self.on_their_way:
+                return
+            self.on_their_way.add(job.rel)
         self._submit(job)
+
+    def _arrived(self, rel: str) -> None:
+        """A path's processing ended (journaled, a duplicate, or gone): it may be handed out again."""
+        with self._lock:
+            self.on_their_way.discard(rel)
 
     def _submit(self, job: FrameJob) -> None:
         while not self._in_flight.acquire(timeout=0.1):  # back-pressure: at most queue_size in flight
@@ -376,6 +388,7 @@ class Pipeline:
             with open(job.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
+            self._arrived(job.rel)
             return  # removed or renamed away before we got to it; a new name is a new candidate
         except OSError as e:
             self._fail(job, "", FrameReadError(job.path, f"cannot read ({e.strerror})"))
@@ -385,6 +398,7 @@ class Pipeline:
             duplicate = (job.rel, sha) in self.known_content
         if duplicate:  # touched but unchanged: the same frame, already counted
             self.metrics.frames.labels("duplicate").inc()
+            self._arrived(job.rel)
             return
         try:
             image = decode_frame(job.path, data)
@@ -506,6 +520,7 @@ class Pipeline:
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
             if (job.rel, sha) in seen or self.journal.has(job.rel, sha):
                 self.metrics.frames.labels("duplicate").inc()
+                self._arrived(job.rel)
                 continue
             seen.add((job.rel, sha))
             version = latest[job.rel] = (latest.get(job.rel) or self.journal.latest_version(job.rel)) + 1
@@ -584,5 +599,6 @@ class Pipeline:
 
     def _remember(self, record: FrameRecord) -> None:
         with self._lock:
+            self.on_their_way.discard(record.path)
             self.known.add((record.path, record.size, record.mtime_ns))
             self.known_content.add((record.path, record.sha256))

@@ -185,3 +185,43 @@ def test_curve_encrypted_stream_admits_only_allowed_clients(run_daemon, tmp_path
     write_plate(spec, tmp_path / "acquisition")
     kind, message, _ = next(stream)
     assert kind == "update" and message["type"] in ("frame", "well")
+
+
+class SlowBackend:
+    """The demo model behind a slow inference call: frames stay in flight across reconcile scans."""
+
+    def __init__(self, seconds: float):
+        from wellwatch.daemon.backend import OnnxBackend
+        from wellwatch.daemon.service import bundled_demo_model
+
+        self.inner = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False)
+        self.path, self.contract, self.sha256, self.provider = (self.inner.path, self.inner.contract,
+                                                                self.inner.sha256, self.inner.provider)
+        self.seconds = seconds
+
+    def infer(self, batch):
+        time.sleep(self.seconds)
+        return self.inner.infer(batch)
+
+
+def test_reconcile_scans_do_not_hand_out_frames_already_in_flight(tmp_path):
+    """Scans find files that events already delivered; a frame still on its way must not be read
+    and scored a second time (it would be caught as a duplicate at commit, after costing a model run)."""
+    from wellwatch.harness import local_config, start_daemon
+
+    spec = small_plate()
+    config = local_config(tmp_path, spec, **{"watch.reconcile_s": 0.2, "batching.max_batch": 4})
+    running = start_daemon(config, backend=SlowBackend(0.3))
+    try:
+        from tests.conftest import StreamRecorder
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(15)
+        write_plate(spec, tmp_path / "acquisition")
+        rec.wait_frames(frames_of(spec), timeout=120)
+        registry = running.daemon.registry
+        reads = registry.get_sample_value("wellwatch_stage_seconds_count", {"stage": "read"})
+        duplicates = registry.get_sample_value("wellwatch_frames_total", {"outcome": "duplicate"}) or 0
+    finally:
+        assert running.stop() == 0
+    assert reads == frames_of(spec) and duplicates == 0
