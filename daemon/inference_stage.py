@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -47,7 +47,6 @@ class FrameWork:
     type_scores: np.ndarray | None = None  # cell-type probabilities per cropped cell
     finishing: bool = False
     typing: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class InferenceStage:
@@ -133,7 +132,7 @@ class InferenceStage:
         if self.seg_model is not None and work.cells is None:
             if work.maps is not None and not work.finishing:
                 work.finishing = True
-                tiles, origins = work.seg_input
+                _, origins = work.seg_input
                 work.seg_input = None
                 self._to_pool(work, self.pool.finish(work.maps, origins, work.shape, self.seg_model.contract,
                                                      work.image, self.crop))

@@ -27,7 +27,7 @@ from wellwatch.daemon.plate import PLATE_FORMATS
 from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins
 
 from .dataset import Dataset, contract_fields
-from .gmm import Mixture, Thresholds, fit_mixture, label_by_thresholds, live_dead_thresholds
+from .gmm import Mixture, Thresholds, label_by_thresholds, live_dead_thresholds
 from .patches import PairedField, cut_patches
 
 log = logging.getLogger(__name__)

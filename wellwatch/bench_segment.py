@@ -26,10 +26,14 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .daemon.errors import ConfigError, WellwatchError
+
+if TYPE_CHECKING:
+    from .daemon.segment_classical import ClassicalParams
 
 # scikit-image, tifffile and the scorers load when the benchmark runs, not when the CLI starts
 
@@ -95,7 +99,7 @@ def _parse_value(text: str) -> object:
     return text.strip().strip("'\"")
 
 
-def classical_params(overrides: list[str]) -> "ClassicalParams":
+def classical_params(overrides: list[str]) -> ClassicalParams:
     from .daemon.segment_classical import ClassicalParams
 
     table = {}
