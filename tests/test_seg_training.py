@@ -79,6 +79,7 @@ def test_short_run_on_real_masks_trains_exports_and_serves(tmp_path):
                          eval_every=2, tile_size=128, stride=96, threads=1)
     summary = train_segmentation(tmp_path / "ds", tmp_path / "run", cfg, progress=False)
     assert [h["step"] for h in summary["history"]] == [2, 4]
+    assert (tmp_path / "run" / "history.png").stat().st_size > 1000
     model, contract, _ = load_seg_checkpoint(tmp_path / "run" / "best.pt")
     assert contract.task == "segmentation" and contract.trained_on["images"] == ["set1"]
     assert contract.segmentation.postprocess == summary["postprocess"]

@@ -129,3 +129,17 @@ def test_labels_from_tile_outputs_returns_the_frame_shape():
     outputs = np.stack([np.stack([maps[k][y:y + 64, x:x + 64] for k in range(4)]) for y, x in origins])
     labels = labels_from_tile_outputs(outputs, origins, (151, 181), contract)
     assert labels.shape == (151, 181) and labels.dtype == np.int32 and labels.max() == 2
+
+
+def test_overlay_draws_predicted_and_true_outlines(tmp_path):
+    from skimage.io import imread
+
+    from wellwatch.overlay import PREDICTED, TRUTH, overlay_png
+
+    frame = np.zeros((40, 40), np.uint16)
+    pred = np.zeros((40, 40), np.int32)
+    pred[5:15, 5:15] = 1
+    truth = np.zeros((40, 40), np.int32)
+    truth[20:30, 20:30] = 1
+    png = imread(overlay_png(frame, pred, tmp_path / "o.png", truth=truth))
+    assert tuple(png[5, 10]) == PREDICTED and tuple(png[20, 25]) == TRUTH and tuple(png[10, 10]) == (0, 0, 0)

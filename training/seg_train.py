@@ -228,7 +228,28 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     summary = {"task": "segmentation", "metrics": metrics, "postprocess": asdict(post), "history": history,
                "train_seconds": train_seconds, "steps": cfg.steps}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    plot_history(history, out / "history.png")
     return summary
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training loss and validation F1 (IoU 0.5 and 0.75) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(steps, [h["loss"] for h in history], "o-")
+    a.set(xlabel="step", ylabel="training loss (running mean)")
+    b.plot(steps, [h["val_f1_50"] for h in history], "o-", label="F1 @ IoU 0.5")
+    b.plot(steps, [h["val_f1_75"] for h in history], "s-", label="F1 @ IoU 0.75")
+    b.set(xlabel="step", ylabel="validation F1", ylim=(0, 1))
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def save_seg_checkpoint(path: Path, model: nn.Module, cfg: SegTrainConfig, contract: ModelContract,

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes for the all-cores phase (default: os.cpu_count())")
     parser.add_argument("--repeat", type=int, default=2,
                         help="passes over the frames in each timed phase (default 2)")
+    parser.add_argument("--overlays", metavar="DIR",
+                        help="also write DIR/METHOD-setN.png: each frame with the annotated outlines (red) and the "
+                             "method's (green)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write the results as JSON to PATH; without PATH print JSON instead of the table")
 
@@ -211,7 +214,7 @@ def _summary(agg: dict) -> dict:
 
 
 def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | None, workers: int,
-                 repeat: int, say) -> dict:
+                 repeat: int, say, overlays: str | None = None) -> dict:
     frames = [frame for _, frame, _ in pairs]
     result: dict = {"method": method}
     if method == "classical":
@@ -232,6 +235,12 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
     from .training.seg_metrics import aggregate_scores, match_scores
 
     per_image = [match_scores(gt, lab, THRESHOLDS) for (_, _, gt), lab in zip(pairs, labels)]
+    if overlays:
+        from .overlay import overlay_png
+
+        for (name, frame, gt), lab in zip(pairs, labels):
+            overlay_png(frame, lab, Path(overlays) / f"{method}-{name}.png", truth=gt, scale=2)
+        say(f"{method}: overlays in {overlays}")
     result["scores"] = _summary(aggregate_scores(per_image))
     result["per_frame"] = [{"frame": name, "n_gt": s["n_gt"], "n_pred": s["n_pred"],
                             **{f"f1@{t:g}": s["iou"][t]["f1"] for t in THRESHOLDS}}
@@ -327,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
         try:
             report["methods"][method] = bench_method(method, pairs, params, model_path, args.workers,
-                                                     args.repeat, say)
+                                                     args.repeat, say, args.overlays)
         except (WellwatchError, ImportError, OSError) as e:
             say(f"{method}: skipped: {e}")
             report["methods"][method] = {"skipped": str(e)}

@@ -70,6 +70,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     n = int(labels.max())
     tifffile.imwrite(args.out, labels.astype(np.uint16 if n <= 65535 else np.int32), compression="zlib")
+    if args.overlay:
+        from .overlay import overlay_png
+
+        overlay_png(frame, labels, args.overlay)
     print(json.dumps({"image": args.image, "out": args.out, "method": segmenter.name, "cells": n,
                       "seconds": round(seconds, 3)}))
     return 0
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the classical pipeline with [segmentation.classical] of --config (or its defaults)")
     p.add_argument("--config", help="config.toml whose [segmentation] / [models.segmentation] to use")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    p.add_argument("--overlay", metavar="PNG", help="also write the frame with the cells' outlines drawn on it")
     p.set_defaults(func=cmd_segment)
 
     register_simulate(sub)
