@@ -30,21 +30,25 @@ def bundled_demo_model() -> Path:
     return Path(str(files("wellwatch") / "models" / "demo-live-dead.onnx"))
 
 
+def open_slot(slot: str, path: str, task: str, max_batch: int, config: Config, metrics: DaemonMetrics) -> OnnxBackend:
+    """Load the model of [models.<slot>], check its task, and report it (log line and metrics)."""
+    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu, max_batch,
+                          config.inference.intra_op_threads, config.inference.warmup)
+    if backend.contract.task != task:
+        raise StartupError(f"models.{slot}.path {path}: the model's task is {backend.contract.task!r}, not {task!r}")
+    log.info("%s: %s", slot, backend.describe())
+    metrics.provider.labels(slot, backend.provider).set(1)
+    metrics.model.labels(slot).info({"name": backend.contract.name, "sha256": backend.sha256,
+                                     "path": backend.path, "provider": backend.provider})
+    return backend
+
+
 def load_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
     path = config.models.live_dead.path or str(bundled_demo_model())
     if not config.models.live_dead.path:
         log.warning("models.live_dead.path is empty: using the bundled DEMO model %s, trained on simulated "
                     "frames only; it is not for real experiments", path)
-    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu,
-                          config.batching.max_batch, config.inference.intra_op_threads, config.inference.warmup)
-    if backend.contract.task != "live_dead":
-        raise StartupError(f"models.live_dead.path {path}: the model's task is {backend.contract.task!r}, "
-                           "not 'live_dead'")
-    log.info("inference: %s", backend.describe())
-    metrics.provider.labels("live_dead", backend.provider).set(1)
-    metrics.model.labels("live_dead").info({"name": backend.contract.name, "sha256": backend.sha256,
-                                            "path": backend.path, "provider": backend.provider})
-    return backend
+    return open_slot("live_dead", path, "live_dead", config.batching.max_batch, config, metrics)
 
 
 def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
@@ -52,16 +56,7 @@ def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBac
     if config.segmentation.method != "model":
         return None
     path = config.models.segmentation.path or str(BUNDLED_SEGMENTATION_MODEL)
-    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu,
-                          config.segmentation.max_batch, config.inference.intra_op_threads, config.inference.warmup)
-    if backend.contract.task != "segmentation":
-        raise StartupError(f"models.segmentation.path {path}: the model's task is {backend.contract.task!r}, "
-                           "not 'segmentation'")
-    log.info("segmentation: %s", backend.describe())
-    metrics.provider.labels("segmentation", backend.provider).set(1)
-    metrics.model.labels("segmentation").info({"name": backend.contract.name, "sha256": backend.sha256,
-                                               "path": backend.path, "provider": backend.provider})
-    return backend
+    return open_slot("segmentation", path, "segmentation", config.segmentation.max_batch, config, metrics)
 
 
 def load_cell_type_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
@@ -69,20 +64,14 @@ def load_cell_type_backend(config: Config, metrics: DaemonMetrics) -> OnnxBacken
     path = config.models.cell_type.path
     if not path:
         return None
-    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu,
-                          config.batching.max_batch, config.inference.intra_op_threads, config.inference.warmup)
+    backend = open_slot("cell_type", path, "cell_type", config.batching.max_batch, config, metrics)
     c = backend.contract
-    if c.task != "cell_type" or c.crop is None:
-        raise StartupError(f"models.cell_type.path {path}: a {c.task} model "
-                           f"{'without a crop section' if c.task == 'cell_type' else ''}; a cell_type model with "
-                           "a crop section (trained on a `wellwatch dataset cells` dataset) is needed")
+    if c.crop is None:
+        raise StartupError(f"models.cell_type.path {path}: a cell_type model without a crop section; a model "
+                           "trained on single-cell crops (a `wellwatch dataset cells` dataset) is needed")
     if len(c.channels) != len(config.channels.label_free):
         raise StartupError(f"models.cell_type.path {path}: the model takes {len(c.channels)} channel(s) "
                            f"({', '.join(c.channels)}); channels.label_free gives {len(config.channels.label_free)}")
-    log.info("cell types: %s", backend.describe())
-    metrics.provider.labels("cell_type", backend.provider).set(1)
-    metrics.model.labels("cell_type").info({"name": c.name, "sha256": backend.sha256, "path": backend.path,
-                                            "provider": backend.provider})
     return backend
 
 

@@ -39,16 +39,15 @@ import numpy as np
 
 from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation
 from wellwatch.daemon.crops import Cells, circular_mask, cells_of, cut_crops, prepare_crops
-from wellwatch.daemon.errors import NamingError, WellwatchError
-from wellwatch.daemon.naming import FrameMeta, NamingScheme
-from wellwatch.daemon.plate import PLATE_FORMATS
+from wellwatch.daemon.errors import WellwatchError
+from wellwatch.daemon.naming import FrameMeta
 
 from .dataset import Dataset
 from .gmm import Mixture, fit_mixture
+from .livedead import files_by_field
 
 log = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_CLASSES = ("LMPP", "pro-B")
 MIN_CELLS_FOR_MIXTURE = 10
 
@@ -85,18 +84,8 @@ def find_fields(folders: Iterable[str | Path], naming: str = "scanr", label_free
     for folder in folders:
         if not folder.is_dir():
             raise CellDatasetError(f"{folder}: no such folder")
-        plate = folder.parent.name if folder.name == "data" else folder.name  # scanR: ACQUISITION/data/*.tif
-        scheme = NamingScheme(naming, PLATE_FORMATS[plate_format], default_plate=plate, pattern=pattern)
-        by_field: dict[tuple, dict[str, tuple[Path, FrameMeta]]] = defaultdict(dict)
-        for p in sorted(folder.rglob("*")):
-            if p.suffix.lower() not in TIFF_SUFFIXES or p.name.startswith("."):
-                continue
-            try:
-                meta = scheme.parse(p.name)
-            except NamingError:
-                continue
-            seen_channels.add(meta.channel)
-            by_field[(*meta.field_key, meta.z)][meta.channel.lower()] = (p, meta)
+        by_field = files_by_field(folder, naming, plate_format, pattern)
+        seen_channels |= {meta.channel for ch in by_field.values() for _, meta in ch.values()}
         for key in sorted(by_field):
             ch = by_field[key]
             missing = [c for c in wanted if c not in ch]

@@ -35,23 +35,30 @@ log = logging.getLogger(__name__)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
+def files_by_field(folder: Path, naming: str, plate_format: int, pattern: str = "") -> dict[tuple, dict]:
+    """{(plate, well, timepoint, field, z): {channel (lower case): (path, FrameMeta)}} for the TIFF
+    files under `folder` whose names parse; the plate defaults to the acquisition folder's name."""
+    plate = folder.parent.name if folder.name == "data" else folder.name  # scanR: ACQUISITION/data/*.tif
+    scheme = NamingScheme(naming, PLATE_FORMATS[plate_format], default_plate=plate, pattern=pattern)
+    by_field: dict[tuple, dict[str, tuple[Path, object]]] = defaultdict(dict)
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in TIFF_SUFFIXES or p.name.startswith("."):
+            continue
+        try:
+            meta = scheme.parse(p.name)
+        except NamingError:
+            continue
+        by_field[(*meta.field_key, meta.z)][meta.channel.lower()] = (p, meta)
+    return by_field
+
+
 def find_pairs(folders: Iterable[str | Path], naming: str = "scanr", label_free: str = "BF",
                fluorescence: str = "PI", plate_format: int = 96, pattern: str = "") -> list[tuple[Path, Path, object]]:
     """[(label-free path, fluorescence path, FrameMeta of the label-free file)], in name order."""
     pairs = []
     for folder in folders:
         folder = Path(folder)
-        plate = folder.parent.name if folder.name == "data" else folder.name  # scanR: ACQUISITION/data/*.tif
-        scheme = NamingScheme(naming, PLATE_FORMATS[plate_format], default_plate=plate, pattern=pattern)
-        by_field: dict[tuple, dict[str, tuple[Path, object]]] = defaultdict(dict)
-        for p in sorted(folder.rglob("*")):
-            if p.suffix.lower() not in TIFF_SUFFIXES or p.name.startswith("."):
-                continue
-            try:
-                meta = scheme.parse(p.name)
-            except NamingError:
-                continue
-            by_field[(*meta.field_key, meta.z)][meta.channel.lower()] = (p, meta)
+        by_field = files_by_field(folder, naming, plate_format, pattern)
         for key in sorted(by_field):
             ch = by_field[key]
             if label_free.lower() in ch and fluorescence.lower() in ch:
