@@ -193,18 +193,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    ds = sub.add_parser("dataset", help="build a training dataset (live-dead from paired fluorescence, voc from boxes, "
-                                        "masks for segmentation, cells from paired marker fluorescence)")
-    dsub = ds.add_subparsers(dest="dataset_command", required=True)
-
-    p = dsub.add_parser("live-dead", help="tile paired label-free + PI acquisitions, label tiles by a 2-component GMM")
+def _acquisition_arguments(p: argparse.ArgumentParser) -> None:
+    """Where paired acquisitions are and how their files are named."""
     p.add_argument("folders", nargs="+", help="acquisition folders (searched recursively)")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--naming", default="scanr", help="naming preset (scanr, nis, metaxpress, operetta, incucyte, "
                                                      "cellomics, regex)")
     p.add_argument("--pattern", default="", help="regex for --naming regex")
     p.add_argument("--plate-format", type=int, default=96)
+
+
+def register(sub) -> None:
+    ds = sub.add_parser("dataset", help="build a training dataset (live-dead from paired fluorescence, voc from boxes, "
+                                        "masks for segmentation, cells from paired marker fluorescence)")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+
+    p = dsub.add_parser("live-dead", help="tile paired label-free + PI acquisitions, label tiles by a 2-component GMM")
+    _acquisition_arguments(p)
     p.add_argument("--label-free", default="BF", help="label-free channel name (default BF)")
     p.add_argument("--fluorescence", default="PI", help="propidium-iodide channel name (default PI)")
     p.add_argument("--tile", type=int, default=224, help="patch size in px (default 224, the seed study's)")
@@ -242,12 +247,7 @@ def register(sub) -> None:
 
     p = dsub.add_parser("cells", help="segment paired label-free + marker fields into single-cell crops, "
                                       "label cells by a 2-component GMM on the marker (the cell-type study)")
-    p.add_argument("folders", nargs="+", help="acquisition folders (searched recursively)")
-    p.add_argument("--out", required=True, help="dataset folder to write")
-    p.add_argument("--naming", default="scanr", help="naming preset (scanr, nis, metaxpress, operetta, incucyte, "
-                                                     "cellomics, regex)")
-    p.add_argument("--pattern", default="", help="regex for --naming regex")
-    p.add_argument("--plate-format", type=int, default=96)
+    _acquisition_arguments(p)
     p.add_argument("--label-free", default="PH",
                    help="label-free channel(s), comma-separated, e.g. PH or PH,DIC: the model's input channels")
     p.add_argument("--marker", default="CD19", help="marker fluorescence channel that labels the cells (default CD19)")
