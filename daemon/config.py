@@ -273,12 +273,7 @@ def _check_cross_keys(config: Config) -> None:
     if config.models.cell_type.path and config.segmentation.method == "none":
         raise ConfigError("models.cell_type.path", config.models.cell_type.path,
                           "cell types need segmented cells: set segmentation.method to classical or model")
-    try:
-        config.segmentation.classical.validate()
-    except ValueError as e:  # rules across keys, e.g. min_area <= max_area
-        name = str(e).split(":", 1)[0].removeprefix("ClassicalParams.")
-        raise ConfigError(f"segmentation.classical.{name}", getattr(config.segmentation.classical, name),
-                          str(e).split("; ", 1)[-1]) from None
+    config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
     if config.publish.endpoint == config.publish.snapshot_endpoint:
         raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
                           "must differ from publish.endpoint")

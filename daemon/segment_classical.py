@@ -82,45 +82,22 @@ class ClassicalParams:
                              f"max_area ({self.max_area})")
         return self
 
+    def validate_as_config(self, prefix: str) -> "ClassicalParams":
+        """validate(), with its error as a ConfigError naming `prefix` + the field (a config table)."""
+        try:
+            return self.validate()
+        except ValueError as e:
+            name = str(e).split(":", 1)[0].removeprefix("ClassicalParams.")
+            raise ConfigError(f"{prefix}{name}", getattr(self, name), str(e).split("; ", 1)[-1]) from None
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> "ClassicalParams":
-        """Build from a config table; unknown keys and bad values raise ConfigError(prefix + key, ...)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(prefix.rstrip(".") or "<segmentation table>", data, "expected a table")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]],
-                              f"unknown key; keys allowed: {', '.join(fields)}")
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            f, key = fields[name], f"{prefix}{name}"
-            default = f.default
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise ConfigError(key, value, "expected true or false")
-            elif "choices" in f.metadata:
-                if type(value) is not type(default) or value not in f.metadata["choices"]:
-                    raise ConfigError(key, value, f"allowed: {', '.join(map(str, f.metadata['choices']))}")
-            else:
-                lo, hi = f.metadata["range"]
-                if isinstance(default, int):
-                    if isinstance(value, bool) or not isinstance(value, int):
-                        raise ConfigError(key, value, "expected an integer")
-                elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(key, value, "expected a number")
-                else:
-                    value = float(value)
-                if not math.isfinite(value) or not lo <= value <= hi:
-                    raise ConfigError(key, value, f"allowed range {lo}..{hi}")
-            values[name] = value
-        params = cls(**values)
-        try:
-            params.validate()
-        except ValueError as e:  # cross-field rules (min_area <= max_area)
-            name = str(e).split(":", 1)[0].removeprefix("ClassicalParams.")
-            raise ConfigError(f"{prefix}{name}", getattr(params, name), str(e).split("; ", 1)[-1]) from None
-        return params
+        """Build from a config table, checked as config.toml is: unknown keys and bad values raise
+        ConfigError(prefix + key, ...)."""
+        from .config import _build  # config.py imports this module: import at call time
+
+        table = dict(data) if isinstance(data, Mapping) else data
+        return _build(cls, table, prefix).validate_as_config(prefix)
 
 
 # ---------------------------------------------------------------------------------------------
