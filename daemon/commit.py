@@ -56,9 +56,9 @@ class Built:
 
 class CommitBuilder:
     def __init__(self, contract: ModelContract, models: dict[str, str], aggregate: PlateAggregate, seq: int,
-                 cell_type: ModelContract | None = None):
+                 cell_type: ModelContract | None = None, source: str | None = None):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
-        self.cell_type = cell_type
+        self.cell_type, self.source = cell_type, source
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -93,14 +93,14 @@ class CommitBuilder:
     def status_message(self, event: StatusEvent) -> OutboxMessage:
         seq = self.next_seq()
         return OutboxMessage(seq, status_topic(event.kind),
-                             envelope(seq, "status", self.models, kind=event.kind, **event.body))
+                             envelope(seq, "status", self.models, source=self.source, kind=event.kind, **event.body))
 
     def quarantined(self, failed: FailedFrame, sha: str, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = failed.job, failed.job.meta
         log.error("quarantined %s: %s", job.rel, failed.reason)
         seq = self.next_seq()
         message = OutboxMessage(seq, status_topic("quarantine"), envelope(
-            seq, "status", self.models, meta.plate, meta.well, meta.timepoint,
+            seq, "status", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
             kind="quarantine", path=job.rel, reason=failed.reason, attempts=job.attempt + 1))
         record = FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "quarantined", failed.reason,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
@@ -113,14 +113,15 @@ class CommitBuilder:
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
         seq = self.next_seq()
         frame_msg = OutboxMessage(seq, frame_topic(meta.plate, meta.well), envelope(
-            seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
+            seq, "frame", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
             path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
             live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
             t_file=job.mtime_ns / 1e9))
         seq = self.next_seq()
         well_msg = OutboxMessage(seq, well_topic(meta.plate, meta.well), envelope(
-            seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
+            seq, "well", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
+            **self.aggregate.summary(state)))
         record = FrameRecord(job.rel, job.size, job.mtime_ns, work.sha256, version, "done", None,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
                              counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,

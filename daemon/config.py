@@ -7,6 +7,7 @@ resolved against the config file's folder, so a config works wherever the daemon
 from __future__ import annotations
 
 import dataclasses
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ class PublishConfig:
     send_hwm: int = field(default=100000, metadata=between(0, 10**9))
     curve_secret_key: str = ""        # the daemon's .key_secret file: "" = no encryption
     curve_allowed_clients: str = ""   # folder of allowed clients' public .key files: "" = any
+    source: str = ""                  # this daemon's name in every message (a hub merges many); "" = host name
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,11 @@ class Config:
     publish: PublishConfig = PublishConfig()
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
+
+    @property
+    def source(self) -> str:
+        """The `source` every stream message carries: publish.source, else the host name."""
+        return self.publish.source or socket.gethostname()
 
     @property
     def plate_name(self) -> str:

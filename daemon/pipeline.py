@@ -96,14 +96,16 @@ class Pipeline:
         recovered = recover(self.journal_path, self.ledger, aggregate)
         self._unsent = recovered.unsent
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
-                                     cell_type_backend.contract if cell_type_backend is not None else None)
+                                     cell_type_backend.contract if cell_type_backend is not None else None,
+                                     source=config.source)
 
         self.context = context or zmq.Context.instance()
         self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
                       if config.publish.curve_secret_key else None)
         try:
             self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
-                                       self.journal_path, metrics, config.publish.send_hwm, self.curve)
+                                       self.journal_path, metrics, config.publish.send_hwm, self.curve,
+                                       source=config.source)
         except BaseException:
             if self.curve is not None:
                 self.curve.close()  # its authenticator thread would keep the process alive

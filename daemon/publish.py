@@ -36,7 +36,8 @@ def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
 
 class Publisher(threading.Thread):
     def __init__(self, context: zmq.Context, endpoint: str, snapshot_endpoint: str, journal_path: Path,
-                 metrics: DaemonMetrics, send_hwm: int = 100000, curve: CurveServer | None = None):
+                 metrics: DaemonMetrics, send_hwm: int = 100000, curve: CurveServer | None = None,
+                 source: str | None = None):
         super().__init__(name="publisher", daemon=True)
         self.pub = context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, send_hwm)
@@ -49,6 +50,7 @@ class Publisher(threading.Thread):
         bind(self.pub, endpoint, "publish.endpoint")
         bind(self.router, snapshot_endpoint, "publish.snapshot_endpoint")
         self.journal_path = journal_path
+        self.source = source
         self.metrics = metrics
         self.inbox: queue.Queue = queue.Queue()
         self.state: dict[tuple, dict] = {}
@@ -59,7 +61,7 @@ class Publisher(threading.Thread):
         """Before start: the snapshot state rebuilt from the journal after a restart."""
         for m in messages:
             if (key := snapshot_key(m)) is not None:
-                self.state[key] = m
+                self.state[key] = m if m.get("source") is not None else dict(m, source=self.source)
         self.last_seq = last_seq
 
     def submit(self, messages: list[OutboxMessage]) -> None:
@@ -109,7 +111,7 @@ class Publisher(threading.Thread):
     def _send(self, m: OutboxMessage) -> None:
         if m.seq <= self.last_seq:
             return  # already sent before a restart; subscribers dedupe by seq anyway
-        payload = stamp_sent(m.payload)
+        payload = stamp_sent(m.payload, source=self.source)
         self.pub.send_multipart([m.topic.encode(), json.dumps(payload).encode()])
         self.last_seq = m.seq
         self.metrics.messages.labels(payload["type"]).inc()
@@ -126,7 +128,8 @@ class Publisher(threading.Thread):
                 reply = {"schema": SCHEMA_VERSION, "type": "error",
                          "error": f"unknown request {request[:40]!r}; send {SNAPSHOT_REQUEST!r}"}
             else:
-                reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "seq": self.last_seq,
+                reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "source": self.source,
+                         "seq": self.last_seq,
                          "wells": [self.state[k] for k in sorted(self.state, key=str)]}
                 self.metrics.snapshots.inc()
             self.router.send_multipart([ident, b"", json.dumps(reply).encode()])

@@ -1,6 +1,8 @@
 """The stream's message schema: topics and envelopes. JSON only, never pickle.
 
-Every message: schema, seq, type, plate, well, timepoint, models, t_created (epoch seconds).
+Every message: schema, source, seq, type, plate, well, timepoint, models, t_created (epoch seconds).
+`source` names the daemon (publish.source) and `seq` counts per source, so a hub can merge many
+daemons' streams and a subscriber still sees each one's gaps.
 The publisher adds t_published (and, for frame messages, latency_s) when it sends.
 """
 
@@ -25,15 +27,19 @@ def status_topic(kind: str) -> str:
 
 
 def envelope(seq: int, type_: str, models: dict[str, str], plate: str | None = None,
-             well: str | None = None, timepoint: int | None = None, **body) -> dict:
-    return {"schema": SCHEMA_VERSION, "seq": seq, "type": type_, "plate": plate, "well": well,
+             well: str | None = None, timepoint: int | None = None, source: str | None = None, **body) -> dict:
+    return {"schema": SCHEMA_VERSION, "source": source, "seq": seq, "type": type_, "plate": plate, "well": well,
             "timepoint": timepoint, "models": models, "t_created": time.time(), **body}
 
 
-def stamp_sent(message: dict, now: float | None = None) -> dict:
-    """Add send-time fields; latency counts from the moment the file was last written."""
+def stamp_sent(message: dict, now: float | None = None, source: str | None = None) -> dict:
+    """Add send-time fields; latency counts from the moment the file was last written.
+
+    `source` fills in messages journaled before the field existed (re-sent after an upgrade)."""
     now = time.time() if now is None else now
     out = dict(message, t_published=now)
+    if out.get("source") is None and source is not None:
+        out["source"] = source
     if message.get("type") == "frame" and message.get("t_file") is not None:
         out["latency_s"] = now - message["t_file"]
     return out

@@ -1,5 +1,7 @@
 """The reference stream client (the ZeroMQ guide's Clone pattern), for dashboards to copy.
 
+Works against one daemon or a hub (`wellwatch hub`): seq is tracked per message `source`.
+
 1. SUBscribe first, so updates published meanwhile are queued;
 2. ask the snapshot endpoint for the current state and the seq it corresponds to;
 3. apply only updates with a higher seq; a gap in seq means lost messages: take a new snapshot.
@@ -62,22 +64,44 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
 
 @dataclass
 class StreamState:
-    """The client's copy of the daemon's state: latest well message per (plate, well, timepoint)."""
+    """The client's copy of the state: latest well message per (plate, well, timepoint).
 
-    seq: int = 0
+    `seqs` holds the last seq applied per source: one entry behind a daemon, one per daemon behind
+    a hub (`wellwatch hub`), whose streams interleave but each count on their own.
+    """
+
+    seqs: dict[str | None, int] = field(default_factory=dict)
     wells: dict[tuple, dict] = field(default_factory=dict)
     gaps: int = 0     # times a gap forced a new snapshot
     missed: int = 0   # messages lost to those gaps (a slow subscriber overran its queue)
 
+    @property
+    def seq(self) -> int:
+        """The last seq applied (the highest over sources behind a hub)."""
+        return max(self.seqs.values(), default=0)
+
     def load_snapshot(self, snapshot: dict) -> None:
-        self.seq = snapshot["seq"]
+        """A daemon's snapshot ({source, seq}) or a hub's merged one ({seqs: source -> seq})."""
+        if "seqs" in snapshot:
+            self.seqs = dict(snapshot["seqs"])
+        else:
+            self.seqs = {snapshot.get("source"): snapshot["seq"]}
         self.wells = {(w["plate"], w["well"], w["timepoint"]): w for w in snapshot["wells"]}
 
+    def missing_before(self, message: dict) -> int | None:
+        """How many of the message's source's messages were lost before it (0: none); None for a source
+        the last snapshot did not know (a daemon that joined the hub since)."""
+        last = self.seqs.get(message.get("source"))
+        if last is None:
+            return None
+        return max(0, message["seq"] - last - 1)
+
     def apply(self, message: dict) -> bool:
-        """Apply an update; False if it is old (seq at or below the state's)."""
-        if message["seq"] <= self.seq:
+        """Apply an update; False if it is old (seq at or below its source's)."""
+        source = message.get("source")
+        if message["seq"] <= self.seqs.get(source, 0):
             return False
-        self.seq = message["seq"]
+        self.seqs[source] = message["seq"]
         if message.get("type") == "well":
             self.wells[(message["plate"], message["well"], message["timepoint"])] = message
         return True
@@ -112,11 +136,14 @@ def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[st
                 return
             topic, payload = sub.recv_multipart()
             message = json.loads(payload)
-            if check_gaps and message["seq"] > state.seq + 1:
-                state.gaps += 1
-                state.missed += message["seq"] - state.seq - 1
+            missing = state.missing_before(message) if check_gaps else 0
+            if missing is None or missing:  # lost messages, or a source new since the snapshot
+                if missing:
+                    state.gaps += 1
+                    state.missed += missing
                 snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
                 state.load_snapshot(snapshot)
+                state.seqs.setdefault(message.get("source"), message["seq"] - 1)  # a source the snapshot lacks
                 yield "snapshot", snapshot, state
             if state.apply(message):
                 yield "update", dict(message, topic=topic.decode()), state

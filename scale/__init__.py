@@ -1,0 +1,1 @@
+"""Beyond one microscope: the facility hub (`wellwatch hub`) and archive reprocessing (`wellwatch reprocess`)."""
