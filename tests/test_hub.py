@@ -152,12 +152,15 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
         for source in specs:  # timepoint 0 of every plate
             move_in(frames_by_t[source][0], Path(configs[source].watch.root))
         wait_for(lambda: journal_done(configs["scope-c"].journal.path) == 4, 60, "scope-c's timepoint 0")
-        # timepoint 1 lands while scope-c is killed mid-stream, then it starts again on the same journal
+        # timepoint 1 starts landing, scope-c is killed mid-stream (SIGKILL), the rest lands while it is
+        # down, then it starts again on the same journal and ports
         for source in specs:
-            move_in(frames_by_t[source][1], Path(configs[source].watch.root))
-        time.sleep(0.2)
+            move_in(frames_by_t[source][1][:2], Path(configs[source].watch.root))
+        time.sleep(0.1)
         proc_c.send_signal(signal.SIGKILL)
         proc_c.wait(10)
+        for source in specs:
+            move_in(frames_by_t[source][1][2:], Path(configs[source].watch.root))
         seqs_before_restart = outbox_seqs(configs["scope-c"].journal.path)
         proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
 
@@ -176,15 +179,19 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
         proc_c.wait(30)
         log_c.close()
 
-    print("KILLTEST missed", rec.state.missed, "gaps", rec.state.gaps, "before", len(seqs_before_restart), "after", len(outbox_seqs(configs["scope-c"].journal.path)), "journal_c_done_at_kill?")
-    # every message of all three daemons reached the one subscriber, or was counted missing and the
-    # state re-taken from a snapshot (a SIGKILL may drop what was on the wire)
+    # every message of all three daemons reached the one subscriber, or is covered by a snapshot it
+    # took on seeing a gap: a daemon starting again publishes at once, before the hub's XSUB has
+    # reconnected (ZeroMQ's slow joiner), so its first messages may be dropped; the subscriber sees
+    # the gap in that source's seq and re-takes the state (Clone pattern); the journal keeps them all
+    healing = rec.snapshots[1:]
+    assert rec.state.gaps == len(healing)
     for source, config in configs.items():
         expected = {s for s in outbox_seqs(config.journal.path) if s > first["seqs"][source]}
         got = {m["seq"] for m in rec.updates if m["source"] == source}
         assert got <= expected
-        assert len(expected - got) <= rec.state.missed, (source, sorted(expected - got))
-    if rec.state.missed == 0:  # the usual case: nothing at all was lost
+        covered = max((snap["seqs"].get(source, 0) for snap in healing), default=0)
+        assert all(s <= covered for s in expected - got), (source, sorted(expected - got), covered)
+    if rec.state.gaps == 0:  # the usual case for the daemons that were not restarted: nothing lost at all
         assert len(rec.updates) == sum(len({s for s in outbox_seqs(c.journal.path) if s > first["seqs"][src]})
                                        for src, c in configs.items())
 
