@@ -1,0 +1,53 @@
+"""An archive's frames, found the way the daemon finds them: its extensions, naming and channel rule.
+
+Each ROOT is one acquisition folder (what `watch.root` would be); `path` is relative to it, as in
+the daemon's journal, so a reprocessed frame and a journaled one have the same name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from wellwatch.daemon.config import Config
+from wellwatch.daemon.errors import NamingError
+from wellwatch.daemon.naming import NamingScheme
+from wellwatch.daemon.plate import PLATE_FORMATS
+from wellwatch.daemon.watcher import is_candidate_name
+
+
+def config_for_root(config: Config, root: str) -> Config:
+    """The config as if the daemon watched `root` (the plate name defaults to the folder's)."""
+    return dataclasses.replace(config, watch=dataclasses.replace(config.watch, root=os.path.realpath(root)))
+
+
+def list_frames(roots: list[str], config: Config) -> tuple[list[dict], list[str]]:
+    """-> (frame rows: root, abspath, path, plate, well, field, timepoint, z, channel; names skipped with why)."""
+    frames, skipped = [], []
+    for given in roots:
+        if not os.path.isdir(given):
+            raise FileNotFoundError(f"reprocess: {given}: not a folder")
+        cfg = config_for_root(config, given)
+        root = cfg.watch.root
+        naming = NamingScheme(cfg.watch.naming, PLATE_FORMATS[cfg.plate.format], cfg.plate_name,
+                              cfg.watch.pattern, cfg.plate.default_well)
+        label_free = cfg.channels.label_free
+        for dirpath, dirnames, names in os.walk(root):
+            if not cfg.watch.recursive:
+                dirnames.clear()
+            dirnames.sort()
+            for name in sorted(names):
+                if not is_candidate_name(name, cfg.watch.extensions):
+                    continue
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root)
+                try:
+                    meta = naming.parse(name)
+                except NamingError as e:
+                    skipped.append(f"{rel}: {e.reason}")
+                    continue
+                if meta.channel not in label_free and (meta.channel or len(label_free) > 1):
+                    continue  # another channel (e.g. the stain): the daemon ignores it too
+                frames.append({"root": root, "abspath": full, "path": rel, **dataclasses.asdict(meta)})
+    return frames, skipped

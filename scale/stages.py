@@ -1,0 +1,157 @@
+"""The reprocessing plan's steps, each a thin shell over the daemon's own stage functions.
+
+    read_prepare  (a task per frame)  reader.decode_frame + prepare.prepare_frame (+ classical
+                                      segmentation and cell crops, in the task)
+    FrameScorer   (an actor)          one ONNX Runtime session per model (backend.OnnxBackend);
+                                      a batch of frames' patches pooled into one run, like the
+                                      daemon's batcher; commit.frame_counts makes the frame's counts
+    frame rows -> aggregate.PlateAggregate (per well and timepoint) in `reprocess.py`
+
+Rows carry only numpy arrays and scalars, so Ray Data can move them between nodes; the same
+functions run in-process for `--engine local`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from wellwatch.daemon.aggregate import live_fraction
+from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.daemon.commit import frame_counts
+from wellwatch.daemon.config import Config
+from wellwatch.daemon.contract import CellCrop, ModelContract
+from wellwatch.daemon.crops import Cells
+from wellwatch.daemon.errors import FrameReadError
+from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.prepare import prepare_frame
+from wellwatch.daemon.reader import decode_frame
+from wellwatch.daemon.service import bundled_demo_model
+
+META = ("root", "path", "plate", "well", "field", "timepoint", "z", "channel")
+
+
+def model_paths(config: Config) -> tuple[str, str | None]:
+    """(live/dead model, cell-type model or None), as the daemon chooses them."""
+    return config.models.live_dead.path or str(bundled_demo_model()), config.models.cell_type.path or None
+
+
+def check_supported(config: Config) -> None:
+    if config.segmentation.method == "model":
+        raise ValueError("segmentation.method = 'model' is not supported by reprocess yet (its network's tiles "
+                         "need a third model lane); use 'classical' or 'none'")
+
+
+def read_prepare(row: dict, config: Config, contract: ModelContract, crop: CellCrop | None) -> dict:
+    """One frame file -> its model inputs (or the reason it cannot be used), as the daemon's read worker."""
+    out = {k: row[k] for k in META}
+    out.update(sha256="", error="", shape=np.zeros(2, np.int64), n_empty=0,
+               patches=np.zeros((0, len(contract.channels), contract.height, contract.width), np.float32),
+               tile_origins=np.zeros((0, 2), np.int64), has_cells=False,
+               cell_centroids=np.zeros((0, 2), np.float64), cell_areas=np.zeros(0, np.float64),
+               crops=np.zeros((0, 1, 1, 1), np.float32), crop_keep=np.zeros(0, bool))
+    try:
+        with open(row["abspath"], "rb") as f:
+            data = f.read()
+    except OSError as e:
+        out["error"] = f"cannot read ({e.strerror})"
+        return out
+    out["sha256"] = hashlib.sha256(data).hexdigest()
+    try:
+        image = decode_frame(row["abspath"], data)
+        prepared = prepare_frame(image, contract, segmentation=config.segmentation.method,
+                                 classical=config.segmentation.classical, crop=crop)
+    except FrameReadError as e:
+        out["error"] = e.reason
+        return out
+    except Exception as e:  # as the daemon: a frame the model cannot take is recorded, not fatal
+        out["error"] = f"cannot be prepared for the model ({type(e).__name__}: {e})"
+        return out
+    out.update(shape=np.asarray(prepared.shape, np.int64), n_empty=prepared.n_empty, patches=prepared.patches,
+               tile_origins=np.asarray(prepared.tile_origins, np.int64))
+    if prepared.cells is not None:
+        out.update(has_cells=True, cell_centroids=np.asarray(prepared.cells.centroids, np.float64),
+                   cell_areas=np.asarray(prepared.cells.areas, np.float64))
+        if prepared.crops is not None:
+            out.update(crops=prepared.crops, crop_keep=prepared.crop_keep)
+    return out
+
+
+def _column(batch: dict, key: str, i: int):
+    value = batch[key][i]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class FrameScorer:
+    """Holds one ONNX Runtime session per model; scores a batch of prepared frames into frame rows.
+
+    `intra_op_threads` is set explicitly: Ray gives each worker OMP_NUM_THREADS = its num_cpus, and
+    ORT's own default (all cores) would oversubscribe a node running several actors."""
+
+    def __init__(self, config: Config, intra_op_threads: int = 1, device: str = "cpu"):
+        live_dead, cell_type = model_paths(config)
+        self.backend = OnnxBackend(live_dead, device=device, max_batch=config.batching.max_batch,
+                                   intra_op_threads=intra_op_threads, warmup=False)
+        self.cell_type = (OnnxBackend(cell_type, device=device, max_batch=config.batching.max_batch,
+                                      intra_op_threads=intra_op_threads, warmup=False) if cell_type else None)
+        self.models = {self.backend.contract.name: self.backend.sha256}
+        if self.cell_type is not None:
+            self.models[self.cell_type.contract.name] = self.cell_type.sha256
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["path"])
+        works = []
+        for i in range(n):
+            if _column(batch, "error", i):
+                works.append(None)
+                continue
+            cells = None
+            if _column(batch, "has_cells", i):
+                cells = Cells(np.asarray(batch["cell_centroids"][i]).reshape(-1, 2), np.asarray(batch["cell_areas"][i]))
+            work = FrameWork(None, _column(batch, "sha256", i), tuple(batch["shape"][i]), None,
+                             np.asarray(batch["tile_origins"][i]).reshape(-1, 2), int(batch["n_empty"][i]), 0.0,
+                             cells=cells, crops=np.asarray(batch["crops"][i], np.float32),
+                             crop_keep=np.asarray(batch["crop_keep"][i], bool))
+            work.patches = np.asarray(batch["patches"][i], np.float32)
+            works.append(work)
+        live = [w for w in works if w is not None]
+        for work, scores in zip(live, self._pooled(self.backend, [w.patches for w in live])):
+            work.scores = scores
+        if self.cell_type is not None:
+            typed = [w for w in live if w.cells is not None]
+            for work, scores in zip(typed, self._pooled(self.cell_type, [w.crops for w in typed])):
+                work.type_scores = scores
+        rows: dict[str, list] = {k: [] for k in (*META, "sha256", "state", "reason", "live", "dead", "empty",
+                                                  "live_fraction", "cells", "cell_live", "cell_dead", "cell_types")}
+        for i, work in enumerate(works):
+            for k in META:
+                rows[k].append(_column(batch, k, i))
+            rows["sha256"].append(_column(batch, "sha256", i))
+            if work is None:
+                rows["state"].append("quarantined")
+                rows["reason"].append(_column(batch, "error", i))
+                for k in ("live", "dead", "empty", "live_fraction", "cells", "cell_live", "cell_dead", "cell_types"):
+                    rows[k].append(None)
+                continue
+            counts = frame_counts(work, self.backend.contract,
+                                  self.cell_type.contract if self.cell_type is not None else None)
+            rows["state"].append("done")
+            rows["reason"].append(None)
+            for k in ("live", "dead", "empty", "cells"):
+                rows[k].append(getattr(counts, k))
+            rows["cell_live"].append(counts.cell_live)
+            rows["cell_dead"].append(counts.cell_dead)
+            rows["live_fraction"].append(live_fraction(counts.live, counts.dead))
+            rows["cell_types"].append(json.dumps(counts.cell_types) if counts.cell_types is not None else None)
+        return rows
+
+    @staticmethod
+    def _pooled(backend: OnnxBackend, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Every frame's inputs in one run (as the daemon pools patches across frames), split back."""
+        sizes = [len(x) for x in inputs]
+        if not sum(sizes):
+            return [np.zeros((0, len(backend.contract.classes)), np.float32) for _ in inputs]
+        out = backend.infer(np.concatenate([x for x in inputs if len(x)]))
+        return np.split(out, np.cumsum(sizes)[:-1])
