@@ -69,10 +69,12 @@ def run_ray(frames: list[dict], config: Config, batch_frames: int, threads: int,
     workers = workers or max(1, int(gpus) if gpus else int(ray.cluster_resources().get("CPU", 1) // threads))
     contract, crop = contracts(config)
     ds = ray.data.from_items(frames, override_num_blocks=max(1, min(len(frames), 4 * workers)))
+    # Read tasks; with GPUs they stay separate CPU tasks feeding the actors through the object store;
+    # on CPU-only nodes Ray Data fuses them into the actors (no copy of the patches in between).
     ds = ds.map(partial(read_prepare, config=config, contract=contract, crop=crop))
     ds = ds.map_batches(FrameScorer, fn_constructor_kwargs={
         "config": config, "intra_op_threads": threads, "device": "cuda" if gpus else "cpu"},
-        concurrency=workers, batch_size=batch_frames, num_cpus=threads, num_gpus=1 if gpus else 0,
+        compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_frames, num_cpus=threads, num_gpus=1 if gpus else 0,
         batch_format="numpy")
     log.info("ray: %d frames, %d scoring actors (%d ORT threads each, %s)", len(frames), workers, threads,
              f"{int(gpus)} GPUs" if gpus else "CPU")
