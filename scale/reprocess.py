@@ -25,7 +25,7 @@ from wellwatch.daemon.backend import OnnxBackend
 from wellwatch.daemon.config import Config
 
 from .archive import list_frames
-from .stages import FrameScorer, check_supported, model_paths, read_prepare
+from .stages import ContractOnly, FrameScorer, model_paths, read_prepare
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +38,22 @@ class ReprocessResult:
     skipped: list[str]   # names the naming scheme did not match
 
 
-def contracts(config: Config):
-    """The models' contracts (read from the ONNX files on the driver; tasks need them to prepare)."""
-    live_dead, cell_type = model_paths(config)
-    backend = OnnxBackend(live_dead, device="cpu", warmup=False)
-    crop = OnnxBackend(cell_type, device="cpu", warmup=False).contract.crop if cell_type else None
-    return backend.contract, crop
+def contracts(config: Config) -> dict:
+    """What the read tasks need of the models, read from the ONNX files on the driver: the live/dead
+    contract, a cell-type model's crop geometry, a segmentation network's contract."""
+    live_dead, seg, cell_type = model_paths(config)
+    seg_backend = OnnxBackend(seg, device="cpu", warmup=False) if seg else None
+    return {"contract": OnnxBackend(live_dead, device="cpu", warmup=False).contract,
+            "crop": OnnxBackend(cell_type, device="cpu", warmup=False).contract.crop if cell_type else None,
+            "seg": ContractOnly(seg, seg_backend.contract) if seg_backend else None}
 
 
 def run_local(frames: list[dict], config: Config, batch_frames: int, threads: int) -> list[dict]:
-    contract, crop = contracts(config)
+    models = contracts(config)
     scorer = FrameScorer(config, intra_op_threads=threads, device=config.inference.device)
     rows: list[dict] = []
     for start in range(0, len(frames), batch_frames):
-        prepared = [read_prepare(f, config, contract, crop) for f in frames[start:start + batch_frames]]
+        prepared = [read_prepare(f, config, **models) for f in frames[start:start + batch_frames]]
         batch = {k: [p[k] for p in prepared] for k in prepared[0]}
         out = scorer(batch)
         rows += [dict(zip(out, values)) for values in zip(*out.values())]
@@ -67,11 +69,11 @@ def run_ray(frames: list[dict], config: Config, batch_frames: int, threads: int,
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     gpus = ray.cluster_resources().get("GPU", 0)
     workers = workers or max(1, int(gpus) if gpus else int(ray.cluster_resources().get("CPU", 1) // threads))
-    contract, crop = contracts(config)
+    models = contracts(config)
     ds = ray.data.from_items(frames, override_num_blocks=max(1, min(len(frames), 4 * workers)))
     # Read tasks; with GPUs they stay separate CPU tasks feeding the actors through the object store;
     # on CPU-only nodes Ray Data fuses them into the actors (no copy of the patches in between).
-    ds = ds.map(partial(read_prepare, config=config, contract=contract, crop=crop))
+    ds = ds.map(partial(read_prepare, config=config, **models))
     ds = ds.map_batches(FrameScorer, fn_constructor_kwargs={
         "config": config, "intra_op_threads": threads, "device": "cuda" if gpus else "cpu"},
         compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_frames, num_cpus=threads, num_gpus=1 if gpus else 0,
@@ -115,7 +117,6 @@ def well_rows(frames: list[dict], fields_expected: int) -> list[dict]:
 
 def reprocess(roots: list[str], config: Config, engine: str = "local", address: str | None = None,
               workers: int = 0, threads: int = 1, batch_frames: int = 16) -> ReprocessResult:
-    check_supported(config)
     frames, skipped = list_frames(roots, config)
     if not frames:
         raise FileNotFoundError(f"reprocess: no frames of channel(s) {list(config.channels.label_free)} under "

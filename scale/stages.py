@@ -1,10 +1,11 @@
 """The reprocessing plan's steps, each a thin shell over the daemon's own stage functions.
 
     read_prepare  (a task per frame)  reader.decode_frame + prepare.prepare_frame (+ classical
-                                      segmentation and cell crops, in the task)
+                                      segmentation and cell crops, or a segmentation network's tiles)
     FrameScorer   (an actor)          one ONNX Runtime session per model (backend.OnnxBackend);
-                                      a batch of frames' patches pooled into one run, like the
-                                      daemon's batcher; commit.frame_counts makes the frame's counts
+                                      a batch of frames' inputs pooled into one run per model, like
+                                      the daemon's lanes; segment.model_cells turns a network's maps
+                                      into cells; commit.frame_counts makes the frame's counts
     frame rows -> aggregate.PlateAggregate (per well and timepoint) in `reprocess.py`
 
 Rows carry only numpy arrays and scalars, so Ray Data can move them between nodes; the same
@@ -28,30 +29,37 @@ from wellwatch.daemon.errors import FrameReadError
 from wellwatch.daemon.inference_stage import FrameWork
 from wellwatch.daemon.prepare import prepare_frame
 from wellwatch.daemon.reader import decode_frame
+from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL, ModelSegmenter, model_cells
 from wellwatch.daemon.service import bundled_demo_model
 
 META = ("root", "path", "plate", "well", "field", "timepoint", "z", "channel")
 
 
-def model_paths(config: Config) -> tuple[str, str | None]:
-    """(live/dead model, cell-type model or None), as the daemon chooses them."""
-    return config.models.live_dead.path or str(bundled_demo_model()), config.models.cell_type.path or None
+def model_paths(config: Config) -> tuple[str, str | None, str | None]:
+    """(live/dead model, segmentation model or None, cell-type model or None), as the daemon chooses them."""
+    seg = (config.models.segmentation.path or str(BUNDLED_SEGMENTATION_MODEL)
+           if config.segmentation.method == "model" else None)
+    return config.models.live_dead.path or str(bundled_demo_model()), seg, config.models.cell_type.path or None
 
 
-def check_supported(config: Config) -> None:
-    if config.segmentation.method == "model":
-        raise ValueError("segmentation.method = 'model' is not supported by reprocess yet (its network's tiles "
-                         "need a third model lane); use 'classical' or 'none'")
+class ContractOnly:
+    """What `ModelSegmenter.prepare` needs of a backend (its contract), without an ORT session."""
+
+    def __init__(self, path: str, contract: ModelContract):
+        self.path, self.contract = path, contract
 
 
-def read_prepare(row: dict, config: Config, contract: ModelContract, crop: CellCrop | None) -> dict:
+def read_prepare(row: dict, config: Config, contract: ModelContract, crop: CellCrop | None,
+                 seg: ContractOnly | None = None) -> dict:
     """One frame file -> its model inputs (or the reason it cannot be used), as the daemon's read worker."""
     out = {k: row[k] for k in META}
     out.update(sha256="", error="", shape=np.zeros(2, np.int64), n_empty=0,
                patches=np.zeros((0, len(contract.channels), contract.height, contract.width), np.float32),
                tile_origins=np.zeros((0, 2), np.int64), has_cells=False,
                cell_centroids=np.zeros((0, 2), np.float64), cell_areas=np.zeros(0, np.float64),
-               crops=np.zeros((0, 1, 1, 1), np.float32), crop_keep=np.zeros(0, bool))
+               crops=np.zeros((0, 1, 1, 1), np.float32), crop_keep=np.zeros(0, bool),
+               seg_tiles=np.zeros((0, 1, 1, 1), np.float32), seg_origins=np.zeros((0, 2), np.int64),
+               image=np.zeros((0, 0), np.float32))
     try:
         with open(row["abspath"], "rb") as f:
             data = f.read()
@@ -62,7 +70,8 @@ def read_prepare(row: dict, config: Config, contract: ModelContract, crop: CellC
     try:
         image = decode_frame(row["abspath"], data)
         prepared = prepare_frame(image, contract, segmentation=config.segmentation.method,
-                                 classical=config.segmentation.classical, crop=crop)
+                                 classical=config.segmentation.classical, crop=crop,
+                                 seg_model=ModelSegmenter(seg) if seg is not None else None)
     except FrameReadError as e:
         out["error"] = e.reason
         return out
@@ -76,6 +85,10 @@ def read_prepare(row: dict, config: Config, contract: ModelContract, crop: CellC
                    cell_areas=np.asarray(prepared.cells.areas, np.float64))
         if prepared.crops is not None:
             out.update(crops=prepared.crops, crop_keep=prepared.crop_keep)
+    if prepared.seg_input is not None:
+        out.update(seg_tiles=prepared.seg_input[0], seg_origins=np.asarray(prepared.seg_input[1], np.int64))
+        if prepared.image is not None:  # the crops are cut once the network's cells are known
+            out["image"] = prepared.image
     return out
 
 
@@ -91,14 +104,17 @@ class FrameScorer:
     ORT's own default (all cores) would oversubscribe a node running several actors."""
 
     def __init__(self, config: Config, intra_op_threads: int = 1, device: str = "cpu"):
-        live_dead, cell_type = model_paths(config)
-        self.backend = OnnxBackend(live_dead, device=device, max_batch=config.batching.max_batch,
-                                   intra_op_threads=intra_op_threads, warmup=False)
-        self.cell_type = (OnnxBackend(cell_type, device=device, max_batch=config.batching.max_batch,
-                                      intra_op_threads=intra_op_threads, warmup=False) if cell_type else None)
-        self.models = {self.backend.contract.name: self.backend.sha256}
-        if self.cell_type is not None:
-            self.models[self.cell_type.contract.name] = self.cell_type.sha256
+        live_dead, seg, cell_type = model_paths(config)
+
+        def session(path: str, max_batch: int) -> OnnxBackend:
+            return OnnxBackend(path, device=device, max_batch=max_batch, intra_op_threads=intra_op_threads,
+                               warmup=False)
+
+        self.backend = session(live_dead, config.batching.max_batch)
+        self.seg = session(seg, config.segmentation.max_batch) if seg else None
+        self.cell_type = session(cell_type, config.batching.max_batch) if cell_type else None
+        self.crop = self.cell_type.contract.crop if self.cell_type is not None else None
+        self.models = {b.contract.name: b.sha256 for b in (self.backend, self.seg, self.cell_type) if b is not None}
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
@@ -119,6 +135,14 @@ class FrameScorer:
         live = [w for w in works if w is not None]
         for work, scores in zip(live, self._pooled(self.backend, [w.patches for w in live])):
             work.scores = scores
+        if self.seg is not None:
+            index = [i for i, w in enumerate(works) if w is not None]
+            tiles = [np.asarray(batch["seg_tiles"][i], np.float32) for i in index]
+            for i, maps in zip(index, self._pooled(self.seg, tiles)):
+                image = np.asarray(batch["image"][i]) if self.crop is not None else None
+                works[i].cells, works[i].crops, works[i].crop_keep = model_cells(
+                    maps, np.asarray(batch["seg_origins"][i]).reshape(-1, 2), works[i].shape, self.seg.contract,
+                    image, self.crop)
         if self.cell_type is not None:
             typed = [w for w in live if w.cells is not None]
             for work, scores in zip(typed, self._pooled(self.cell_type, [w.crops for w in typed])):
@@ -152,6 +176,6 @@ class FrameScorer:
         """Every frame's inputs in one run (as the daemon pools patches across frames), split back."""
         sizes = [len(x) for x in inputs]
         if not sum(sizes):
-            return [np.zeros((0, len(backend.contract.classes)), np.float32) for _ in inputs]
+            return [backend.infer(np.zeros((0,), np.float32)) for _ in inputs]
         out = backend.infer(np.concatenate([x for x in inputs if len(x)]))
         return np.split(out, np.cumsum(sizes)[:-1])

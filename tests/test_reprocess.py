@@ -25,15 +25,11 @@ SIMULATED = {"foreground": "texture", "texture_window": 5, "threshold_factor": 0
 COMPARED = ("path", "sha256", "state", "live", "dead", "empty", "cells", "cell_live", "cell_dead")
 
 
-@pytest.fixture(scope="module")
-def daemon_run(tmp_path_factory):
-    """A plate the daemon has counted (classical segmentation on): its folder, config and journal rows."""
-    tmp = tmp_path_factory.mktemp("archive")
+def counted_by_daemon(tmp, segmentation: dict):
+    """A plate the daemon has counted: its config and journal rows."""
     spec = SimulationSpec(wells=("A1", "A6", "B3"), fields=2, timepoints=1, size=256, cells_per_field=15,
                           channels=("BF", "PI"), treatment="dose_series", plate_name="p1", seed=8)
-    config = local_config(tmp, spec, **{"segmentation.method": "classical", "segmentation.workers": 1,
-                                        "inference.device": "cpu",
-                                        **{f"segmentation.classical.{k}": v for k, v in SIMULATED.items()}})
+    config = local_config(tmp, spec, **{"segmentation.workers": 1, "inference.device": "cpu", **segmentation})
     write_plate(spec, tmp / "acquisition")
     (tmp / "acquisition" / "data" / "A1--W00001--P00009--Z00000--T00000--BF.tif").write_bytes(b"not a tiff")
     daemon = start_daemon(config)
@@ -55,6 +51,13 @@ def daemon_run(tmp_path_factory):
     return config, [dict(zip(COMPARED, r)) for r in rows]
 
 
+@pytest.fixture(scope="module")
+def daemon_run(tmp_path_factory):
+    """Classical segmentation on: every stage but a segmentation network."""
+    return counted_by_daemon(tmp_path_factory.mktemp("archive"), {
+        "segmentation.method": "classical", **{f"segmentation.classical.{k}": v for k, v in SIMULATED.items()}})
+
+
 def per_frame(rows: list[dict]) -> list[dict]:
     return [{k: r[k] for k in COMPARED} for r in rows]
 
@@ -69,6 +72,13 @@ def test_local_engine_equals_the_daemon_per_frame(daemon_run):
     a1 = next(w for w in result.wells if w["well"] == "A1")
     done = [r for r in journal if r["path"].startswith("A1--") and r["state"] == "done"]
     assert a1["frames"] == 2 and a1["complete"] and a1["live"] == sum(r["live"] for r in done)
+
+
+def test_local_engine_equals_the_daemon_with_a_segmentation_network(tmp_path):
+    config, journal = counted_by_daemon(tmp_path, {"segmentation.method": "model"})
+    result = reprocess([config.watch.root], config, engine="local", batch_frames=4)
+    assert per_frame(result.frames) == journal
+    assert any(r["cells"] for r in journal)
 
 
 def test_ray_engine_equals_the_daemon_per_frame(daemon_run, tmp_path, monkeypatch):
