@@ -285,3 +285,46 @@ def test_hub_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as e:
         hub_config_from(data)
     assert e.value.key == key
+
+
+def test_hub_command_serves_subscribe_and_stops_on_sigterm(tmp_path):
+    spec = plate("plate-x", 9)
+    config = local_config(tmp_path / "x", spec, **{"publish.source": "scope-x"})
+    daemon = start_daemon(config)
+    hub_port = free_port()
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text(f'[hub]\nendpoint = "tcp://127.0.0.1:{hub_port}"\n'
+                        f'snapshot_endpoint = "tcp://127.0.0.1:{hub_port + 1}"\n'
+                        f'[[daemons]]\nendpoint = "{config.publish.endpoint}"\n'
+                        f'snapshot_endpoint = "{config.publish.snapshot_endpoint}"\n')
+    hub = subprocess.Popen([sys.executable, "-m", "wellwatch", "hub", "--config", str(hub_toml)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sub = None
+    try:
+        wait_ready(config, timeout=60)
+        sub = subprocess.Popen([sys.executable, "-m", "wellwatch", "subscribe", f"tcp://127.0.0.1:{hub_port}",
+                                "--topic", "frame/", "--count", "8", "--timeout", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # the subscriber's snapshot before the plate starts (a late one would still be right)
+        write_plate(spec, tmp_path / "x" / "acquisition")
+        out, err = sub.communicate(timeout=90)
+        lines = [json.loads(line) for line in out.splitlines()]
+        frames = [m for m in lines if m.get("type") == "frame"]
+        assert lines[0]["type"] == "snapshot" and lines[0]["seqs"].keys() == {"scope-x"}, err
+        assert len(frames) == 8 and {m["source"] for m in frames} == {"scope-x"}
+    finally:
+        if sub is not None and sub.poll() is None:
+            sub.kill()
+        hub.send_signal(signal.SIGTERM)
+        hub_out = hub.communicate(timeout=30)[0]
+        daemon.stop()
+    assert hub.returncode == 0, hub_out
+
+
+def test_hub_command_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "hub.toml"
+    bad.write_text('[[daemons]]\nendpoint = "scope-1:5556"\n')
+    proc = subprocess.run([sys.executable, "-m", "wellwatch", "hub", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "daemons[0].endpoint" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -39,7 +39,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             print(f"wellwatch subscribe: gap in seq (this subscriber fell behind): {state.missed} messages "
                   f"missed in {gaps} gaps; state refreshed from a new snapshot", file=sys.stderr, flush=True)
         if kind == "snapshot":
-            print(json.dumps({"type": "snapshot", "seq": message["seq"], "wells": message["wells"]}), flush=True)
+            seqs = {"seqs": message["seqs"]} if "seqs" in message else {"source": message.get("source"),
+                                                                         "seq": message["seq"]}  # hub / daemon
+            print(json.dumps({"type": "snapshot", **seqs, "wells": message["wells"]}), flush=True)
         else:
             print(json.dumps(message), flush=True)
             count += 1
