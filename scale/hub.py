@@ -54,6 +54,13 @@ def merge_snapshots(replies: list[tuple[str, dict]], unreachable: list[str]) -> 
             else:
                 extra[key] = value
         merged["sources"][source] = extra
+    owners: dict[str, set] = {}
+    for w in merged["wells"]:
+        if isinstance(w, dict) and "plate" in w:
+            owners.setdefault(w["plate"], set()).add(w["source"])
+    for plate, sources in owners.items():
+        if len(sources) > 1:  # subscribers key wells by (plate, well, timepoint): one would hide another
+            log.warning("plate %r comes from %s: give each acquisition its own plate.name", plate, sorted(sources))
     return merged
 
 

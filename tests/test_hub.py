@@ -328,3 +328,12 @@ def test_hub_command_bad_config_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "daemons[0].endpoint" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_source_defaults_to_the_host_name(tmp_path):
+    import socket
+
+    from wellwatch.daemon.config import load_config
+
+    assert load_config(None, {"watch.root": str(tmp_path)}).source == socket.gethostname()
+    assert load_config(None, {"watch.root": str(tmp_path), "publish.source": "scanr-2"}).source == "scanr-2"
