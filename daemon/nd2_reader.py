@@ -25,11 +25,15 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import FrameReadError
 from .plate import PLATE_FORMATS, normalise_well
+
+if TYPE_CHECKING:
+    from .layout import PlateLayout
 
 CHUNK_MAGIC = 0x0ABECEDA
 CHUNK_HEADER = struct.Struct("<IIQ")
@@ -205,7 +209,7 @@ def _contents(f, path: str, finished: bool, plate_format: int, complete: set[int
     seen: dict[str | None, int] = {}
     for p, w in enumerate(wells):
         seen[w] = seen.get(w, 0) + 1
-        rank[p] = seen[w] if w is not None else p + 1
+        rank[p] = seen[w]  # positions without a well name all belong to the default well
     frames = []
     for index, loops in enumerate(f.loop_indices):
         if complete is not None and index not in complete:
@@ -264,3 +268,61 @@ def read_nd2_frame(path: str | Path, index: int) -> np.ndarray:
         raise FrameReadError(path, f"frame {index} has shape {frame.shape}; expected (channels, Y, X)",
                              retryable=False)
     return frame
+
+
+def nd2_layout(contents: Nd2Contents, default_well: str) -> PlateLayout:
+    """The acquisition an .nd2 file describes: its wells (from position names), fields, T and Z."""
+    from .layout import PlateLayout
+
+    fields: dict[str, list[int]] = {}
+    wells_of = [_well_of(n, 96) for n in contents.position_names] or [None]
+    seen: dict[str, int] = {}
+    for w in wells_of:
+        well = w or default_well
+        seen[well] = seen.get(well, 0) + 1
+        fields.setdefault(well, []).append(seen[well])  # as _contents numbers them: rank within the well
+    return PlateLayout("nd2", contents.path, 8, 12, {w: tuple(f) for w, f in fields.items()},
+                       contents.channels, tuple(range(contents.sizes.get("T", 1))),
+                       tuple(range(contents.sizes.get("Z", 1))), {c: c for c in contents.channels},
+                       contents.pixel_size_um)
+
+
+class Nd2Tracker:
+    """Which frames of which .nd2 files have been handed out; offers each readable frame once.
+
+    `offer(path)` returns the frames of `path` that became readable since the last call and were
+    neither handed out before nor listed in `done` (frame keys already journaled, after a restart).
+    """
+
+    def __init__(self, done: set[str] | None = None, plate_format: int = 96):
+        self.done = set(done or ())
+        self.plate_format = plate_format
+        self.handed: dict[str, set[int]] = {}
+        self.contents: dict[str, Nd2Contents] = {}
+
+    def offer(self, path: str, rel: str) -> list[Nd2Frame]:
+        contents = nd2_contents(path, self.plate_format)
+        if contents is None:
+            return []
+        self.contents[path] = contents
+        handed = self.handed.setdefault(path, set())
+        fresh = [f for f in contents.readable if f.index not in handed]
+        handed.update(f.index for f in fresh)
+        return [f for f in fresh if frame_key(rel, f.index) not in self.done]
+
+    def finished(self, path: str) -> bool:
+        """The file is closed and every one of its frames has been offered (or was done before)."""
+        c = self.contents.get(path)
+        return bool(c and c.finished and len(self.handed.get(path, ())) == len(c.readable))
+
+
+def select_channels(frame: np.ndarray, file_channels: tuple[str, ...], wanted: tuple[str, ...],
+                    path: str) -> list[np.ndarray]:
+    """The model's channels, in its order, from one (C, Y, X) frame; one-channel files give their one."""
+    if len(file_channels) == 1 and len(wanted) == 1:
+        return [frame[0]]
+    missing = [w for w in wanted if w not in file_channels]
+    if missing:
+        raise FrameReadError(path, f"channel(s) {missing} not in the file; it has {list(file_channels)} "
+                                   "(set channels.label_free to these names)", retryable=False)
+    return [frame[file_channels.index(w)] for w in wanted]

@@ -73,3 +73,20 @@ def test_not_an_nd2_file_is_a_clear_error(tmp_path):
     assert nd2_contents(bad) is None  # nothing decodable: wait, do not guess
     with pytest.raises(FrameReadError, match="bad.nd2"):
         read_nd2_frame(bad, 0)
+
+
+def test_tracker_offers_each_frame_once_and_skips_journaled_ones(cluster, tmp_path):
+    from wellwatch.daemon.nd2_reader import Nd2Tracker, nd2_layout
+
+    dst = tmp_path / "live.nd2"
+    tracker = Nd2Tracker()
+    offered: list[int] = []
+    for _ in write_live(cluster, dst):
+        offered += [f.index for f in tracker.offer(str(dst), "live.nd2")]
+        assert tracker.offer(str(dst), "live.nd2") == []  # nothing twice
+    assert sorted(offered) == list(range(30)) and tracker.finished(str(dst))
+    restarted = Nd2Tracker(done={frame_key("live.nd2", i) for i in range(20)})
+    assert [f.index for f in restarted.offer(str(dst), "live.nd2")] == list(range(20, 30))
+    layout = nd2_layout(tracker.contents[str(dst)], "A1")
+    assert layout.wells == ("A1",) and layout.fields_expected("A1") == 10  # 1 position x 10 z planes
+    assert layout.timepoints == (0, 1, 2) and layout.pixel_size_um == pytest.approx(0.1678, abs=1e-4)
