@@ -84,7 +84,9 @@ def test_tracker_offers_each_frame_once_and_skips_journaled_ones(cluster, tmp_pa
     for _ in write_live(cluster, dst):
         offered += [f.index for f in tracker.offer(str(dst), "live.nd2")]
         assert tracker.offer(str(dst), "live.nd2") == []  # nothing twice
-    assert sorted(offered) == list(range(30)) and tracker.finished(str(dst))
+    assert not tracker.finished(str(dst))  # the writer has not closed the file when last looked
+    assert tracker.offer(str(dst), "live.nd2") == [] and tracker.finished(str(dst))
+    assert sorted(offered) == list(range(30))
     restarted = Nd2Tracker(done={frame_key("live.nd2", i) for i in range(20)})
     assert [f.index for f in restarted.offer(str(dst), "live.nd2")] == list(range(20, 30))
     layout = nd2_layout(tracker.contents[str(dst)], "A1")
