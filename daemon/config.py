@@ -38,13 +38,13 @@ class PlateConfig:
     name: str = ""
     fields_per_well: int = field(default=0, metadata=between(0, 100000))
     default_well: str = "A1"
-    layout: str = field(default="auto", metadata=_choice("auto", "none"))
+    layout: str = field(default="auto", metadata=choice("auto", "none"))
 
 
 @dataclass(frozen=True)
 class ChannelsConfig:
     label_free: tuple[str, ...] = ("BF",)
-    missing_after_s: float = field(default=60.0, metadata=_range(0.0, 86400.0))
+    missing_after_s: float = field(default=60.0, metadata=between(0.0, 86400.0))
 
 
 @dataclass(frozen=True)
