@@ -19,7 +19,7 @@ import pytest
 import tifffile
 
 from tests.conftest import StreamRecorder, shared_data
-from tests.nd2_writer import copy_in_chunks
+from tests.nd2_writer import copy_in_chunks, write_live
 from tests.two_channel_model import build_two_channel_model, expected_dead_tiles
 from wellwatch.daemon.config import load_config
 from wellwatch.harness import free_port, start_daemon, local_config
@@ -182,6 +182,20 @@ def test_nd2_copied_in_chunks_is_read_frame_by_frame_once_across_restarts(daemon
     assert len(journal(config)) == 30 and rec2.of_type("frame") == []
 
 
+def test_growing_nd2_frames_are_scored_while_it_is_written(daemons, tmp_path):
+    src = shared_data("vendor-files", "nd2", "cluster.nd2")
+    root = tmp_path / "acq"
+    root.mkdir()
+    config = vendor_config(tmp_path, root, "scanr", "5-FAM/pH 9.0")
+    _, rec = daemons(config)
+    for index in write_live(src, root / "live.nd2"):
+        if index == 9:  # a third of the acquisition written: its frames are out before the rest exists
+            rec.wait_frames(10, timeout=30)
+            assert {f["path"] for f in rec.of_type("frame")} == {f"live.nd2#{i}" for i in range(10)}
+    settled(rec, 30)
+    assert sorted(r[0] for r in wait_rows(config, 30)) == sorted(f"live.nd2#{i}" for i in range(30))
+
+
 def test_two_channel_model_on_simulated_dic_and_phase(daemons, tmp_path):
     pytest.importorskip("onnx")
     model = tmp_path / "two-channel.onnx"
@@ -233,3 +247,30 @@ def test_missing_channel_is_reported_not_dropped(daemons, tmp_path):
     assert len(rec.of_type("frame")) == 1
     shutil.copy(held, tmp_path / "acquisition" / "data" / "A1--W00001--P00002--Z00000--T00000--PH.tif")
     rec.wait_frames(2)  # the late channel completes the field: it is scored then
+
+
+def test_two_channel_model_on_multichannel_ome_tiffs(daemons, tmp_path):
+    """One file per field holding both channels (pages named by OME-XML), NIS-Elements names without c."""
+    pytest.importorskip("onnx")
+    from wellwatch.simulator.plate import iter_fields
+
+    model = tmp_path / "two-channel.onnx"
+    contract = build_two_channel_model(model, ("DIC", "PH"))
+    spec = SimulationSpec(wells=("B3",), fields=2, timepoints=1, size=192, cells_per_field=10,
+                          channels=("PH", "DIC"), plate_name="ome", seed=6)
+    config = local_config(tmp_path, spec, model=str(model), **{
+        "channels.label_free": ["DIC", "PH"], "watch.naming": "nis", "plate.fields_per_well": 2})
+    _, rec = daemons(config)
+    data = tmp_path / "acquisition" / "data"
+    expected = {}
+    for f in iter_fields(spec):  # pages in the file's order (PH first): names, not positions, decide
+        name = f"run_B03_t01xy{f.field:02d}.tif"  # OME-XML inside; NIS names carry no .ome
+        tifffile.imwrite(data / name, np.stack([f.images["PH"], f.images["DIC"]]), ome=True,
+                         metadata={"axes": "CYX", "Channel": {"Name": ["PH", "DIC"]}})
+        expected[name] = expected_dead_tiles([f.images["DIC"], f.images["PH"]], contract)
+    frames = rec.wait_frames(2)
+    assert {f["path"]: f["counts"]["dead"] for f in frames} == expected
+    time.sleep(0.3)
+    (well,) = rec.state.wells.values()
+    assert well["complete"] and well["frames"] == 2
+
