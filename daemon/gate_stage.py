@@ -63,6 +63,7 @@ class GateStage:
         self.join = join
         self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
         self._nd2_files: set[str] = set()  # .nd2 paths still growing or not yet fully handed out
+        self._nd2_seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at its last look
         self.retries = RetrySchedule()
         self.discovered: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
@@ -199,8 +200,11 @@ class GateStage:
         for path in sorted(self._nd2_files):
             rel = self.rel(path)
             try:
-                frames = self.nd2.offer(path, rel)
                 st = os.stat(path)
+                if self._nd2_seen.get(path) == (st.st_size, st.st_mtime_ns):
+                    continue  # unchanged since the last look: nothing new can be readable
+                self._nd2_seen[path] = (st.st_size, st.st_mtime_ns)
+                frames = self.nd2.offer(path, rel)
             except (FrameReadError, OSError) as e:
                 log.warning("ignoring %s: %s", rel, getattr(e, "reason", e))
                 self._nd2_files.discard(path)
