@@ -24,6 +24,9 @@ def config_for_root(config: Config, root: str) -> Config:
 
 def list_frames(roots: list[str], config: Config) -> tuple[list[dict], list[str]]:
     """-> (frame rows: root, abspath, path, plate, well, field, timepoint, z, channel; names skipped with why)."""
+    if len(config.channels.label_free) > 1:
+        raise ValueError(f"reprocess: channels.label_free {list(config.channels.label_free)}: multi-channel "
+                         "fields are not reprocessed yet; give a one-channel model's channel")
     frames, skipped = [], []
     for given in roots:
         if not os.path.isdir(given):
@@ -42,12 +45,15 @@ def list_frames(roots: list[str], config: Config) -> tuple[list[dict], list[str]
                     continue
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root)
-                try:
-                    meta = naming.parse(name)
+                if name.lower().endswith(".nd2"):
+                    skipped.append(f"{rel}: .nd2 files are not reprocessed yet")
+                    continue
+                try:  # the path below the root, as the daemon: folder-aware presets read its folders
+                    meta = naming.parse(rel)
                 except NamingError as e:
                     skipped.append(f"{rel}: {e.reason}")
                     continue
-                if meta.channel not in label_free and (meta.channel or len(label_free) > 1):
+                if meta.channel and meta.channel not in label_free:
                     continue  # another channel (e.g. the stain): the daemon ignores it too
                 frames.append({"root": root, "abspath": full, "path": rel, **dataclasses.asdict(meta)})
     return frames, skipped
