@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 from wellwatch.daemon.config import Config
 from wellwatch.daemon.errors import NamingError
