@@ -87,8 +87,9 @@ class CommitBuilder:
             if isinstance(msg, LayoutEvent):
                 if self.aggregate.layout is None:
                     self.aggregate.layout = msg.layout
-                built.messages.append(self.status_message(
-                    StatusEvent("plate", {"event": "layout", **msg.layout.summary()})))
+                summary = msg.layout.summary()
+                summary["layout_file"] = summary.pop("source")  # `source` names the daemon in every message
+                built.messages.append(self.status_message(StatusEvent("plate", {"event": "layout", **summary})))
                 continue
             job, sha = msg.job, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"

@@ -136,7 +136,7 @@ def test_real_vendor_folder_layout_drives_completion(daemons, tmp_path, parts, n
         assert wells[key]["fields_expected"] == images and wells[key]["frames"] == images
         assert wells[key]["complete"] is True
     layout, *progress = plate_events(config)
-    assert layout["event"] == "layout" and layout["source"].endswith((".HTD", ".mlf"))
+    assert layout["event"] == "layout" and layout["layout_file"].endswith((".HTD", ".mlf"))
     assert sorted(layout["wells"]) == sorted({w for w, _ in expected}) and len(layout["timepoints"]) == timepoints
     done = {m["timepoint"] for m in progress if m["event"] == "timepoint_complete"}
     assert done == {t for _, t in expected}
