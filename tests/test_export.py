@@ -129,6 +129,21 @@ def test_logits_contract_gives_a_graph_without_softmax(tmp_path):
     assert not np.allclose(logits.sum(axis=1), 1.0)  # really logits
 
 
+def test_eight_view_model_exports_with_its_view_averaging_in_the_graph(tmp_path):
+    """cropnet8 averages the 8 rotations/flips inside its forward: the ONNX file must compute the same
+    (parity) and so give one call for a cell however it is turned, served with no daemon change."""
+    import onnxruntime as ort
+
+    ckpt = make_checkpoint(tmp_path / "best.pt", arch="cropnet8")
+    result = export_checkpoint(ckpt, tmp_path / "m8.onnx", parity_images=NO_IMAGES)
+    assert result.parity.passed and result.parity.mismatched == 0
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = synthetic_patches(5, seed=4)[0]
+    p = session.run(None, {"input": x})[0]
+    for turned in (np.rot90(x, 1, axes=(2, 3)), np.flip(x, axis=3), np.rot90(x, 3, axes=(2, 3))[..., ::-1, :]):
+        np.testing.assert_allclose(session.run(None, {"input": np.ascontiguousarray(turned)})[0], p, atol=1e-5)
+
+
 def test_cell_type_two_channel_model_exports_with_real_patches(tmp_path):
     contract = tiny_contract(task="cell_type", classes=("lmpp", "prob", "other"), positive_class="prob", tiling=None,
                              channels=("dic", "phase"), empty_filter=EmptyFilter("none"))

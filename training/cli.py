@@ -55,7 +55,7 @@ def cmd_voc(args: argparse.Namespace) -> int:
 
     ds = build_voc_dataset(args.folders, args.size, args.context, Normalisation(args.normalisation, {}),
                            _class_map(args.class_map), args.group_pattern, args.limit,
-                           None if args.no_duplicate_groups else args.duplicate_threshold)
+                           None if args.no_duplicate_groups else args.duplicate_threshold, args.scale)
     save_dataset(ds, args.out)
     print(json.dumps({"out": args.out, "n": len(ds), "counts": ds.counts(), "task": ds.meta["task"],
                       "groups": len(set(ds.source.tolist())), "duplicates": ds.meta["duplicates"]}, indent=1))
@@ -139,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train_run(args.dataset, args.out, args.arch, args.epochs, args.batch_size, args.lr, args.patience,
                             args.seed, args.pretrained, args.group_by, fractions, args.folds, args.threshold,
-                            args.device, args.name, progress=not args.quiet)
+                            args.device, args.name, progress=not args.quiet, label_smoothing=args.label_smoothing,
+                            photometric=args.photometric, schedule=args.schedule, weight_decay=args.weight_decay)
     except PretrainedUnavailable as e:
         print(f"wellwatch train: {e}", file=sys.stderr)
         return 2
@@ -226,7 +227,11 @@ def register(sub) -> None:
     p.add_argument("folders", nargs="+", help="folders with image + .xml pairs (searched recursively)")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=64, help="crop size in px after resizing (default 64)")
-    p.add_argument("--context", type=float, default=1.5, help="crop side / box's longer side (default 1.5)")
+    p.add_argument("--scale", default="box", choices=["native", "box"],
+                   help="native: SIZE px windows at the image's own scale, as the daemon sees cells; "
+                        "box: CONTEXT x the box side resized to SIZE")
+    p.add_argument("--context", type=float, default=1.5,
+                   help="with --scale box: crop side / box's longer side (default 1.5)")
     p.add_argument("--normalisation", default="robust_zscore", choices=["robust_zscore"])
     p.add_argument("--class-map", help="box name to class, e.g. 'Living Cell=live,Dead Cell=dead' "
                                        "(default: LDC names map to live/dead, others kept)")
@@ -275,13 +280,20 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a classifier (or, with --task segmentation, a U-Net); writes RUN/best.pt")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny"],
-                   help="default: resnet18 for tiles, ogawa for crops")
+    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny", "cropnet",
+                                      "cropnet8"],
+                   help="default: resnet18 for tiles, ogawa for cell crops, cropnet8 for crops from boxes (dataset voc)")
     p.add_argument("--pretrained", choices=["imagenet"], help="load torchvision's ImageNet weights")
     p.add_argument("--epochs", type=int, help="at most this many (default: the seed study's, 30)")
     p.add_argument("--batch-size", type=int, help="default: the seed study's (4 torchvision, 32 ogawa)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the seed study's)")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 5)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping patience in epochs (default 5; 0 = none, keep the last epoch)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: per architecture)")
+    p.add_argument("--label-smoothing", type=float, help="soften the training targets (default: per architecture)")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None,
+                   help="random brightness/contrast/blur on top of rotations and flips (default: per architecture)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], help="learning rate schedule (default: per architecture)")
     p.add_argument("--split", default="80/10/10", help="train/val/test fractions of the groups")
     p.add_argument("--group-by", default="source", choices=["source", "well", "plate"])
     p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation by group (0 = off)")

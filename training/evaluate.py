@@ -341,7 +341,9 @@ def gradcam(model, x: np.ndarray, target: int) -> np.ndarray:
         logits[:, target].sum().backward()
     finally:
         h.remove()
-    a, g = store["a"].detach(), store["g"].detach()
+    # a model that averages 8 rotated/flipped views in its graph (cropnet8) runs its layers on 8 x N
+    # inputs, the unrotated views first: explain those
+    a, g = store["a"].detach()[:len(x)], store["g"].detach()[:len(x)]
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
     top = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]

@@ -30,19 +30,24 @@ from wellwatch.daemon.contract import CellCrop, ModelContract
 from .checkpoint import history_dict, save_checkpoint
 from .cells import SVM_DESCRIPTION, cell_size_svm_scores
 from .dataset import Dataset, load_dataset
+from .evaluate import bootstrap_ci
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold, grouped_split
 from .train import History, TrainConfig, predict_proba, seed_defaults, train_classifier
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARCH = {"tiles": "resnet18", "crops": "ogawa"}
+DEFAULT_ARCH = {"tiles": "resnet18", "crops": "ogawa", "box_crops": "cropnet8"}
 
 
 def default_arch(ds: Dataset) -> str:
     """The seed study's network for this kind of data: tiles -> ResNet-18 (live/dead study),
-    single-cell crops -> the Ogawa CNN (the cell-crop study)."""
-    return DEFAULT_ARCH.get(ds.meta.get("kind", "tiles"), "resnet18")
+    single-cell crops -> the Ogawa CNN (the cell-crop study); crops from hand-drawn boxes (`dataset
+    voc`) -> cropnet8, chosen by cross-validation on the LDC images (README "Training")."""
+    kind = ds.meta.get("kind", "tiles")
+    if kind == "crops" and ds.meta.get("provenance", {}).get("source") == "Pascal VOC boxes":
+        kind = "box_crops"
+    return DEFAULT_ARCH.get(kind, "resnet18")
 
 
 def make_contract(ds: Dataset, arch: str, name: str, threshold: float, trained_on: dict[str, Any],
@@ -97,13 +102,15 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
               seed: int = 0, pretrained: str | None = None, group_by: str = "source",
               fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int = 0,
               threshold: str = "0.5", device: str = "auto", name: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, label_smoothing: float | None = None, photometric: bool | None = None,
+              schedule: str | None = None, weight_decay: float | None = None) -> dict[str, Any]:
     ds = load_dataset(dataset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arch = arch or default_arch(ds)
     cfg = seed_defaults(arch, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                        pretrained=pretrained, device=device, progress=progress)
+                        pretrained=pretrained, device=device, progress=progress, label_smoothing=label_smoothing,
+                        photometric=photometric, schedule=schedule, weight_decay=weight_decay)
     groups = ds.groups(group_by)
     pos = ds.classes.index(ds.positive_class)
     summary: dict[str, Any] = {"dataset": str(dataset), "fingerprint": ds.meta.get("fingerprint"),
@@ -159,6 +166,12 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
                    best_epoch=history.best_epoch + 1, device=history.device)
     (out / "train.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     _log(progress, f"wrote {out / 'best.pt'}: {json.dumps(metrics)} (training {history.seconds:.0f} s)")
+    if folds:
+        cv = metrics["cv"]
+        _log(progress, f"cross-validated by {group_by} ({folds} folds, pooled out-of-fold, 95% CIs resampling "
+                       f"groups): AUC {cv['auc']:.4f} ({cv['auc_ci95'][0]:.4f}-{cv['auc_ci95'][1]:.4f}), balanced "
+                       f"accuracy {cv['balanced_accuracy']:.4f} ({cv['balanced_accuracy_ci95'][0]:.4f}-"
+                       f"{cv['balanced_accuracy_ci95'][1]:.4f})")
     if folds and "baseline_cell_size_svm" in metrics["cv"]:
         _log(progress, f"cross-validated AUC by {group_by} ({folds} folds, pooled out-of-fold): {arch} "
                        f"{metrics['cv']['auc']:.4f}, cell-size SVM {metrics['cv']['baseline_cell_size_svm']['auc']:.4f}")
@@ -197,7 +210,9 @@ def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, po
             extra = f",{svm[j]:.6f}" if svm is not None else ""
             f.write(f"{ds.ids[j]},{int(ds.y[j] == pos)},{oof[j]:.6f},{fold_of[j]}{extra}\n")
     aucs = [f["auc"] for f in folds]
-    out_cv = {"k": k, "folds": folds, "pooled": _metrics(ds.y == pos, oof, 0.5),
+    pooled = _metrics(ds.y == pos, oof, 0.5)
+    pooled.update(bootstrap_ci(ds.y == pos, oof, oof >= 0.5, groups))
+    out_cv = {"k": k, "folds": folds, "pooled": pooled,
               "auc_mean": round(float(np.nanmean(aucs)), 4), "auc_sd": round(float(np.nanstd(aucs)), 4)}
     if svm is not None:
         svm_aucs = [f["baseline_cell_size_svm"]["auc"] for f in folds]
