@@ -131,7 +131,7 @@ def cmd_cells(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import PretrainedUnavailable
-    from .run import train_run
+    from .run import SplitError, train_run
 
     fractions = tuple(float(f) for f in args.split.split("/"))
     if len(fractions) != 3:
@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             args.seed, args.pretrained, args.group_by, fractions, args.folds, args.threshold,
                             args.device, args.name, progress=not args.quiet, label_smoothing=args.label_smoothing,
                             photometric=args.photometric, schedule=args.schedule, weight_decay=args.weight_decay)
-    except PretrainedUnavailable as e:
+    except (PretrainedUnavailable, SplitError) as e:
         print(f"wellwatch train: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("arch", "metrics", "threshold", "train_seconds", "epochs_run",

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 DEFAULT_ARCH = {"tiles": "resnet18", "crops": "ogawa", "box_crops": "cropnet8"}
 
 
+class SplitError(ValueError):
+    """The requested split cannot train the requested way."""
+
+
 def default_arch(ds: Dataset) -> str:
     """The seed study's network for this kind of data: tiles -> ResNet-18 (live/dead study),
     single-cell crops -> the Ogawa CNN (the cell-crop study); crops from hand-drawn boxes (`dataset
@@ -115,8 +119,17 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
     pos = ds.classes.index(ds.positive_class)
     summary: dict[str, Any] = {"dataset": str(dataset), "fingerprint": ds.meta.get("fingerprint"),
                                "arch": arch, "config": asdict(cfg), "group_by": group_by}
+    every_group = fractions[1] == 0 and fractions[2] == 0  # e.g. --split 100/0/0: the final model sees all
+    if every_group and cfg.patience:
+        raise SplitError(f"split {'/'.join(f'{f:g}' for f in fractions)} leaves no validation groups, and early "
+                         f"stopping (patience {cfg.patience}) needs them: give --patience 0 to train a fixed "
+                         f"number of epochs, or keep a validation share")
     t0 = time.perf_counter()
-    if folds:
+    if every_group:
+        train, val, test = np.ones(len(ds), bool), np.zeros(len(ds), bool), np.zeros(len(ds), bool)
+        if folds:
+            summary["cv"] = cross_validate(ds, groups, folds, cfg, pos, threshold, out)
+    elif folds:
         summary["cv"] = cross_validate(ds, groups, folds, cfg, pos, threshold, out)
         train, val = train_val_split(groups, seed)
         test = np.zeros(len(ds), bool)
@@ -128,7 +141,7 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
     model, history = fit_split(ds, train, val, cfg)
     p_val = predict_proba(model, ds.x[val])[:, pos]
     thr = choose_threshold(ds.y[val] == pos, p_val, threshold)
-    metrics: dict[str, Any] = {"val": _metrics(ds.y[val] == pos, p_val, thr)}
+    metrics: dict[str, Any] = {"val": _metrics(ds.y[val] == pos, p_val, thr)} if val.any() else {}
     if test.any():
         p_test = predict_proba(model, ds.x[test])[:, pos]
         metrics["test"] = _metrics(ds.y[test] == pos, p_test, thr)
@@ -141,7 +154,8 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
         metrics["cv"] = dict(summary["cv"]["pooled"])
         if "baseline_cell_size_svm" in summary["cv"]:
             metrics["cv"]["baseline_cell_size_svm"] = summary["cv"]["baseline_cell_size_svm"]["pooled"]
-    split = {"group_by": group_by, "seed": seed, "fractions": list(fractions) if not folds else [0.9, 0.1],
+    split = {"group_by": group_by, "seed": seed,
+             "fractions": list(fractions) if not folds or every_group else [0.9, 0.1],
              "train_groups": sorted(set(groups[train].tolist())), "val_groups": sorted(set(groups[val].tolist())),
              "test_groups": sorted(set(groups[test].tolist())),
              "counts": {k: {c: int((ds.y[m] == i).sum()) for i, c in enumerate(ds.classes)}

@@ -206,7 +206,7 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn,
         logits = model(x[i:i + 256].to(device))
         total += loss_fn(logits, y[i:i + 256].to(device)).item() * len(logits)
         probs.append(torch.softmax(logits, 1).cpu().numpy())
-    return total / max(len(x), 1), (np.concatenate(probs) if probs else np.zeros((0, 2), np.float32))
+    return (total / len(x) if len(x) else float("nan")), (np.concatenate(probs) if probs else np.zeros((0, 2), np.float32))
 
 
 @torch.no_grad()
