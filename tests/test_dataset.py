@@ -106,7 +106,7 @@ def test_voc_native_scale_cuts_windows_of_the_frame_itself(tmp_path):
     rng = np.random.default_rng(3)
     img = _voc_image(rng, [(30, 40)], [(60, 70)])
     _write_voc(tmp_path, "n", img, [("Living Cell", (30, 40)), ("Dead Cell", (60, 70))], rgb=False)
-    ds = build_voc_dataset([tmp_path], size=20, scale="native", duplicate_threshold=None)
+    ds = build_voc_dataset([tmp_path], size=20, scale="native", duplicate_threshold=None, describe="Grey discs.")
     frame = normalise_frame(img.astype(np.float32), Normalisation("robust_zscore", {}))
     # boxes span 9 px either side of the centre: a 20 px window starts 10 px before it, nothing resized
     np.testing.assert_allclose(ds.x[0, 0], frame[20:40, 30:50], rtol=1e-6)
@@ -114,6 +114,7 @@ def test_voc_native_scale_cuts_windows_of_the_frame_itself(tmp_path):
     crop = ds.meta["crop"]
     assert crop["scale"] == "native" and crop["context"] is None and crop["box_side_px"]["median"] == 18
     assert "about 18 px across" in crop["serving_note"]
+    assert ds.meta["fits"] == "Grey discs; " + crop["serving_note"]  # a model's trained_on.fits
     with pytest.raises(ValueError, match="crop scale 'zoom'; allowed: native, box"):
         build_voc_dataset([tmp_path], size=20, scale="zoom")
 

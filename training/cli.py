@@ -55,7 +55,8 @@ def cmd_voc(args: argparse.Namespace) -> int:
 
     ds = build_voc_dataset(args.folders, args.size, args.context, Normalisation(args.normalisation, {}),
                            _class_map(args.class_map), args.group_pattern, args.limit,
-                           None if args.no_duplicate_groups else args.duplicate_threshold, args.scale)
+                           None if args.no_duplicate_groups else args.duplicate_threshold, args.scale,
+                           args.describe)
     save_dataset(ds, args.out)
     print(json.dumps({"out": args.out, "n": len(ds), "counts": ds.counts(), "task": ds.meta["task"],
                       "groups": len(set(ds.source.tolist())), "duplicates": ds.meta["duplicates"]}, indent=1))
@@ -232,6 +233,8 @@ def register(sub) -> None:
                         "box: CONTEXT x the box side resized to SIZE")
     p.add_argument("--context", type=float, default=1.5,
                    help="with --scale box: crop side / box's longer side (default 1.5)")
+    p.add_argument("--describe", help="what the images show, e.g. 'bright-field cells in a counting chamber'; "
+                                      "a model's contract carries it (trained_on.fits) with the cell size it fits")
     p.add_argument("--normalisation", default="robust_zscore", choices=["robust_zscore"])
     p.add_argument("--class-map", help="box name to class, e.g. 'Living Cell=live,Dead Cell=dead' "
                                        "(default: LDC names map to live/dead, others kept)")

@@ -165,6 +165,7 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
                                                           "thresholds", "crop", "duplicates", "fingerprint",
                                                           "cell_crop", "segmentation", "marker", "label_counts")
                               if ds.meta.get(k) is not None},
+                  **({"fits": ds.meta["fits"]} if ds.meta.get("fits") else {}),
                   "arch": arch, "pretrained": pretrained, "epochs_run": len(history.train_loss),
                   "best_epoch": history.best_epoch + 1, "seconds": round(history.seconds, 1),
                   "device": history.device, "hyperparameters": {k: v for k, v in asdict(cfg).items()

@@ -163,10 +163,13 @@ SCALES = ("native", "box")
 def build_voc_dataset(folders: list[str | Path], size: int = 64, context: float = 1.5,
                       norm: Normalisation = Normalisation("robust_zscore", {}),
                       class_map: dict[str, str] | None = None, group_pattern: str | None = None,
-                      limit: int = 0, duplicate_threshold: float | None = 0.95, scale: str = "box") -> Dataset:
+                      limit: int = 0, duplicate_threshold: float | None = 0.95, scale: str = "box",
+                      describe: str | None = None) -> Dataset:
     """All VOC XML files under `folders` -> crops. group_pattern: a regex with optional named groups
     `plate` and `well`, searched in each image's file stem (default: plate = folder name). scale:
-    "native" (size px at the image's scale; context unused) or "box" (context x box side -> size)."""
+    "native" (size px at the image's scale; context unused) or "box" (context x box side -> size).
+    describe: what the images show, in words; with the crop scale it becomes meta["fits"], which a
+    model's contract carries as `trained_on.fits` (which images the model fits)."""
     if scale not in SCALES:
         raise ValueError(f"crop scale {scale!r}; allowed: {', '.join(SCALES)}")
     xmls = sorted(p for f in folders for p in Path(f).rglob("*.xml"))
@@ -223,10 +226,13 @@ def build_voc_dataset(folders: list[str | Path], size: int = 64, context: float 
                                      f"were resized from boxes, so served frames should show cells about "
                                      f"{size / context:.0f} px across"},
             "class_map": mapping, "boxes_skipped": skipped,
+            "fits": None,  # set below from the serving note
             "provenance": {"source": "Pascal VOC boxes", "folders": [str(f) for f in folders],
                            "images": len(parsed), "group_pattern": group_pattern},
             "duplicates": {"threshold": duplicate_threshold, "groups": len(members),
                            "images_in_duplicate_groups": int(sum(len(m) for m in members.values() if len(m) > 1)),
                            "rule": "thumbnail correlation over the 8 rotations/flips; a group is one split unit"}}
+    note = meta["crop"]["serving_note"]
+    meta["fits"] = f"{describe.rstrip('. ')}; {note}" if describe else note
     return Dataset(np.stack(xs)[:, None], np.array(ys, np.int64), np.array(ids), np.array(sources),
                    np.array(wells), np.array(plates), classes, meta)
