@@ -74,7 +74,7 @@ def test_voc_import_crops_boxes_with_ldc_names(tmp_path):
     name, boxes = parse_voc(tmp_path / "img0.xml")
     assert name == "img0.png" and [b.name for b in boxes] == ["Living Cell", "Living Cell", "Dead Cell"]
     assert read_grey(tmp_path / "img0.png").ndim == 2
-    ds = build_voc_dataset([tmp_path], size=24, context=1.5, duplicate_threshold=None)
+    ds = build_voc_dataset([tmp_path], size=24, context=1.5, duplicate_threshold=None, scale="box")
     assert ds.meta["task"] == "live_dead" and ds.classes == ("live", "dead")
     assert ds.counts() == {"live": 6, "dead": 3}
     assert ds.x.shape == (9, 1, 24, 24) and ds.x.dtype == np.float32

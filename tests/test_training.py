@@ -224,13 +224,14 @@ def test_final_model_on_every_group_after_cross_validation(tmp_path):
     from wellwatch.training.run import SplitError
 
     save_dataset(blob_dataset(48, 16, 6), tmp_path / "ds")
-    s = train_run(tmp_path / "ds", tmp_path / "run", arch="cropnet", epochs=1, batch_size=16, patience=0, folds=2,
+    s = train_run(tmp_path / "ds", tmp_path / "run", arch="cropnet8", epochs=1, batch_size=16, patience=0, folds=2,
                   fractions=(1.0, 0.0, 0.0), progress=False)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["train_groups"]) == 6 and split["val_groups"] == [] and split["test_groups"] == []
     _, _, contract, _ = load_checkpoint(tmp_path / "run" / "best.pt")
     assert set(contract.metrics) == {"cv"} and "auc_ci95" in contract.metrics["cv"]
     assert s["cv"]["k"] == 2
+    assert s["cv"]["pooled_one_view"]["n"] == 48 and "auc_ci95" in s["cv"]["pooled_one_view"]  # 8 views vs one
     with pytest.raises(SplitError, match="split 1/0/0 leaves no validation groups.*give --patience 0"):
         train_run(tmp_path / "ds", tmp_path / "run2", arch="tiny", epochs=1, fractions=(1.0, 0.0, 0.0),
                   progress=False)

@@ -227,8 +227,9 @@ def register(sub) -> None:
     p = dsub.add_parser("voc", help="import Pascal VOC boxes (LabelImg/CVAT) as labelled crops")
     p.add_argument("folders", nargs="+", help="folders with image + .xml pairs (searched recursively)")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=64, help="crop size in px after resizing (default 64)")
-    p.add_argument("--scale", default="box", choices=["native", "box"],
+    p.add_argument("--size", type=int, default=32,
+                   help="crop side in px (default 32: the LDC cells, 14-33 px across, with some background)")
+    p.add_argument("--scale", default="native", choices=["native", "box"],
                    help="native: SIZE px windows at the image's own scale, as the daemon sees cells; "
                         "box: CONTEXT x the box side resized to SIZE")
     p.add_argument("--context", type=float, default=1.5,

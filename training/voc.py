@@ -160,10 +160,10 @@ def class_mapping(names: set[str], class_map: dict[str, str] | None) -> tuple[di
 SCALES = ("native", "box")
 
 
-def build_voc_dataset(folders: list[str | Path], size: int = 64, context: float = 1.5,
+def build_voc_dataset(folders: list[str | Path], size: int = 32, context: float = 1.5,
                       norm: Normalisation = Normalisation("robust_zscore", {}),
                       class_map: dict[str, str] | None = None, group_pattern: str | None = None,
-                      limit: int = 0, duplicate_threshold: float | None = 0.95, scale: str = "box",
+                      limit: int = 0, duplicate_threshold: float | None = 0.95, scale: str = "native",
                       describe: str | None = None) -> Dataset:
     """All VOC XML files under `folders` -> crops. group_pattern: a regex with optional named groups
     `plate` and `well`, searched in each image's file stem (default: plate = folder name). scale:
