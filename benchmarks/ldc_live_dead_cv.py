@@ -36,6 +36,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # one change at a time from "after"
     "after_box64": (dict(scale="box", size=64, context=1.5), dict(arch="cropnet8")),
     "after_native48": (dict(scale="native", size=48), dict(arch="cropnet8")),
+    "after_plain": (dict(scale="native", size=32), dict(arch="cropnet8", photometric=False, label_smoothing=0.0)),
     "after_no_photometric": (dict(scale="native", size=32), dict(arch="cropnet8", photometric=False)),
     "after_no_smoothing": (dict(scale="native", size=32), dict(arch="cropnet8", label_smoothing=0.0)),
     "after_early_stop": (dict(scale="native", size=32), dict(arch="cropnet8", schedule="constant", patience=5,

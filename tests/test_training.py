@@ -232,6 +232,12 @@ def test_final_model_on_every_group_after_cross_validation(tmp_path):
     assert set(contract.metrics) == {"cv"} and "auc_ci95" in contract.metrics["cv"]
     assert s["cv"]["k"] == 2
     assert s["cv"]["pooled_one_view"]["n"] == 48 and "auc_ci95" in s["cv"]["pooled_one_view"]  # 8 views vs one
+    from wellwatch.training.evaluate import evaluate
+
+    m = evaluate(tmp_path / "run", tmp_path / "ds", tmp_path / "report", n_boot=50, tsne_max=0, gradcam_n=0)
+    assert "includes the training data" in m["patches"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Cross-validated at training" in report and "estimate how the model does on images it never saw" in report
     with pytest.raises(SplitError, match="split 1/0/0 leaves no validation groups.*give --patience 0"):
         train_run(tmp_path / "ds", tmp_path / "run2", arch="tiny", epochs=1, fractions=(1.0, 0.0, 0.0),
                   progress=False)

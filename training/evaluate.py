@@ -475,6 +475,16 @@ def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str
               f"CIs: {m['bootstrap']} (the {m['bootstrap_unit']} is the resampling unit).", ""]
     if b:
         lines += [f"Baseline (the cell-type study's): {b['model']}; {b['how']}.", ""]
+    cv = c.metrics.get("cv") if isinstance(c.metrics, dict) else None
+    if cv and "auc_ci95" in cv:
+        lines += ["Cross-validated at training (pooled out-of-fold scores, 95% CIs resampling groups): AUC "
+                  f"{cv['auc']:.4f} ({cv['auc_ci95'][0]:.4f}-{cv['auc_ci95'][1]:.4f}), balanced accuracy "
+                  f"{cv['balanced_accuracy']:.4f} ({cv['balanced_accuracy_ci95'][0]:.4f}-"
+                  f"{cv['balanced_accuracy_ci95'][1]:.4f}), n {cv['n']}"
+                  + ("; these, not the figures above, estimate how the model does on images it never saw."
+                     if "includes the training data" in m["patches"] else "."), ""]
+    if t.get("fits"):
+        lines += [f"Fits: {t['fits']}.", ""]
     if t:
         lines += [f"Training: {t.get('epochs_run', '?')} epochs (best {t.get('best_epoch', '?')}), "
                   f"{t.get('seconds', '?')} s on {t.get('device', '?')}; split by {t.get('split', {}).get('group_by')}.", ""]

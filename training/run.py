@@ -151,7 +151,9 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
             s = cell_size_svm_scores(ds.area[fit], ds.y[fit] == pos, ds.area[test], seed)
             metrics["test"]["baseline_cell_size_svm"] = _metrics(ds.y[test] == pos, s, 0.0)
     if folds:
-        metrics["cv"] = dict(summary["cv"]["pooled"])
+        metrics["cv"] = dict(summary["cv"]["pooled"], k=folds, group_by=group_by)
+        if "pooled_one_view" in summary["cv"]:
+            metrics["cv"]["one_view"] = summary["cv"]["pooled_one_view"]
         if "baseline_cell_size_svm" in summary["cv"]:
             metrics["cv"]["baseline_cell_size_svm"] = summary["cv"]["baseline_cell_size_svm"]["pooled"]
     split = {"group_by": group_by, "seed": seed,
