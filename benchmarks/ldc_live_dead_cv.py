@@ -35,6 +35,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "after": (dict(scale="native", size=32), dict(arch="cropnet8")),
     # one change at a time from "after"
     "after_box64": (dict(scale="box", size=64, context=1.5), dict(arch="cropnet8")),
+    "after_box32": (dict(scale="box", size=32, context=1.5), dict(arch="cropnet8")),
     "after_native48": (dict(scale="native", size=48), dict(arch="cropnet8")),
     "after_plain": (dict(scale="native", size=32), dict(arch="cropnet8", photometric=False, label_smoothing=0.0)),
     "after_no_photometric": (dict(scale="native", size=32), dict(arch="cropnet8", photometric=False)),
