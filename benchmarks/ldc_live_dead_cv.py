@@ -11,6 +11,12 @@ the same trained weights are also scored on one view, which isolates test-time a
 
 Writes OUT/results.json (appended per variant, so runs can be split), OUT/<variant>_scores.csv
 and OUT/ldc_cv.png. Slow (minutes per variant on a CPU); not part of the tests.
+
+`--import-run after=runs/ldc-live-dead` adds the out-of-fold scores of a `wellwatch train --folds`
+run (its cv_scores.csv, e.g. the one `make ldc-model` makes) as a variant, so the bundled model's
+own cross-validation is the figure compared. Every variant is also compared with `before` on the
+same crops: the AUC and balanced-accuracy differences with paired 95% CIs (the same group
+resamples for both).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "after_no_smoothing": (dict(scale="native", size=32), dict(arch="cropnet8", label_smoothing=0.0)),
     "after_early_stop": (dict(scale="native", size=32), dict(arch="cropnet8", schedule="constant", patience=5,
                                                             lr=1e-3)),
-    "ogawa_native32": (dict(scale="native", size=32), dict(arch="ogawa")),
+    "ogawa_native48": (dict(scale="native", size=48), dict(arch="ogawa")),
 }
 
 
@@ -54,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--out", default="runs/ldc-cv")
+    ap.add_argument("--import-run", action="append", default=[], metavar="NAME=RUN",
+                    help="add a `wellwatch train --folds` run's out-of-fold scores as variant NAME")
     args = ap.parse_args(argv)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     if not Path(args.data).is_dir():
@@ -77,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     datasets: dict[str, object] = {}
-    for name in args.variants.split(","):
+    for spec in args.import_run:
+        name, _, run = spec.partition("=")
+        results[name] = import_run(Path(run), out / f"{name}_scores.csv")
+        print(f"[{name}] imported {run}: AUC {results[name]['auc']:.4f}, balanced accuracy "
+              f"{results[name]['balanced_accuracy']:.4f}", flush=True)
+    for name in filter(None, args.variants.split(",")):
         ds_args, train_args = VARIANTS[name]
         key = json.dumps(ds_args, sort_keys=True)
         if key not in datasets:
@@ -121,14 +134,89 @@ def main(argv: list[str] | None = None) -> int:
             res["one_view"] = summary(oof_one_view)
         results[name] = res
         results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        np.savetxt(out / f"{name}_scores.csv", np.c_[y.astype(int), oof], delimiter=",", fmt=["%d", "%.6f"],
-                   header="label_dead,score_dead", comments="")
+        write_scores(out / f"{name}_scores.csv", ds.ids, ds.source, y, oof)
         print(f"[{name}] AUC {res['auc']:.4f} {res['auc_ci95']}  balanced accuracy {res['balanced_accuracy']:.4f} "
               f"{res['balanced_accuracy_ci95']}  ({res['seconds']:.0f} s)"
               + (f"; one view: AUC {res['one_view']['auc']:.4f}, BA {res['one_view']['balanced_accuracy']:.4f}"
                  if "one_view" in res else ""), flush=True)
+    compare_with(results, out, "before")
+    results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     plot(results, out / "ldc_cv.png")
     return 0
+
+
+def write_scores(path: Path, ids, groups, y, score) -> None:
+    with open(path, "w") as f:
+        f.write("id,group,label_dead,score_dead\n")
+        for i, g, lab, sc in zip(ids, groups, y, score):
+            f.write(f"{i},{g},{int(lab)},{sc:.6f}\n")
+
+
+def read_scores(path: Path) -> dict[str, tuple[str, bool, float]]:
+    import csv
+
+    with open(path) as f:
+        return {r["id"]: (r["group"], r["label_dead"] == "1", float(r["score_dead"])) for r in csv.DictReader(f)}
+
+
+def import_run(run: Path, scores_out: Path) -> dict:
+    """A `wellwatch train --folds` run -> a results entry (pooled metrics as the run computed them)."""
+    import csv
+
+    from wellwatch.training.dataset import load_dataset
+
+    summary = json.loads((run / "train.json").read_text())
+    ds = load_dataset(summary["dataset"])
+    group = dict(zip(ds.ids, ds.source))
+    with open(run / "cv_scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    write_scores(scores_out, [r["id"] for r in rows], [group[r["id"]] for r in rows],
+                 [r["label"] == "1" for r in rows], [float(r["score"]) for r in rows])
+    cv = summary["cv"]
+    res = {"imported": str(run), "dataset": ds.meta.get("crop"), "train": summary["config"], "n": len(rows),
+           "groups": len(set(ds.source.tolist())), "folds": cv["k"], "seconds": summary["seconds"],
+           **{k: cv["pooled"][k] for k in ("auc", "balanced_accuracy", "auc_ci95", "balanced_accuracy_ci95",
+                                           "bootstrap")}}
+    if "pooled_one_view" in cv:
+        res["one_view"] = cv["pooled_one_view"]
+    return res
+
+
+def compare_with(results: dict, out: Path, base: str, n_boot: int = 1000, seed: int = 0) -> None:
+    """Paired group bootstrap of (variant - base) AUC and balanced accuracy on the crops both scored."""
+    from wellwatch.training.scores import balanced_accuracy, roc_auc
+
+    if base not in results or not (out / f"{base}_scores.csv").exists():
+        return
+    ref = read_scores(out / f"{base}_scores.csv")
+    for name in results:
+        path = out / f"{name}_scores.csv"
+        if name == base or not path.exists():
+            continue
+        other = read_scores(path)
+        ids = sorted(set(ref) & set(other))
+        g = np.array([ref[i][0] for i in ids])
+        y = np.array([ref[i][1] for i in ids])
+        a, b = np.array([ref[i][2] for i in ids]), np.array([other[i][2] for i in ids])
+        _, gi = np.unique(g, return_inverse=True)
+        members = [np.nonzero(gi == k)[0] for k in range(gi.max() + 1)]
+        rng = np.random.default_rng(seed)
+
+        def diff(idx):
+            yy = y[idx]
+            return (roc_auc(yy, b[idx]) - roc_auc(yy, a[idx]),
+                    balanced_accuracy(yy.astype(int), (b[idx] >= 0.5).astype(int))
+                    - balanced_accuracy(yy.astype(int), (a[idx] >= 0.5).astype(int)))
+
+        draws = np.array([diff(np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))]))
+                          for _ in range(n_boot)])
+        point = diff(np.arange(len(ids)))
+        ci = lambda c: [round(float(np.nanpercentile(draws[:, c], 2.5)), 4), round(float(np.nanpercentile(draws[:, c], 97.5)), 4)]
+        results[name][f"vs_{base}"] = {"crops": len(ids), "auc_difference": round(point[0], 4), "auc_difference_ci95": ci(0),
+                                       "balanced_accuracy_difference": round(point[1], 4),
+                                       "balanced_accuracy_difference_ci95": ci(1),
+                                       "bootstrap": f"{n_boot} paired resamples of {len(members)} image groups"}
+        print(f"[{name}] - [{base}]: AUC {point[0]:+.4f} {ci(0)}, balanced accuracy {point[1]:+.4f} {ci(1)}", flush=True)
 
 
 def plot(results: dict, path: Path) -> None:

@@ -137,6 +137,8 @@ def test_eight_view_model_exports_with_its_view_averaging_in_the_graph(tmp_path)
     ckpt = make_checkpoint(tmp_path / "best.pt", arch="cropnet8")
     result = export_checkpoint(ckpt, tmp_path / "m8.onnx", parity_images=NO_IMAGES)
     assert result.parity.passed and result.parity.mismatched == 0
+    info = inspect_model(result.path)  # the daemon's own loading checks, output shape included
+    assert "[batch, 2]" in format_info(info)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     x = synthetic_patches(5, seed=4)[0]
     p = session.run(None, {"input": x})[0]

@@ -79,7 +79,8 @@ class CropCNN(nn.Module):
         views = flips + [v.transpose(2, 3) for v in flips]
         n = x.shape[0]
         logits = self.head(self.features(torch.cat(views, 0)))
-        return logits.reshape(8, n, -1).mean(0)
+        # a constant class count keeps the exported graph's output shape [batch, classes]
+        return logits.reshape(8, n, self.head[-1].out_features).mean(0)
 
 
 class OgawaCNN(nn.Module):
