@@ -66,12 +66,13 @@ class LiveState:
         with self.lock:
             if self.changes and version < self.changes[0][0] - 1 and version < self.version:
                 return None
-            out: dict[str, list] = {"wells": [], "dose": []}
+            latest: dict[str, dict] = {"wells": {}, "dose": {}}  # only the newest change per item
             for v, kind, item in self.changes:
                 if v > version:
-                    out[kind].append(item)
+                    latest[kind][(item["plate"], item.get("well") or item.get("compound"), item["timepoint"])] = item
             return {"version": self.version, "health": self._health(), "models": dict(self.models),
-                    "quarantined": list(self.quarantined), **out}
+                    "quarantined": list(self.quarantined),
+                    **{kind: list(items.values()) for kind, items in latest.items()}}
 
     def well_history(self, plate: str, well: str) -> dict:
         """Time courses of one well: per timepoint totals and per field, and its frames' QC."""

@@ -1,0 +1,172 @@
+"""The dashboard against a real daemon: JSON API, server-sent events, journal history, and a real
+browser (Debian's chromium through Playwright) watching a simulated plate stream in."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from wellwatch.daemon.plate_map import PlateMapError
+from wellwatch.dashboard.cli import build_source
+from wellwatch.harness import start_writer
+from wellwatch.simulator.spec import SimulationSpec
+from wellwatch.simulator.writer import PLATE_MAP, write_plate
+
+from .dashboard_helpers import Dashboard, launch_chromium
+
+SMALL = SimulationSpec(wells=("A1", "A2", "A3", "B1", "B2", "B3"), fields=2, timepoints=2, size=128,
+                       cells_per_field=6, channels=("BF",), treatment="dose_series", control_columns=1,
+                       plate_name="dash-plate", seed=4)
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def last_well_messages(recorder) -> dict:
+    out = {}
+    for m in recorder.of_type("well"):
+        out[(m["well"], m["timepoint"])] = m
+    return out
+
+
+@pytest.fixture
+def dashboards():
+    started = []
+
+    def make(config, **kwargs) -> Dashboard:
+        d = Dashboard(config, **kwargs)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+def test_api_and_events_agree_with_the_stream(run_daemon, recorder_for, dashboards, tmp_path):
+    config, _ = run_daemon(SMALL, **{"watch.settle_s": 0.05})
+    rec = recorder_for(config)
+    dash = dashboards(config, fields_expected=SMALL.fields)
+    write_plate(SMALL, tmp_path / "acquisition")
+    n_frames = len(SMALL.wells) * SMALL.fields * SMALL.timepoints
+    rec.wait_frames(n_frames)
+    wait_until(lambda: sum(m["frames"] for m in dash.state.wells.values()) == n_frames, what="the dashboard's wells")
+    state = httpx.get(f"{dash.url}/api/state").json()
+    expected = last_well_messages(rec)
+    got = {(m["well"], m["timepoint"]): m for m in state["wells"]}
+    assert set(got) == set(expected)
+    for k, m in expected.items():
+        assert (got[k]["counts"], got[k]["live_fraction"], got[k]["frames"]) == (m["counts"], m["live_fraction"], m["frames"])
+    assert state["models"] == rec.of_type("frame")[0]["models"]
+    assert state["health"]["connected"] and state["health"]["gaps"] == 0
+    well = httpx.get(f"{dash.url}/api/well/dash-plate/A2").json()
+    assert [m["timepoint"] for m in well["totals"]] == [0, 1]
+    assert len(well["frames"]) == SMALL.fields * SMALL.timepoints
+    assert sum(f["live"] for f in well["frames"] if f["timepoint"] == 1) == expected[("A2", 1)]["counts"]["live"]
+    with httpx.stream("GET", f"{dash.url}/api/events?since=0", timeout=10) as events:
+        lines = events.iter_lines()
+        event = next(line for line in lines if line.startswith("event:"))
+        data = json.loads(next(lines)[len("data: "):])
+    assert event == "event: changes" and len(data["wells"]) == len(expected)
+
+
+def test_history_comes_from_the_journal_for_a_late_dashboard(run_daemon, recorder_for, dashboards, tmp_path):
+    config, _ = run_daemon(SMALL, **{"watch.settle_s": 0.05})
+    rec = recorder_for(config)
+    write_plate(SMALL, tmp_path / "acquisition")
+    rec.wait_frames(len(SMALL.wells) * SMALL.fields * SMALL.timepoints)
+    dash = dashboards(config, plate_map=tmp_path / "acquisition" / PLATE_MAP, fields_expected=SMALL.fields)
+    assert {(w, t) for (_, w, t) in dash.state.wells} == set(last_well_messages(rec))  # before any update
+    wait_until(lambda: dash.state.health["snapshots"] >= 1, what="the snapshot")
+    state = httpx.get(f"{dash.url}/api/state").json()
+    assert {d["timepoint"] for d in state["dose"]} == {0, 1}
+    assert state["plate_map"]["wells"]["A1"]["role"] == "control"
+
+
+def test_source_from_config_and_bad_inputs(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[publish]\nendpoint = "tcp://127.0.0.1:6001"\nsnapshot_endpoint = "tcp://127.0.0.1:6011"\n'
+                   '[journal]\npath = "j.sqlite"\n[plate]\nformat = 384\nfields_per_well = 4\n')
+    args = argparse.Namespace(config=str(cfg), endpoint=None, snapshot=None, journal=None, plate_map=None,
+                              plate_format=None)
+    source = build_source(args)
+    assert (source.endpoint, source.snapshot_endpoint, source.plate_format, source.fields_expected) == \
+        ("tcp://127.0.0.1:6001", "tcp://127.0.0.1:6011", 384, 4)
+    assert source.journal.path == tmp_path / "j.sqlite"
+    with pytest.raises(SystemExit, match="give --config"):
+        build_source(argparse.Namespace(**{**vars(args), "config": None}))
+    (tmp_path / "map.csv").write_text("well,compound\nA1,x\n")
+    with pytest.raises(PlateMapError, match="map.csv: column 'concentration' missing"):
+        build_source(argparse.Namespace(**{**vars(args), "plate_map": str(tmp_path / "map.csv")}))
+
+
+# --- in a real browser --------------------------------------------------------------------------
+
+STREAMED = SimulationSpec(wells=tuple(f"{r}{c}" for r in "AB" for c in range(1, 7)), fields=1, timepoints=3,
+                          size=256, cells_per_field=25, channels=("BF",), treatment="dose_series",
+                          control_columns=1, interval_s=0.08, write_mode="rename", plate_name="live-plate", seed=2)
+
+
+def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_daemon, recorder_for, dashboards,
+                                                                          tmp_path):
+    if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
+        pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    config, _ = run_daemon(STREAMED, **{"watch.settle_s": 0.05})
+    rec = recorder_for(config)
+    acquisition = tmp_path / "acquisition"
+    plate_map = acquisition / PLATE_MAP
+    n_frames = len(STREAMED.wells) * STREAMED.timepoints
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            writer = start_writer(STREAMED, acquisition)
+            wait_until(plate_map.exists, 10, "the simulator's plate map")  # written before the first frame
+            dash = dashboards(config, plate_map=plate_map, fields_expected=STREAMED.fields)
+            page.goto(dash.url)
+            seen = []  # wells with data on the page, sampled while the plate streams in
+            while writer.is_alive():
+                seen.append(page.locator(".well.has-data").count())
+                time.sleep(0.3)
+            rec.wait_frames(n_frames)
+            page.wait_for_function("document.querySelectorAll('.well.has-data').length === 12", timeout=20000)
+            assert seen and min(seen) < 12 and seen == sorted(seen), f"wells should fill in as frames arrive: {seen}"
+            # the page's latest timepoint agrees with the stream, well by well
+            wait_until(lambda: page.locator("#timepoint-label").inner_text().startswith("2 "), 20, "the last timepoint")
+            expected = last_well_messages(rec)
+            page.wait_for_function(
+                "n => [...document.querySelectorAll('.well.has-data')].reduce((a, el) => a + Number(el.dataset.frames), 0) === n",
+                arg=len(STREAMED.wells), timeout=20000)
+            for well in STREAMED.wells:
+                el = page.locator(f"#well-{well}")
+                assert float(el.get_attribute("data-live-fraction")) == pytest.approx(expected[(well, 2)]["live_fraction"])
+            # a well's time course opens
+            page.click("#well-B4")
+            page.wait_for_selector("#well-panel:not([hidden]) .chart canvas")
+            assert page.locator("#well-charts .chart").count() == 4
+            assert page.locator("#qc-table tbody tr").count() == STREAMED.timepoints
+            # the dose-response curve appears, with the fit the server made
+            page.wait_for_selector("#dose-simdrug canvas", timeout=20000)
+            fit = next(d for d in httpx.get(f"{dash.url}/api/state").json()["dose"] if d["timepoint"] == 2)
+            assert fit["viability_fit"]["ic50"] is not None, fit["viability_fit"]
+            page.wait_for_function("v => document.getElementById('dose-simdrug').dataset.ic50 == String(v)",
+                                   arg=fit["viability_fit"]["ic50"], timeout=10000)
+            assert "IC50" in page.locator("#dose-simdrug").inner_text()
+            assert errors == []
+        finally:
+            browser.close()
