@@ -139,13 +139,13 @@ def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_dae
             wait_until(plate_map.exists, 10, "the simulator's plate map")  # written before the first frame
             dash = dashboards(config, plate_map=plate_map, fields_expected=STREAMED.fields)
             page.goto(dash.url)
-            seen = []  # wells with data on the page, sampled while the plate streams in
+            seen = []  # (timepoint shown, wells with data), sampled while the plate streams in
             while writer.is_alive():
-                seen.append(page.locator(".well.has-data").count())
+                seen.append((int(page.locator("#timepoint").input_value()), page.locator(".well.has-data").count()))
                 time.sleep(0.3)
             rec.wait_frames(n_frames)
             page.wait_for_function("document.querySelectorAll('.well.has-data').length === 12", timeout=20000)
-            assert seen and min(seen) < 12 and seen == sorted(seen), f"wells should fill in as frames arrive: {seen}"
+            assert min(n for _, n in seen) < 12 and seen == sorted(seen), f"wells should fill in as frames arrive: {seen}"
             # the page's latest timepoint agrees with the stream, well by well
             wait_until(lambda: page.locator("#timepoint-label").inner_text().startswith("2 "), 20, "the last timepoint")
             expected = last_well_messages(rec)
