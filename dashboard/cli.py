@@ -55,7 +55,7 @@ def build_source(args: argparse.Namespace):
     snapshot = args.snapshot or (config.publish.snapshot_endpoint if config and not args.endpoint else None)
     journal = args.journal or (config.journal.path if config else None)
     plate_format = args.plate_format or (config.plate.format if config else 96)
-    map_path = args.plate_map or (getattr(config.plate, "map", "") if config else "")
+    map_path = args.plate_map or (config.plate.map if config else "")
     return Source(endpoint=endpoint, snapshot_endpoint=snapshot,
                   journal=JournalView(Path(journal)) if journal else None,
                   fields_expected=config.plate.fields_per_well if config else 0, plate_format=plate_format,

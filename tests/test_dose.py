@@ -115,3 +115,38 @@ def test_ic50_and_gr50_recovered_from_the_simulators_counts(tmp_path):
     assert g["gr50"] == pytest.approx(truth["gr50"], rel=0.25)
     assert g["gr50_ci"][0] < truth["gr50"] < g["gr50_ci"][1]
     assert result["complete"] and len(result["points"]) == 24
+
+
+def well_message(plate, well, t, live_fraction, live_cells, complete=True):
+    return {"plate": plate, "well": well, "timepoint": t, "live_fraction": live_fraction, "complete": complete,
+            "cell_counts": {"live": live_cells, "dead": 0}}
+
+
+def test_dose_publisher_fits_a_timepoint_once_complete_and_refits_on_change(tmp_path):
+    from wellwatch.daemon.dose_publisher import DosePublisher, dose_message
+
+    rows = ["well,compound,concentration,unit,role", "A1,dmso,,uM,control", "A12,,,uM,blank"]
+    rows += [f"A{i},drug,{c:g},uM,treated" for i, c in zip(range(2, 8), np.geomspace(0.01, 100, 6))]
+    (tmp_path / "map.csv").write_text("\n".join(rows) + "\n")
+    pub = DosePublisher(read_plate_map(tmp_path / "map.csv"))
+    truth = dict(zip([f"A{i}" for i in range(1, 8)], [1.0, *log_logistic(np.geomspace(0.01, 100, 6), 1, 0.2, 0, 1.5)]))
+    assert pub.observe(well_message("p", "A12", 0, None, 0)) == []  # blank: not part of any fit
+    due = []
+    for well, lf in truth.items():
+        assert due == [], "nothing is fitted before every mapped well is complete"
+        due = pub.observe(well_message("p", well, 0, lf, 100))
+    assert [(t, b["compound"]) for t, b in due] == [(0, "drug")]
+    assert due[0][1]["viability_fit"]["ic50"] == pytest.approx(1.0, rel=1e-3)
+    assert len(pub.observe(well_message("p", "A3", 0, 0.9, 100))) == 1  # a changed well refits
+    # without completeness flags, the next timepoint's first message completes the previous one
+    for well, lf in list(truth.items())[:-1]:
+        assert pub.observe(well_message("p", well, 1, lf, 150, complete=False)) == []
+    due = pub.observe(well_message("p", "A1", 2, 1.0, 200, complete=False))
+    assert [t for t, _ in due] == [1] and len(due[0][1]["points"]) == 5
+    topic, payload = dose_message(42, {"m": "sha"}, "p", 1, due[0][1])
+    assert topic == "dose/p/drug"
+    assert {k: payload[k] for k in ("schema", "seq", "type", "plate", "timepoint", "models")} == \
+        {"schema": 1, "seq": 42, "type": "dose", "plate": "p", "timepoint": 1, "models": {"m": "sha"}}
+    # every well grew as the controls did (100 -> 150 cells): GR 1 everywhere, so no GR50
+    assert [pt["gr"] for pt in payload["points"]] == pytest.approx([1.0] * 5)
+    assert payload["gr_fit"]["gr50"] is None and "never reaches 0.5" in payload["gr_fit"]["reason"]
