@@ -63,6 +63,16 @@ class JournalView:
             out.append(frame)
         return out
 
+    def dose_messages(self) -> list[dict]:
+        """The dose fits the daemon published (its outbox), oldest first."""
+        db = open_readonly(self.path)
+        try:
+            rows = db.execute("SELECT payload FROM outbox WHERE topic >= 'dose/' AND topic < 'dose0' "
+                              "ORDER BY seq").fetchall()
+        finally:
+            db.close()
+        return [json.loads(payload) for (payload,) in rows]
+
     def wells(self, fields_expected: int = 0) -> list[dict]:
         """Per (plate, well, timepoint): the sums a well message carries, from the done frames."""
         return well_summaries(self.frames(), fields_expected)

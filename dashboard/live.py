@@ -122,6 +122,7 @@ class LiveState:
             return
         try:
             summaries = self.source.journal.wells(self.source.fields_expected)
+            doses = self.source.journal.dose_messages()
         except JournalReadError as e:
             log.warning("%s; time courses start with the stream", e)
             return
@@ -131,6 +132,8 @@ class LiveState:
                 if key not in self.wells:  # the stream's message is newer than the journal's sum
                     self.wells[key] = m
                     self._record("wells", m)
+            for m in doses:
+                self._set_dose(dict(m, source="daemon"))
             self._refit({(m["plate"], m["timepoint"]) for m in summaries})
 
     def _run(self) -> None:
