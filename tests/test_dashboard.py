@@ -170,3 +170,36 @@ def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_dae
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_command_serves_the_page_with_its_bundled_plotting_library(tmp_path):
+    """`wellwatch dashboard` as a user starts it; no daemon yet: the page says it is not connected."""
+    import subprocess
+    import sys
+
+    from wellwatch.harness import free_port
+
+    port, stream = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "wellwatch", "dashboard", "--endpoint", f"tcp://127.0.0.1:{stream}",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up():
+            try:
+                return httpx.get(base + "/", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, 30, "the dashboard to serve")
+        page = httpx.get(base + "/").text
+        assert '<script src="/static/vendor/uPlot.iife.min.js">' in page and "cdn" not in page.lower()
+        lib = httpx.get(base + "/static/vendor/uPlot.iife.min.js")
+        assert lib.status_code == 200 and "uPlot" in lib.text[:2000]
+        wait_until(lambda: httpx.get(base + "/api/state").json()["health"]["error"] is not None, 30,
+                   "the dashboard to report the missing daemon")
+        assert httpx.get(base + "/api/state").json()["health"]["connected"] is False
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}/" in out
