@@ -12,6 +12,8 @@ Printed per timepoint: IC50 and GR50 with 95% CIs from (a) the simulator's true 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -45,44 +47,50 @@ def describe(label: str, fit: dict, truth: float | None, key: str) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fields", type=int, default=SPEC.fields)
+    parser.add_argument("--cells-per-field", type=float, default=SPEC.cells_per_field)
+    parser.add_argument("--seed", type=int, default=SPEC.seed)
+    args = parser.parse_args()
+    spec = dataclasses.replace(SPEC, fields=args.fields, cells_per_field=args.cells_per_field, seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="wellwatch-dose-"))
     acquisition = work / "acquisition"
     acquisition.mkdir(parents=True)
-    plan = plan_plate(SPEC)
+    plan = plan_plate(spec)
     (work / "plate_map.csv").write_text(plate_map_csv(plan))  # the map exists before imaging starts
-    config = local_config(work, SPEC, **{"segmentation.method": "classical", "plate.map": str(work / "plate_map.csv"),
+    config = local_config(work, spec, **{"segmentation.method": "classical", "plate.map": str(work / "plate_map.csv"),
                                          **{f"segmentation.classical.{k}": v for k, v in SIMULATED.items()}})
     running = start_daemon(config)
     fits: dict[int, dict] = {}
-    n_frames = len(SPEC.wells) * SPEC.fields * SPEC.timepoints
+    n_frames = len(spec.wells) * spec.fields * spec.timepoints
     start = time.monotonic()
     try:
         stream = follow(config.publish.endpoint, config.publish.snapshot_endpoint, topics=("well/", "dose/"),
                         timeout_s=120)
         next(stream)
-        writer = start_writer(SPEC, acquisition)
+        writer = start_writer(spec, acquisition)
         counted: dict[tuple, int] = {}
         for _, message, _ in stream:
             if message["type"] == "well":
                 counted[(message["well"], message["timepoint"])] = message["frames"]
                 done = sum(counted.values())
-                print(f"\r{done}/{n_frames} fields counted, {time.monotonic() - start:.0f} s", end="", file=sys.stderr)
+                if done % 30 == 0:
+                    print(f"{done}/{n_frames} fields counted, {time.monotonic() - start:.0f} s", file=sys.stderr)
             elif message["type"] == "dose":
                 fits[message["timepoint"]] = message
-            if len(fits) == SPEC.timepoints:
+            if len(fits) == spec.timepoints:
                 break
-        print(file=sys.stderr)
         writer.join()
     finally:
         running.stop()
     truth = json.loads((acquisition / DOSE_TRUTH).read_text())["timepoints"]
-    doc, _ = ground_truth(SPEC, plan)
+    doc, _ = ground_truth(spec, plan)
     pm = read_plate_map(acquisition / PLATE_MAP)
     true_counts = {(w["well"], w["timepoint"]): WellReading(w["live_fraction"], w["live"]) for w in doc["wells"]}
-    print(f"plate: {len(SPEC.wells)} wells (2 control columns, 8 doses 0.01-100 uM, 3 replicates), "
-          f"{SPEC.fields} fields, {SPEC.timepoints} timepoints, growth {SPEC.growth_doublings} doubling(s); "
+    print(f"plate: {len(spec.wells)} wells (2 control columns, 8 doses 0.01-100 uM, 3 replicates), "
+          f"{spec.fields} fields, {spec.timepoints} timepoints, growth {spec.growth_doublings} doubling(s); "
           f"{n_frames} frames counted in {time.monotonic() - start:.0f} s")
-    for t in range(1, SPEC.timepoints):
+    for t in range(1, spec.timepoints):
         exact = dose_response(pm, "simdrug", true_counts, t)
         daemon = fits.get(t)
         print(f"timepoint {t}:")

@@ -71,8 +71,16 @@ def populate(rng: np.random.Generator, size: int, mean_cells: float, timepoints:
     marker intensities. `cell_types` maps type name -> expected fraction (default: all "A").
 
     The marker draws come last, so adding them left every earlier draw (and so every frame of
-    a plate without a marker channel) as it was."""
+    a plate without a marker channel) as it was; birth times (growth) come after them.
+
+    Growth: the field holds every cell that will ever be there (Poisson mean
+    mean_cells * 2**growth_doublings, placed at the start); each appears at its birth timepoint,
+    drawn so that mean_cells * 2**(growth_doublings * t / (timepoints - 1)) cells are there at t.
+    A cell's death draw is independent of its birth, so a fraction F(t) of the cells present at
+    t are dead, as without growth (a cell born after its death time appears dead)."""
     mix = dict(cell_types or {"A": 1.0})
+    if growth_doublings > 0:
+        mean_cells = mean_cells * 2.0 ** growth_doublings
     names = sorted(mix)
     weights = np.array([mix[k] for k in names], float)
     n = int(rng.poisson(mean_cells))
