@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
-from scipy import optimize, stats
 
 from .plate_map import PlateMap
 
@@ -46,7 +45,8 @@ def log_logistic(c: np.ndarray, top: float, bottom: float, log_mid: float, hill:
 
 
 def _curve_fit(conc: np.ndarray, y: np.ndarray, fixed_top: float | None, bottom_bounds: tuple[float, float]):
-    """(params (top, bottom, log_mid, hill), covariance of the free ones, free names) or None."""
+    """(params (top, bottom, log_mid, hill), covariance of the free ones, model) or None."""
+    from scipy import optimize  # imported when a plate map is in use, not by every daemon start
     lo_c, hi_c = np.log10(conc.min()), np.log10(conc.max())
     order = np.argsort(conc)
     top0 = fixed_top if fixed_top is not None else float(np.mean(y[order[:2]]))
@@ -97,7 +97,9 @@ def fit_viability(conc, viability) -> dict:
     out["ic50"] = 10.0 ** log_mid
     out["extrapolated"] = not (conc.min() <= out["ic50"] <= conc.max())
     se = math.sqrt(cov[2, 2]) if np.isfinite(cov[2, 2]) and cov[2, 2] >= 0 else math.inf
-    half = stats.t.ppf(0.5 + CI_LEVEL / 2, n - 4) * se if n > 4 else math.inf
+    from scipy.special import stdtrit  # Student's t quantile (scipy.stats costs more to import)
+
+    half = stdtrit(n - 4, 0.5 + CI_LEVEL / 2) * se if n > 4 else math.inf
     if half <= MAX_CI_DECADES:
         out["ic50_ci"] = [10.0 ** (log_mid - half), 10.0 ** (log_mid + half)]
     else:
