@@ -167,6 +167,7 @@ def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_dae
             page.wait_for_function("v => document.getElementById('dose-simdrug').dataset.ic50 == String(v)",
                                    arg=fit["viability_fit"]["ic50"], timeout=10000)
             assert "IC50" in page.locator("#dose-simdrug").inner_text()
+            assert page.locator("#dose-simdrug").get_attribute("data-timepoint") == "2"
             assert errors == []
         finally:
             browser.close()

@@ -225,16 +225,25 @@ function curve(fit, lo, hi, top) {
 
 function renderDose() {
   const t = currentTimepoint();
-  const here = [...S.dose.values()].filter((d) => d.plate === S.plate && d.timepoint === t);
+  // Per compound, the fit of the slider's timepoint, else the latest one before it (still being imaged).
+  const best = new Map();
+  for (const d of S.dose.values()) {
+    if (d.plate !== S.plate || t == null || d.timepoint > t) continue;
+    const b = best.get(d.compound);
+    if (!b || d.timepoint > b.timepoint) best.set(d.compound, d);
+  }
+  const here = [...best.values()];
   $("dose-section").hidden = S.dose.size === 0;
-  $("dose-timepoint").textContent = t == null ? "" : `timepoint ${t}`;
+  $("dose-timepoint").textContent = t == null ? "" : `at timepoint ${t}` +
+    (here.some((d) => d.timepoint !== t) ? " (latest fit so far shown where this timepoint has none yet)" : "");
   const box = $("dose-panels");
+  for (const el of [...box.children]) if (!best.has(el.dataset.compound)) { S.doseCharts.get(el.id)?.destroy(); S.doseCharts.delete(el.id); el.remove(); }
   for (const d of here) {
     const id = `dose-${d.compound}`;
     let div = document.getElementById(id);
     if (!div) {
       div = document.createElement("div");
-      div.id = id; div.className = "chart dose";
+      div.id = id; div.className = "chart dose"; div.dataset.compound = d.compound;
       box.appendChild(div);
     }
     const sig = JSON.stringify([d.timepoint, d.points, d.viability_fit, d.gr_fit]);
@@ -243,6 +252,7 @@ function renderDose() {
     const v = d.viability_fit, g = d.gr_fit;
     div.dataset.ic50 = v.ic50 ?? "";
     div.dataset.gr50 = g.gr50 ?? "";
+    div.dataset.timepoint = d.timepoint;
     const ci = (c) => (c ? ` (95% CI ${fmtConc(c[0])}-${fmtConc(c[1])})` : "");
     const text = `<h4>${d.compound} <span class="muted">t${d.timepoint}, ${d.points.length} wells${d.complete ? "" : ", timepoint incomplete"}, fitted by the ${d.source || "daemon"}</span></h4>` +
       `<p class="dose-text">IC50 ${v.ic50 != null ? fmtConc(v.ic50) + " " + d.unit + ci(v.ic50_ci) : "- (" + (v.reason || "") + ")"}; ` +
