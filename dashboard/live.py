@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 5.0      # follow() returns after this long without a message; we follow again
 RETRY_S = 2.0             # after a failed connection
 MAX_CHANGES = 20000       # changes kept for slow pages; older ones mean "reload the state"
+REFIT_EVERY_S = 1.0       # dashboard-side dose fits: at most this often (a plate's wells arrive in bursts)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class LiveState:
         self.quarantined: list[dict] = []
         self.health = {"connected": False, "error": None, "seq": 0, "gaps": 0, "missed": 0, "messages": 0,
                        "last_message_at": None, "last_latency_s": None, "lag_s": None, "snapshots": 0}
+        self.dirty: set[tuple[str, int]] = set()  # (plate, timepoint) whose dose fits are out of date
+        self.last_refit = 0.0
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="dashboard-follower", daemon=True)
 
@@ -134,7 +137,8 @@ class LiveState:
                     self._record("wells", m)
             for m in doses:
                 self._set_dose(dict(m, source="daemon"))
-            self._refit({(m["plate"], m["timepoint"]) for m in summaries})
+            self.dirty |= {(m["plate"], m["timepoint"]) for m in summaries}
+            self._refit(force=True)
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
@@ -144,6 +148,8 @@ class LiveState:
                     self._apply(kind, message, state)
                     if self.stop_event.is_set():
                         return
+                with self.lock:  # idle: fits still due are made now
+                    self._refit(force=True)
             except (TimeoutError, OSError) as e:
                 with self.lock:
                     self.health.update(connected=False, error=str(e))
@@ -159,7 +165,8 @@ class LiveState:
                 for m in message["wells"]:
                     self._set_well(m)
                     touched.add((m["plate"], m["timepoint"]))
-                self._refit(touched)
+                self.dirty |= touched
+                self._refit()
                 return
             self.health["messages"] += 1
             self.health["last_message_at"] = now
@@ -170,7 +177,8 @@ class LiveState:
             kind_ = message.get("type")
             if kind_ == "well":
                 self._set_well(message)
-                self._refit({(message["plate"], message["timepoint"])})
+                self.dirty.add((message["plate"], message["timepoint"]))
+                self._refit()
             elif kind_ == "frame" and message.get("latency_s") is not None:
                 self.health["last_latency_s"] = message["latency_s"]
             elif kind_ == "dose":
@@ -189,12 +197,15 @@ class LiveState:
         self.dose[(m["plate"], m["compound"], m["timepoint"])] = m
         self._record("dose", m)
 
-    def _refit(self, touched: set[tuple[str, int]]) -> None:
-        """With a plate map given to the dashboard: refit each touched (plate, timepoint).
-        A dose message from the daemon for the same key takes precedence."""
+    def _refit(self, force: bool = False) -> None:
+        """With a plate map given to the dashboard: refit each (plate, timepoint) whose wells changed,
+        at most every REFIT_EVERY_S unless forced. A dose message from the daemon takes precedence."""
         pm = self.source.plate_map
-        if pm is None or not touched:
+        now = time.monotonic()
+        if pm is None or not self.dirty or (not force and now - self.last_refit < REFIT_EVERY_S):
             return
+        self.last_refit = now
+        touched, self.dirty = self.dirty, set()
         for plate, timepoint in sorted(touched):
             readings = {(w, t): reading_from_message(m) for (p, w, t), m in self.wells.items() if p == plate}
             if not readings:
