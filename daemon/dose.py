@@ -166,8 +166,10 @@ def dose_points(plate_map: PlateMap, compound: str, readings: Mapping[tuple[str,
             continue
         viability = (r.live_fraction / ctrl_live if r.live_fraction is not None and ctrl_live else None)
         gr = None
-        if gr_possible and r.viable_cells and r0 is not None and r0.viable_cells:
-            gr = 2.0 ** (math.log2(r.viable_cells / r0.viable_cells) / doublings) - 1.0
+        if gr_possible and r.viable_cells is not None and r0 is not None and r0.viable_cells:
+            # no viable cell left: log2(0) = -inf, GR's floor of -1 (every cell killed)
+            gr = (2.0 ** (math.log2(r.viable_cells / r0.viable_cells) / doublings) - 1.0
+                  if r.viable_cells > 0 else -1.0)
         points.append({"well": w.well, "concentration": w.concentration, "viability": viability, "gr": gr,
                        "complete": r.complete})
     controls_info = {"wells": len(ctrl[timepoint]), "live_fraction": ctrl_live, "viable_cells": ctrl_x,
