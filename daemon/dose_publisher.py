@@ -3,7 +3,8 @@
 Fed every well message the daemon commits; returns the bodies of `dose` messages to publish with
 them (the fitting itself is daemon/dose.py). A timepoint of a plate is fitted when it is complete:
 every control and treated well of the plate map has all its fields (`plate.fields_per_well`), or
-the acquisition has moved on to a later timepoint (then the wells it imaged are what there is).
+the acquisition has moved on (a later timepoint is complete; without fields_per_well, a later
+timepoint has started): then the wells it imaged are what there is.
 After that, a well of that timepoint that changes (a re-written file) refits it.
 """
 
@@ -34,8 +35,13 @@ class DosePublisher:
         self.readings.setdefault(plate, {})[(well, t)] = reading_from_message(message)
         self.complete_flags.setdefault((plate, t), {})[well] = bool(message.get("complete"))
         due = [t] if (plate, t) in self.fitted or self._complete(plate, t) else []
-        # The first message of a later timepoint completes every earlier one not yet fitted.
-        due += [s for (p, s) in sorted(self.complete_flags) if p == plate and s < t and (p, s) not in self.fitted]
+        # Earlier timepoints not fitted yet: without completeness (fields_per_well = 0) the first
+        # message of a later timepoint closes them; with it, a later timepoint that is complete does
+        # (frames are processed in parallel, so a later timepoint's first wells can come early).
+        counted = message.get("fields_expected") is not None
+        later = sorted(s for (p, s) in self.complete_flags if p == plate)
+        due += [s for s in later if s < t and (plate, s) not in self.fitted
+                and (not counted or any(self._complete(plate, u) for u in later if u > s))]
         return [(s, body) for s in sorted(set(due)) for body in self._fit(plate, s)]
 
     def _complete(self, plate: str, t: int) -> bool:

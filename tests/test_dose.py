@@ -139,6 +139,10 @@ def test_dose_publisher_fits_a_timepoint_once_complete_and_refits_on_change(tmp_
     assert [(t, b["compound"]) for t, b in due] == [(0, "drug")]
     assert due[0][1]["viability_fit"]["ic50"] == pytest.approx(1.0, rel=1e-3)
     assert len(pub.observe(well_message("p", "A3", 0, 0.9, 100))) == 1  # a changed well refits
+    # with completeness known, a later timepoint's first wells do not close an incomplete one
+    known = dict(well_message("p", "A1", 5, 1.0, 100), fields_expected=1)
+    assert pub.observe(known) == []
+    assert pub.observe(dict(well_message("p", "A1", 6, 1.0, 100), fields_expected=1)) == []
     # without completeness flags, the next timepoint's first message completes the previous one
     for well, lf in list(truth.items())[:-1]:
         assert pub.observe(well_message("p", well, 1, lf, 150, complete=False)) == []
