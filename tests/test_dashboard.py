@@ -204,3 +204,20 @@ def test_the_command_serves_the_page_with_its_bundled_plotting_library(tmp_path)
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_dashboard_reads_the_daemon_only_through_the_client_journal_and_pure_modules():
+    """The design's rule: the stream through wellwatch.client, the journal read-only; from the
+    daemon package only its pure, thread-free modules (fits, plate map, config, errors)."""
+    import ast
+
+    allowed = {"wellwatch.daemon.dose", "wellwatch.daemon.plate_map", "wellwatch.daemon.config",
+               "wellwatch.daemon.errors"}
+    used = set()
+    for path in (Path(__file__).resolve().parents[1] / "dashboard").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "daemon" in node.module:
+                used.add(node.module)
+            elif isinstance(node, ast.Import):
+                used |= {a.name for a in node.names if "daemon" in a.name}
+    assert used and used <= allowed, sorted(used - allowed)

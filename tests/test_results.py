@@ -115,3 +115,17 @@ def test_bad_inputs_say_what_is_wrong(tmp_path, caplog):
     assert "notes.sqlite: not a wellwatch journal" in caplog.text
     with pytest.raises(SystemExit, match=r"r\.xlsx: expected a \.csv or \.parquet"):
         main(["results", "--journal", str(not_db), "--out", str(tmp_path / "r.xlsx")])
+
+
+def test_the_journal_is_opened_read_only(finished_plate):
+    import sqlite3 as sql
+
+    from wellwatch.dashboard.journal_view import open_readonly
+
+    config, *_ = finished_plate
+    db = open_readonly(config.journal.path)
+    try:
+        with pytest.raises(sql.OperationalError, match="readonly"):
+            db.execute("DELETE FROM frames")
+    finally:
+        db.close()
