@@ -16,7 +16,7 @@ from wellwatch.client import follow
 from wellwatch.daemon.dose import dose_response, reading_from_message
 from wellwatch.daemon.plate_map import PlateMap
 
-from .journal_view import JournalView, JournalReadError
+from .journal_view import JournalReadError, JournalView, well_summaries
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class LiveState:
         if self.source.journal is None:
             return
         try:
-            summaries = self.source.journal.wells(self.source.fields_expected)
+            frames = self.source.journal.frames()
+            summaries = well_summaries(frames, self.source.fields_expected)
             doses = self.source.journal.dose_messages()
         except JournalReadError as e:
             log.warning("%s; time courses start with the stream", e)
@@ -137,6 +138,8 @@ class LiveState:
                     self._record("wells", m)
             for m in doses:
                 self._set_dose(dict(m, source="daemon"))
+            self.quarantined = [{k: f[k] for k in ("path", "reason", "plate", "well")}
+                                for f in frames if f["state"] == "quarantined"]
             self.dirty |= {(m["plate"], m["timepoint"]) for m in summaries}
             self._refit(force=True)
 

@@ -221,3 +221,35 @@ def test_dashboard_reads_the_daemon_only_through_the_client_journal_and_pure_mod
             elif isinstance(node, ast.Import):
                 used |= {a.name for a in node.names if "daemon" in a.name}
     assert used and used <= allowed, sorted(used - allowed)
+
+
+def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():
+    if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
+        pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    from wellwatch.dashboard.cli import ServerThread
+    from wellwatch.dashboard.live import LiveState, Source
+    from wellwatch.dashboard.server import create_app
+    from wellwatch.harness import free_port
+
+    state = LiveState(Source(f"tcp://127.0.0.1:{free_port()}", plate_format=384)).start()
+    port = free_port()
+    server = ServerThread(create_app(state), "127.0.0.1", port)
+    server.start()
+    server.wait_started()
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_selector("#well-P24")
+                assert page.locator(".plate .well").count() == 384
+                page.wait_for_function("document.getElementById('health').innerText.includes('not connected')",
+                                       timeout=20000)
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+        state.stop()

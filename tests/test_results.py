@@ -129,3 +129,14 @@ def test_the_journal_is_opened_read_only(finished_plate):
             db.execute("DELETE FROM frames")
     finally:
         db.close()
+
+
+def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
+    from wellwatch.dashboard.journal_view import JournalView
+    from wellwatch.dashboard.live import LiveState, Source
+
+    config, rec, source, rewritten, broken = finished_plate
+    state = LiveState(Source("tcp://127.0.0.1:1", journal=JournalView(Path(config.journal.path))))
+    state._load_journal()  # the history a late dashboard starts from, before it follows the stream
+    assert [q["path"] for q in state.quarantined] == [broken]
+    assert len(state.wells) == len(SPEC.wells) * SPEC.timepoints
