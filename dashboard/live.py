@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import zmq
+
 from wellwatch.client import follow
 from wellwatch.daemon.dose import dose_response, reading_from_message
 from wellwatch.daemon.plate_map import PlateMap
@@ -52,6 +54,7 @@ class LiveState:
         self.dirty: set[tuple[str, int]] = set()  # (plate, timepoint) whose dose fits are out of date
         self.last_refit = 0.0
         self.stop_event = threading.Event()
+        self.context = zmq.Context()  # our own: terminating it wakes the follower at once on stop()
         self.thread = threading.Thread(target=self._run, name="dashboard-follower", daemon=True)
 
     # --- reading (web server threads) --------------------------------------------------------
@@ -111,7 +114,9 @@ class LiveState:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(IDLE_TIMEOUT_S + 2)
+        self.context.term()  # blocking calls in the follower end with ContextTerminated; it closes its sockets
+        if self.thread.ident is not None:
+            self.thread.join(IDLE_TIMEOUT_S + 2)
 
     def _record(self, kind: str, item: dict) -> None:
         self.version += 1
@@ -147,13 +152,15 @@ class LiveState:
         while not self.stop_event.is_set():
             try:
                 for kind, message, state in follow(self.source.endpoint, self.source.snapshot_endpoint,
-                                                   timeout_s=IDLE_TIMEOUT_S):
+                                                   timeout_s=IDLE_TIMEOUT_S, context=self.context):
                     self._apply(kind, message, state)
                     if self.stop_event.is_set():
                         return
                 with self.lock:  # idle: fits still due are made now
                     self._refit(force=True)
-            except (TimeoutError, OSError) as e:
+            except zmq.ContextTerminated:
+                return
+            except (TimeoutError, OSError, zmq.ZMQError) as e:
                 with self.lock:
                     self.health.update(connected=False, error=str(e))
                 self.stop_event.wait(RETRY_S)
