@@ -79,15 +79,20 @@ def _rmse(model, conc, y, free) -> float:
     return float(np.sqrt(np.mean((model(conc, *free) - y) ** 2)))
 
 
+def _failed(reason: str, n: int, key: str) -> dict:
+    """A fit that could not be made: the same keys as a made one (values None) and why."""
+    return {"ok": False, "reason": reason, "n": n, key: None, f"{key}_ci": None}
+
+
 def fit_viability(conc, viability) -> dict:
     """4PL fit of viability; IC50 with a t-based CI on log10(IC50) from the fit's covariance."""
     conc, y = np.asarray(conc, float), np.asarray(viability, float)
     n = len(conc)
     if n < 4 or len(np.unique(conc)) < 4:
-        return {"ok": False, "reason": f"{len(np.unique(conc))} concentrations with data; a 4-parameter fit needs 4", "n": n}
+        return _failed(f"{len(np.unique(conc))} concentrations with data; a 4-parameter fit needs 4", n, "ic50")
     fit = _curve_fit(conc, y, None, (-0.5, 1.5))
     if fit is None:
-        return {"ok": False, "reason": "the fit did not converge", "n": n}
+        return _failed("the fit did not converge", n, "ic50")
     (top, bottom, log_mid, hill), cov, model = fit
     out = {"ok": True, "n": n, "top": top, "bottom": bottom, "hill": hill,
            "rmse": _rmse(model, conc, y, (top, bottom, log_mid, hill)), "ic50": None, "ic50_ci": None}
@@ -120,10 +125,10 @@ def fit_gr(conc, gr) -> dict:
     conc, y = np.asarray(conc, float), np.asarray(gr, float)
     n = len(conc)
     if n < 4 or len(np.unique(conc)) < 4:
-        return {"ok": False, "reason": f"{len(np.unique(conc))} concentrations with GR values; the fit needs 4", "n": n}
+        return _failed(f"{len(np.unique(conc))} concentrations with GR values; the fit needs 4", n, "gr50")
     fit = _curve_fit(conc, y, 1.0, (-1.0, 1.0))
     if fit is None:
-        return {"ok": False, "reason": "the fit did not converge", "n": n}
+        return _failed("the fit did not converge", n, "gr50")
     (_, gr_inf, log_mid, hill), cov, model = fit
     gr50 = gr50_from(gr_inf, log_mid, hill)
     out = {"ok": True, "n": n, "gr_inf": gr_inf, "gec50": 10.0 ** log_mid, "hill": hill,
@@ -187,9 +192,8 @@ def dose_response(plate_map: PlateMap, compound: str, readings: Mapping[tuple[st
     points, controls = dose_points(plate_map, compound, readings, timepoint, first_timepoint)
     via = [(p["concentration"], p["viability"]) for p in points if p["viability"] is not None]
     grs = [(p["concentration"], p["gr"]) for p in points if p["gr"] is not None]
-    viability_fit = fit_viability(*zip(*via)) if via else {"ok": False, "reason": "no viability values", "n": 0}
-    gr_fit = (fit_gr(*zip(*grs)) if grs else
-              {"ok": False, "reason": controls.get("gr_reason", "no GR values"), "n": 0})
+    viability_fit = fit_viability(*zip(*via)) if via else _failed("no viability values", 0, "ic50")
+    gr_fit = fit_gr(*zip(*grs)) if grs else _failed(controls.get("gr_reason", "no GR values"), 0, "gr50")
     return plain({"compound": compound, "unit": plate_map.unit(compound), "points": points,
                   "controls": controls, "complete": bool(points) and all(p["complete"] for p in points),
                   "viability_fit": viability_fit, "gr_fit": gr_fit})

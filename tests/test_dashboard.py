@@ -161,8 +161,15 @@ def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_dae
             assert page.locator("#well-charts .chart").count() == 4
             assert page.locator("#qc-table tbody tr").count() == STREAMED.timepoints
             # the dose-response curve appears, with the fit the server made
+            treated = len(STREAMED.wells) - 2  # one control column of two rows
+
+            def final_fit():
+                return next((d for d in httpx.get(f"{dash.url}/api/state").json()["dose"]
+                             if d["timepoint"] == 2 and len(d["points"]) == treated), None)
+
+            wait_until(lambda: final_fit() is not None, 30, "the last timepoint's fit over every treated well")
+            fit = final_fit()
             page.wait_for_selector("#dose-simdrug canvas", timeout=20000)
-            fit = next(d for d in httpx.get(f"{dash.url}/api/state").json()["dose"] if d["timepoint"] == 2)
             assert fit["viability_fit"]["ic50"] is not None, fit["viability_fit"]
             page.wait_for_function("v => document.getElementById('dose-simdrug').dataset.ic50 == String(v)",
                                    arg=fit["viability_fit"]["ic50"], timeout=10000)
