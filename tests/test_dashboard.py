@@ -141,7 +141,9 @@ def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_dae
             page.goto(dash.url)
             seen = []  # (timepoint shown, wells with data), sampled while the plate streams in
             while writer.is_alive():
-                seen.append((int(page.locator("#timepoint").input_value()), page.locator(".well.has-data").count()))
+                seen.append(tuple(page.evaluate(  # both read in one go: the page may render between two reads
+                    "[Number(document.getElementById('timepoint').value), "
+                    "document.querySelectorAll('.well.has-data').length]")))
                 time.sleep(0.3)
             rec.wait_frames(n_frames)
             page.wait_for_function("document.querySelectorAll('.well.has-data').length === 12", timeout=20000)
