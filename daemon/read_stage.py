@@ -26,7 +26,7 @@ from .jobs import FailedFrame, FrameJob
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .prepare import prepare_frame
-from .reader import decode_frame
+from .reader import check_file_size, decode_frame
 from .segment import ModelSegmenter, SegmentationPool
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,12 @@ class ReadStage:
 
     def run(self, job: FrameJob) -> None:
         t0 = time.perf_counter()
+        limits = self.config.limits
+        try:
+            check_file_size(job.path, job.size, limits)
+        except FrameReadError as e:
+            self.fail(job, "", e)
+            return
         try:
             with open(job.path, "rb") as f:
                 data = f.read()
@@ -81,7 +87,7 @@ class ReadStage:
             self.ledger.release(job.rel)
             return
         try:
-            image = decode_frame(job.path, data)
+            image = decode_frame(job.path, data, limits)
         except FrameReadError as e:
             self.fail(job, sha, e)
             return

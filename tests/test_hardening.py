@@ -1,0 +1,69 @@
+"""Issue 16's faults, fast: hostile files, a killed pool worker, the observer, restored files, exits."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from wellwatch.daemon.errors import FrameReadError
+from wellwatch.daemon.naming import format_scanr
+from wellwatch.daemon.reader import FrameLimits, read_frame
+from wellwatch.simulator.hostile import tiff_bomb
+from wellwatch.simulator.writer import write_plate
+
+from .test_daemon_ops import plate
+
+
+def vm_peak_mb() -> float:
+    """The process's peak virtual size: an untouched np.empty of 7 GB still raises it by 7 GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmPeak:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status")
+
+
+@pytest.mark.parametrize("width, height, pages, reason", [
+    (60000, 60000, 1, "limits.max_pixels"), (20000, 20000, 1, "limits.max_pixels"),
+    (20000, 20000, 3, "3 pages"), (512, 512, 5000, "more than 1 pages")])
+def test_bombs_are_refused_from_the_header_without_allocating(tmp_path, width, height, pages, reason):
+    path = tmp_path / "bomb.tif"
+    assert tiff_bomb(path, width, height, pages) < 1_000_000
+    limits = FrameLimits(max_pages=3) if pages == 3 else FrameLimits()
+    before = vm_peak_mb()
+    with pytest.raises(FrameReadError, match=reason) as e:
+        read_frame(str(path), limits)
+    assert not e.value.retryable
+    assert vm_peak_mb() - before < 100
+
+
+def test_file_bigger_than_max_file_mb_is_not_read(tmp_path):
+    path = tmp_path / "big.tif"
+    path.write_bytes(b"II*\0" + bytes(2_000_000))
+    with pytest.raises(FrameReadError, match="limits.max_file_mb"):
+        read_frame(str(path), FrameLimits(max_file_mb=1.0))
+
+
+def quarantine_reasons(journal: str) -> dict[str, str]:
+    with sqlite3.connect(journal) as db:
+        return dict(db.execute("SELECT path, reason FROM frames WHERE state = 'quarantined'").fetchall())
+
+
+def test_daemon_quarantines_bombs_and_keeps_counting(run_daemon, recorder_for, tmp_path):
+    spec = plate(wells=("A1",), fields=1, timepoints=1)
+    config, running = run_daemon(spec)
+    rec = recorder_for(config)
+    root = Path(config.watch.root)
+    bombs = [format_scanr(w, i, 1, 0, "BF") for w, i in (("B1", 13), ("B2", 14))]
+    tiff_bomb(root / bombs[0], 60000, 60000)
+    tiff_bomb(root / bombs[1], 20000, 20000)
+    write_plate(spec, tmp_path / "acquisition")
+    rec.wait_frames(1)
+    deadline = time.monotonic() + 20
+    while len(quarantine_reasons(config.journal.path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reasons = quarantine_reasons(config.journal.path)
+    assert set(reasons) == set(bombs) and all("limits.max_pixels" in r for r in reasons.values())
+    assert running.daemon.pipeline.fatal is None
