@@ -20,7 +20,7 @@ from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, liv
 from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
 from .contract import ModelContract
 from .inference_stage import FrameWork
-from .jobs import FailedFrame, StatusEvent
+from .jobs import FailedFrame, FrameJob, StatusEvent
 from .journal import FrameRecord, Journal, OutboxMessage
 from .stream import envelope, frame_topic, status_topic, well_topic
 
@@ -51,7 +51,7 @@ class Built:
     records: list[FrameRecord] = field(default_factory=list)
     messages: list[OutboxMessage] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)  # processed / quarantined, per record
-    duplicates: list[str] = field(default_factory=list)  # rel paths already journaled with this content
+    duplicates: list[FrameJob] = field(default_factory=list)  # their path's latest version has this content
 
 
 class CommitBuilder:
@@ -67,19 +67,19 @@ class CommitBuilder:
     def build(self, group: list, journal: Journal) -> Built:
         """Number and describe a group of outcomes; `journal` answers what was committed before."""
         built = Built()
-        latest: dict[str, int] = {}  # path -> version assigned in this group
-        seen: set[tuple[str, str]] = set()
+        latest: dict[str, tuple[int, str]] = {}  # path -> (version, sha256) assigned in this group
         for msg in group:
             if isinstance(msg, StatusEvent):
                 built.messages.append(self.status_message(msg))
                 continue
             job, sha = msg.job, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
-            if (job.rel, sha) in seen or journal.has(job.rel, sha):
-                built.duplicates.append(job.rel)
+            previous = latest.get(job.rel) or (journal.latest_version(job.rel), journal.latest_sha256(job.rel))
+            if previous[1] == sha:  # the path's latest version already holds this content
+                built.duplicates.append(job)
                 continue
-            seen.add((job.rel, sha))
-            version = latest[job.rel] = (latest.get(job.rel) or journal.latest_version(job.rel)) + 1
+            version = previous[0] + 1
+            latest[job.rel] = (version, sha)
             if isinstance(msg, FailedFrame):
                 record, new = self.quarantined(msg, sha, version)
                 built.outcomes.append("quarantined")

@@ -16,8 +16,8 @@ from typing import Iterable, Iterator
 
 from .errors import StartupError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
+FRAMES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -33,8 +33,11 @@ CREATE TABLE IF NOT EXISTS frames (
     cells INTEGER,  -- cells found by segmentation; NULL when the daemon did not segment
     cell_live INTEGER, cell_dead INTEGER,  -- cells called live/dead from the tiles at their centroids
     cell_types TEXT,  -- JSON {class name: cells} from a cell-type model; NULL without one
-    UNIQUE (path, sha256)
+    UNIQUE (path, version)  -- a path's content may return to earlier bytes: a new version
 );
+"""
+
+SCHEMA = FRAMES_TABLE.replace("{name}", "frames") + """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -147,12 +150,23 @@ class Journal:
             raise StartupError(f"journal.path {self.path}: cannot open as SQLite ({e})") from None
 
     def _migrate(self) -> None:
-        """Journals written before per-cell counts existed lack their columns: add them."""
+        """Bring journals of earlier releases up to date: per-cell columns, one row per version."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
         for name, kind in (("cells", "INTEGER"), ("cell_live", "INTEGER"), ("cell_dead", "INTEGER"),
                            ("cell_types", "TEXT")):
             if name not in columns:
                 self.db.execute(f"ALTER TABLE frames ADD COLUMN {name} {kind}")
+        table_sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
+        if "UNIQUE (path, version)" not in " ".join(table_sql.split()):
+            # UNIQUE (path, sha256) refused a file restored to earlier pixels: rebuild with (path, version)
+            cols = ", ".join(FrameRecord.__dataclass_fields__)
+            with self._transaction() as cur:
+                cur.execute("DROP VIEW IF EXISTS frame_status")
+                cur.execute(FRAMES_TABLE.replace("{name}", "frames_new"))
+                cur.execute(f"INSERT INTO frames_new (id, {cols}) SELECT id, {cols} FROM frames")
+                cur.execute("DROP TABLE frames")
+                cur.execute("ALTER TABLE frames_new RENAME TO frames")
+            self.db.executescript(SCHEMA)  # the view again
 
     def close(self) -> None:
         self.db.close()
@@ -185,6 +199,12 @@ class Journal:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM frames WHERE path = ?",
                                (path,)).fetchone()[0]
 
+    def latest_sha256(self, path: str) -> str | None:
+        """The content of a path's latest version (None: never journaled)."""
+        row = self.db.execute("SELECT sha256 FROM frames WHERE path = ? ORDER BY version DESC LIMIT 1",
+                              (path,)).fetchone()
+        return row[0] if row else None
+
     def has(self, path: str, sha256: str) -> bool:
         return self.db.execute("SELECT 1 FROM frames WHERE path = ? AND sha256 = ?",
                                (path, sha256)).fetchone() is not None
@@ -194,8 +214,8 @@ class Journal:
     def commit(self, records: Iterable[FrameRecord], messages: Iterable[OutboxMessage]) -> None:
         """Write frame records and their messages in one transaction (a group commit: one fsync).
 
-        A record already present (same path and content) violates the UNIQUE constraint and
-        rolls the whole group back: the caller checks `has()` first, as the only writer.
+        A record already present (same path and version) violates the UNIQUE constraint and
+        rolls the whole group back: the caller numbers versions from `latest_version()`, as the only writer.
         """
         cols = list(FrameRecord.__dataclass_fields__)
         with self._transaction() as cur:

@@ -248,9 +248,9 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         built = self.commits.build(group, journal)
-        for rel in built.duplicates:
+        for job in built.duplicates:
             self.metrics.frames.labels("duplicate").inc()
-            self.ledger.release(rel)
+            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
         journal.commit(built.records, built.messages)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)

@@ -82,9 +82,9 @@ class ReadStage:
             self.fail(job, "", FrameReadError(job.path, f"cannot read ({e.strerror})"))
             return
         sha = hashlib.sha256(data).hexdigest()  # the bytes are in memory for decoding anyway
-        if self.ledger.has_content(job.rel, sha):  # touched but unchanged: the same frame, already counted
+        if self.ledger.is_latest_content(job.rel, sha):  # touched but unchanged: already counted
             self.metrics.frames.labels("duplicate").inc()
-            self.ledger.release(job.rel)
+            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
             return
         try:
             image = decode_frame(job.path, data, limits)

@@ -142,10 +142,10 @@ def test_subscribe_command_prints_snapshot_then_updates(run_daemon, recorder_for
     proc = subprocess.Popen([sys.executable, "-m", "wellwatch", "subscribe", config.publish.endpoint,
                              "--snapshot", config.publish.snapshot_endpoint, "--count", "4", "--timeout", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # the subscriber is connected before frames arrive
+    first = proc.stdout.readline()  # the snapshot: the subscriber is connected before frames arrive
     write_plate(spec, tmp_path / "acquisition")
     out, err = proc.communicate(timeout=30)
-    lines = [json.loads(line) for line in out.splitlines()]
+    lines = [json.loads(line) for line in (first + out).splitlines()]
     assert proc.returncode == 0, err
     assert lines[0]["type"] == "snapshot" and "seq" in lines[0]
     assert [m["type"] for m in lines[1:]] == ["frame", "well", "frame", "well"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -67,3 +68,24 @@ def test_daemon_quarantines_bombs_and_keeps_counting(run_daemon, recorder_for, t
     reasons = quarantine_reasons(config.journal.path)
     assert set(reasons) == set(bombs) and all("limits.max_pixels" in r for r in reasons.values())
     assert running.daemon.pipeline.fatal is None
+
+
+def test_file_restored_to_earlier_pixels_is_a_new_version(run_daemon, recorder_for, tmp_path):
+    spec = plate(wells=("A1",), fields=1, timepoints=1, size=256, cells_per_field=12)
+    config, _ = run_daemon(spec, **{"watch.reconcile_s": 0.3})
+    rec = recorder_for(config)
+    write_plate(spec, tmp_path / "acquisition")
+    (first,) = rec.wait_frames(1)
+    path = Path(config.watch.root) / first["path"]
+    original, st = path.read_bytes(), path.stat()
+    write_plate(plate(wells=("A1",), fields=1, timepoints=1, size=256, cells_per_field=30, seed=99),
+                tmp_path / "acquisition")
+    rec.wait_frames(2)
+    path.write_bytes(original)  # restored, with its old size and mtime: only the content tells
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    frames = rec.wait_frames(3, timeout=20)
+    assert [f["version"] for f in frames] == [1, 2, 3]
+    assert frames[2]["counts"] == frames[0]["counts"] != frames[1]["counts"]
+    time.sleep(1.0)  # several reconcile scans: the unchanged file is not a fourth version
+    assert len(rec.of_type("frame")) == 3
+    assert rec.state.wells[("ops", "A1", 0)]["counts"] == frames[0]["counts"]
