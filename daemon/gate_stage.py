@@ -27,6 +27,8 @@ from .watcher import Discovery
 
 log = logging.getLogger(__name__)
 
+_WATCH_CHECK_S = 0.2  # how often the gate checks the root folder and the observer (a stat call)
+
 
 class RetrySchedule:
     """Frames to try again later (thread-safe: readers add, the gate takes the due ones)."""
@@ -60,6 +62,8 @@ class GateStage:
         self._root_was_available = True
         self.discovery = Discovery(root, self._on_path, config.watch.observer, config.watch.recursive,
                                    config.watch.extensions)
+        self._root_identity = self.discovery.root_identity()  # the folder the observer watches
+        self._next_watch_check = 0.0
 
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.root)
@@ -103,6 +107,7 @@ class GateStage:
         next_reconcile = time.monotonic() + cfg.reconcile_s
         while not self.stop_event.is_set():
             t0 = time.monotonic()
+            self._watch_the_watcher(t0)
             self._drain_discovered(gate)
             if t0 >= next_reconcile:
                 self._reconcile()
@@ -145,18 +150,35 @@ class GateStage:
                     self._inflight_marks.append((*identity, "seen"))
                 gate.offer(path, renamed)
 
-    def _reconcile(self) -> None:
-        available = self.discovery.root_available()
+    def _watch_the_watcher(self, now: float) -> None:
+        """The root gone, back, or replaced by a new folder, or the observer dead: act at once (a
+        restarted observer and a scan), not at the next reconcile scan."""
+        if now < self._next_watch_check:
+            return
+        self._next_watch_check = now + _WATCH_CHECK_S
+        identity = self.discovery.root_identity()
+        available = identity is not None
         self.metrics.watch_root_up.set(1 if available else 0)
+        came_back = available and not self._root_was_available
         if available != self._root_was_available:
             self._root_was_available = available
             event = "root_available" if available else "root_unavailable"
             log.warning("watch.root %s is %s", self.root, "back" if available else
                         "gone (share dropped?); results so far are kept, watching for its return")
             self.status(StatusEvent("watch", {"event": event, "root": self.root}))
-            if available:
-                self.discovery.restart_observer()  # the old watch died with the folder
-        if available:
+        if not available or self.stop_event.is_set():
+            return
+        why = ("root_replaced" if identity != self._root_identity or self.discovery.root_lost.is_set() else
+               "observer_died" if not self.discovery.observer_alive() else None)
+        if why is not None and self.discovery.restart_observer():
+            self._root_identity = identity
+            if not came_back:  # a folder deleted and re-created between two checks, or a dead thread
+                log.warning("watch.root %s: %s; observer restarted", self.root, why.replace("_", " "))
+                self.status(StatusEvent("watch", {"event": "observer_restarted", "reason": why, "root": self.root}))
+            self.discovery.scan()  # what was written while nothing watched
+
+    def _reconcile(self) -> None:
+        if self.discovery.root_identity() is not None:
             self.discovery.scan()
 
     def _dispatch(self, ready: ReadyFile) -> None:

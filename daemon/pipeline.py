@@ -137,11 +137,11 @@ class Pipeline:
         if self._unsent:
             log.info("re-sending %d journaled messages not yet published", len(self._unsent))
             self.publisher.submit(self._unsent)
-        for t in self._threads:
-            t.start()
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
-        offered = self.discovery.start()
+        offered = self.discovery.start()  # before the gate runs: it restarts an observer it finds dead
+        for t in self._threads:
+            t.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
 
@@ -162,8 +162,8 @@ class Pipeline:
     def shutdown(self) -> None:
         """Drain: finish frames already being read, score and commit them, publish, close."""
         self.stop_event.set()
+        self._threads[0].join()  # the gate stops handing out work (and restarting the observer)
         self.discovery.stop()
-        self._threads[0].join()  # the gate stops handing out work
         if self.fatal is None:
             self.reader.shutdown(wait=True)
             self.prepared.put(_STOP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -89,3 +90,39 @@ def test_file_restored_to_earlier_pixels_is_a_new_version(run_daemon, recorder_f
     time.sleep(1.0)  # several reconcile scans: the unchanged file is not a fourth version
     assert len(rec.of_type("frame")) == 3
     assert rec.state.wells[("ops", "A1", 0)]["counts"] == frames[0]["counts"]
+
+
+def watch_events(rec) -> list[dict]:
+    return [m for m in rec.updates if m["type"] == "status" and m.get("kind") == "watch"]
+
+
+def test_root_deleted_and_recreated_is_watched_again_at_once(run_daemon, recorder_for, tmp_path):
+    spec = plate(wells=("A1",), fields=1, timepoints=1)
+    config, running = run_daemon(spec, **{"watch.reconcile_s": 3600.0})  # no reconcile scan to fall back on
+    rec = recorder_for(config)
+    root = Path(config.watch.root)
+    write_plate(spec, tmp_path / "acquisition")
+    rec.wait_frames(1)
+    shutil.rmtree(root)
+    root.mkdir()  # re-created within one gate poll or two
+    time.sleep(0.6)
+    later = plate(wells=("B1",), fields=1, timepoints=1, seed=5)
+    t0 = time.monotonic()
+    write_plate(later, tmp_path / "acquisition")
+    rec.wait_frames(2, timeout=10)
+    assert time.monotonic() - t0 < 1.5  # latency back to normal, not a reconcile period
+    events = [(e["event"], e.get("reason")) for e in watch_events(rec)]
+    assert events in ([("observer_restarted", "root_replaced")], [("root_unavailable", None), ("root_available", None)])
+
+
+def test_dead_observer_is_restarted(run_daemon, recorder_for, tmp_path):
+    spec = plate(wells=("A1",), fields=1, timepoints=1)
+    config, running = run_daemon(spec, **{"watch.reconcile_s": 3600.0})
+    rec = recorder_for(config)
+    running.daemon.pipeline.discovery.observer.stop()  # as if its thread had died
+    time.sleep(0.6)
+    t0 = time.monotonic()
+    write_plate(spec, tmp_path / "acquisition")
+    rec.wait_frames(1, timeout=10)
+    assert time.monotonic() - t0 < 1.5
+    assert [(e["event"], e.get("reason")) for e in watch_events(rec)] == [("observer_restarted", "observer_died")]
