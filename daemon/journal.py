@@ -128,6 +128,10 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
+class _Probe(Exception):
+    """Rolls back the start-up write probe."""
+
+
 class Journal:
     """One connection per thread: open a Journal in the thread that uses it."""
 
@@ -148,6 +152,20 @@ class Journal:
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StartupError(f"journal.path {self.path}: cannot open as SQLite ({e})") from None
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Fail at start, naming the file, rather than at the first frame: write a row, roll it back."""
+        try:
+            with self._transaction() as cur:
+                cur.execute("INSERT INTO inflight (path, size, mtime_ns, state, t) VALUES ('', 0, 0, 'seen', 0)")
+                raise _Probe
+        except _Probe:
+            pass
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise StartupError(f"journal.path {self.path}: cannot write to it ({e}); check the file's and its "
+                               "folder's permissions and free space") from None
 
     def _migrate(self) -> None:
         """Bring journals of earlier releases up to date: per-cell columns, one row per version."""

@@ -156,8 +156,26 @@ class Pipeline:
         self.stop_event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until a stop is requested; True if it was."""
-        return self.stop_event.wait(timeout)
+        """Block until a stop is requested, or a thread died (then `fatal` says why); True if so."""
+        if self.stop_event.wait(timeout):
+            return True
+        self._check_threads()
+        return self.stop_event.is_set()
+
+    def _check_threads(self) -> None:
+        """A thread that ended on its own stops the daemon with a reason, never silently."""
+        if self.stop_event.is_set():
+            return
+        if not self.publisher.is_alive():
+            error = self.publisher.error
+            self._stop_for(RuntimeError(f"the publisher thread died ({type(error).__name__}: {error}); "
+                                        "nothing would reach subscribers" if error else
+                                        "the publisher thread ended unexpectedly"))
+            return
+        for t in self._threads:
+            if t.ident is not None and not t.is_alive() and self.fatal is None:
+                self._stop_for(RuntimeError(f"the {t.name} thread ended unexpectedly"))
+                return
 
     def shutdown(self) -> None:
         """Drain: finish frames already being read, score and commit them, publish, close."""

@@ -24,6 +24,7 @@ from .stream import SCHEMA_VERSION, SNAPSHOT_REQUEST, snapshot_key, stamp_sent
 log = logging.getLogger(__name__)
 
 _STOP = object()
+MAX_REQUEST_BYTES = 4096
 
 
 def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
@@ -43,6 +44,8 @@ class Publisher(threading.Thread):
         self.pub.setsockopt(zmq.LINGER, 2000)
         self.router = context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        # a request is a few bytes of JSON: a peer sending more is disconnected before it is buffered
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         if curve is not None:
             curve.apply(self.pub)
             curve.apply(self.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from wellwatch.daemon.reader import FrameLimits, read_frame
 from wellwatch.simulator.hostile import tiff_bomb
 from wellwatch.simulator.writer import write_plate
 
-from .test_daemon_ops import plate
+from .test_daemon_ops import WELLWATCH, plate, write_config
 
 
 def vm_peak_mb() -> float:
@@ -126,3 +127,78 @@ def test_dead_observer_is_restarted(run_daemon, recorder_for, tmp_path):
     rec.wait_frames(1, timeout=10)
     assert time.monotonic() - t0 < 1.5
     assert [(e["event"], e.get("reason")) for e in watch_events(rec)] == [("observer_restarted", "observer_died")]
+
+
+def make_unwritable(path: Path) -> bool:
+    """Read-only for this process: chmod for a user, the immutable attribute for root."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return True
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+def test_unwritable_journal_at_start_is_one_line_and_exit_2(tmp_path):
+    from wellwatch.daemon.journal import Journal
+
+    cfg_path = write_config(tmp_path)
+    journal = tmp_path / "journal.sqlite"
+    Journal(journal).close()
+    if not make_unwritable(journal):
+        pytest.skip("cannot make a file read-only here")
+    try:
+        out = subprocess.run(WELLWATCH + ["run", "--config", str(cfg_path)], capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(journal)], capture_output=True)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "journal.path" in last and str(journal) in last and "cannot write" in last
+
+
+def test_bit_flipped_model_in_inspect_is_one_line_and_exit_2(tmp_path, caplog):
+    from wellwatch.cli import main
+    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.simulator.hostile import flip_bit
+
+    damaged = tmp_path / "flipped.onnx"
+    data = bundled_demo_model().read_bytes()
+    damaged.write_bytes(data)
+    flip_bit(damaged, data.index(b'"task"') + 2, 7)  # inside the contract: no longer UTF-8
+    assert main(["inspect", str(damaged)]) == 2
+    assert "not valid UTF-8" in caplog.text and str(damaged) in caplog.text
+
+
+def test_dead_publisher_stops_the_daemon_with_exit_1_and_a_reason(run_daemon, recorder_for, tmp_path):
+    spec = plate(wells=("A1",), fields=1, timepoints=1)
+    config, running = run_daemon(spec)
+    recorder_for(config)
+    publisher = running.daemon.pipeline.publisher
+
+    def broken_send(message):
+        raise OSError("injected: the network is gone")
+
+    publisher._send = broken_send
+    write_plate(spec, tmp_path / "acquisition")
+    running.thread.join(20)
+    assert not running.thread.is_alive() and running.exit_code == [1]
+    assert "publisher thread died" in str(running.daemon.pipeline.fatal)
+    assert "injected" in str(running.daemon.pipeline.fatal)
+
+
+def test_oversized_snapshot_request_is_dropped_and_others_still_answered(run_daemon, recorder_for):
+    import zmq
+
+    from wellwatch.client import request_snapshot
+    from wellwatch.daemon.publish import MAX_REQUEST_BYTES
+
+    config, running = run_daemon(plate(wells=("A1",), fields=1, timepoints=1))
+    recorder_for(config)
+    context = zmq.Context.instance()
+    hostile = context.socket(zmq.DEALER)
+    hostile.setsockopt(zmq.LINGER, 0)
+    hostile.connect(config.publish.snapshot_endpoint)
+    hostile.send_multipart([b"", b"x" * (MAX_REQUEST_BYTES * 256)])
+    assert not hostile.poll(500)  # no answer: the daemon dropped the peer before buffering it
+    hostile.close()
+    assert request_snapshot(context, config.publish.snapshot_endpoint)["type"] == "snapshot"
+    assert running.daemon.pipeline.fatal is None
