@@ -18,7 +18,7 @@ from typing import Callable
 from .config import Config
 from .errors import NamingError
 from .gate import CompletenessGate, ReadyFile
-from .jobs import FrameJob, StatusEvent
+from .jobs import FailedFrame, FrameJob, StatusEvent
 from .journal import Journal
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
@@ -27,6 +27,7 @@ from .watcher import Discovery
 
 log = logging.getLogger(__name__)
 
+SUSPECT_DEATHS = 2  # daemon deaths while a file was being read that make it a quarantine
 _WATCH_CHECK_S = 0.2  # how often the gate checks the root folder and the observer (a stat call)
 
 
@@ -51,10 +52,14 @@ class RetrySchedule:
 class GateStage:
     def __init__(self, config: Config, root: str, naming: NamingScheme, ledger: FrameLedger,
                  metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
-                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent], None]):
+                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent | FailedFrame], None],
+                 suspects: dict[tuple[str, int, int], int] | None = None):
         self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
         self.journal_path, self.stop_event = journal_path, stop_event
         self.submit, self.status = submit, status
+        self.suspects = suspects or {}  # (rel, size, mtime_ns) -> daemon deaths while it was being read
+        self._held: list[FrameJob] = []
+        self._suspect_out: str | None = None
         self.retries = RetrySchedule()
         self.discovered: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
@@ -120,6 +125,7 @@ class GateStage:
                 self._inflight_marks = []
             for r in ready:
                 self._dispatch(r)
+            self._dispatch_held()
             self._dispatch_due_retries(t0)
             self.metrics.queue_depth.labels("gate").set(len(gate))
             self._wait_for_discovery(t0 + interval)
@@ -186,8 +192,38 @@ class GateStage:
         if meta is None:
             return
         job = FrameJob(ready.path, self.rel(ready.path), meta, ready.size, ready.mtime_ns)
-        if self.ledger.claim(job.rel):
+        deaths = self.suspects.get((job.rel, job.size, job.mtime_ns), 0)
+        if deaths >= SUSPECT_DEATHS:
+            if self.ledger.claim(job.rel):
+                log.error("%s: the daemon died %d times while reading it; quarantined unread", job.rel, deaths)
+                self.status(FailedFrame(job, "", f"the daemon died {deaths} times while this file was being read "
+                                                 "(a file that crashes the reader); quarantined instead of read again"))
+            return
+        if deaths or self._held or self._suspect_out is not None:
+            self._held.append(job)  # in order behind a suspect
+        elif self.ledger.claim(job.rel):
             self.submit(job)
+
+    def _dispatch_held(self) -> None:
+        """A suspect (a file being read when the daemon died) is read alone: if the daemon dies
+        again now, the file is the likely cause. Files behind it wait, in order."""
+        if self._suspect_out is not None:
+            if self.ledger.is_on_its_way(self._suspect_out):
+                return
+            self._suspect_out = None
+        while self._held:
+            job = self._held[0]
+            if self.suspects.get((job.rel, job.size, job.mtime_ns)):
+                if self.ledger.on_their_way():
+                    return  # wait until nothing else is being read
+                self._held.pop(0)
+                if self.ledger.claim(job.rel):
+                    self._suspect_out = job.rel
+                    self.submit(job)
+                return
+            self._held.pop(0)
+            if self.ledger.claim(job.rel):
+                self.submit(job)
 
     def _dispatch_due_retries(self, now: float) -> None:
         for job in self.retries.take_due(now):

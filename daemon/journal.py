@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS inflight (
     state TEXT NOT NULL CHECK (state IN ('seen', 'read')),
     t REAL NOT NULL  -- epoch seconds of the last change
 );
+-- Files that were being read when the daemon died (kill -9, OOM, a crash in native code):
+-- `deaths` counts such starts; a file that was there twice is quarantined instead of read again.
+CREATE TABLE IF NOT EXISTS suspects (
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    deaths INTEGER NOT NULL,
+    PRIMARY KEY (path, size, mtime_ns)
+);
 -- Every frame's state: seen, read, inferred (results committed, announcement not yet sent),
 -- published, or quarantined.
 CREATE VIEW IF NOT EXISTS frame_status AS
@@ -242,6 +251,7 @@ class Journal:
             cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
                             [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
             cur.executemany("DELETE FROM inflight WHERE path = ?", [(r.path,) for r in records])
+            cur.executemany("DELETE FROM suspects WHERE path = ?", [(r.path,) for r in records])
 
     def mark_inflight(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
         """(path, size, mtime_ns, 'seen' | 'read') for files on their way in; one transaction."""
@@ -250,9 +260,17 @@ class Journal:
                             "VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0)", rows)
 
     def clear_inflight(self) -> int:
-        """At start-up: forget the previous run's in-flight files (the scan finds them again)."""
+        """At start-up: forget the previous run's in-flight files (the scan finds them again); those
+        that were being read count one more death in `suspects`."""
         with self._transaction() as cur:
+            cur.execute("INSERT INTO suspects (path, size, mtime_ns, deaths) "
+                        "SELECT path, size, mtime_ns, 1 FROM inflight WHERE state = 'read' AND true "
+                        "ON CONFLICT (path, size, mtime_ns) DO UPDATE SET deaths = deaths + 1")
             return cur.execute("DELETE FROM inflight").rowcount
+
+    def suspects(self) -> dict[tuple[str, int, int], int]:
+        """(path, size, mtime_ns) -> times the daemon died while reading that file."""
+        return {(p, s, m): d for p, s, m, d in self.db.execute("SELECT path, size, mtime_ns, deaths FROM suspects")}
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:

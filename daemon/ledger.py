@@ -62,6 +62,10 @@ class FrameLedger:
             latest = self._latest.get(rel)
             return latest is not None and latest[2] == sha256
 
+    def is_on_its_way(self, rel: str) -> bool:
+        with self._lock:
+            return rel in self._on_their_way
+
     def on_their_way(self) -> int:
         with self._lock:
             return len(self._on_their_way)

@@ -114,9 +114,11 @@ class Pipeline:
         self.fatal: BaseException | None = None
         self.prepared: queue.Queue = queue.Queue(maxsize=config.pipeline.queue_size)
         self.to_commit: queue.Queue = queue.Queue()
-        self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
+        self.seg_pool = (SegmentationPool(config.segmentation.workers, on_rebuild=metrics.pool_rebuilds.inc)
+                         if self.seg_method != "none" else None)
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
-                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put)
+                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
+                              suspects=recovered.suspects)
         self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
                                 failed=self.to_commit.put, stop_event=self.stop_event,
                                 is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 import numpy as np
@@ -30,6 +31,9 @@ from .reader import check_file_size, decode_frame
 from .segment import ModelSegmenter, SegmentationPool
 
 log = logging.getLogger(__name__)
+
+# Errors of the machine, not of the frame (memory, file descriptors, a pool that was shut down)
+MACHINE_FAULTS = (MemoryError, OSError, BrokenProcessPool)
 
 
 class ReadStage:
@@ -96,6 +100,11 @@ class ReadStage:
             prepared = prepare_frame(image, self.contract, segmentation=self.config.segmentation.method,
                                      classical=self.config.segmentation.classical, seg_model=self.seg_model,
                                      crop=self.crop, run_classical=self._classical_in_pool)
+        except MACHINE_FAULTS as e:  # the machine, not the frame: try again, never a permanent quarantine
+            log.warning("cannot prepare %s now (%s: %s); trying again later", job.rel, type(e).__name__, e)
+            self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
+                      machine=True)
+            return
         except Exception as e:  # a frame the model cannot take must not stop the daemon
             log.exception("cannot prepare %s", job.rel)
             self.fail(job, sha, FrameReadError(job.path, f"cannot be prepared for the model "
@@ -117,13 +126,19 @@ class ReadStage:
     def _classical_in_pool(self, image: np.ndarray, params, crop):
         return self.seg_pool.classical(image, params, crop).result()
 
-    def fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
-        """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame."""
+    def fail(self, job: FrameJob, sha: str, error: FrameReadError, machine: bool = False) -> None:
+        """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame.
+        A machine fault is never journaled: past its retries the frame waits for the next scan."""
         cfg = self.config.pipeline
         if error.retryable and job.attempt < cfg.max_retries:
             self.metrics.frames.labels("retried").inc()
             log.info("retrying %s later (attempt %d): %s", job.rel, job.attempt + 1, error.reason)
             retry = FrameJob(job.path, job.rel, job.meta, job.size, job.mtime_ns, job.attempt + 1)
             self.retries.add(time.monotonic() + cfg.retry_delay_s, retry)
+            return
+        if machine:
+            log.error("%s: %s; left for the next reconcile scan", job.rel, error.reason)
+            self.metrics.frames.labels("deferred").inc()
+            self.ledger.release(job.rel)
             return
         self.failed(FailedFrame(job, sha, error.reason))

@@ -24,6 +24,8 @@ class Recovered:
     last_sent: int                # the last seq the publisher sent
     snapshot_state: list[dict] = field(default_factory=list)  # sent well messages, oldest first
     unsent: list[OutboxMessage] = field(default_factory=list)  # committed, to be (re)sent
+    # (rel path, size, mtime_ns) -> times the daemon died while that file was being read
+    suspects: dict[tuple[str, int, int], int] = field(default_factory=dict)
 
 
 def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) -> Recovered:
@@ -41,6 +43,10 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
             log.info("journal %s: %d frames already recorded; last seq %d", journal_path, n, state.seq)
         if stale := journal.clear_inflight():
             log.info("%d files were on their way in at the last stop; the start-up scan finds them again", stale)
+        state.suspects = journal.suspects()
+        if state.suspects:
+            log.warning("%d file(s) were being read when the daemon died; they are read alone now (twice: "
+                        "quarantined)", len(state.suspects))
         state.snapshot_state = list(journal.sent_payloads("well/"))
         state.unsent = journal.unsent()
         return state

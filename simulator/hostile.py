@@ -42,3 +42,19 @@ def flip_bit(path: str | Path, offset: int, bit: int = 0) -> None:
     data = bytearray(p.read_bytes())
     data[offset] ^= 1 << bit
     p.write_bytes(bytes(data))
+
+
+def die_in_worker(code: int = 9) -> None:
+    """Run in a segmentation pool worker: the worker dies as the OOM killer would kill it."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL if code == 9 else signal.SIGTERM)
+
+
+def nap(seconds: float, value: object = None) -> object:
+    """Run in a pool worker: take a while, then answer `value`."""
+    import time
+
+    time.sleep(seconds)
+    return value

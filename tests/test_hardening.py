@@ -49,6 +49,11 @@ def test_file_bigger_than_max_file_mb_is_not_read(tmp_path):
         read_frame(str(path), FrameLimits(max_file_mb=1.0))
 
 
+def journal_states(journal: str) -> dict[str, str]:
+    with sqlite3.connect(journal) as db:
+        return dict(db.execute("SELECT path, state FROM frames").fetchall())
+
+
 def quarantine_reasons(journal: str) -> dict[str, str]:
     with sqlite3.connect(journal) as db:
         return dict(db.execute("SELECT path, reason FROM frames WHERE state = 'quarantined'").fetchall())
@@ -202,3 +207,78 @@ def test_oversized_snapshot_request_is_dropped_and_others_still_answered(run_dae
     hostile.close()
     assert request_snapshot(context, config.publish.snapshot_endpoint)["type"] == "snapshot"
     assert running.daemon.pipeline.fatal is None
+
+
+def test_pool_worker_killed_from_outside_costs_no_task():
+    import os
+    import signal
+
+    from wellwatch.daemon.segment import SegmentationPool
+    from wellwatch.simulator.hostile import nap
+
+    pool = SegmentationPool(2)
+    try:
+        futures = [pool.submit(nap, 0.3, i) for i in range(6)]
+        time.sleep(0.1)
+        os.kill(next(iter(pool.executor._processes)), signal.SIGKILL)  # the OOM killer, mid-task
+        assert [f.result(timeout=60) for f in futures] == list(range(6))
+        assert pool.rebuilds >= 1
+        assert pool.submit(nap, 0, "after").result(timeout=30) == "after"  # the rebuilt pool works
+    finally:
+        pool.shutdown()
+
+
+def test_frame_that_kills_its_worker_fails_alone_and_the_rest_succeed():
+    from wellwatch.daemon.segment import FrameFault, SegmentationPool
+    from wellwatch.simulator.hostile import die_in_worker, nap
+
+    pool = SegmentationPool(2)
+    try:
+        innocent = [pool.submit(nap, 0.2, i) for i in range(4)]
+        poison = pool.submit(die_in_worker)
+        with pytest.raises(FrameFault, match="died 2 times"):
+            poison.result(timeout=60)
+        assert [f.result(timeout=60) for f in innocent] == list(range(4))
+    finally:
+        pool.shutdown()
+
+
+def test_daemon_with_a_killed_segmentation_worker_loses_no_frame(run_daemon, recorder_for, tmp_path):
+    import os
+    import signal
+
+    spec = plate(wells=("A1", "A2"), fields=2, timepoints=1)
+    config, running = run_daemon(spec, **{"segmentation.method": "classical", "segmentation.workers": 2,
+                                          "segmentation.classical.min_area": 60,
+                                          "segmentation.classical.downsample": 1})
+    rec = recorder_for(config)
+    pool = running.daemon.pipeline.seg_pool
+    os.kill(next(iter(pool.executor._processes)), signal.SIGKILL)
+    write_plate(spec, tmp_path / "acquisition")
+    rec.wait_frames(4, timeout=60)
+    assert quarantine_reasons(config.journal.path) == {}
+    assert pool.rebuilds >= 1 and running.daemon.metrics.pool_rebuilds._value.get() >= 1
+
+
+def test_file_that_was_being_read_at_two_deaths_is_quarantined_unread(run_daemon, tmp_path):
+    from wellwatch.daemon.journal import Journal
+    from wellwatch.harness import local_config
+
+    spec = plate(wells=("A1", "A2"), fields=1, timepoints=1)
+    write_plate(spec, tmp_path / "acquisition")
+    root = tmp_path / "acquisition" / "data"
+    killer, survivor = sorted(p.name for p in root.glob("*.tif"))
+    journal = Journal(tmp_path / "journal.sqlite")  # two earlier runs died while reading `killer`,
+    for deaths, names in ((1, [killer, survivor]), (2, [killer])):  # one while reading `survivor` too
+        rows = [(n, (root / n).stat().st_size, (root / n).stat().st_mtime_ns, "read") for n in names]
+        journal.mark_inflight(rows)
+        journal.clear_inflight()  # what a start-up does
+    assert journal.suspects()[(killer, (root / killer).stat().st_size, (root / killer).stat().st_mtime_ns)] == 2
+    journal.close()
+    config, running = run_daemon(spec)
+    assert config.journal.path == str(local_config(tmp_path, spec).journal.path)
+    deadline = time.monotonic() + 30
+    while len(journal_states(config.journal.path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert journal_states(config.journal.path) == {killer: "quarantined", survivor: "done"}  # one death: read
+    assert "died 2 times" in quarantine_reasons(config.journal.path)[killer]
