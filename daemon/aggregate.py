@@ -7,7 +7,9 @@ instead of adding to it, so nothing is counted twice.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -78,17 +80,32 @@ class WellState:
 
 
 class PlateAggregate:
-    """Running state of every (plate, well, timepoint) seen."""
+    """Running state of each well's latest `keep_timepoints` timepoints.
 
-    def __init__(self, fields_expected: int = 0):
+    Older timepoints leave memory (a three-day time-lapse would otherwise keep them all); a late
+    frame of one of them brings it back from `history` (the journal's per-field counts).
+    """
+
+    def __init__(self, fields_expected: int = 0, keep_timepoints: int = 2):
         self.fields_expected = fields_expected
+        self.keep_timepoints = keep_timepoints
         self.wells: dict[tuple[str, str, int], WellState] = {}
+        self._timepoints: dict[tuple[str, str], list[int]] = {}  # (plate, well) -> timepoints held, ascending
 
-    def add(self, plate: str, well: str, timepoint: int, field_index: int, counts: TileCounts) -> WellState:
+    def add(self, plate: str, well: str, timepoint: int, field_index: int, counts: TileCounts,
+            history: Callable[[], Iterable[tuple[int, TileCounts]]] | None = None) -> WellState:
+        """Count one frame; `history` gives an evicted timepoint's earlier (field, counts), oldest first."""
         key = (plate, well, timepoint)
         state = self.wells.get(key)
         if state is None:
             state = self.wells[key] = WellState(plate, well, timepoint)
+            held = self._timepoints.setdefault((plate, well), [])
+            if history is not None and held and timepoint < held[-1]:
+                for f, c in history():  # a timepoint that left memory: its other fields are in the journal
+                    state.fields[f] = c
+            bisect.insort(held, timepoint)
+            while len(held) > self.keep_timepoints:
+                del self.wells[(plate, well, held.pop(0))]
         state.fields[field_index] = counts
         return state
 

@@ -84,7 +84,7 @@ class CommitBuilder:
                 record, new = self.quarantined(msg, sha, version)
                 built.outcomes.append("quarantined")
             else:
-                record, new = self.scored(msg, version)
+                record, new = self.scored(msg, version, journal)
                 built.outcomes.append("processed")
             built.records.append(record)
             built.messages.extend(new)
@@ -107,10 +107,11 @@ class CommitBuilder:
                              None, None, None, job.mtime_ns / 1e9, time.time(), message.seq)
         return record, [message]
 
-    def scored(self, work: FrameWork, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
+    def scored(self, work: FrameWork, version: int, journal: Journal) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = work.job, work.job.meta
         counts = frame_counts(work, self.contract, self.cell_type)
-        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
+        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts,
+                                   history=lambda: journal.field_counts(meta.plate, meta.well, meta.timepoint))
         seq = self.next_seq()
         frame_msg = OutboxMessage(seq, frame_topic(meta.plate, meta.well), envelope(
             seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,

@@ -14,6 +14,7 @@ from pathlib import Path
 from .aggregate import PlateAggregate
 from .journal import Journal, OutboxMessage
 from .ledger import FrameLedger
+from .stream import replaces, snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class Recovered:
     seq: int                      # the last seq handed out; the next message gets seq + 1
     last_sent: int                # the last seq the publisher sent
-    snapshot_state: list[dict] = field(default_factory=list)  # sent well messages, oldest first
+    snapshot_state: list[dict] = field(default_factory=list)  # the latest sent well message per well
     unsent: list[OutboxMessage] = field(default_factory=list)  # committed, to be (re)sent
     # (rel path, size, mtime_ns) -> times the daemon died while that file was being read
     suspects: dict[tuple[str, int, int], int] = field(default_factory=dict)
@@ -47,7 +48,11 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
         if state.suspects:
             log.warning("%d file(s) were being read when the daemon died; they are read alone now (twice: "
                         "quarantined)", len(state.suspects))
-        state.snapshot_state = list(journal.sent_payloads("well/"))
+        latest: dict[tuple, dict] = {}  # the snapshot's state: one message per well, however long the run
+        for message in journal.sent_payloads("well/"):
+            if (key := snapshot_key(message)) is not None and replaces(message, latest.get(key)):
+                latest[key] = message
+        state.snapshot_state = list(latest.values())
         state.unsent = journal.unsent()
         return state
     finally:

@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
+from wellwatch.client import request_snapshot
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
@@ -99,7 +101,11 @@ def test_frames_present_before_start_are_processed_once(run_daemon, recorder_for
     # the journal holds the hash of each complete file: what was counted is what was written
     for path, sha, *_ in rows:
         assert hashlib.sha256((tmp_path / "acquisition" / "data" / path).read_bytes()).hexdigest() == sha
-    assert sum(m["frames"] for m in rec.state.wells.values()) == frames_of(spec)
+    time.sleep(0.3)  # the last messages sent
+    # a snapshot holds each well's latest timepoint; all of them on request by range
+    every = request_snapshot(zmq.Context.instance(), config.publish.snapshot_endpoint,
+                             timepoints=(0, spec.timepoints - 1))
+    assert sum(m["frames"] for m in every["wells"]) == frames_of(spec)
 
 
 @pytest.mark.parametrize("observer", ["native", "polling"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -282,3 +283,50 @@ def test_file_that_was_being_read_at_two_deaths_is_quarantined_unread(run_daemon
         time.sleep(0.05)
     assert journal_states(config.journal.path) == {killer: "quarantined", survivor: "done"}  # one death: read
     assert "died 2 times" in quarantine_reasons(config.journal.path)[killer]
+
+
+def test_aggregate_keeps_recent_timepoints_and_reloads_a_late_one():
+    from wellwatch.daemon.aggregate import PlateAggregate, TileCounts
+
+    agg = PlateAggregate(2, keep_timepoints=2)
+    journal = {}  # what the journal would hold: (timepoint) -> [(field, counts)]
+    for t in range(5):
+        for f in (1, 2):
+            c = TileCounts(live=10 * t + f, dead=1, empty=0)
+            journal.setdefault(t, []).append((f, c))
+            agg.add("p", "A1", t, f, c, history=lambda t=t: journal[t])
+    assert sorted(k[2] for k in agg.wells) == [3, 4]  # bounded, however long the run
+    late = agg.add("p", "A1", 0, 2, TileCounts(live=100, dead=0, empty=0), history=lambda: journal[0])
+    assert late.totals().live == 1 + 100 and len(late.fields) == 2  # field 1 came back from the journal
+    assert sorted(k[2] for k in agg.wells) == [3, 4]
+
+
+def test_snapshot_is_the_latest_timepoint_per_well_older_ones_by_range(run_daemon, recorder_for, tmp_path):
+    import zmq
+
+    from wellwatch.client import request_snapshot
+    from wellwatch.daemon.history import well_history
+
+    spec = plate(wells=("A1", "A2"), fields=1, timepoints=4, size=64, cells_per_field=2)
+    config, running = run_daemon(spec)
+    rec = recorder_for(config)
+    write_plate(spec, tmp_path / "acquisition")
+    rec.wait_frames(8)
+    time.sleep(0.3)
+    context, endpoint = zmq.Context.instance(), config.publish.snapshot_endpoint
+    latest = request_snapshot(context, endpoint)
+    assert sorted((w["well"], w["timepoint"]) for w in latest["wells"]) == [("A1", 3), ("A2", 3)]
+    older = request_snapshot(context, endpoint, timepoints=(0, 1))
+    assert sorted((w["well"], w["timepoint"]) for w in older["wells"]) == [("A1", 0), ("A1", 1), ("A2", 0), ("A2", 1)]
+    assert older["seq"] == latest["seq"] and older["timepoints"] == [0, 1]
+    history = well_history(config.journal.path)  # the bulk read, beside the running daemon
+    assert [(w["well"], w["timepoint"]) for w in history] == [(w, t) for w in ("A1", "A2") for t in range(4)]
+    assert well_history(config.journal.path, well="A1", timepoints=(2, 3)) == [
+        w for w in history if w["well"] == "A1" and w["timepoint"] >= 2]
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(endpoint)
+    req.send(b'{"request": "snapshot", "timepoints": [3, 1]}')
+    assert req.poll(5000)
+    assert json.loads(req.recv())["type"] == "error"
+    req.close()
