@@ -27,7 +27,7 @@ from .watcher import Discovery
 
 log = logging.getLogger(__name__)
 
-SUSPECT_DEATHS = 2  # daemon deaths while a file was being read that make it a quarantine
+SOLO_DEATHS = 2  # daemon deaths while a file was being read alone that make it a quarantine
 _WATCH_CHECK_S = 0.2  # how often the gate checks the root folder and the observer (a stat call)
 
 
@@ -53,12 +53,15 @@ class GateStage:
     def __init__(self, config: Config, root: str, naming: NamingScheme, ledger: FrameLedger,
                  metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
                  submit: Callable[[FrameJob], None], status: Callable[[StatusEvent | FailedFrame], None],
-                 suspects: dict[tuple[str, int, int], int] | None = None):
+                 suspects: dict[tuple[str, int, int], tuple[int, int]] | None = None):
         self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
         self.journal_path, self.stop_event = journal_path, stop_event
         self.submit, self.status = submit, status
-        self.suspects = suspects or {}  # (rel, size, mtime_ns) -> daemon deaths while it was being read
+        # (rel, size, mtime_ns) -> daemon deaths while it was being read (with others, alone)
+        self.suspects = suspects or {}
         self._held: list[FrameJob] = []
+        self._held_rels: set[str] = set()
+        self._outgoing: list[FrameJob] = []  # claimed this poll, handed to readers at its end
         self._suspect_out: str | None = None
         self.retries = RetrySchedule()
         self.discovered: queue.Queue = queue.Queue()
@@ -118,14 +121,18 @@ class GateStage:
                 self._reconcile()
                 self._drain_discovered(gate)
                 next_reconcile = t0 + cfg.reconcile_s
-            ready = gate.poll()
-            self._inflight_marks += [(self.rel(r.path), r.size, r.mtime_ns, "read") for r in ready]
-            if self._inflight_marks:  # one transaction per poll, and before readers can finish them
-                journal.mark_inflight(self._inflight_marks)
-                self._inflight_marks = []
-            for r in ready:
+            for r in gate.poll():
                 self._dispatch(r)
             self._dispatch_held()
+            outgoing, self._outgoing = self._outgoing, []
+            # "read" only for what is really handed to a reader now: a death counts against these
+            self._inflight_marks += [(j.rel, j.size, j.mtime_ns, "read") for j in outgoing]
+            released = self.ledger.take_released()
+            if self._inflight_marks or released:  # one transaction per poll, and before readers can finish them
+                journal.mark_inflight(self._inflight_marks, forget=released)
+                self._inflight_marks = []
+            for job in outgoing:
+                self.submit(job)
             self._dispatch_due_retries(t0)
             self.metrics.queue_depth.labels("gate").set(len(gate))
             self._wait_for_discovery(t0 + interval)
@@ -192,38 +199,41 @@ class GateStage:
         if meta is None:
             return
         job = FrameJob(ready.path, self.rel(ready.path), meta, ready.size, ready.mtime_ns)
-        deaths = self.suspects.get((job.rel, job.size, job.mtime_ns), 0)
-        if deaths >= SUSPECT_DEATHS:
+        deaths, alone = self.suspects.get((job.rel, job.size, job.mtime_ns), (0, 0))
+        if alone >= SOLO_DEATHS:
             if self.ledger.claim(job.rel):
-                log.error("%s: the daemon died %d times while reading it; quarantined unread", job.rel, deaths)
-                self.status(FailedFrame(job, "", f"the daemon died {deaths} times while this file was being read "
-                                                 "(a file that crashes the reader); quarantined instead of read again"))
+                log.error("%s: the daemon died %d times while reading it alone; quarantined unread", job.rel, alone)
+                self.status(FailedFrame(job, "", f"the daemon died {alone} times while this file alone was being "
+                                                 "read (a file that crashes the reader); quarantined instead of "
+                                                 "read again"))
             return
-        if deaths or self._held or self._suspect_out is not None:
-            self._held.append(job)  # in order behind a suspect
+        if deaths or alone or self._held or self._suspect_out is not None:
+            if job.rel not in self._held_rels:
+                self._held.append(job)  # in order behind a suspect
+                self._held_rels.add(job.rel)
         elif self.ledger.claim(job.rel):
-            self.submit(job)
+            self._outgoing.append(job)
 
     def _dispatch_held(self) -> None:
         """A suspect (a file being read when the daemon died) is read alone: if the daemon dies
-        again now, the file is the likely cause. Files behind it wait, in order."""
+        now, that death counts against it alone. Files behind it wait, in order."""
         if self._suspect_out is not None:
             if self.ledger.is_on_its_way(self._suspect_out):
                 return
             self._suspect_out = None
         while self._held:
             job = self._held[0]
-            if self.suspects.get((job.rel, job.size, job.mtime_ns)):
-                if self.ledger.on_their_way():
-                    return  # wait until nothing else is being read
-                self._held.pop(0)
-                if self.ledger.claim(job.rel):
-                    self._suspect_out = job.rel
-                    self.submit(job)
-                return
+            suspect = bool(self.suspects.get((job.rel, job.size, job.mtime_ns)))
+            if suspect and self.ledger.on_their_way():
+                return  # wait until nothing else is being read
             self._held.pop(0)
-            if self.ledger.claim(job.rel):
-                self.submit(job)
+            self._held_rels.discard(job.rel)
+            if not self.ledger.needs_look((job.rel, job.size, job.mtime_ns)) or not self.ledger.claim(job.rel):
+                continue  # done (or on its way) since it was held
+            self._outgoing.append(job)
+            if suspect:
+                self._suspect_out = job.rel
+                return
 
     def _dispatch_due_retries(self, now: float) -> None:
         for job in self.retries.take_due(now):

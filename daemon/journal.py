@@ -55,12 +55,14 @@ CREATE TABLE IF NOT EXISTS inflight (
     t REAL NOT NULL  -- epoch seconds of the last change
 );
 -- Files that were being read when the daemon died (kill -9, OOM, a crash in native code):
--- `deaths` counts such starts; a file that was there twice is quarantined instead of read again.
+-- `deaths` counts deaths while it was read as usual, `alone` deaths while it was read alone as a
+-- suspect (after a restart suspects are read one at a time); twice alone: quarantined unread.
 CREATE TABLE IF NOT EXISTS suspects (
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    deaths INTEGER NOT NULL,
+    deaths INTEGER NOT NULL DEFAULT 0,
+    alone INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (path, size, mtime_ns)
 );
 -- Every frame's state: seen, read, inferred (results committed, announcement not yet sent),
@@ -260,9 +262,11 @@ class Journal:
             cur.executemany("DELETE FROM inflight WHERE path = ?", [(r.path,) for r in records])
             cur.executemany("DELETE FROM suspects WHERE path = ?", [(r.path,) for r in records])
 
-    def mark_inflight(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
-        """(path, size, mtime_ns, 'seen' | 'read') for files on their way in; one transaction."""
+    def mark_inflight(self, rows: Iterable[tuple[str, int, int, str]], forget: Iterable[str] = ()) -> None:
+        """(path, size, mtime_ns, 'seen' | 'read') for files on their way in, after forgetting the
+        paths in `forget` (read but not journaled: duplicates, vanished); one transaction."""
         with self._transaction() as cur:
+            cur.executemany("DELETE FROM inflight WHERE path = ?", [(p,) for p in forget])
             cur.executemany("INSERT OR REPLACE INTO inflight (path, size, mtime_ns, state, t) "
                             "VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0)", rows)
 
@@ -270,14 +274,21 @@ class Journal:
         """At start-up: forget the previous run's in-flight files (the scan finds them again); those
         that were being read count one more death in `suspects`."""
         with self._transaction() as cur:
-            cur.execute("INSERT INTO suspects (path, size, mtime_ns, deaths) "
+            reading = cur.execute("SELECT path, size, mtime_ns FROM inflight WHERE state = 'read'").fetchall()
+            # alone: a suspect being read by itself (the gate reads suspects so); any other death
+            # (several files in the readers, or one file that was not a suspect) makes suspects
+            was_suspect = len(reading) == 1 and cur.execute(
+                "SELECT 1 FROM suspects WHERE path = ? AND size = ? AND mtime_ns = ?", reading[0]).fetchone()
+            column = "alone" if was_suspect else "deaths"
+            cur.execute(f"INSERT INTO suspects (path, size, mtime_ns, {column}) "
                         "SELECT path, size, mtime_ns, 1 FROM inflight WHERE state = 'read' AND true "
-                        "ON CONFLICT (path, size, mtime_ns) DO UPDATE SET deaths = deaths + 1")
+                        f"ON CONFLICT (path, size, mtime_ns) DO UPDATE SET {column} = {column} + 1")
             return cur.execute("DELETE FROM inflight").rowcount
 
-    def suspects(self) -> dict[tuple[str, int, int], int]:
-        """(path, size, mtime_ns) -> times the daemon died while reading that file."""
-        return {(p, s, m): d for p, s, m, d in self.db.execute("SELECT path, size, mtime_ns, deaths FROM suspects")}
+    def suspects(self) -> dict[tuple[str, int, int], tuple[int, int]]:
+        """(path, size, mtime_ns) -> (daemon deaths while it was being read with others, alone)."""
+        rows = self.db.execute("SELECT path, size, mtime_ns, deaths, alone FROM suspects")
+        return {(p, s, m): (d, a) for p, s, m, d, a in rows}
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:

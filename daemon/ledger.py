@@ -21,6 +21,7 @@ class FrameLedger:
         # rel paths handed to a reader and not yet journaled: a scan must not hand them out again
         # (a slow stage, e.g. segmentation on a CPU, would otherwise redo in-flight frames)
         self._on_their_way: set[str] = set()
+        self._released: list[str] = []  # freed without a journal row: their `inflight` rows must go
 
     def remember(self, rel: str, size: int, mtime_ns: int, sha256: str) -> None:
         """A path's new latest version was journaled; the path is free again."""
@@ -48,6 +49,7 @@ class FrameLedger:
         its new size and mtime so that scans do not read it again; the path is free again."""
         with self._lock:
             self._on_their_way.discard(rel)
+            self._released.append(rel)
             if rel in self._latest:
                 self._latest[rel] = (size, mtime_ns, self._latest[rel][2])
 
@@ -55,6 +57,13 @@ class FrameLedger:
         """A path's processing ended without a journal row (a duplicate, or gone): free it."""
         with self._lock:
             self._on_their_way.discard(rel)
+            self._released.append(rel)
+
+    def take_released(self) -> list[str]:
+        """Paths freed without a journal row since the last call (the gate clears their `inflight` rows)."""
+        with self._lock:
+            released, self._released = self._released, []
+        return released
 
     def is_latest_content(self, rel: str, sha256: str) -> bool:
         """True if `sha256` is the content of the path's latest journaled version."""

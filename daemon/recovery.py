@@ -25,8 +25,8 @@ class Recovered:
     last_sent: int                # the last seq the publisher sent
     snapshot_state: list[dict] = field(default_factory=list)  # the latest sent well message per well
     unsent: list[OutboxMessage] = field(default_factory=list)  # committed, to be (re)sent
-    # (rel path, size, mtime_ns) -> times the daemon died while that file was being read
-    suspects: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    # (rel path, size, mtime_ns) -> (daemon deaths while it was being read with others, alone)
+    suspects: dict[tuple[str, int, int], tuple[int, int]] = field(default_factory=dict)
 
 
 def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) -> Recovered:
@@ -46,8 +46,8 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
             log.info("%d files were on their way in at the last stop; the start-up scan finds them again", stale)
         state.suspects = journal.suspects()
         if state.suspects:
-            log.warning("%d file(s) were being read when the daemon died; they are read alone now (twice: "
-                        "quarantined)", len(state.suspects))
+            log.warning("%d file(s) were being read when the daemon died; they are read alone now (a file "
+                        "alone at two deaths is quarantined)", len(state.suspects))
         latest: dict[tuple, dict] = {}  # the snapshot's state: one message per well, however long the run
         for message in journal.sent_payloads("well/"):
             if (key := snapshot_key(message)) is not None and replaces(message, latest.get(key)):

@@ -151,8 +151,8 @@ class SegmentationPool:
         self._solo: ProcessPoolExecutor | None = None
         self._solo_waiting: deque[_Task] = deque()
         self._solo_busy = False
-        for f in [self.executor.submit(int, 0) for _ in range(self.workers)]:
-            f.result()  # start the workers now, not on the first frame
+        for f in [self.submit(int, 0) for _ in range(self.workers)]:
+            f.result()  # start the workers now, not on the first frame (a death here is retried too)
 
     def classical(self, frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None) -> Future:
         """-> (Cells, crops or None, kept index or None); crops when a cell-type model needs them."""

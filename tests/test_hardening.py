@@ -261,28 +261,35 @@ def test_daemon_with_a_killed_segmentation_worker_loses_no_frame(run_daemon, rec
     assert pool.rebuilds >= 1 and running.daemon.metrics.pool_rebuilds._value.get() >= 1
 
 
-def test_file_that_was_being_read_at_two_deaths_is_quarantined_unread(run_daemon, tmp_path):
+def test_file_being_read_alone_at_two_deaths_is_quarantined_unread(run_daemon, tmp_path):
     from wellwatch.daemon.journal import Journal
     from wellwatch.harness import local_config
 
-    spec = plate(wells=("A1", "A2"), fields=1, timepoints=1)
+    spec = plate(wells=("A1", "A2", "A3"), fields=1, timepoints=1)
     write_plate(spec, tmp_path / "acquisition")
     root = tmp_path / "acquisition" / "data"
-    killer, survivor = sorted(p.name for p in root.glob("*.tif"))
-    journal = Journal(tmp_path / "journal.sqlite")  # two earlier runs died while reading `killer`,
-    for deaths, names in ((1, [killer, survivor]), (2, [killer])):  # one while reading `survivor` too
-        rows = [(n, (root / n).stat().st_size, (root / n).stat().st_mtime_ns, "read") for n in names]
-        journal.mark_inflight(rows)
+    killer, survivor, bystander = sorted(p.name for p in root.glob("*.tif"))
+
+    def identity(name: str) -> tuple[str, int, int]:
+        return name, (root / name).stat().st_size, (root / name).stat().st_mtime_ns
+
+    journal = Journal(tmp_path / "journal.sqlite")  # earlier runs died: what was in the readers each time
+    # killer: a death with others, then two alone as a suspect; survivor: once alone before it was a suspect
+    for names in ([killer, bystander], [survivor], [killer], [bystander, survivor], [killer]):
+        journal.mark_inflight([(*identity(n), "read") for n in names])
         journal.clear_inflight()  # what a start-up does
-    assert journal.suspects()[(killer, (root / killer).stat().st_size, (root / killer).stat().st_mtime_ns)] == 2
+    journal.mark_inflight([(*identity(bystander), "seen")])  # only waiting at the gate: no death counted
+    journal.clear_inflight()
+    assert journal.suspects() == {identity(killer): (1, 2), identity(survivor): (2, 0), identity(bystander): (2, 0)}
     journal.close()
     config, running = run_daemon(spec)
     assert config.journal.path == str(local_config(tmp_path, spec).journal.path)
     deadline = time.monotonic() + 30
-    while len(journal_states(config.journal.path)) < 2 and time.monotonic() < deadline:
+    while len(journal_states(config.journal.path)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert journal_states(config.journal.path) == {killer: "quarantined", survivor: "done"}  # one death: read
-    assert "died 2 times" in quarantine_reasons(config.journal.path)[killer]
+    # never alone at a death: read (one at a time) and counted
+    assert journal_states(config.journal.path) == {killer: "quarantined", survivor: "done", bystander: "done"}
+    assert "died 2 times while this file alone" in quarantine_reasons(config.journal.path)[killer]
 
 
 def test_aggregate_keeps_recent_timepoints_and_reloads_a_late_one():
