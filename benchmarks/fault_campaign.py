@@ -111,6 +111,7 @@ class Daemon:
                     self.start()
 
     def start(self) -> None:
+        self.started = time.monotonic()
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(WELLWATCH + ["run", "--config", str(self.config)], stdout=out, stderr=out)
 
@@ -213,7 +214,7 @@ def main() -> int:
         if all(rows.get(n, (None,))[0] == expected[n] for n in good) and hostile <= set(rows):
             break
         time.sleep(0.5)
-    time.sleep(1.0)
+    time.sleep(max(1.0, 10.0 - (time.monotonic() - daemon.started)))  # a SIGTERM mid-start-up ends it unhandled
     with daemon.lock:
         daemon.supervising = False
         daemon.proc.send_signal(signal.SIGTERM)
