@@ -1,17 +1,27 @@
 """Per-frame tile calls -> per-well, per-timepoint aggregates. Pure; no I/O.
 
-A well's state at one timepoint is the sum over its fields. Each field is stored once, keyed by
-(plate, well, timepoint, field): a field whose file is re-written replaces its earlier result
-instead of adding to it, so nothing is counted twice.
+A well's state at one timepoint is the sum over its fields. Each field image is stored once, keyed
+by (plate, well, timepoint, field, z): a field whose file is re-written replaces its earlier result
+instead of adding to it, so nothing is counted twice. (A z-stack's planes are separate images: each
+is scored and counted.) Only each well's latest `keep_timepoints` timepoints stay in memory; a late
+frame of an older one brings its fields back from the journal (`history`).
+
+How many images a well expects comes from the vendor's plate layout when there is one
+(daemon/layout.py: fields x z planes of that well), else from `plate.fields_per_well`. With a
+layout the plate itself can complete: every expected well complete at a timepoint, then at every
+timepoint.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .layout import PlateLayout
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class WellState:
     plate: str
     well: str
     timepoint: int
-    fields: dict[int, TileCounts] = field(default_factory=dict)
+    fields: dict[tuple[int, int], TileCounts] = field(default_factory=dict)  # (field, z) -> counts
 
     def totals(self) -> TileCounts:
         f = list(self.fields.values())
@@ -80,43 +90,67 @@ class WellState:
 
 
 class PlateAggregate:
-    """Running state of each well's latest `keep_timepoints` timepoints.
+    """Running state of each well's latest `keep_timepoints` timepoints (older ones leave memory;
+    how many wells completed at each timepoint is kept for the plate's progress)."""
 
-    Older timepoints leave memory (a three-day time-lapse would otherwise keep them all); a late
-    frame of one of them brings it back from `history` (the journal's per-field counts).
-    """
-
-    def __init__(self, fields_expected: int = 0, keep_timepoints: int = 2):
+    def __init__(self, fields_expected: int = 0, layout: PlateLayout | None = None, keep_timepoints: int = 2):
         self.fields_expected = fields_expected
+        self.layout = layout
         self.keep_timepoints = keep_timepoints
         self.wells: dict[tuple[str, str, int], WellState] = {}
         self._timepoints: dict[tuple[str, str], list[int]] = {}  # (plate, well) -> timepoints held, ascending
+        self._complete: dict[tuple[str, int], int] = {}  # (plate, timepoint) -> wells complete (evicted too)
 
     def add(self, plate: str, well: str, timepoint: int, field_index: int, counts: TileCounts,
-            history: Callable[[], Iterable[tuple[int, TileCounts]]] | None = None) -> WellState:
-        """Count one frame; `history` gives an evicted timepoint's earlier (field, counts), oldest first."""
+            z: int = 0, history: Callable[[], Iterable[tuple[int, int, TileCounts]]] | None = None) -> WellState:
+        """Count one image; `history` gives an evicted timepoint's earlier (field, z, counts), oldest first."""
         key = (plate, well, timepoint)
         state = self.wells.get(key)
         if state is None:
             state = self.wells[key] = WellState(plate, well, timepoint)
             held = self._timepoints.setdefault((plate, well), [])
             if history is not None and held and timepoint < held[-1]:
-                for f, c in history():  # a timepoint that left memory: its other fields are in the journal
-                    state.fields[f] = c
+                for f, fz, c in history():  # a timepoint that left memory: its other images are in the journal
+                    state.fields[(f, fz)] = c
             bisect.insort(held, timepoint)
             while len(held) > self.keep_timepoints:
                 del self.wells[(plate, well, held.pop(0))]
-        state.fields[field_index] = counts
+        was_complete = self.is_complete(state)
+        state.fields[(field_index, z)] = counts
+        if not was_complete and self.is_complete(state):  # images only grow: a well completes once
+            self._complete[(plate, timepoint)] = self._complete.get((plate, timepoint), 0) + 1
         return state
+
+    def expected(self, well: str) -> int | None:
+        """Images expected for a well at one timepoint; None when unknown."""
+        if self.layout is not None:
+            return self.layout.fields_expected(well) or None
+        return self.fields_expected or None
+
+    def is_complete(self, state: WellState) -> bool:
+        expected = self.expected(state.well)
+        return bool(expected and len(state.fields) >= expected)
+
+    def plate_progress(self, plate: str, timepoint: int) -> dict | None:
+        """With a layout: how many of the plate's wells are complete at `timepoint`, and whether the
+        whole acquisition (every well at every timepoint) is. None without a layout."""
+        if self.layout is None:
+            return None
+        wells = self.layout.wells
+        done = self._complete.get((plate, timepoint), 0)
+        all_done = all(self._complete.get((plate, t), 0) >= len(wells) for t in self.layout.timepoints)
+        return {"plate": plate, "timepoint": timepoint, "wells_expected": len(wells), "wells_complete": done,
+                "timepoint_complete": done >= len(wells), "plate_complete": all_done,
+                "timepoints_expected": len(self.layout.timepoints)}
 
     def summary(self, state: WellState) -> dict:
         """The well message body (without the envelope fields)."""
         t = state.totals()
-        expected = self.fields_expected or None
+        expected = self.expected(state.well)
         return {
             "frames": len(state.fields),
             "fields_expected": expected,
-            "complete": bool(expected and len(state.fields) >= expected),
+            "complete": self.is_complete(state),
             "counts": {"live": t.live, "dead": t.dead, "empty": t.empty},
             "live_fraction": live_fraction(t.live, t.dead),
             "unit": "tile",

@@ -228,12 +228,12 @@ class Journal:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM frames WHERE path = ?",
                                (path,)).fetchone()[0]
 
-    def field_counts(self, plate: str, well: str, timepoint: int) -> list[tuple[int, object]]:
-        """(field, TileCounts) of every done frame of one well at one timepoint, oldest first."""
+    def field_counts(self, plate: str, well: str, timepoint: int) -> list[tuple[int, int, object]]:
+        """(field, z, TileCounts) of every done frame of one well at one timepoint, oldest first."""
         cols = ", ".join(FrameRecord.__dataclass_fields__)
         rows = self.db.execute(f"SELECT {cols} FROM frames WHERE plate = ? AND well = ? AND timepoint = ? "
                                "AND state = 'done' AND channel IS NOT NULL ORDER BY id", (plate, well, timepoint))
-        return [(r.field, r.counts()) for r in (FrameRecord(*row) for row in rows)]
+        return [(r.field, r.z or 0, r.counts()) for r in (FrameRecord(*row) for row in rows)]
 
     def latest_sha256(self, path: str) -> str | None:
         """The content of a path's latest version (None: never journaled)."""

@@ -300,7 +300,7 @@ def test_aggregate_keeps_recent_timepoints_and_reloads_a_late_one():
     for t in range(5):
         for f in (1, 2):
             c = TileCounts(live=10 * t + f, dead=1, empty=0)
-            journal.setdefault(t, []).append((f, c))
+            journal.setdefault(t, []).append((f, 0, c))
             agg.add("p", "A1", t, f, c, history=lambda t=t: journal[t])
     assert sorted(k[2] for k in agg.wells) == [3, 4]  # bounded, however long the run
     late = agg.add("p", "A1", 0, 2, TileCounts(live=100, dead=0, empty=0), history=lambda: journal[0])
