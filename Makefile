@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all bench bench-segment promtool chromium demo-model segmentation-model ldc-model
+.PHONY: demo test test-all wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev promtool chromium
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest
+
+# A built wheel in a fresh virtualenv outside the checkout: bundled models found, a short demo.
+wheel-smoke:
+	PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
 test-all: $(VENV)/.dev promtool chromium
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
+from .reader import FrameLimits
 from .segment_classical import ClassicalParams
 from .validation import between, build, choice
 
@@ -124,6 +125,7 @@ class Config:
     publish: PublishConfig = PublishConfig()
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
+    limits: FrameLimits = FrameLimits()
 
     @property
     def plate_name(self) -> str:
