@@ -38,6 +38,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--appearance", type=float, default=1.0, help="appearance augmentation strength (0 = off)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--folds", type=int, default=0, help="k folds of whole experiments (default 0: leave one out)")
+    p.add_argument("--no-balance-groups", action="store_true",
+                   help="sample by inverse class counts only (default: balance classes within each experiment)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,7 +56,8 @@ def main() -> int:
     print(f"{len(ds)} labelled tiles {ds.counts()}, separation {ds.meta.get('separation')}", file=sys.stderr, flush=True)
     cfg = seed_defaults(args.arch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         appearance=args.appearance)
-    s = run(ds, out, cfg, "well", title=f"adcc-paired, leave one experiment out ({args.arch})")
+    s = run(ds, out, cfg, "well", title=f"adcc-paired, leave one experiment out ({args.arch})",
+            balance_groups=not args.no_balance_groups, k=args.folds)
     print(json.dumps({k: s[k] for k in ("n", "groups", "auc", "balanced_accuracy", "ci95",
                                         "seconds")}, indent=1, default=float))
     print(f"dead fraction per experiment, model vs stain: mean abs. error {s['dead_fraction']['mae']:.3f}, "
