@@ -1,7 +1,7 @@
 """Live/dead on the real paired acquisition `../shared/data/adcc-paired` (bright field + dead stain,
 9 experiments, one per well), evaluated leaving one experiment out.
 
-    python benchmarks/adcc_live_dead.py [--tile 64] [--arch tiny] [--epochs 12] [--appearance 1] --out runs/adcc
+    python benchmarks/adcc_live_dead.py [--tile 64] [--arch tiny] [--epochs 12] [--photometric] --out runs/adcc
 
 Builds the tile dataset with `dataset live-dead`'s defaults (labels from the dead stain: per-field
 background, log-scale mixture), then trains on 8 experiments and scores the 9th, for each of the 9.
@@ -36,7 +36,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--appearance", type=float, default=1.0, help="appearance augmentation strength (0 = off)")
+    p.add_argument("--photometric", action="store_true", help="random brightness, contrast and blur per sample")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--folds", type=int, default=0, help="k folds of whole experiments (default 0: leave one out)")
     p.add_argument("--no-balance-groups", action="store_true",
@@ -55,7 +55,7 @@ def main() -> int:
     ds = load_dataset(ds_dir)
     print(f"{len(ds)} labelled tiles {ds.counts()}, separation {ds.meta.get('separation')}", file=sys.stderr, flush=True)
     cfg = seed_defaults(args.arch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                        appearance=args.appearance)
+                        photometric=args.photometric)
     s = run(ds, out, cfg, "well", title=f"adcc-paired, leave one experiment out ({args.arch})",
             balance_groups=not args.no_balance_groups, k=args.folds)
     print(json.dumps({k: s[k] for k in ("n", "groups", "auc", "balanced_accuracy", "ci95",

@@ -31,16 +31,21 @@ import zmq
 
 from .aggregate import PlateAggregate
 from .backend import InferenceBackend
+from .channel_join import ChannelJoin
 from .commit import CommitBuilder
+from .dose_publisher import DosePublisher
+from .plate_map import read_plate_map
 from .config import Config
 from .errors import StartupError
 from .gate_stage import GateStage
 from .inference_stage import InferenceStage
-from .jobs import FailedFrame, StatusEvent
+from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import Journal
+from .layout import LayoutError, PlateLayout, detect_layout
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .naming import NamingScheme
+from .nd2_reader import Nd2Tracker
 from .plate import PLATE_FORMATS
 from .publish import Publisher
 from .read_stage import ReadStage
@@ -79,9 +84,6 @@ class Pipeline:
                 f"channels.label_free {list(config.channels.label_free)} gives {len(config.channels.label_free)} "
                 f"channel(s) but model {backend.path} ({self.contract.name!r}) expects "
                 f"{len(self.contract.channels)} ({', '.join(self.contract.channels)})")
-        if len(config.channels.label_free) > 1:
-            raise StartupError("channels.label_free: multi-channel models are not supported yet; "
-                               "give one channel")
         naming = NamingScheme(config.watch.naming, PLATE_FORMATS[config.plate.format],
                               config.plate_name, config.watch.pattern, config.plate.default_well)
         self.models = {self.contract.name: backend.sha256}
@@ -91,12 +93,23 @@ class Pipeline:
             self.models[cell_type_backend.contract.name] = cell_type_backend.sha256
         self.journal_path = Path(config.journal.path)
 
+        self.layout: PlateLayout | None = None  # the vendor's plate layout; .pixel_size_um for rescaling
+        if config.plate.layout == "auto":
+            try:
+                self.layout = detect_layout(self.root)
+            except LayoutError as e:
+                raise StartupError(f"{e} (set plate.layout = \"none\" to ignore the vendor files)") from None
         self.ledger = FrameLedger()
-        aggregate = PlateAggregate(config.plate.fields_per_well)
+        aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
         recovered = recover(self.journal_path, self.ledger, aggregate)
+        self.aggregate = aggregate
+        self.nd2 = Nd2Tracker(recovered.nd2_frames, config.plate.format)
+        channels = tuple(config.channels.label_free)
+        self.join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
         self._unsent = recovered.unsent
+        dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
-                                     cell_type_backend.contract if cell_type_backend is not None else None)
+                                     cell_type_backend.contract if cell_type_backend is not None else None, dose)
 
         self.context = context or zmq.Context.instance()
         self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
@@ -116,11 +129,14 @@ class Pipeline:
         self.to_commit: queue.Queue = queue.Queue()
         self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
-                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put)
+                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
+                              nd2=self.nd2, join=self.join,
+                              needs_layout=self.layout is None and config.plate.layout == "auto")
         self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
                                 failed=self.to_commit.put, stop_event=self.stop_event,
                                 is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,
-                                seg_model=self.seg_model, seg_pool=self.seg_pool, crop=crop)
+                                seg_model=self.seg_model, seg_pool=self.seg_pool, crop=crop,
+                                join=self.join, nd2=self.nd2, pixel_size=self.pixel_size_um)
         self.discovery = self.gate.discovery
         self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True)
                          for n, f in (("gate", self.gate.run), ("infer", self._infer_loop),
@@ -129,6 +145,13 @@ class Pipeline:
     @property
     def seq(self) -> int:
         return self.commits.seq
+
+    def pixel_size_um(self, job: FrameJob) -> float | None:
+        """The vendor's pixel size for a frame: its .nd2 file's, else the plate layout's (None: unknown)."""
+        if job.nd2_index is not None and (contents := self.nd2.contents.get(job.path)) is not None:
+            return contents.pixel_size_um
+        layout = self.aggregate.layout
+        return layout.pixel_size_um if layout is not None else None
 
     # --- start-up and shutdown ---------------------------------------------------------------
 
@@ -141,6 +164,8 @@ class Pipeline:
             t.start()
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
+        if self.layout is not None:
+            self.to_commit.put(LayoutEvent(self.layout))
         offered = self.discovery.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
@@ -254,7 +279,7 @@ class Pipeline:
         journal.commit(built.records, built.messages)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
-            if record.state == "done":
+            if record.state == "done" and record.live is not None:  # not a channel file joined into another
                 for call in ("live", "dead", "empty"):
                     self.metrics.tiles.labels(call).inc(getattr(record, call))
                 if record.version > 1:

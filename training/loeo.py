@@ -39,9 +39,9 @@ def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balan
     for i, test in enumerate(tests):
         g = ",".join(sorted(set(groups[test].tolist())))
         t0 = time.perf_counter()
-        # no validation split: the last epoch is kept (patience larger than epochs)
+        # no validation split, no early stopping (patience 0): the last epoch is kept
         model, history = train_classifier(ds.x[~test], ds.y[~test], ds.x[test][:0], ds.y[test][:0],
-                                          replace(cfg, seed=cfg.seed + i, patience=cfg.epochs + 1),
+                                          replace(cfg, seed=cfg.seed + i, patience=0),
                                           groups_train=groups[~test] if balance_groups else None)
         oof[test] = predict_proba(model, ds.x[test])[:, pos]
         secs = time.perf_counter() - t0
