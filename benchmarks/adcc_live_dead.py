@@ -1,7 +1,10 @@
 """Live/dead on the real paired acquisition `../shared/data/adcc-paired` (bright field + dead stain,
 9 experiments, one per well), evaluated leaving one experiment out.
 
-    python benchmarks/adcc_live_dead.py [--tile 64] [--arch tiny] [--epochs 12] [--photometric] --out runs/adcc
+    python benchmarks/adcc_live_dead.py --out runs/adcc [--dataset DS] [--arch tiny] [--epochs 8] [--folds K]
+
+DS defaults to a tile dataset built here with `dataset live-dead`'s defaults (64 px tiles, stride 32);
+give a `dataset cells --dead-stain` folder to evaluate the per-cell model the same way.
 
 Builds the tile dataset with `dataset live-dead`'s defaults (labels from the dead stain: per-field
 background, log-scale mixture), then trains on 8 experiments and scores the 9th, for each of the 9.
@@ -33,14 +36,15 @@ def main() -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--stride", type=int, default=32)
     p.add_argument("--arch", default="tiny")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--photometric", action="store_true", help="random brightness, contrast and blur per sample")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--folds", type=int, default=0, help="k folds of whole experiments (default 0: leave one out)")
-    p.add_argument("--no-balance-groups", action="store_true",
-                   help="sample by inverse class counts only (default: balance classes within each experiment)")
+    p.add_argument("--balance-groups", action="store_true",
+                   help="balance classes within each experiment when sampling (default: inverse class counts only; "
+                        "measured worse here)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +61,7 @@ def main() -> int:
     cfg = seed_defaults(args.arch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         photometric=args.photometric)
     s = run(ds, out, cfg, "well", title=f"adcc-paired, leave one experiment out ({args.arch})",
-            balance_groups=not args.no_balance_groups, k=args.folds)
+            balance_groups=args.balance_groups, k=args.folds)
     print(json.dumps({k: s[k] for k in ("n", "groups", "auc", "balanced_accuracy", "ci95",
                                         "seconds")}, indent=1, default=float))
     print(f"dead fraction per experiment, model vs stain: mean abs. error {s['dead_fraction']['mae']:.3f}, "

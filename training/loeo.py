@@ -27,7 +27,7 @@ from .splits import grouped_kfold
 from .train import TrainConfig, predict_proba, train_classifier
 
 
-def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balance_groups: bool = True,
+def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balance_groups: bool = False,
                         k: int = 0, progress=print) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Out-of-group P(dead) for every sample, and per-fold facts (groups, seconds); `k` > 0: k folds
     of whole groups instead of one group at a time."""
@@ -62,12 +62,13 @@ def summarise(ds: Dataset, groups: np.ndarray, oof: np.ndarray, threshold: float
 
 
 def run(ds: Dataset, out: Path, cfg: TrainConfig, group_by: str = "well", title: str = "",
-        balance_groups: bool = True, k: int = 0) -> dict[str, Any]:
+        balance_groups: bool = False, k: int = 0) -> dict[str, Any]:
     groups = ds.groups(group_by)
     t0 = time.perf_counter()
     oof, folds = leave_one_group_out(ds, groups, cfg, balance_groups, k)
     summary = summarise(ds, groups, oof)
-    summary.update(folds=folds, config=asdict(cfg), group_by=group_by, balance_groups=balance_groups, k=k or len(set(groups.tolist())),
+    summary.update(folds=folds, config=asdict(cfg), group_by=group_by, balance_groups=balance_groups,
+                   k=k or len(set(groups.tolist())),
                    seconds=round(time.perf_counter() - t0, 1))
     out.mkdir(parents=True, exist_ok=True)
     (out / "loeo.json").write_text(json.dumps(summary, indent=1, default=float))
