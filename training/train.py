@@ -118,8 +118,23 @@ def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
+def sampling_weights(y: np.ndarray, classes: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Inverse class counts (the seed study's weighted sampler); with `groups`, inverse counts of each
+    (group, class), so every group (e.g. an experiment) weighs the same and is class-balanced within:
+    a model then cannot learn "this experiment is mostly dead" instead of what a dead cell looks like."""
+    if groups is None:
+        counts = np.bincount(y, minlength=classes).astype(np.float64)
+        return 1.0 / np.maximum(counts, 1)[y]
+    _, gi = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    key = gi * classes + y
+    counts = np.bincount(key, minlength=(gi.max() + 1) * classes).astype(np.float64)
+    return 1.0 / counts[key]
+
+
 def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                     cfg: TrainConfig, classes: int = 2) -> tuple[nn.Module, History]:
+                     cfg: TrainConfig, classes: int = 2,
+                     groups_train: np.ndarray | None = None) -> tuple[nn.Module, History]:
+    """`groups_train`: with it, sampling balances classes within each group (`sampling_weights`)."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -130,8 +145,7 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
     xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val).long()
-    counts = np.bincount(y_train, minlength=classes).astype(np.float64)
-    weights = torch.from_numpy((1.0 / np.maximum(counts, 1))[y_train])  # inverse class counts
+    weights = torch.from_numpy(sampling_weights(y_train, classes, groups_train))
     steps = cfg.steps_per_epoch or max(1, len(xt) // cfg.batch_size)
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule {cfg.schedule!r}; allowed: constant, cosine")
