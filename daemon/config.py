@@ -16,6 +16,7 @@ from typing import Any
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
+from .reader import FrameLimits
 from .segment_classical import ClassicalParams
 from .validation import between, build, choice
 
@@ -40,6 +41,7 @@ class PlateConfig:
     fields_per_well: int = field(default=0, metadata=between(0, 100000))
     default_well: str = "A1"
     layout: str = field(default="auto", metadata=choice("auto", "none"))
+    map: str = ""  # plate map CSV for dose-response; "" = none
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Config:
     publish: PublishConfig = PublishConfig()
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
+    limits: FrameLimits = FrameLimits()
 
     @property
     def source(self) -> str:
@@ -183,6 +186,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                                    cell_type=ModelSlot(resolve(config.models.cell_type.path))),
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
+        plate=dataclasses.replace(config.plate, map=resolve(config.plate.map)),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
 
 
@@ -196,6 +200,8 @@ def _check_cross_keys(config: Config) -> None:
     except NamingError as e:
         raise ConfigError("plate.default_well", config.plate.default_well,
                           f"{e.reason} (plate.format = {config.plate.format})") from None
+    if config.plate.map and not Path(config.plate.map).is_file():
+        raise ConfigError("plate.map", config.plate.map, "no such file; give a plate map CSV or \"\" for none")
     if config.watch.naming == "regex":
         if not config.watch.pattern:
             raise ConfigError("watch.pattern", "", "required when watch.naming = 'regex'")

@@ -33,9 +33,12 @@ from .aggregate import PlateAggregate
 from .backend import InferenceBackend
 from .channel_join import ChannelJoin
 from .commit import CommitBuilder
+from .dose_publisher import DosePublisher
+from .plate_map import read_plate_map
 from .config import Config
 from .errors import StartupError
 from .gate_stage import GateStage
+from .history import well_history
 from .inference_stage import InferenceStage
 from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import Journal
@@ -105,8 +108,10 @@ class Pipeline:
         channels = tuple(config.channels.label_free)
         self.join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
         self._unsent = recovered.unsent
+        dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
-                                     cell_type_backend.contract if cell_type_backend is not None else None,
+                                     cell_type_backend.contract if cell_type_backend is not None else None, dose,
+                                     well_history(self.journal_path) if dose is not None else (),
                                      source=config.source)
 
         self.context = context or zmq.Context.instance()
@@ -126,11 +131,13 @@ class Pipeline:
         self.fatal: BaseException | None = None
         self.prepared: queue.Queue = queue.Queue(maxsize=config.pipeline.queue_size)
         self.to_commit: queue.Queue = queue.Queue()
-        self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
+        self.seg_pool = (SegmentationPool(config.segmentation.workers, on_rebuild=metrics.pool_rebuilds.inc)
+                         if self.seg_method != "none" else None)
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
                               submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
                               nd2=self.nd2, join=self.join,
-                              needs_layout=self.layout is None and config.plate.layout == "auto")
+                              needs_layout=self.layout is None and config.plate.layout == "auto",
+                              suspects=recovered.suspects)
         self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
                                 failed=self.to_commit.put, stop_event=self.stop_event,
                                 is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,
@@ -159,13 +166,13 @@ class Pipeline:
         if self._unsent:
             log.info("re-sending %d journaled messages not yet published", len(self._unsent))
             self.publisher.submit(self._unsent)
-        for t in self._threads:
-            t.start()
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
         if self.layout is not None:
             self.to_commit.put(LayoutEvent(self.layout))
-        offered = self.discovery.start()
+        offered = self.discovery.start()  # before the gate runs: it restarts an observer it finds dead
+        for t in self._threads:
+            t.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
 
@@ -180,14 +187,32 @@ class Pipeline:
         self.stop_event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until a stop is requested; True if it was."""
-        return self.stop_event.wait(timeout)
+        """Block until a stop is requested, or a thread died (then `fatal` says why); True if so."""
+        if self.stop_event.wait(timeout):
+            return True
+        self._check_threads()
+        return self.stop_event.is_set()
+
+    def _check_threads(self) -> None:
+        """A thread that ended on its own stops the daemon with a reason, never silently."""
+        if self.stop_event.is_set():
+            return
+        if not self.publisher.is_alive():
+            error = self.publisher.error
+            self._stop_for(RuntimeError(f"the publisher thread died ({type(error).__name__}: {error}); "
+                                        "nothing would reach subscribers" if error else
+                                        "the publisher thread ended unexpectedly"))
+            return
+        for t in self._threads:
+            if t.ident is not None and not t.is_alive() and self.fatal is None:
+                self._stop_for(RuntimeError(f"the {t.name} thread ended unexpectedly"))
+                return
 
     def shutdown(self) -> None:
         """Drain: finish frames already being read, score and commit them, publish, close."""
         self.stop_event.set()
+        self._threads[0].join()  # the gate stops handing out work (and restarting the observer)
         self.discovery.stop()
-        self._threads[0].join()  # the gate stops handing out work
         if self.fatal is None:
             self.reader.shutdown(wait=True)
             self.prepared.put(_STOP)
@@ -272,9 +297,9 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         built = self.commits.build(group, journal)
-        for rel in built.duplicates:
+        for job in built.duplicates:
             self.metrics.frames.labels("duplicate").inc()
-            self.ledger.release(rel)
+            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
         journal.commit(built.records, built.messages)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)

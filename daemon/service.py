@@ -17,7 +17,7 @@ from .config import Config
 from .errors import StartupError
 from .metrics import DaemonMetrics
 from .pipeline import Pipeline
-from .segment import BUNDLED_SEGMENTATION_MODEL
+from .segment import BUNDLED_SEGMENTATION_MODEL, bundled_model
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,7 @@ log = logging.getLogger(__name__)
 
 def bundled_demo_model() -> Path:
     """The demo model shipped in the package (see wellwatch/models/README.md)."""
-    from importlib.resources import files
-
-    return Path(str(files("wellwatch") / "models" / "demo-live-dead.onnx"))
+    return bundled_model("demo-live-dead.onnx")
 
 
 def open_slot(slot: str, path: str, task: str, max_batch: int, config: Config, metrics: DaemonMetrics) -> OnnxBackend:

@@ -4,9 +4,10 @@
   XPUB binds the hub's endpoint; subscriptions travel upstream, messages down, untouched. Each
   message names its `source` and counts `seq` per source, so a subscriber still sees gaps.
   ZeroMQ reconnects to a daemon that restarts on its endpoint and re-sends the subscriptions.
-- Late joiners: the hub's ROUTER answers `snapshot` by asking every daemon's snapshot endpoint
-  and replying with the union (`merge_snapshots`), plus each source's seq (`seqs`). The hub
-  holds no state of its own: whatever the daemons' snapshots hold, it passes on.
+- Late joiners: the hub's ROUTER answers a snapshot request (plain, or a range of timepoints) by
+  asking every daemon's snapshot endpoint the same and replying with the union
+  (`merge_snapshots`), plus each source's seq (`seqs`). The hub holds no state of its own:
+  whatever the daemons' snapshots hold, it passes on.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import threading
 import zmq
 
 from wellwatch.client import request_snapshot
-from wellwatch.daemon.publish import bind
-from wellwatch.daemon.stream import SCHEMA_VERSION, SNAPSHOT_REQUEST
+from wellwatch.daemon.publish import MAX_REQUEST_BYTES, bind
+from wellwatch.daemon.stream import SCHEMA_VERSION, parse_snapshot_request
 
 from .hub_config import HubConfig
 
 log = logging.getLogger(__name__)
 
 _ENVELOPE_KEYS = {"schema", "type", "source", "seq"}
+_SAME_FOR_ALL = {"timepoints"}  # echoes of the request: one copy in the merged reply
 
 
 def merge_snapshots(replies: list[tuple[str, dict]], unreachable: list[str]) -> dict:
@@ -47,7 +49,9 @@ def merge_snapshots(replies: list[tuple[str, dict]], unreachable: list[str]) -> 
         for key, value in reply.items():
             if key in _ENVELOPE_KEYS:
                 continue
-            if isinstance(value, list):
+            if key in _SAME_FOR_ALL:
+                merged[key] = value
+            elif isinstance(value, list):
                 merged.setdefault(key, []).extend(
                     dict(item, source=item.get("source") or source) if isinstance(item, dict) else item
                     for item in value)
@@ -80,6 +84,7 @@ class Hub:
         bind(self.xpub, config.hub.endpoint, "hub.endpoint")
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)  # as the daemons: requests are small
         try:
             bind(self.router, config.hub.snapshot_endpoint, "hub.snapshot_endpoint")
         except BaseException:
@@ -119,12 +124,13 @@ class Hub:
             self.xsub.close()
             self.xpub.close()
 
-    def merged_snapshot(self) -> dict:
+    def merged_snapshot(self, timepoints: tuple[int, int] | None = None) -> dict:
         replies, unreachable = [], []
         for d in self.config.daemons:
             try:
                 replies.append((d.snapshot_endpoint, request_snapshot(
-                    self.context, d.snapshot_endpoint, timeout_s=self.config.hub.snapshot_timeout_s)))
+                    self.context, d.snapshot_endpoint, timeout_s=self.config.hub.snapshot_timeout_s,
+                    timepoints=timepoints)))
             except TimeoutError:
                 log.warning("daemon %s: no snapshot within %.1f s; left out of this one",
                             d.snapshot_endpoint, self.config.hub.snapshot_timeout_s)
@@ -138,11 +144,12 @@ class Hub:
                     continue
                 frames = self.router.recv_multipart()
                 ident, request = frames[0], frames[-1]
-                if request != SNAPSHOT_REQUEST:
-                    reply = {"schema": SCHEMA_VERSION, "type": "error",
-                             "error": f"unknown request {request[:40]!r}; send {SNAPSHOT_REQUEST!r}"}
+                try:
+                    timepoints = parse_snapshot_request(request)  # the daemons' own request format
+                except ValueError as e:
+                    reply = {"schema": SCHEMA_VERSION, "type": "error", "error": str(e)}
                 else:
-                    reply = self.merged_snapshot()
+                    reply = self.merged_snapshot(timepoints)
                     self.snapshots_served += 1
                 self.router.send_multipart([ident, b"", json.dumps(reply).encode()])
         finally:

@@ -238,7 +238,14 @@ def test_merged_snapshot_is_the_union_of_live_daemon_snapshots(tmp_path):
         merged = request_snapshot(ctx, f"tcp://127.0.0.1:{hub_snap}")
         assert merged["seqs"] == {s["source"]: s["seq"] for s in own}
         assert well_view(merged["wells"]) == well_view(w for s in own for w in s["wells"])
-        assert len(merged["wells"]) == 3 * 4
+        assert len(merged["wells"]) == 3 * 2  # each daemon's snapshot: every well at its latest timepoint
+        # older timepoints by range: the request is passed on, and the replies merged the same way
+        own = [request_snapshot(ctx, c.publish.snapshot_endpoint, timepoints=(0, 1)) for c in configs.values()]
+        merged = request_snapshot(ctx, f"tcp://127.0.0.1:{hub_snap}", timepoints=(0, 1))
+        assert merged["timepoints"] == [0, 1] and len(merged["wells"]) == 3 * 2 * 2
+        assert well_view(merged["wells"]) == well_view(w for s in own for w in s["wells"])
+        bad = request_snapshot(ctx, f"tcp://127.0.0.1:{hub_snap}", timepoints=(3, 1))
+        assert bad["type"] == "error" and "timepoints" in bad["error"]
         # a daemon that stops answering is named, and the others still come through
         running[0].stop()
         merged = request_snapshot(ctx, f"tcp://127.0.0.1:{hub_snap}", timeout_s=10)

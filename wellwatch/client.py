@@ -16,7 +16,7 @@ from typing import Iterator
 
 import zmq
 
-from .daemon.stream import SNAPSHOT_REQUEST
+from .daemon.stream import snapshot_request
 
 
 def default_snapshot_endpoint(endpoint: str) -> str:
@@ -41,7 +41,10 @@ class CurveKeys:
 
 
 def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0,
-                     curve: CurveKeys | None = None) -> dict:
+                     curve: CurveKeys | None = None, timepoints: tuple[int, int] | None = None) -> dict:
+    """The daemon's state: the latest timepoint of each well, or with `timepoints` (first, last)
+    every well at each of those timepoints (from the journal; for history in bulk read the journal
+    itself: `wellwatch.daemon.history.well_history`)."""
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     if curve is not None:
@@ -51,7 +54,7 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
     req.connect(endpoint)
     try:
         try:
-            req.send(SNAPSHOT_REQUEST)
+            req.send(snapshot_request(timepoints))
         except zmq.Again:
             raise TimeoutError(f"cannot send a snapshot request to {endpoint} within {timeout_s} s; "
                                "is the daemon running (and are the CurveZMQ keys right)?") from None
@@ -65,6 +68,7 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
 @dataclass
 class StreamState:
     """The client's copy of the state: latest well message per (plate, well, timepoint).
+    A snapshot brings each well's latest timepoint; updates add the timepoints that follow.
 
     `seqs` holds the last seq applied per source: one entry behind a daemon, one per daemon behind
     a hub (`wellwatch hub`), whose streams interleave but each count on their own.
@@ -81,12 +85,13 @@ class StreamState:
         return max(self.seqs.values(), default=0)
 
     def load_snapshot(self, snapshot: dict) -> None:
-        """A daemon's snapshot ({source, seq}) or a hub's merged one ({seqs: source -> seq})."""
+        """A daemon's snapshot ({source, seq}) or a hub's merged one ({seqs: source -> seq}); earlier
+        timepoints already held are kept (a snapshot holds each well's latest timepoint only)."""
         if "seqs" in snapshot:
             self.seqs = dict(snapshot["seqs"])
         else:
             self.seqs = {snapshot.get("source"): snapshot["seq"]}
-        self.wells = {(w["plate"], w["well"], w["timepoint"]): w for w in snapshot["wells"]}
+        self.wells.update({(w["plate"], w["well"], w["timepoint"]): w for w in snapshot["wells"]})
 
     def missing_before(self, message: dict) -> int | None:
         """How many of the message's source's messages were lost before it (0: none); None for a source
