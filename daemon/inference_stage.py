@@ -1,8 +1,9 @@
 """The inference stage: every model's inputs pooled across frames, and a frame's parts joined.
 
-A frame may need up to three networks: the live/dead classifier (tiles), a segmentation network
-(covering tiles; its maps become cells in the process pool) and a cell-type classifier (one crop
-per cell, cut in the pool once the cells are known). Each network has its own batcher, so its
+A frame may need up to four networks: the live/dead classifier (tiles), a segmentation network
+(covering tiles; its maps become cells in the process pool) and the crop classifiers, a cell-type
+and a per-cell live/dead one (one crop per cell, cut in the pool once the cells are known, the same
+crops for both). Each network has its own batcher, so its
 inputs from many frames share batches; `FrameWork` carries one frame through, and a frame leaves
 (`emit`) when every part it needs has its outputs. Driven by one thread (the pipeline's inference
 thread); pool results come back through a thread-safe queue, so that thread never waits on the pool.
@@ -45,25 +46,32 @@ class FrameWork:
     scores: np.ndarray | None = None       # live/dead probabilities per patch
     maps: np.ndarray | None = None         # segmentation network outputs per tile
     type_scores: np.ndarray | None = None  # cell-type probabilities per cropped cell
+    cell_dead_scores: np.ndarray | None = None  # per-cell live/dead probabilities per cropped cell
     finishing: bool = False
-    typing: bool = False
+    cropped: bool = False  # its crops are in the crop lanes
 
 
 class InferenceStage:
     def __init__(self, live_dead: InferenceBackend, max_batch: int, max_delay_s: float, metrics,
                  emit: Callable[[FrameWork], None], fail: Callable[[FrameWork, str], None],
                  seg_model: ModelSegmenter | None = None, seg_batch: int = 16, pool: SegmentationPool | None = None,
-                 cell_type: InferenceBackend | None = None):
+                 cell_type: InferenceBackend | None = None, cell_live_dead: InferenceBackend | None = None):
         self.metrics = metrics
         self.emit, self.fail = emit, fail
         self.seg_model, self.pool, self.cell_type = seg_model, pool, cell_type
-        self.crop: CellCrop | None = cell_type.contract.crop if cell_type is not None else None
+        crop_models = [m for m in (cell_type, cell_live_dead) if m is not None]
+        # the pipeline checks that the crop models share one crop section: one set of crops per frame
+        self.crop: CellCrop | None = crop_models[0].contract.crop if crop_models else None
         # (batcher, backend, what its outputs are on the frame, stage name for the metrics)
         self.lanes = [(PatchBatcher(max_batch, max_delay_s), live_dead, "scores", "infer")]
         if seg_model is not None:
             self.lanes.append((PatchBatcher(seg_batch, max_delay_s), seg_model.backend, "maps", "infer_segmentation"))
-        if cell_type is not None:
-            self.lanes.append((PatchBatcher(max_batch, max_delay_s), cell_type, "type_scores", "infer_cell_type"))
+        self.crop_lanes: list[int] = []  # lanes fed with each frame's cell crops
+        for backend, attr, stage in ((cell_type, "type_scores", "infer_cell_type"),
+                                     (cell_live_dead, "cell_dead_scores", "infer_cell_live_dead")):
+            if backend is not None:
+                self.crop_lanes.append(len(self.lanes))
+                self.lanes.append((PatchBatcher(max_batch, max_delay_s), backend, attr, stage))
         self.returned: queue.Queue = queue.Queue()  # frames back from the pool, with cells (and crops)
         self._in_pool = 0
         self._lock = threading.Lock()
@@ -137,12 +145,11 @@ class InferenceStage:
                 self._to_pool(work, self.pool.finish(work.maps, origins, work.shape, self.seg_model.contract,
                                                      work.image, self.crop))
             return
-        if self.cell_type is not None and work.type_scores is None:
-            if not work.typing:
-                work.typing = True
-                self._add(len(self.lanes) - 1, work, work.crops)
-                if work.type_scores is not None:  # no cells in range: done at once
-                    self._advance(work)
+        if self.crop_lanes and not work.cropped:
+            work.cropped = True
+            for lane in self.crop_lanes:  # no cells in range: done at once
+                self._add(lane, work, work.crops)
+        if any(getattr(work, self.lanes[lane][2]) is None for lane in self.crop_lanes):
             return
         work.image = work.crops = work.maps = None
         self.emit(work)

@@ -41,7 +41,8 @@ from .journal import FrameRecord, Journal, OutboxMessage
 from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .plate import PLATE_FORMATS
-from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
+from .crops import crop_section
+from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
 from .inference_stage import FrameWork, InferenceStage
 from .preprocess import prepare_tiles
 from .segment import ModelSegmenter, SegmentationPool
@@ -83,7 +84,8 @@ class StatusEvent:
 class Pipeline:
     def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
                  context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None,
-                 cell_type_backend: InferenceBackend | None = None):
+                 cell_type_backend: InferenceBackend | None = None,
+                 cell_live_dead_backend: InferenceBackend | None = None):
         self.config = config
         self.backend = backend
         self.metrics = metrics
@@ -93,10 +95,8 @@ class Pipeline:
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
         self.cell_type = cell_type_backend
-        if cell_type_backend is not None and self.seg_method == "none":
-            raise StartupError("models.cell_type.path is set but segmentation.method = 'none': cell types need "
-                               "segmented cells; set segmentation.method to classical or model")
-        self.crop = cell_type_backend.contract.crop if cell_type_backend is not None else None
+        self.cell_live_dead = cell_live_dead_backend
+        self.crop = crop_section(cell_type_backend, cell_live_dead_backend, self.seg_method)
         self.root = os.path.realpath(config.watch.root)
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
@@ -113,8 +113,9 @@ class Pipeline:
         self.models = {self.contract.name: backend.sha256}
         if self.seg_model is not None:
             self.models[self.seg_model.name] = segmentation_backend.sha256
-        if cell_type_backend is not None:
-            self.models[cell_type_backend.contract.name] = cell_type_backend.sha256
+        for crop_backend in (cell_type_backend, cell_live_dead_backend):
+            if crop_backend is not None:
+                self.models[crop_backend.contract.name] = crop_backend.sha256
         self.journal_path = Path(config.journal.path)
         self.aggregate = PlateAggregate(config.plate.fields_per_well)
         self.known: set[tuple[str, int, int]] = set()  # (rel path, size, mtime_ns) already journaled
@@ -456,7 +457,7 @@ class Pipeline:
                                emit=self.to_commit.put,
                                fail=lambda work, reason: self.to_commit.put(FailedFrame(work.job, work.sha256, reason)),
                                seg_model=self.seg_model, seg_batch=self.config.segmentation.max_batch,
-                               pool=self.seg_pool, cell_type=self.cell_type)
+                               pool=self.seg_pool, cell_type=self.cell_type, cell_live_dead=self.cell_live_dead)
         while True:
             wait = stage.seconds_until_due(time.monotonic())
             try:
@@ -587,8 +588,13 @@ class Pipeline:
         counts = count_tiles(dead_p, work.n_empty, c.decision_threshold)
         if work.cells is None:
             return counts
-        p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
-        cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
+        if self.cell_live_dead is not None:  # each cell's own crop
+            k = self.cell_live_dead.contract
+            p_cell = crop_dead_probability(len(work.cells), work.crop_keep, work.cell_dead_scores, k.positive_index)
+            cell_live, cell_dead = live_dead_cells(p_cell, k.decision_threshold)
+        else:  # the tiles at its centroid
+            p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
+            cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
         types = None
         if self.cell_type is not None:
             t = self.cell_type.contract
