@@ -50,6 +50,23 @@ class FrameWork:
     finishing: bool = False
     cropped: bool = False  # its crops are in the crop lanes
 
+    @classmethod
+    def of(cls, job, sha256: str, prepared, t_added: float) -> "FrameWork":
+        """A frame's work from `daemon.prepare.prepare_frame`'s result."""
+        return cls(job, sha256, prepared.shape, prepared.patches, prepared.tile_origins, prepared.n_empty,
+                   t_added, seg_input=prepared.seg_input, image=prepared.image, cells=prepared.cells,
+                   crops=prepared.crops, crop_keep=prepared.crop_keep)
+
+
+@dataclass(eq=False)
+class Lane:
+    """One network's batched path: inputs from many frames share its batches."""
+    name: str                # live_dead, segmentation, cell_type, cell_live_dead (the model slot)
+    batcher: PatchBatcher
+    backend: InferenceBackend
+    output: str              # the FrameWork attribute its outputs go to
+    stage: str               # stage label in the latency metrics
+
 
 class InferenceStage:
     def __init__(self, live_dead: InferenceBackend, max_batch: int, max_delay_s: float, metrics,
@@ -59,19 +76,23 @@ class InferenceStage:
         self.metrics = metrics
         self.emit, self.fail = emit, fail
         self.seg_model, self.pool, self.cell_type = seg_model, pool, cell_type
-        crop_models = [m for m in (cell_type, cell_live_dead) if m is not None]
-        # the pipeline checks that the crop models share one crop section: one set of crops per frame
-        self.crop: CellCrop | None = crop_models[0].contract.crop if crop_models else None
-        # (batcher, backend, what its outputs are on the frame, stage name for the metrics)
-        self.lanes = [(PatchBatcher(max_batch, max_delay_s), live_dead, "scores", "infer")]
+        # the pipeline checks that the crop models share one crop section (`crops.crop_section`)
+        self.crop: CellCrop | None = next((m.contract.crop for m in (cell_type, cell_live_dead) if m is not None), None)
+        # a new network is one more lane here plus its step in _advance
+        lanes = [Lane("live_dead", PatchBatcher(max_batch, max_delay_s), live_dead, "scores", "infer")]
         if seg_model is not None:
-            self.lanes.append((PatchBatcher(seg_batch, max_delay_s), seg_model.backend, "maps", "infer_segmentation"))
-        self.crop_lanes: list[int] = []  # lanes fed with each frame's cell crops
-        for backend, attr, stage in ((cell_type, "type_scores", "infer_cell_type"),
-                                     (cell_live_dead, "cell_dead_scores", "infer_cell_live_dead")):
-            if backend is not None:
-                self.crop_lanes.append(len(self.lanes))
-                self.lanes.append((PatchBatcher(max_batch, max_delay_s), backend, attr, stage))
+            lanes.append(Lane("segmentation", PatchBatcher(seg_batch, max_delay_s), seg_model.backend, "maps",
+                              "infer_segmentation"))
+        # crop lanes: each frame's cell crops go to all of them at once
+        self.crop_lanes = [name for name, backend in (("cell_type", cell_type), ("cell_live_dead", cell_live_dead))
+                           if backend is not None]
+        if cell_type is not None:
+            lanes.append(Lane("cell_type", PatchBatcher(max_batch, max_delay_s), cell_type, "type_scores",
+                              "infer_cell_type"))
+        if cell_live_dead is not None:
+            lanes.append(Lane("cell_live_dead", PatchBatcher(max_batch, max_delay_s), cell_live_dead,
+                              "cell_dead_scores", "infer_cell_live_dead"))
+        self.lanes: dict[str, Lane] = {lane.name: lane for lane in lanes}
         self.returned: queue.Queue = queue.Queue()  # frames back from the pool, with cells (and crops)
         self._in_pool = 0
         self._lock = threading.Lock()
@@ -79,17 +100,17 @@ class InferenceStage:
     # --- intake ----------------------------------------------------------------------------
 
     def admit(self, work: FrameWork) -> None:
-        self._add(0, work, work.patches)
+        self._add("live_dead", work, work.patches)
         work.patches = None
         if work.seg_input is not None:
             tiles, _ = work.seg_input
-            self._add(1, work, tiles)
+            self._add("segmentation", work, tiles)
         self._advance(work)
 
-    def _add(self, lane: int, work: FrameWork, inputs: np.ndarray) -> None:
-        batcher, _, attr, _ = self.lanes[lane]
-        for item, out in batcher.add(work, inputs, work.t_added):  # no inputs: done at once
-            setattr(item, attr, out)
+    def _add(self, lane_name: str, work: FrameWork, inputs: np.ndarray) -> None:
+        lane = self.lanes[lane_name]
+        for item, out in lane.batcher.add(work, inputs, work.t_added):  # no inputs: done at once
+            setattr(item, lane.output, out)
 
     def take_returned(self) -> None:
         while True:
@@ -102,23 +123,24 @@ class InferenceStage:
     # --- batches ---------------------------------------------------------------------------
 
     def seconds_until_due(self, now: float) -> float | None:
-        waits = [w for w in (b.seconds_until_due(now) for b, *_ in self.lanes) if w is not None]
+        waits = [w for w in (lane.batcher.seconds_until_due(now) for lane in self.lanes.values()) if w is not None]
         return min(waits) if waits else None
 
     @property
     def waiting(self) -> int:
-        return sum(b.waiting_patches for b, *_ in self.lanes)
+        return sum(lane.batcher.waiting_patches for lane in self.lanes.values())
 
     def run_due(self, flush: bool = False) -> None:
-        for batcher, backend, attr, stage in self.lanes:
+        for lane in self.lanes.values():
+            batcher = lane.batcher
             while batcher.due(time.monotonic()) or (flush and batcher.waiting_patches):
                 batch, owners = batcher.next_batch()
                 t0 = time.perf_counter()
-                outputs = backend.infer(batch)
-                self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - t0)
+                outputs = lane.backend.infer(batch)
+                self.metrics.stage_seconds.labels(lane.stage).observe(time.perf_counter() - t0)
                 self.metrics.batch_size.observe(len(batch))
                 for work, out in batcher.distribute(outputs, owners):
-                    setattr(work, attr, out)
+                    setattr(work, lane.output, out)
                     self._advance(work)
 
     def drain(self) -> None:
@@ -147,9 +169,9 @@ class InferenceStage:
             return
         if self.crop_lanes and not work.cropped:
             work.cropped = True
-            for lane in self.crop_lanes:  # no cells in range: done at once
-                self._add(lane, work, work.crops)
-        if any(getattr(work, self.lanes[lane][2]) is None for lane in self.crop_lanes):
+            for name in self.crop_lanes:  # no cells in range: done at once
+                self._add(name, work, work.crops)
+        if any(getattr(work, self.lanes[name].output) is None for name in self.crop_lanes):
             return
         work.image = work.crops = work.maps = None
         self.emit(work)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation,
 from wellwatch.daemon.segment_maps import (PostProcess, labels_from_tile_outputs, model_input, seg_tiles)
 
 from .masks import MaskSet, load_mask_set
+from .progress import Progress
 from .seg_metrics import aggregate_scores, match_scores
 from .seg_targets import targets
 from .unet import DISTANCE_MAP, SegmentationMaps, UNet
@@ -156,13 +156,9 @@ def postprocess_grid() -> list[PostProcess]:
             for fg, st, s, a in grid]
 
 
-def _log(text: str, end: str = "\n") -> None:
-    print(text, end=end, file=sys.stderr, flush=True)
-
-
 def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig, progress: bool = True) -> dict:
     """Train, select the best weights on validation, tune the watershed; write RUN/best.pt + summary.json."""
-    log = _log if progress else (lambda *a, **k: None)
+    report = Progress("train segmentation", progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -191,15 +187,14 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         sched.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 10 == 0:
-            log(f"\r[train segmentation] step {step}/{cfg.steps} loss {running:.4f} "
-                f"{(time.time() - t0) / step:.2f} s/step", end="")
+            report.update(f"step {step}/{cfg.steps} loss {running:.4f} {(time.time() - t0) / step:.2f} s/step")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             agg = score(model, val_set, contract, [PostProcess()])[0]
             q = quality(agg)
             history.append({"step": step, "loss": running, "val_f1_50": agg["iou"][0.5]["f1"],
                             "val_f1_75": agg["iou"][0.75]["f1"], "seconds": time.time() - t0})
-            log(f"\n[train segmentation] step {step}: validation F1@0.5 {agg['iou'][0.5]['f1']:.3f} "
+            report.line(f"step {step}: validation F1@0.5 {agg['iou'][0.5]['f1']:.3f} "
                 f"F1@0.75 {agg['iou'][0.75]['f1']:.3f}" + (" (best so far)" if q > best else ""))
             if q > best:
                 best, best_state = q, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -208,12 +203,12 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     train_seconds = time.time() - t0
     model.load_state_dict(best_state)
     model.eval()
-    log("[train segmentation] choosing the watershed's parameters on the validation images")
+    report.line("choosing the watershed's parameters on the validation images")
     grid = postprocess_grid()
     results = score(model, val_set, contract, grid)
     i = int(np.argmax([quality(r) for r in results]))
     post, val = grid[i], results[i]
-    log(f"[train segmentation] best post-processing {asdict(post)}: validation F1@0.5 "
+    report.line(f"best post-processing {asdict(post)}: validation F1@0.5 "
         f"{val['iou'][0.5]['f1']:.3f} F1@0.75 {val['iou'][0.75]['f1']:.3f}")
     metrics = {"validation": {"images": list(cfg.val), "f1_iou50": val["iou"][0.5]["f1"],
                               "f1_iou75": val["iou"][0.75]["f1"], "ap_iou50": val["iou"][0.5]["ap"],
