@@ -19,7 +19,7 @@ from wellwatch.daemon.contract import CellCrop, ModelContract
 from wellwatch.simulator import SimulationSpec, write_plate
 from wellwatch.training import cli as training_cli
 from wellwatch.training.cells import CellDatasetError
-from wellwatch.training.cells_live_dead import StainMeasure, field_background, label_live_dead, stain_per_cell
+from wellwatch.training.cells_live_dead import StainMeasure, label_live_dead, stain_per_cell
 from wellwatch.training.dataset import load_dataset
 
 WELLS = ("A1", "A4", "A8", "A12")  # the dose series: from untreated to mostly dead
@@ -57,6 +57,9 @@ def _write_nuclear_channel(root, truth) -> None:
         for y, x, r, _ in truth[(well, fld)]:
             nuc[np.hypot(yy - y, xx - x) <= max(r * 0.5, 3)] += 2000
         tifffile.imwrite(bf.with_name(bf.name.replace("--BF", "--NUC")), nuc.clip(0, 65535).astype(np.uint16))
+        # FLAT: a "stain" with no dead cells, only a high, uneven, noisy background
+        flat = 3000 + 2000 * xx / frame.shape[1] + rng.normal(0, 40, frame.shape)
+        tifffile.imwrite(bf.with_name(bf.name.replace("--BF", "--FLAT")), flat.clip(0, 65535).astype(np.uint16))
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,7 @@ def test_labels_agree_with_the_simulated_cells_state(plate, segment_on, extra, c
     c = printed["counts"]
     assert c["live"] > 20 and c["dead"] > 20 and c["kept"] == len(ds)
     assert printed["thresholds"]["live_below"] < printed["thresholds"]["dead_above"]
+    assert printed["separation"]["ashman_d"] > 2
     assert (out / "stain_histogram.png").stat().st_size > 10_000
     # the crop section a live_dead crop model's contract will carry
     assert ds.cell_crop == CellCrop(48, 16.0, 10 if segment_on == "NUC" else 60, 2000) and ds.tiling is None
@@ -122,36 +126,33 @@ def test_trained_crop_model_has_a_live_dead_contract_with_a_crop_section(plate):
 
 # --- the measurement and the labels, on data with known answers ----------------------------------
 
-def test_stain_fold_over_an_uneven_background():
-    """Two objects on a background that rises 4-fold across the field: folds are measured against the
-    background where each object sits, not the field's mean."""
+def test_stain_signal_over_an_uneven_background():
+    """Two objects on a noisy background that rises 4-fold across the field: each is measured against
+    the background where it sits, in noise units, not against the field's mean."""
+    rng = np.random.default_rng(0)
     yy, xx = np.indices((256, 256))
-    background = 100.0 + 300.0 * xx / 255
+    stain = 100.0 + 300.0 * xx / 255 + rng.normal(0, 10, (256, 256))
     labels = np.zeros((256, 256), np.int32)
     labels[(yy - 128) ** 2 + (xx - 30) ** 2 <= 64] = 1   # on ~135
     labels[(yy - 128) ** 2 + (xx - 220) ** 2 <= 64] = 2  # on ~360
-    stain = background.copy()
-    stain[labels == 1] *= 3.0  # dead: 3x its background
-    stain[labels == 2] *= 1.0  # live: at background, although brighter than the dead one in raw counts
-    ids = np.array([1, 2])
-    centroids = np.array([[128.0, 30.0], [128.0, 220.0]])
-    fold = stain_per_cell(stain, labels, ids, centroids, StainMeasure("mean", 0.0, 32))
-    assert fold == pytest.approx([3.0, 1.0], rel=0.05)
-    fold_r = stain_per_cell(stain, labels, ids, centroids, StainMeasure("p90", 5.0, 32))
-    assert fold_r == pytest.approx([3.0, 1.0], rel=0.05)
-    bg = field_background(stain, labels > 0, 32)
-    assert np.abs(bg - background).max() / background.max() < 0.05
+    stain[labels == 1] += 200.0  # dead: 20 noise sd above its background, yet dimmer than the live one
+    ids, centroids = np.array([1, 2]), np.array([[128.0, 30.0], [128.0, 220.0]])
+    for measure in (StainMeasure("mean", 0.0, 32), StainMeasure("p90", 5.0, 32)):
+        dead, live = stain_per_cell(stain, labels, ids, centroids, measure)
+        assert 12 < dead < 30 and abs(live) < 3, (measure, dead, live)
 
 
-def test_crossing_thresholds_are_refused():
-    """A narrow peak at background and a long heavy tail (a real dead stain on a high background):
-    the seed study's rule would label the tail's left half both live and dead."""
-    rng = np.random.default_rng(1)
-    log_fold = np.r_[rng.normal(0.0, 0.03, 800), rng.standard_t(1.5, 700) * 0.8 + 0.4]
-    with pytest.raises(ValueError, match="thresholds cross"):
-        label_live_dead(log_fold)
-    labels, t = label_live_dead(np.r_[rng.normal(0.0, 0.1, 500), rng.normal(2.0, 0.2, 300)])
-    assert (labels == 0).sum() > 300 and (labels == 1).sum() > 200 and t.live_below < t.dead_above
+def test_a_stain_without_dead_cells_is_refused_naming_the_acquisition(plate):
+    out = plate / "ds-flat"
+    with pytest.raises(CellDatasetError, match=r"dead stain 'FLAT' of plate: .*(overlap|no dead|no second class|"
+                                               r"cross|outside).*--segment-on"):
+        _run(["dataset", "cells", str(plate / "plate"), "--out", str(out), "--label-free", "BF",
+              "--dead-stain", "FLAT", "--segment-on", "BF"] + CROP + CLASSICAL_BF)
+    assert (out / "stain_histogram.png").stat().st_size > 10_000  # drawn for the refused fit
+    assert not (out / "dataset.json").exists()
+    labels, fit = label_live_dead(np.r_[np.full(300, 0.3), np.full(200, 3.0)] + np.random.default_rng(2).normal(
+        0, 0.1, 500), "two populations")
+    assert (labels == 0).sum() > 250 and (labels == 1).sum() > 150 and fit.separation.ashman_d > 2
 
 
 def test_options_are_checked_with_their_names(plate):

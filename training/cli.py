@@ -167,7 +167,8 @@ def _cells_live_dead(args, files, segmenter, label_free, segment_channel, crop, 
           f"{c['kept']} kept (live {c['live']}, dead {c['dead']})", file=sys.stderr, flush=True)
     t = ds.meta["thresholds"]
     print(json.dumps({"out": str(out), "counts": c, "classes": list(ds.classes),
-                      "thresholds": {k: t[k] for k in ("live_below", "dead_above", "fold_over_background")},
+                      "thresholds": {k: t[k] for k in ("live_below", "dead_above", "unit")},
+                      "separation": ds.meta["separation"],
                       "groups": {"fields": len(set(ds.source.tolist())), "wells": len(set(ds.groups("well").tolist()))}},
                      indent=1))
     return 0
