@@ -75,8 +75,8 @@ class Segmentation:
 @dataclass(frozen=True)
 class CellCrop:
     """Single-cell crops for a cell_type model, or a per-cell live_dead model: `size` square around
-    each segmented cell's centroid,
-    zero outside a circle of `mask_radius`, each channel's mean inside it scaled to 1 ("mask_mean").
+    each segmented cell's centroid, zero outside a circle of `mask_radius`, each channel's mean
+    inside it scaled to 1 ("mask_mean").
     Cells with an area (full-resolution px) outside [min_area, max_area] are not classified
     (0 = no limit): the model never saw such cells."""
     size: int = 150

@@ -3,8 +3,7 @@
 A frame may need up to four networks: the live/dead classifier (tiles), a segmentation network
 (covering tiles; its maps become cells in the process pool) and the crop classifiers, a cell-type
 and a per-cell live/dead one (one crop per cell, cut in the pool once the cells are known, the same
-crops for both). Each network has its own batcher, so its
-inputs from many frames share batches; `FrameWork` carries one frame through, and a frame leaves
+crops for both). Each network has its own batcher, so its inputs from many frames share batches; `FrameWork` carries one frame through, and a frame leaves
 (`emit`) when every part it needs has its outputs. Driven by one thread (the pipeline's inference
 thread); pool results come back through a thread-safe queue, so that thread never waits on the pool.
 """
