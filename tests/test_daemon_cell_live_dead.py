@@ -118,3 +118,53 @@ def test_a_cell_type_model_must_share_the_crop_geometry(crop_model, run_daemon):
         run_daemon(spec, cell_type_backend=CropStdClassifier(size=32), **{
             "segmentation.method": "classical", "models.cell_live_dead.path": str(crop_model),
             **{f"segmentation.classical.{k}": v for k, v in SIMULATED_BF.items()}})
+
+
+class CropMeanLiveDead(CropStdClassifier):
+    """A stand-in per-cell live/dead model on the same crops as CropStdClassifier: P(dead) from the
+    crop's brightness (the simulator's dead cells are smoother and rounder; any fixed function will do)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        from dataclasses import replace
+
+        self.path, self.sha256 = "crop-mean", "2" * 64
+        self.contract = replace(self.contract, name="crop-mean", task="live_dead", classes=("live", "dead"),
+                                positive_class="dead")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        p = 1 / (1 + np.exp(-(np.abs(batch - 1).mean(axis=(1, 2, 3)) - 0.6) * 8))
+        return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+def test_cell_types_and_per_cell_live_dead_share_pooled_crop_batches(run_daemon, recorder_for, tmp_path):
+    from wellwatch.daemon.cell_calls import type_counts
+
+    spec = plate(seed=17, cell_types=("lmpp", "prob"), type_mix="series")
+    types, live_dead = CropStdClassifier(), CropMeanLiveDead()
+    config, _ = run_daemon(spec, cell_type_backend=types, cell_live_dead_backend=live_dead, **{
+        "segmentation.method": "classical", "segmentation.workers": 2,
+        "batching.max_delay_ms": 2000.0,  # crops wait for other frames' crops: pooling is certain
+        **{f"segmentation.classical.{k}": v for k, v in SIMULATED_BF.items()}})
+    rec = recorder_for(config)
+    write_plate(spec, tmp_path / "acquisition")
+    frames = rec.wait_frames(len(spec.wells) * spec.fields * spec.timepoints, timeout=120)
+    time.sleep(0.3)
+    type_batches, live_dead_batches = list(types.batches), list(live_dead.batches)
+
+    data = tmp_path / "acquisition" / "data"
+    c, k = types.contract, live_dead.contract
+    for m in frames:
+        cells, crops, keep = classical_cells(read_frame(str(data / m["path"])), ClassicalParams(**SIMULATED_BF), c.crop)
+        assert m["cell_types"] == type_counts(types.infer(crops), c.classes, c.positive_index, c.decision_threshold)
+        live, dead = live_dead_cells(live_dead.infer(crops)[:, 1], k.decision_threshold)
+        assert m["cell_counts"] == {"live": live, "dead": dead}
+        assert m["models"]["crop-std"] == types.sha256 and m["models"]["crop-mean"] == live_dead.sha256
+    called = [m["cell_counts"]["live"] + m["cell_counts"]["dead"] for m in frames]
+    assert sum(called) > 50
+    assert 0 < sum(m["cell_counts"]["dead"] for m in frames) < sum(called)  # the stand-in calls both classes
+    # the same crops went to both models (batch boundaries may differ: each lane flushes on its own),
+    # in batches holding several frames' cells
+    assert sum(type_batches) == sum(live_dead_batches) == sum(called)
+    assert max(live_dead_batches) > max(called) and max(type_batches) > max(called)
