@@ -1,8 +1,11 @@
 """Commit: outcomes -> journal rows + stream messages, numbered by seq. No threads in here.
 
 `CommitBuilder` owns the seq counter, the per-well aggregates and the models' identities; its
-`build` turns a group of outcomes (scored frames, failed frames, status events) into the frame
-records and outbox messages one transaction writes. It reads the journal (duplicates, versions)
+`build` turns a group of outcomes (scored frames, failed frames, status events, the plate layout)
+into the frame records and outbox messages one transaction writes. A multi-channel field is one
+scored frame: its first channel's file carries the counts, its other channel files are journaled
+beside it (state done, no counts). With a plate layout, `status/plate` announces each timepoint at
+which every expected well is complete, and the whole plate once all are. It reads the journal (duplicates, versions)
 through the connection it is given, so a test drives it with a real journal and no threads.
 """
 
@@ -20,7 +23,7 @@ from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, liv
 from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
 from .contract import ModelContract
 from .inference_stage import FrameWork
-from .jobs import FailedFrame, StatusEvent
+from .jobs import FailedFrame, LayoutEvent, StatusEvent
 from .journal import FrameRecord, Journal, OutboxMessage
 from .stream import envelope, frame_topic, status_topic, well_topic
 
@@ -66,6 +69,14 @@ class CommitBuilder:
                  cell_type: ModelContract | None = None, cell_live_dead: ModelContract | None = None):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
         self.cell_type, self.cell_live_dead = cell_type, cell_live_dead
+        # (plate, timepoint) and plates already announced complete (after a restart: all that are)
+        self.announced: set = set()
+        for plate, _, timepoint in list(aggregate.wells):
+            if (p := aggregate.plate_progress(plate, timepoint)) is not None:
+                if p["timepoint_complete"]:
+                    self.announced.add((plate, timepoint))
+                if p["plate_complete"]:
+                    self.announced.add(plate)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -79,6 +90,12 @@ class CommitBuilder:
         for msg in group:
             if isinstance(msg, StatusEvent):
                 built.messages.append(self.status_message(msg))
+                continue
+            if isinstance(msg, LayoutEvent):
+                if self.aggregate.layout is None:
+                    self.aggregate.layout = msg.layout
+                built.messages.append(self.status_message(
+                    StatusEvent("plate", {"event": "layout", **msg.layout.summary()})))
                 continue
             job, sha = msg.job, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
@@ -95,7 +112,37 @@ class CommitBuilder:
                 built.outcomes.append("processed")
             built.records.append(record)
             built.messages.extend(new)
+            if isinstance(msg, FrameWork):
+                for member, member_sha in msg.members:
+                    if (member.rel, member_sha) in seen or journal.has(member.rel, member_sha):
+                        built.duplicates.append(member.rel)
+                        continue
+                    seen.add((member.rel, member_sha))
+                    v = latest[member.rel] = (latest.get(member.rel) or journal.latest_version(member.rel)) + 1
+                    built.records.append(self.member_record(member, member_sha, v, record))
         return built
+
+    def member_record(self, job, sha: str, version: int, scored: FrameRecord) -> FrameRecord:
+        """A channel file scored as part of another's field: journaled (done once), counted there."""
+        m = job.meta
+        return FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "done", f"channel of {scored.path}",
+                           m.plate, m.well, m.field, m.timepoint, m.z, m.channel, None, None, None,
+                           job.mtime_ns / 1e9, time.time(), scored.seq)
+
+    def plate_messages(self, plate: str, timepoint: int) -> list[OutboxMessage]:
+        """status/plate when this timepoint, or the whole plate, has just become complete."""
+        progress = self.aggregate.plate_progress(plate, timepoint)
+        out = []
+        if progress is None:
+            return out
+        if progress["timepoint_complete"] and (plate, timepoint) not in self.announced:
+            self.announced.add((plate, timepoint))
+            out.append(self.status_message(StatusEvent("plate", {"event": "timepoint_complete", **progress})))
+        if progress["plate_complete"] and plate not in self.announced:
+            self.announced.add(plate)
+            log.info("plate %s complete: every expected well at every timepoint", plate)
+            out.append(self.status_message(StatusEvent("plate", {"event": "complete", **progress})))
+        return out
 
     def status_message(self, event: StatusEvent) -> OutboxMessage:
         seq = self.next_seq()
@@ -117,14 +164,15 @@ class CommitBuilder:
     def scored(self, work: FrameWork, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = work.job, work.job.meta
         counts = frame_counts(work, self.contract, self.cell_type, self.cell_live_dead)
-        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts)
+        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z)
         seq = self.next_seq()
         frame_msg = OutboxMessage(seq, frame_topic(meta.plate, meta.well), envelope(
             seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
             path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
             live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
-            t_file=job.mtime_ns / 1e9))
+            t_file=job.mtime_ns / 1e9, channels=list(work.channels) or [meta.channel],
+            pixel_size_um=work.pixel_size_um))
         seq = self.next_seq()
         well_msg = OutboxMessage(seq, well_topic(meta.plate, meta.well), envelope(
             seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
@@ -133,4 +181,4 @@ class CommitBuilder:
                              counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
                              counts.cells, counts.cell_live, counts.cell_dead,
                              json.dumps(counts.cell_types) if counts.cell_types is not None else None)
-        return record, [frame_msg, well_msg]
+        return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint)]

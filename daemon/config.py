@@ -29,7 +29,7 @@ class WatchConfig:
     settle_polls: int = field(default=2, metadata=between(1, 100))
     reconcile_s: float = field(default=10.0, metadata=between(0.1, 86400.0))
     recursive: bool = True
-    extensions: tuple[str, ...] = (".tif", ".tiff")
+    extensions: tuple[str, ...] = (".tif", ".tiff", ".nd2")
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,13 @@ class PlateConfig:
     name: str = ""
     fields_per_well: int = field(default=0, metadata=between(0, 100000))
     default_well: str = "A1"
+    layout: str = field(default="auto", metadata=choice("auto", "none"))
 
 
 @dataclass(frozen=True)
 class ChannelsConfig:
     label_free: tuple[str, ...] = ("BF",)
+    missing_after_s: float = field(default=60.0, metadata=between(0.0, 86400.0))
 
 
 @dataclass(frozen=True)

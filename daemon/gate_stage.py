@@ -1,13 +1,16 @@
 """The gate stage: discovery in, complete files out to the readers (one thread, "gate").
 
 It owns the watcher (`Discovery`: observer + scans), the completeness gate, the names it has
-ignored and the retry schedule. Per poll: take what discovery offered, let the gate decide what is
+ignored and the retry schedule. `.nd2` files skip the gate: each poll hands out the frames that
+became readable in them (nd2_reader.Nd2Tracker), and the first one supplies the plate layout when
+no vendor file did. Fields still short of a model channel are reported from here (ChannelJoin). Per poll: take what discovery offered, let the gate decide what is
 complete, journal those as on their way (`inflight`), hand them out, and hand out retries that
 are due. A periodic reconcile scan finds what events missed and notices the root going and coming.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -15,14 +18,16 @@ import threading
 import time
 from typing import Callable
 
+from .channel_join import ChannelJoin
 from .config import Config
-from .errors import NamingError
+from .errors import FrameReadError, NamingError
 from .gate import CompletenessGate, ReadyFile
-from .jobs import FrameJob, StatusEvent
+from .jobs import FrameJob, LayoutEvent, StatusEvent
 from .journal import Journal
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
+from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
 from .watcher import Discovery
 
 log = logging.getLogger(__name__)
@@ -49,10 +54,16 @@ class RetrySchedule:
 class GateStage:
     def __init__(self, config: Config, root: str, naming: NamingScheme, ledger: FrameLedger,
                  metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
-                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent], None]):
+                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent], None],
+                 nd2: Nd2Tracker | None = None, join: ChannelJoin | None = None, needs_layout: bool = False):
         self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
         self.journal_path, self.stop_event = journal_path, stop_event
         self.submit, self.status = submit, status
+        self.nd2 = nd2 or Nd2Tracker(plate_format=config.plate.format)
+        self.join = join
+        self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
+        self._nd2_files: set[str] = set()  # .nd2 paths still growing or not yet fully handed out
+        self._nd2_seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at its last look
         self.retries = RetrySchedule()
         self.discovered: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
@@ -71,17 +82,17 @@ class GateStage:
         """Parse the name; a non-matching or other-channel file is counted and logged once."""
         if path in self._ignored:
             return None
-        name = os.path.basename(path)
-        try:
-            meta = self.naming.parse(name)
+        try:  # the path below the root: folder-aware presets (imagexpress) read TimePoint_N/ZStep_M
+            meta = self.naming.parse(self.rel(path))
         except NamingError as e:
             self._ignored.add(path)
             self.metrics.frames.labels("unmatched_name").inc()
             log.warning("ignoring %s: %s", self.rel(path), e.reason)
             return None
-        # a name without a channel (e.g. NIS-Elements without the c dimension) holds the one channel
+        # a name without a channel holds the one channel (NIS-Elements without the c dimension),
+        # or with a multi-channel model all of them, in its pages
         label_free = self.config.channels.label_free
-        if meta.channel not in label_free and (meta.channel or len(label_free) > 1):
+        if meta.channel and meta.channel not in label_free:
             self._ignored.add(path)
             self.metrics.frames.labels("other_channel").inc()
             return None
@@ -115,6 +126,8 @@ class GateStage:
                 self._inflight_marks = []
             for r in ready:
                 self._dispatch(r)
+            self._offer_nd2_frames(journal)
+            self._report_missing_channels()
             self._dispatch_due_retries(t0)
             self.metrics.queue_depth.labels("gate").set(len(gate))
             self._wait_for_discovery(t0 + interval)
@@ -133,6 +146,9 @@ class GateStage:
                 path, renamed = self.discovered.get_nowait()
             except queue.Empty:
                 return
+            if path.lower().endswith(".nd2"):
+                self._nd2_files.add(path)  # polled for readable frames; no naming, no gate
+                continue
             if self.accept_name(path) is None:
                 continue
             try:
@@ -173,6 +189,54 @@ class GateStage:
                 st = os.stat(job.path)
             except OSError:
                 st = None
-            if st is not None:
-                job = FrameJob(job.path, job.rel, job.meta, st.st_size, st.st_mtime_ns, job.attempt)
+            if st is not None and job.nd2_index is None:
+                job = dataclasses.replace(job, size=st.st_size, mtime_ns=st.st_mtime_ns)
             self.submit(job)
+
+    # --- .nd2 files and multi-channel fields -------------------------------------------------
+
+    def _offer_nd2_frames(self, journal: Journal) -> None:
+        """Hand out each .nd2 frame that became readable (complete on disk) since the last poll."""
+        for path in sorted(self._nd2_files):
+            rel = self.rel(path)
+            try:
+                st = os.stat(path)
+                if self._nd2_seen.get(path) == (st.st_size, st.st_mtime_ns):
+                    continue  # unchanged since the last look: nothing new can be readable
+                self._nd2_seen[path] = (st.st_size, st.st_mtime_ns)
+                frames = self.nd2.offer(path, rel)
+            except (FrameReadError, OSError) as e:
+                log.warning("ignoring %s: %s", rel, getattr(e, "reason", e))
+                self._nd2_files.discard(path)
+                continue
+            contents = self.nd2.contents.get(path)
+            if contents is not None and self.needs_layout:
+                self.needs_layout = False
+                self.status(LayoutEvent(nd2_layout(contents, self.naming.default_well)))
+            marks, jobs = [], []
+            for f in frames:
+                meta = FrameMeta(self.naming.default_plate, f.well or self.naming.default_well, f.field,
+                                 f.timepoint, f.z, self.config.channels.label_free[0])
+                job = FrameJob(path, frame_key(rel, f.index), meta, 0, st.st_mtime_ns, nd2_index=f.index)
+                marks.append((job.rel, 0, st.st_mtime_ns, "read"))
+                jobs.append(job)
+            if marks:  # as for files: the frame_status view shows them on their way
+                journal.mark_inflight(marks)
+            for job in jobs:
+                if self.ledger.claim(job.rel):
+                    self.submit(job)
+            if self.nd2.finished(path):
+                self._nd2_files.discard(path)  # closed and all handed out; a later write re-adds it
+
+    def _report_missing_channels(self) -> None:
+        if self.join is None:
+            return
+        for m in self.join.overdue():
+            plate, well, timepoint, field_index, z = m.key
+            self.metrics.frames.labels("channel_missing").inc()
+            log.warning("%s %s timepoint %d field %d z %d: channel(s) %s missing %.0f s after %s arrived; "
+                        "the field is scored if they arrive", plate, well, timepoint, field_index, z,
+                        list(m.missing), m.waited_s, list(m.present))
+            self.status(StatusEvent("channel_missing", {
+                "plate": plate, "well": well, "timepoint": timepoint, "field": field_index, "z": z,
+                "present": list(m.present), "missing": list(m.missing), "waited_s": round(m.waited_s, 3)}))

@@ -48,13 +48,18 @@ class FrameWork:
     cell_dead_scores: np.ndarray | None = None  # per-cell live/dead probabilities per cropped cell
     finishing: bool = False
     cropped: bool = False  # its crops are in the crop lanes
+    members: tuple = ()    # (job, sha256) of the field's other channel files, journaled with this one
+    channels: tuple = ()   # the file channels the model read, in its order
+    pixel_size_um: float | None = None
 
     @classmethod
-    def of(cls, job, sha256: str, prepared, t_added: float) -> "FrameWork":
+    def of(cls, job, sha256: str, prepared, t_added: float, members: tuple = (), channels: tuple = (),
+           pixel_size_um: float | None = None) -> "FrameWork":
         """A frame's work from `daemon.prepare.prepare_frame`'s result."""
         return cls(job, sha256, prepared.shape, prepared.patches, prepared.tile_origins, prepared.n_empty,
                    t_added, seg_input=prepared.seg_input, image=prepared.image, cells=prepared.cells,
-                   crops=prepared.crops, crop_keep=prepared.crop_keep)
+                   crops=prepared.crops, crop_keep=prepared.crop_keep, members=members, channels=channels,
+                   pixel_size_um=pixel_size_um)
 
 
 @dataclass(eq=False)

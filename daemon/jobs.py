@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .naming import FrameMeta
+
+if TYPE_CHECKING:
+    from .layout import PlateLayout
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,7 @@ class FrameJob:
     size: int
     mtime_ns: int
     attempt: int = 0
+    nd2_index: int | None = None  # a frame of an .nd2 file (rel is then "file.nd2#index")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,12 @@ class FailedFrame:
     job: FrameJob
     sha256: str  # "" when the file could not be read at all
     reason: str
+
+
+@dataclass(frozen=True)
+class LayoutEvent:
+    """The plate layout is known (at start, or from the first .nd2 file): set it and announce it."""
+    layout: PlateLayout
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ At start everything in memory is rebuilt from the journal (recovery.py).
 With segmentation on, the CPU-heavy part runs in a process pool (all cores): classical
 segmentation is called from the read workers; a segmentation network's tiles are batched by the
 inference thread beside the live/dead patches, and the watershed that turns its maps into cells
-(and the single-cell crops for the crop models: cell type, per-cell live/dead) runs in the pool, handed back through a queue so
-the inference thread never waits for it (daemon/inference_stage.py).
+(and the single-cell crops for the crop models: cell type, per-cell live/dead) runs in the pool,
+handed back through a queue so the inference thread never waits for it (daemon/inference_stage.py).
 
 A bad frame is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the
 daemon with the error (the entry point decides to exit).
@@ -31,17 +31,20 @@ import zmq
 
 from .aggregate import PlateAggregate
 from .backend import InferenceBackend
+from .channel_join import ChannelJoin
 from .commit import CommitBuilder
 from .config import Config
 from .crops import crop_section
 from .errors import StartupError
 from .gate_stage import GateStage
 from .inference_stage import InferenceStage
-from .jobs import FailedFrame, StatusEvent
+from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import Journal
+from .layout import LayoutError, PlateLayout, detect_layout
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .naming import NamingScheme
+from .nd2_reader import Nd2Tracker
 from .plate import PLATE_FORMATS
 from .publish import Publisher
 from .read_stage import ReadStage
@@ -78,9 +81,6 @@ class Pipeline:
                 f"channels.label_free {list(config.channels.label_free)} gives {len(config.channels.label_free)} "
                 f"channel(s) but model {backend.path} ({self.contract.name!r}) expects "
                 f"{len(self.contract.channels)} ({', '.join(self.contract.channels)})")
-        if len(config.channels.label_free) > 1:
-            raise StartupError("channels.label_free: multi-channel models are not supported yet; "
-                               "give one channel")
         naming = NamingScheme(config.watch.naming, PLATE_FORMATS[config.plate.format],
                               config.plate_name, config.watch.pattern, config.plate.default_well)
         self.models = {self.contract.name: backend.sha256}
@@ -91,9 +91,19 @@ class Pipeline:
                 self.models[crop_backend.contract.name] = crop_backend.sha256
         self.journal_path = Path(config.journal.path)
 
+        self.layout: PlateLayout | None = None  # the vendor's plate layout; .pixel_size_um for rescaling
+        if config.plate.layout == "auto":
+            try:
+                self.layout = detect_layout(self.root)
+            except LayoutError as e:
+                raise StartupError(f"{e} (set plate.layout = \"none\" to ignore the vendor files)") from None
         self.ledger = FrameLedger()
-        aggregate = PlateAggregate(config.plate.fields_per_well)
+        aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
         recovered = recover(self.journal_path, self.ledger, aggregate)
+        self.aggregate = aggregate
+        self.nd2 = Nd2Tracker(recovered.nd2_frames, config.plate.format)
+        channels = tuple(config.channels.label_free)
+        self.join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
         self._unsent = recovered.unsent
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
                                      cell_type_backend.contract if cell_type_backend is not None else None,
@@ -117,11 +127,14 @@ class Pipeline:
         self.to_commit: queue.Queue = queue.Queue()
         self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
-                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put)
+                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
+                              nd2=self.nd2, join=self.join,
+                              needs_layout=self.layout is None and config.plate.layout == "auto")
         self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
                                 failed=self.to_commit.put, stop_event=self.stop_event,
                                 is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,
-                                seg_model=self.seg_model, seg_pool=self.seg_pool, crop=crop)
+                                seg_model=self.seg_model, seg_pool=self.seg_pool, crop=crop,
+                                join=self.join, nd2=self.nd2, pixel_size=self.pixel_size_um)
         self.discovery = self.gate.discovery
         self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True)
                          for n, f in (("gate", self.gate.run), ("infer", self._infer_loop),
@@ -130,6 +143,13 @@ class Pipeline:
     @property
     def seq(self) -> int:
         return self.commits.seq
+
+    def pixel_size_um(self, job: FrameJob) -> float | None:
+        """The vendor's pixel size for a frame: its .nd2 file's, else the plate layout's (None: unknown)."""
+        if job.nd2_index is not None and (contents := self.nd2.contents.get(job.path)) is not None:
+            return contents.pixel_size_um
+        layout = self.aggregate.layout
+        return layout.pixel_size_um if layout is not None else None
 
     # --- start-up and shutdown ---------------------------------------------------------------
 
@@ -142,6 +162,8 @@ class Pipeline:
             t.start()
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
+        if self.layout is not None:
+            self.to_commit.put(LayoutEvent(self.layout))
         offered = self.discovery.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
@@ -255,7 +277,7 @@ class Pipeline:
         journal.commit(built.records, built.messages)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
-            if record.state == "done":
+            if record.state == "done" and record.live is not None:  # not a channel file joined into another
                 for call in ("live", "dead", "empty"):
                     self.metrics.tiles.labels(call).inc(getattr(record, call))
                 if record.version > 1:

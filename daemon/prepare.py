@@ -40,12 +40,18 @@ class PreparedFrame:
     segment_s: float | None = None  # seconds classical segmentation took (waiting included)
 
 
-def prepare_frame(image: np.ndarray, contract: ModelContract, *, segmentation: str = "none",
+def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract, *, segmentation: str = "none",
                   classical: ClassicalParams = ClassicalParams(), seg_model: ModelSegmenter | None = None,
                   crop: CellCrop | None = None, run_classical: RunClassical = classical_cells) -> PreparedFrame:
-    """One decoded 2-D frame -> its model inputs. `segmentation`: none, classical or model (needs
-    `seg_model`); `crop`: the crop models' (cell type, per-cell live/dead) crop section, if one is used."""
-    patches, origins, empty = prepare_tiles([image], contract)
+    """One decoded 2-D frame (or a field's channels in the model's order) -> its model inputs.
+    `segmentation`: none, classical or model (needs `seg_model`), on the first channel; `crop`: a
+    crop models' (cell type, per-cell live/dead) crop section, if one is used."""
+    channels = image if isinstance(image, list) else [image]
+    shapes = {c.shape for c in channels}
+    if len(shapes) != 1:
+        raise ValueError(f"the field's channel images differ in shape: {sorted(shapes)}")
+    image = channels[0]
+    patches, origins, empty = prepare_tiles(channels, contract)
     prepared = PreparedFrame(image.shape, patches, origins[~empty], int(empty.sum()))
     if segmentation == "classical":
         t0 = time.perf_counter()

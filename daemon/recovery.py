@@ -8,6 +8,7 @@ crash: the journal writes results and their messages in one transaction.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .ledger import FrameLedger
 
 log = logging.getLogger(__name__)
 
+ND2_FRAME = re.compile(r"\.nd2#\d+$", re.IGNORECASE)
+
 
 @dataclass
 class Recovered:
@@ -24,6 +27,7 @@ class Recovered:
     last_sent: int                # the last seq the publisher sent
     snapshot_state: list[dict] = field(default_factory=list)  # sent well messages, oldest first
     unsent: list[OutboxMessage] = field(default_factory=list)  # committed, to be (re)sent
+    nd2_frames: set[str] = field(default_factory=set)  # "file.nd2#index" already journaled
 
 
 def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) -> Recovered:
@@ -31,12 +35,15 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
     journal = Journal(journal_path)  # SQLite connections stay in their thread: this one is for start-up
     try:
         n = 0
+        state_nd2: set[str] = set()
         for r in journal.records():
             ledger.remember(r.path, r.size, r.mtime_ns, r.sha256)
-            if r.state == "done" and r.channel is not None:
-                aggregate.add(r.plate, r.well, r.timepoint, r.field, r.counts())
+            if r.state == "done" and r.channel is not None and r.live is not None:  # not a joined channel file
+                aggregate.add(r.plate, r.well, r.timepoint, r.field, r.counts(), z=r.z or 0)
+            if ND2_FRAME.search(r.path):
+                state_nd2.add(r.path)
             n += 1
-        state = Recovered(journal.last_seq(), journal.last_sent_seq())
+        state = Recovered(journal.last_seq(), journal.last_sent_seq(), nd2_frames=state_nd2)
         if n:
             log.info("journal %s: %d frames already recorded; last seq %d", journal_path, n, state.seq)
         if stale := journal.clear_inflight():
