@@ -22,6 +22,7 @@ import numpy as np
 from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
 from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
 from .contract import ModelContract
+from .dose_publisher import DosePublisher, dose_message
 from .inference_stage import FrameWork
 from .jobs import FailedFrame, LayoutEvent, StatusEvent
 from .journal import FrameRecord, Journal, OutboxMessage
@@ -66,7 +67,8 @@ class Built:
 
 class CommitBuilder:
     def __init__(self, contract: ModelContract, models: dict[str, str], aggregate: PlateAggregate, seq: int,
-                 cell_type: ModelContract | None = None, cell_live_dead: ModelContract | None = None):
+                 cell_type: ModelContract | None = None, dose: DosePublisher | None = None,
+                 cell_live_dead: ModelContract | None = None):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
         self.cell_type, self.cell_live_dead = cell_type, cell_live_dead
         # (plate, timepoint) and plates already announced complete (after a restart: all that are)
@@ -77,6 +79,11 @@ class CommitBuilder:
                     self.announced.add((plate, timepoint))
                 if p["plate_complete"]:
                     self.announced.add(plate)
+        self.dose = dose  # [plate] map: dose fits go out with the well message that completes a timepoint
+        if dose is not None:  # after a restart: the wells the fits stand on (fits already sent are journaled)
+            for state in aggregate.wells.values():
+                dose.observe({"plate": state.plate, "well": state.well, "timepoint": state.timepoint,
+                              **aggregate.summary(state)})
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -181,4 +188,13 @@ class CommitBuilder:
                              counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
                              counts.cells, counts.cell_live, counts.cell_dead,
                              json.dumps(counts.cell_types) if counts.cell_types is not None else None)
-        return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint)]
+        return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint),
+                        *self.dose_messages(well_msg.payload)]
+
+    def dose_messages(self, well_payload: dict) -> list[OutboxMessage]:
+        """`dose/<plate>/<compound>` for each fit this well message makes due (none without a map)."""
+        out = []
+        for timepoint, body in (self.dose.observe(well_payload) if self.dose is not None else []):
+            seq = self.next_seq()
+            out.append(OutboxMessage(seq, *dose_message(seq, self.models, well_payload["plate"], timepoint, body)))
+        return out

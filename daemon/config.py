@@ -39,6 +39,7 @@ class PlateConfig:
     fields_per_well: int = field(default=0, metadata=between(0, 100000))
     default_well: str = "A1"
     layout: str = field(default="auto", metadata=choice("auto", "none"))
+    map: str = ""  # plate map CSV for dose-response; "" = none
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                                    cell_live_dead=ModelSlot(resolve(config.models.cell_live_dead.path))),
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
+        plate=dataclasses.replace(config.plate, map=resolve(config.plate.map)),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
 
 
@@ -191,6 +193,8 @@ def _check_cross_keys(config: Config) -> None:
     except NamingError as e:
         raise ConfigError("plate.default_well", config.plate.default_well,
                           f"{e.reason} (plate.format = {config.plate.format})") from None
+    if config.plate.map and not Path(config.plate.map).is_file():
+        raise ConfigError("plate.map", config.plate.map, "no such file; give a plate map CSV or \"\" for none")
     if config.watch.naming == "regex":
         if not config.watch.pattern:
             raise ConfigError("watch.pattern", "", "required when watch.naming = 'regex'")

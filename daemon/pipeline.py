@@ -33,6 +33,8 @@ from .aggregate import PlateAggregate
 from .backend import InferenceBackend
 from .channel_join import ChannelJoin
 from .commit import CommitBuilder
+from .dose_publisher import DosePublisher
+from .plate_map import read_plate_map
 from .config import Config
 from .crops import crop_section
 from .errors import StartupError
@@ -105,9 +107,10 @@ class Pipeline:
         channels = tuple(config.channels.label_free)
         self.join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
         self._unsent = recovered.unsent
+        dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
-                                     cell_type_backend.contract if cell_type_backend is not None else None,
-                                     cell_live_dead_backend.contract if cell_live_dead_backend is not None else None)
+                                     cell_type_backend.contract if cell_type_backend is not None else None, dose,
+                                     cell_live_dead=cell_live_dead_backend.contract if cell_live_dead_backend else None)
 
         self.context = context or zmq.Context.instance()
         self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)

@@ -64,7 +64,8 @@ def cmd_voc(args: argparse.Namespace) -> int:
 
     ds = build_voc_dataset(args.folders, args.size, args.context, Normalisation(args.normalisation, {}),
                            _class_map(args.class_map), args.group_pattern, args.limit,
-                           None if args.no_duplicate_groups else args.duplicate_threshold)
+                           None if args.no_duplicate_groups else args.duplicate_threshold, args.scale,
+                           args.describe)
     save_dataset(ds, args.out)
     print(json.dumps({"out": args.out, "n": len(ds), "counts": ds.counts(), "task": ds.meta["task"],
                       "groups": len(set(ds.source.tolist())), "duplicates": ds.meta["duplicates"]}, indent=1))
@@ -176,7 +177,7 @@ def _cells_live_dead(args, files, segmenter, label_free, segment_channel, crop, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import PretrainedUnavailable
-    from .run import train_run
+    from .run import SplitError, train_run
 
     fractions = tuple(float(f) for f in args.split.split("/"))
     if len(fractions) != 3:
@@ -184,8 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train_run(args.dataset, args.out, args.arch, args.epochs, args.batch_size, args.lr, args.patience,
                             args.seed, args.pretrained, args.group_by, fractions, args.folds, args.threshold,
-                            args.device, args.name, progress=not args.quiet)
-    except PretrainedUnavailable as e:
+                            args.device, args.name, progress=not args.quiet, label_smoothing=args.label_smoothing,
+                            photometric=args.photometric, schedule=args.schedule, weight_decay=args.weight_decay)
+    except (PretrainedUnavailable, SplitError) as e:
         print(f"wellwatch train: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("arch", "metrics", "threshold", "train_seconds", "epochs_run",
@@ -279,8 +281,15 @@ def register(sub) -> None:
     p = dsub.add_parser("voc", help="import Pascal VOC boxes (LabelImg/CVAT) as labelled crops")
     p.add_argument("folders", nargs="+", help="folders with image + .xml pairs (searched recursively)")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=64, help="crop size in px after resizing (default 64)")
-    p.add_argument("--context", type=float, default=1.5, help="crop side / box's longer side (default 1.5)")
+    p.add_argument("--size", type=int, default=32,
+                   help="crop side in px (default 32: the LDC cells, 14-33 px across, with some background)")
+    p.add_argument("--scale", default="native", choices=["native", "box"],
+                   help="native: SIZE px windows at the image's own scale, as the daemon sees cells; "
+                        "box: CONTEXT x the box side resized to SIZE")
+    p.add_argument("--context", type=float, default=1.5,
+                   help="with --scale box: crop side / box's longer side (default 1.5)")
+    p.add_argument("--describe", help="what the images show, e.g. 'bright-field cells in a counting chamber'; "
+                                      "a model's contract carries it (trained_on.fits) with the cell size it fits")
     p.add_argument("--normalisation", default="robust_zscore", choices=["robust_zscore"])
     p.add_argument("--class-map", help="box name to class, e.g. 'Living Cell=live,Dead Cell=dead' "
                                        "(default: LDC names map to live/dead, others kept)")
@@ -342,13 +351,20 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a classifier (or, with --task segmentation, a U-Net); writes RUN/best.pt")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny"],
-                   help="default: resnet18 for tiles, ogawa for crops")
+    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny", "cropnet",
+                                      "cropnet8"],
+                   help="default: resnet18 for tiles, ogawa for cell crops, cropnet8 for crops from boxes (dataset voc)")
     p.add_argument("--pretrained", choices=["imagenet"], help="load torchvision's ImageNet weights")
     p.add_argument("--epochs", type=int, help="at most this many (default: the seed study's, 30)")
     p.add_argument("--batch-size", type=int, help="default: the seed study's (4 torchvision, 32 ogawa)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the seed study's)")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 5)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping patience in epochs (default 5; 0 = none, keep the last epoch)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: per architecture)")
+    p.add_argument("--label-smoothing", type=float, help="soften the training targets (default: per architecture)")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None,
+                   help="random brightness/contrast/blur on top of rotations and flips (default: per architecture)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], help="learning rate schedule (default: per architecture)")
     p.add_argument("--split", default="80/10/10", help="train/val/test fractions of the groups")
     p.add_argument("--group-by", default="source", choices=["source", "well", "plate"])
     p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation by group (0 = off)")

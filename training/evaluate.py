@@ -341,7 +341,9 @@ def gradcam(model, x: np.ndarray, target: int) -> np.ndarray:
         logits[:, target].sum().backward()
     finally:
         h.remove()
-    a, g = store["a"].detach(), store["g"].detach()
+    # a model that averages 8 rotated/flipped views in its graph (cropnet8) runs its layers on 8 x N
+    # inputs, the unrotated views first: explain those
+    a, g = store["a"].detach()[:len(x)], store["g"].detach()[:len(x)]
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
     top = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
@@ -473,6 +475,16 @@ def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str
               f"CIs: {m['bootstrap']} (the {m['bootstrap_unit']} is the resampling unit).", ""]
     if b:
         lines += [f"Baseline (the cell-type study's): {b['model']}; {b['how']}.", ""]
+    cv = c.metrics.get("cv") if isinstance(c.metrics, dict) else None
+    if cv and "auc_ci95" in cv:
+        lines += ["Cross-validated at training (pooled out-of-fold scores, 95% CIs resampling groups): AUC "
+                  f"{cv['auc']:.4f} ({cv['auc_ci95'][0]:.4f}-{cv['auc_ci95'][1]:.4f}), balanced accuracy "
+                  f"{cv['balanced_accuracy']:.4f} ({cv['balanced_accuracy_ci95'][0]:.4f}-"
+                  f"{cv['balanced_accuracy_ci95'][1]:.4f}), n {cv['n']}"
+                  + ("; these, not the figures above, estimate how the model does on images it never saw."
+                     if "includes the training data" in m["patches"] else "."), ""]
+    if t.get("fits"):
+        lines += [f"Fits: {t['fits']}.", ""]
     if t:
         lines += [f"Training: {t.get('epochs_run', '?')} epochs (best {t.get('best_epoch', '?')}), "
                   f"{t.get('seconds', '?')} s on {t.get('device', '?')}; split by {t.get('split', {}).get('group_by')}.", ""]

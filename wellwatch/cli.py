@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import register as register_bench
     from .export.cli import register as register_export
     from .training.cli import register as register_training
+    from .dashboard.cli import register as register_dashboard
 
     parser = argparse.ArgumentParser(prog="wellwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     register_export(sub)
     register_training(sub)
+    register_dashboard(sub)
     return parser
 
 
