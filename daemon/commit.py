@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
-from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
+from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
 from .contract import ModelContract
 from .dose_publisher import DosePublisher, dose_message
 from .inference_stage import FrameWork
@@ -32,15 +32,22 @@ from .stream import envelope, frame_topic, status_topic, well_topic
 log = logging.getLogger(__name__)
 
 
-def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContract | None = None) -> TileCounts:
-    """Tile calls; with segmentation also cells, their live/dead calls and (with a model) types."""
+def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContract | None = None,
+                 cell_live_dead: ModelContract | None = None) -> TileCounts:
+    """Tile calls; with segmentation also cells, their live/dead calls (from a per-cell crop model's
+    calls on each cell's crop, else from the tiles at each centroid) and (with a model) types."""
     c = contract
     dead_p = work.scores[:, c.positive_index] if len(work.scores) else np.zeros(0, np.float32)
     counts = count_tiles(dead_p, work.n_empty, c.decision_threshold)
     if work.cells is None:
         return counts
-    p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
-    cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
+    if cell_live_dead is not None:
+        k = cell_live_dead
+        p_cell = crop_dead_probability(len(work.cells), work.crop_keep, work.cell_dead_scores, k.positive_index)
+        cell_live, cell_dead = live_dead_cells(p_cell, k.decision_threshold)
+    else:
+        p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
+        cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
     types = None
     if cell_type is not None:
         t = cell_type
@@ -62,9 +69,10 @@ class Built:
 class CommitBuilder:
     def __init__(self, contract: ModelContract, models: dict[str, str], aggregate: PlateAggregate, seq: int,
                  cell_type: ModelContract | None = None, dose: DosePublisher | None = None,
-                 well_history: Iterable[dict] = (), source: str | None = None):
+                 well_history: Iterable[dict] = (), cell_live_dead: ModelContract | None = None,
+                 source: str | None = None):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
-        self.cell_type, self.source = cell_type, source
+        self.cell_type, self.cell_live_dead, self.source = cell_type, cell_live_dead, source
         # (plate, timepoint) and plates already announced complete (after a restart: all that are)
         self.announced: set = set()
         for plate, _, timepoint in list(aggregate.wells):
@@ -165,7 +173,7 @@ class CommitBuilder:
 
     def scored(self, work: FrameWork, version: int, journal: Journal) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = work.job, work.job.meta
-        counts = frame_counts(work, self.contract, self.cell_type)
+        counts = frame_counts(work, self.contract, self.cell_type, self.cell_live_dead)
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z,
                                    history=lambda: journal.field_counts(meta.plate, meta.well, meta.timepoint))
         seq = self.next_seq()

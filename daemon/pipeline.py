@@ -11,8 +11,8 @@ At start everything in memory is rebuilt from the journal (recovery.py).
 With segmentation on, the CPU-heavy part runs in a process pool (all cores): classical
 segmentation is called from the read workers; a segmentation network's tiles are batched by the
 inference thread beside the live/dead patches, and the watershed that turns its maps into cells
-(and the single-cell crops for a cell-type model) runs in the pool, handed back through a queue so
-the inference thread never waits for it (daemon/inference_stage.py).
+(and the single-cell crops for the crop models: cell type, per-cell live/dead) runs in the pool,
+handed back through a queue so the inference thread never waits for it (daemon/inference_stage.py).
 
 A bad frame is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the
 daemon with the error (the entry point decides to exit).
@@ -36,6 +36,7 @@ from .commit import CommitBuilder
 from .dose_publisher import DosePublisher
 from .plate_map import read_plate_map
 from .config import Config
+from .crops import crop_section
 from .errors import StartupError
 from .gate_stage import GateStage
 from .history import well_history
@@ -63,7 +64,8 @@ _COMMIT_GROUP = 256  # outcomes per transaction at most
 class Pipeline:
     def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
                  context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None,
-                 cell_type_backend: InferenceBackend | None = None):
+                 cell_type_backend: InferenceBackend | None = None,
+                 cell_live_dead_backend: InferenceBackend | None = None):
         self.config = config
         self.backend = backend
         self.metrics = metrics
@@ -72,11 +74,8 @@ class Pipeline:
         self.seg_model = ModelSegmenter(segmentation_backend) if self.seg_method == "model" else None
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
-        self.cell_type = cell_type_backend
-        if cell_type_backend is not None and self.seg_method == "none":
-            raise StartupError("models.cell_type.path is set but segmentation.method = 'none': cell types need "
-                               "segmented cells; set segmentation.method to classical or model")
-        crop = cell_type_backend.contract.crop if cell_type_backend is not None else None
+        self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend
+        crop = crop_section(cell_type_backend, cell_live_dead_backend, self.seg_method)
         self.root = os.path.realpath(config.watch.root)
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
@@ -90,8 +89,9 @@ class Pipeline:
         self.models = {self.contract.name: backend.sha256}
         if self.seg_model is not None:
             self.models[self.seg_model.name] = segmentation_backend.sha256
-        if cell_type_backend is not None:
-            self.models[cell_type_backend.contract.name] = cell_type_backend.sha256
+        for crop_backend in (cell_type_backend, cell_live_dead_backend):
+            if crop_backend is not None:
+                self.models[crop_backend.contract.name] = crop_backend.sha256
         self.journal_path = Path(config.journal.path)
 
         self.layout: PlateLayout | None = None  # the vendor's plate layout; .pixel_size_um for rescaling
@@ -112,6 +112,7 @@ class Pipeline:
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
                                      cell_type_backend.contract if cell_type_backend is not None else None, dose,
                                      well_history(self.journal_path) if dose is not None else (),
+                                     cell_live_dead=cell_live_dead_backend.contract if cell_live_dead_backend else None,
                                      source=config.source)
 
         self.context = context or zmq.Context.instance()
@@ -249,7 +250,7 @@ class Pipeline:
                                emit=self.to_commit.put,
                                fail=lambda work, reason: self.to_commit.put(FailedFrame(work.job, work.sha256, reason)),
                                seg_model=self.seg_model, seg_batch=self.config.segmentation.max_batch,
-                               pool=self.seg_pool, cell_type=self.cell_type)
+                               pool=self.seg_pool, cell_type=self.cell_type, cell_live_dead=self.cell_live_dead)
         while True:
             wait = stage.seconds_until_due(time.monotonic())
             try:

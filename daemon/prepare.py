@@ -45,7 +45,7 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
                   crop: CellCrop | None = None, run_classical: RunClassical = classical_cells) -> PreparedFrame:
     """One decoded 2-D frame (or a field's channels in the model's order) -> its model inputs.
     `segmentation`: none, classical or model (needs `seg_model`), on the first channel; `crop`: a
-    cell-type model's crop section, if one is used."""
+    crop models' (cell type, per-cell live/dead) crop section, if one is used."""
     channels = image if isinstance(image, list) else [image]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:

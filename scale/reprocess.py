@@ -40,10 +40,11 @@ class ReprocessResult:
 def contracts(config: Config) -> dict:
     """What the read tasks need of the models, read from the ONNX files on the driver: the live/dead
     contract, a cell-type model's crop geometry, a segmentation network's contract."""
-    live_dead, seg, cell_type = model_paths(config)
+    live_dead, seg, cell_type, cell_live_dead = model_paths(config)
     seg_backend = OnnxBackend(seg, device="cpu", warmup=False) if seg else None
+    crop_model = cell_type or cell_live_dead  # as the daemon: the first crop model's geometry
     return {"contract": OnnxBackend(live_dead, device="cpu", warmup=False).contract,
-            "crop": OnnxBackend(cell_type, device="cpu", warmup=False).contract.crop if cell_type else None,
+            "crop": OnnxBackend(crop_model, device="cpu", warmup=False).contract.crop if crop_model else None,
             "seg": ContractOnly(seg, seg_backend.contract) if seg_backend else None}
 
 

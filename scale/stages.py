@@ -35,11 +35,13 @@ from wellwatch.daemon.service import bundled_demo_model
 META = ("root", "path", "plate", "well", "field", "timepoint", "z", "channel")
 
 
-def model_paths(config: Config) -> tuple[str, str | None, str | None]:
-    """(live/dead model, segmentation model or None, cell-type model or None), as the daemon chooses them."""
+def model_paths(config: Config) -> tuple[str, str | None, str | None, str | None]:
+    """(live/dead model, segmentation model, cell-type model, per-cell live/dead model; None where not
+    used), as the daemon chooses them."""
     seg = (config.models.segmentation.path or str(BUNDLED_SEGMENTATION_MODEL)
            if config.segmentation.method == "model" else None)
-    return config.models.live_dead.path or str(bundled_demo_model()), seg, config.models.cell_type.path or None
+    return (config.models.live_dead.path or str(bundled_demo_model()), seg, config.models.cell_type.path or None,
+            config.models.cell_live_dead.path or None)
 
 
 class ContractOnly:
@@ -104,7 +106,7 @@ class FrameScorer:
     ORT's own default (all cores) would oversubscribe a node running several actors."""
 
     def __init__(self, config: Config, intra_op_threads: int = 1, device: str = "cpu"):
-        live_dead, seg, cell_type = model_paths(config)
+        live_dead, seg, cell_type, cell_live_dead = model_paths(config)
 
         def session(path: str, max_batch: int) -> OnnxBackend:
             return OnnxBackend(path, device=device, max_batch=max_batch, intra_op_threads=intra_op_threads,
@@ -113,8 +115,13 @@ class FrameScorer:
         self.backend = session(live_dead, config.batching.max_batch)
         self.seg = session(seg, config.segmentation.max_batch) if seg else None
         self.cell_type = session(cell_type, config.batching.max_batch) if cell_type else None
-        self.crop = self.cell_type.contract.crop if self.cell_type is not None else None
-        self.models = {b.contract.name: b.sha256 for b in (self.backend, self.seg, self.cell_type) if b is not None}
+        self.cell_live_dead = session(cell_live_dead, config.batching.max_batch) if cell_live_dead else None
+        # crop models: (model, the FrameWork attribute its scores go to), as the daemon's crop lanes
+        self.crop_models = [(m, attr) for m, attr in ((self.cell_type, "type_scores"),
+                                                      (self.cell_live_dead, "cell_dead_scores")) if m is not None]
+        self.crop = self.crop_models[0][0].contract.crop if self.crop_models else None
+        self.models = {b.contract.name: b.sha256 for b in (self.backend, self.seg, self.cell_type, self.cell_live_dead)
+                       if b is not None}
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
@@ -143,10 +150,10 @@ class FrameScorer:
                 works[i].cells, works[i].crops, works[i].crop_keep = model_cells(
                     maps, np.asarray(batch["seg_origins"][i]).reshape(-1, 2), works[i].shape, self.seg.contract,
                     image, self.crop)
-        if self.cell_type is not None:
-            typed = [w for w in live if w.cells is not None]
-            for work, scores in zip(typed, self._pooled(self.cell_type, [w.crops for w in typed])):
-                work.type_scores = scores
+        cropped = [w for w in live if w.cells is not None]
+        for model, attr in self.crop_models:
+            for work, scores in zip(cropped, self._pooled(model, [w.crops for w in cropped])):
+                setattr(work, attr, scores)
         rows: dict[str, list] = {k: [] for k in (*META, "sha256", "state", "reason", "live", "dead", "empty",
                                                   "live_fraction", "cells", "cell_live", "cell_dead", "cell_types")}
         for i, work in enumerate(works):
@@ -160,7 +167,8 @@ class FrameScorer:
                     rows[k].append(None)
                 continue
             counts = frame_counts(work, self.backend.contract,
-                                  self.cell_type.contract if self.cell_type is not None else None)
+                                  self.cell_type.contract if self.cell_type is not None else None,
+                                  self.cell_live_dead.contract if self.cell_live_dead is not None else None)
             rows["state"].append("done")
             rows["reason"].append(None)
             for k in ("live", "dead", "empty", "cells"):
