@@ -102,6 +102,7 @@ class PublishConfig:
     curve_secret_key: str = ""        # the daemon's .key_secret file: "" = no encryption
     curve_allowed_clients: str = ""   # folder of allowed clients' public .key files: "" = any
     source: str = ""                  # this daemon's name in every message (a hub merges many); "" = host name
+    heartbeat_s: float = field(default=1.0, metadata=between(0.0, 3600.0))  # quiet stream: last seq resent; 0 = off
 
 
 @dataclass(frozen=True)

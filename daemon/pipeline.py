@@ -121,7 +121,7 @@ class Pipeline:
         try:
             self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
                                        self.journal_path, metrics, config.publish.send_hwm, self.curve,
-                                       source=config.source)
+                                       source=config.source, heartbeat_s=config.publish.heartbeat_s)
         except BaseException:
             if self.curve is not None:
                 self.curve.close()  # its authenticator thread would keep the process alive

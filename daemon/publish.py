@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 
 import zmq
@@ -21,7 +22,8 @@ from .journal import Journal, OutboxMessage
 from .metrics import DaemonMetrics
 from .security import CurveServer
 from .history import well_history
-from .stream import SCHEMA_VERSION, parse_snapshot_request, replaces, snapshot_key, stamp_sent
+from .stream import (HEARTBEAT_TOPIC, SCHEMA_VERSION, heartbeat, parse_snapshot_request, replaces, snapshot_key,
+                     stamp_sent)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
 class Publisher(threading.Thread):
     def __init__(self, context: zmq.Context, endpoint: str, snapshot_endpoint: str, journal_path: Path,
                  metrics: DaemonMetrics, send_hwm: int = 100000, curve: CurveServer | None = None,
-                 source: str | None = None):
+                 source: str | None = None, heartbeat_s: float = 1.0):
         super().__init__(name="publisher", daemon=True)
         self.pub = context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, send_hwm)
@@ -56,6 +58,8 @@ class Publisher(threading.Thread):
         bind(self.router, snapshot_endpoint, "publish.snapshot_endpoint")
         self.journal_path = journal_path
         self.source = source
+        self.heartbeat_s = heartbeat_s
+        self._last_out = time.monotonic()
         self.metrics = metrics
         self.inbox: queue.Queue = queue.Queue()
         self.state: dict[tuple, dict] = {}
@@ -111,6 +115,10 @@ class Publisher(threading.Thread):
                 pass
             if sent_upto:
                 journal.mark_sent(sent_upto)
+            elif self.heartbeat_s and time.monotonic() - self._last_out >= self.heartbeat_s:
+                beat = heartbeat(self.source, self.last_seq)
+                self.pub.send_multipart([HEARTBEAT_TOPIC.encode(), json.dumps(beat).encode()])
+                self._last_out = time.monotonic()
             self.metrics.queue_depth.labels("publish").set(self.inbox.qsize())
             if stopping:
                 self._answer_snapshots(poller, journal)
@@ -121,6 +129,7 @@ class Publisher(threading.Thread):
             return  # already sent before a restart; subscribers dedupe by seq anyway
         payload = stamp_sent(m.payload, source=self.source)
         self.pub.send_multipart([m.topic.encode(), json.dumps(payload).encode()])
+        self._last_out = time.monotonic()
         self.last_seq = m.seq
         self.metrics.messages.labels(payload["type"]).inc()
         if payload["type"] == "frame" and "latency_s" in payload:

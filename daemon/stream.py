@@ -34,6 +34,16 @@ def envelope(seq: int, type_: str, models: dict[str, str], plate: str | None = N
             "timepoint": timepoint, "models": models, "t_created": time.time(), **body}
 
 
+HEARTBEAT_TOPIC = "status/heartbeat"
+
+
+def heartbeat(source: str | None, seq: int) -> dict:
+    """Sent when the stream has been quiet for publish.heartbeat_s: the last seq sent, not a new one,
+    so a subscriber that lost the messages before a quiet spell (e.g. a hub reconnecting to a
+    restarted daemon) still sees the gap."""
+    return {"schema": SCHEMA_VERSION, "source": source, "seq": seq, "type": "heartbeat", "t_published": time.time()}
+
+
 def stamp_sent(message: dict, now: float | None = None, source: str | None = None) -> dict:
     """Add send-time fields; latency counts from the moment the file was last written.
 

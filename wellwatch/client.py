@@ -93,6 +93,20 @@ class StreamState:
             self.seqs = {snapshot.get("source"): snapshot["seq"]}
         self.wells.update({(w["plate"], w["well"], w["timepoint"]): w for w in snapshot["wells"]})
 
+    def open_timepoints(self) -> tuple[int, int] | None:
+        """(first, last) timepoint among the wells held that are not complete: what a gap may have
+        left stale beyond the snapshot's latest timepoints (None: nothing open)."""
+        open_ = [t for (_, _, t), w in self.wells.items() if not w.get("complete")]
+        return (min(open_), max(open_)) if open_ else None
+
+    def load_range(self, reply: dict) -> None:
+        """Well messages of older timepoints (a range snapshot): each replaces an older one it holds."""
+        for w in reply.get("wells", []):
+            key = (w["plate"], w["well"], w["timepoint"])
+            held = self.wells.get(key)
+            if held is None or held.get("source") != w.get("source") or w["seq"] > held["seq"]:
+                self.wells[key] = w
+
     def missing_before(self, message: dict) -> int | None:
         """How many of the message's source's messages were lost before it (0: none); None for a source
         the last snapshot did not know (a daemon that joined the hub since)."""
@@ -136,21 +150,35 @@ def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[st
         snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
         state.load_snapshot(snapshot)
         yield "snapshot", snapshot, state
+        quiet_since = time.monotonic()  # heartbeats do not count as messages for `timeout_s`
         while True:
-            if not sub.poll(None if timeout_s is None else int(timeout_s * 1000)):
+            wait = None if timeout_s is None else max(0.0, quiet_since + timeout_s - time.monotonic())
+            if not sub.poll(None if wait is None else int(wait * 1000)):
                 return
             topic, payload = sub.recv_multipart()
             message = json.loads(payload)
+            beat = message.get("type") == "heartbeat"  # the last seq sent, repeated while quiet: not an update
+            if not beat:
+                quiet_since = time.monotonic()
             missing = state.missing_before(message) if check_gaps else 0
+            if beat and missing is not None and message["seq"] > state.seqs[message.get("source")]:
+                missing += 1  # a heartbeat's seq was sent already: that message itself was lost too
             if missing is None or missing:  # lost messages, or a source new since the snapshot
                 if missing:
                     state.gaps += 1
                     state.missed += missing
                 snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
                 state.load_snapshot(snapshot)
-                state.seqs.setdefault(message.get("source"), message["seq"] - 1)  # a source the snapshot lacks
+                if missing and (open_ := state.open_timepoints()) is not None:
+                    # the snapshot holds each well's latest timepoint; lost updates of older, still
+                    # open ones come back by range (a daemon without ranges answers an error)
+                    older = request_snapshot(context, snapshot_endpoint, curve=curve, timepoints=open_)
+                    if older.get("type") == "snapshot":
+                        state.load_range(older)
+                # a source the snapshot lacks: from here on (a heartbeat's seq was sent already)
+                state.seqs.setdefault(message.get("source"), message["seq"] - (0 if beat else 1))
                 yield "snapshot", snapshot, state
-            if state.apply(message):
+            if not beat and state.apply(message):
                 yield "update", dict(message, topic=topic.decode()), state
     finally:
         sub.close()
