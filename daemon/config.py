@@ -45,6 +45,8 @@ class PlateConfig:
     name: str = ""
     fields_per_well: int = field(default=0, metadata=_range(0, 100000))
     default_well: str = "A1"
+    # um per pixel of the acquisition's frames; 0 = unknown (a segmentation model then sees frames as they are)
+    pixel_size_um: float = field(default=0.0, metadata=_range(0.0, 1000.0))
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SegmentationConfig:
     method: str = field(default="none", metadata=_choice("none", "classical", "model"))
     workers: int = field(default=0, metadata=_range(0, 256))  # processes; 0 = one per core
     max_batch: int = field(default=16, metadata=_range(1, 4096))  # network tiles per batch
+    tta: bool = False  # model method: also segment each tile flipped 3 ways and average (~4x the network's cost)
     classical: ClassicalParams = ClassicalParams()
 
 

@@ -135,7 +135,7 @@ class InferenceStage:
                 _, origins = work.seg_input
                 work.seg_input = None
                 self._to_pool(work, self.pool.finish(work.maps, origins, work.shape, self.seg_model.contract,
-                                                     work.image, self.crop))
+                                                     work.image, self.crop, self.seg_model.options))
             return
         if self.cell_type is not None and work.type_scores is None:
             if not work.typing:

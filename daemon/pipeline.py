@@ -45,6 +45,7 @@ from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
 from .inference_stage import FrameWork, InferenceStage
 from .preprocess import prepare_tiles
 from .segment import ModelSegmenter, SegmentationPool
+from .segment_maps import ServeOptions
 from .publish import Publisher
 from .security import CurveServer
 from .reader import decode_frame
@@ -89,7 +90,8 @@ class Pipeline:
         self.metrics = metrics
         self.contract = backend.contract
         self.seg_method = config.segmentation.method
-        self.seg_model = ModelSegmenter(segmentation_backend) if self.seg_method == "model" else None
+        self.seg_model = (ModelSegmenter(segmentation_backend, ServeOptions(config.plate.pixel_size_um, config.segmentation.tta))
+                          if self.seg_method == "model" else None)
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
         self.cell_type = cell_type_backend
