@@ -34,7 +34,7 @@ def test_label_downsampling_keeps_ids_and_aligns_with_block_means():
     np.testing.assert_array_equal(downsample_labels(labels, 2), np.arange(12).reshape(3, 4))
 
 
-@pytest.mark.parametrize("recipe", ["basic", "microscope"])
+@pytest.mark.parametrize("recipe", ["basic", "scale", "microscope"])
 def test_augmentation_moves_input_and_targets_together(recipe):
     """Bright squares on a dark field: after any crop, scale, rotation, flip and intensity change the
     input is still brightest where the targets say cell, and the class and distance maps agree."""

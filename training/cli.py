@@ -195,9 +195,16 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
     if args.tta:
         overrides["tta"] = True
     try:
+        if args.leave_group_out:
+            logo = json.loads(Path(args.leave_group_out).read_text())
+            overrides["leave_group_out"] = {k: logo[k] for k in ("grouping", "groups", "pooled", "recipe") if k in logo}
+        if args.groups_from:
+            from .seg_groups import usiigaci_groups
+
+            overrides["groups"] = usiigaci_groups(args.groups_from)[0]
         cfg = SegTrainConfig(train=_names(args.train_images), val=_names(args.val_images), **overrides)
         summary = train_segmentation(args.dataset, args.out, cfg, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, KeyError, OSError) as e:
         raise SystemExit(f"wellwatch train --task segmentation: {e}") from None
     print(json.dumps({k: summary[k] for k in ("metrics", "postprocess", "train_seconds", "steps")}, indent=1))
     return 0
@@ -325,9 +332,9 @@ def register(sub) -> None:
     seg.add_argument("--crop", type=int, help="training crop at model resolution (default 192)")
     seg.add_argument("--threads", type=int, help="torch CPU threads (default: all)")
     seg.add_argument("--test-images", help="images scored once at the end, never used to choose (a held-out group)")
-    seg.add_argument("--augment", choices=["microscope", "basic"],
+    seg.add_argument("--augment", choices=["microscope", "scale", "basic"],
                      help="microscope (default): scale 0.5-2x, illumination, halo, contrast, gamma, blur, defocus, "
-                          "noise, rotations, flips; basic: the first recipe")
+                          "noise, rotations, flips; scale: basic plus the scale change; basic: the first recipe")
     seg.add_argument("--normalisation", choices=["percentile", "flatfield"], default="percentile",
                      help="percentile (1-99%%, default) or flatfield (divide by the smooth illumination, robust scale)")
     seg.add_argument("--flatfield-sigma", type=float, default=32.0,
@@ -339,6 +346,11 @@ def register(sub) -> None:
                           "the model's pixel size; without, it is recorded as the model's")
     seg.add_argument("--eval-every", type=int, help="steps between validation scorings (default 150)")
     seg.add_argument("--tta", action="store_true", help="score with test-time augmentation (flips)")
+    seg.add_argument("--leave-group-out", metavar="JSON",
+                     help="leave_group_out.json of this recipe (benchmarks/seg_leave_group_out.py): written into "
+                          "the contract's metrics beside the validation scores")
+    seg.add_argument("--groups-from", metavar="DIR",
+                     help="record each image's acquisition group, from the NIS metadata of DIR/setN/raw.tif")
     p.set_defaults(func=lambda a: cmd_train_segmentation(a) if a.task == "segmentation" else cmd_train(a))
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a run or an exported ONNX model")

@@ -13,7 +13,8 @@ Then the contract's normalisation is applied (to a context around the crop), as 
 applies it to a frame.
 
 "basic" keeps the first recipe (rotations, flips, gain/offset, gamma, blur, noise on the
-normalised crop), so leave-group-out runs can compare the two.
+normalised crop); "scale" is "basic" plus the scale change (the crop is cut from the frame
+normalised as a whole, then resampled), so leave-group-out runs can compare the three.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from wellwatch.daemon.rescale import resize_image, resize_labels
 
 from .seg_targets import class_map, distance_map
 
-RECIPES = ("basic", "microscope")
+RECIPES = ("basic", "scale", "microscope")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,25 @@ def sample_crop(im: TrainImage, crop: int, norm: Normalisation, aug: AugmentConf
     """
     h, w = im.raw.shape
     scale = 1.0
-    if aug.recipe == "microscope" and rng.random() < aug.p_scale:
+    if aug.recipe != "basic" and rng.random() < aug.p_scale:
         scale = float(np.exp(rng.uniform(np.log(aug.scale_min), np.log(aug.scale_max))))
     window = min(int(round(crop / scale)), h, w)  # the largest zoom-out the image allows
     scale = crop / window
     y0, x0 = int(rng.integers(h - window + 1)), int(rng.integers(w - window + 1))
-    if aug.recipe == "basic":
+    if aug.recipe == "basic" or (aug.recipe == "scale" and window == crop):
         win = (slice(y0, y0 + window), slice(x0, x0 + window))
         x, c, d = im.normed[win], im.classes[win], im.distance[win]
+    elif aug.recipe == "scale":  # targets from a context, as below, so cut cells keep their distance maps
+        context = min(2 * window, h, w)
+        cy = int(np.clip(y0 - (context - window) // 2, 0, h - context))
+        cx = int(np.clip(x0 - (context - window) // 2, 0, w - context))
+        side = max(crop, int(round(context * scale)))
+        ctx = (slice(cy, cy + context), slice(cx, cx + context))
+        x = resize_image(im.normed[ctx], (side, side))
+        lab = resize_labels(im.labels[ctx], (side, side))
+        oy, ox = min(int(round((y0 - cy) * scale)), side - crop), min(int(round((x0 - cx) * scale)), side - crop)
+        win = (slice(oy, oy + crop), slice(ox, ox + crop))
+        x, c, d = x[win], class_map(lab)[win], distance_map(_only(lab, lab[win]))[win]
     else:
         context = min(2 * window, h, w)
         cy = int(np.clip(y0 - (context - window) // 2, 0, h - context))
@@ -87,7 +99,7 @@ def sample_crop(im: TrainImage, crop: int, norm: Normalisation, aug: AugmentConf
     x, c, d = np.rot90(x, k), np.rot90(c, k), np.rot90(d, k)
     if rng.random() < 0.5:
         x, c, d = x[:, ::-1], c[:, ::-1], d[:, ::-1]
-    if aug.recipe == "basic":
+    if aug.recipe != "microscope":
         x = basic_intensity(x, rng)
     return (np.ascontiguousarray(x, np.float32), np.ascontiguousarray(c), np.ascontiguousarray(d, np.float32))
 

@@ -71,6 +71,8 @@ class SegTrainConfig:
     init: str = ""                   # start from this model (.pt or .onnx): fine-tuning
     tta: bool = False                # score with test-time augmentation
     groups: dict[str, str] = field(default_factory=dict)  # image -> acquisition group, for the record
+    # leave-group-out scores of this recipe (benchmarks/seg_leave_group_out.py), carried into the contract
+    leave_group_out: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.augment not in RECIPES:
@@ -153,9 +155,13 @@ def score(model: nn.Module, ds: MaskSet, contract: ModelContract, posts: list[Po
 
 
 def summarise(agg: dict, images: list[str]) -> dict:
-    return {"images": images, "f1_iou50": agg["iou"][0.5]["f1"], "f1_iou75": agg["iou"][0.75]["f1"],
-            "ap_iou50": agg["iou"][0.5]["ap"], "ap_iou75": agg["iou"][0.75]["ap"],
-            "mean_abs_count_error": agg["mean_abs_count_error"]}
+    """Scores with their counts (so that folds can be pooled)."""
+    out = {"images": images, "mean_abs_count_error": agg["mean_abs_count_error"]}
+    for t, tag in ((0.5, "50"), (0.75, "75")):
+        s = agg["iou"][t]
+        out |= {f"f1_iou{tag}": s["f1"], f"ap_iou{tag}": s["ap"], f"tp_iou{tag}": s["tp"],
+                f"fp_iou{tag}": s["fp"], f"fn_iou{tag}": s["fn"]}
+    return out
 
 
 def quality(agg: dict) -> float:
@@ -200,7 +206,8 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         cfg = replace(cfg, normalisation=init_contract.normalisation, downsample=init_contract.segmentation.downsample,
                       tile_size=init_contract.tiling.tile_size, stride=init_contract.tiling.stride,
                       base=model.base, depth=model.depth)
-        model_px = init_contract.segmentation.pixel_size_um
+        # a model that does not record its pixel size takes the training images' (--pixel-size)
+        model_px = init_contract.segmentation.pixel_size_um or cfg.pixel_size_um
         before = PostProcess.from_contract(init_contract.segmentation)
         init_info = {"init": str(cfg.init), "init_name": init_contract.name, "init_sha256": _sha256(cfg.init)}
     else:
@@ -272,15 +279,17 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
             f"F1@0.75 {test['iou'][0.75]['f1']:.3f} AP@0.5 {test['iou'][0.5]['ap']:.3f}")
     if init_info:
         metrics["fine_tuning"] = {**init_info, "train_seconds": round(train_seconds, 1)}
+    if cfg.leave_group_out:
+        metrics["leave_group_out"] = cfg.leave_group_out
     trained_on = {"dataset": str(dataset), "images": list(cfg.train), "validation": list(cfg.val),
                   "test": list(cfg.test), "groups": dict(cfg.groups),
                   "provenance": ds.meta.get("provenance", {}).get("images", [])[:1] and "see dataset.json",
                   "steps": cfg.steps, "train_seconds": round(train_seconds, 1), **init_info,
-                  "config": {k: v for k, v in asdict(cfg).items() if k not in ("train", "val", "test", "groups")}}
+                  "config": {k: v for k, v in asdict(cfg).items() if k not in ("train", "val", "test", "groups", "leave_group_out")}}
     contract = segmentation_contract(cfg, post, trained_on, metrics, pixel_size_um=model_px)
     save_seg_checkpoint(out / "best.pt", model, cfg, contract, history)
     summary = {"task": "segmentation", "metrics": metrics, "postprocess": asdict(post), "history": history,
-               "train_seconds": train_seconds, "steps": cfg.steps}
+               "train_seconds": train_seconds, "steps": cfg.steps, "config": trained_on["config"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_history(history, out / "history.png")
     return summary
