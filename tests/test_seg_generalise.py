@@ -254,3 +254,27 @@ def test_bundled_onnx_rebuilds_into_a_trainable_unet_with_the_same_output():
         got = SegmentationMaps(model).eval()(torch.from_numpy(tiles[:2])).numpy()
     assert np.abs(got - expected).max() < 1e-3
     assert sum(p.requires_grad for p in model.parameters()) > 0
+
+
+# --- bench segment: scores per acquisition group ------------------------------------------------
+
+def test_bench_scores_by_group_count_trained_frames_and_print_the_contract_figures():
+    import io
+
+    from wellwatch.bench_segment import print_groups, scores_by_group
+
+    _, truth = discs((64, 64), radius=6, spacing=20)
+    miss = np.where(truth == 1, 0, truth)  # one of the nine cells missed
+    per_image = [match_scores(truth, truth), match_scores(truth, miss), match_scores(truth, truth)]
+    groups = {"set1": "A", "set2": "A", "set13": "B"}
+    by_group = scores_by_group(["set1", "set2", "set13"], per_image, groups, seen={"set1"})
+    assert by_group["A"]["trained_on"] == 1 and by_group["B"]["trained_on"] == 0
+    assert by_group["A"]["f1@0.5"] == pytest.approx(2 * 17 / (2 * 17 + 1)) and by_group["B"]["f1@0.5"] == 1.0
+    logo = {"groups": {"B": {"images": ["set13"], "f1_iou50": 0.61, "f1_iou75": 0.2, "ap_iou50": 0.44,
+                             "ap_iou75": 0.1}}}
+    out = io.StringIO()
+    print_groups({"grouping": "test", "methods": {"model": {"by_group": by_group,
+                                                            "contract_metrics": {"leave_group_out": logo}}}}, out)
+    text = out.getvalue()
+    assert "1/2 frames trained on" in text and "0/1 frames trained on" in text
+    assert "leave-group-out" in text and "F1@0.5 0.610" in text
