@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all bench bench-segment promtool demo-model segmentation-model segmentation-logo
+.PHONY: demo test test-all bench bench-segment promtool chromium demo-model segmentation-model segmentation-logo
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,21 +12,26 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e ".[train,test]"
+	$(PIP) install -e ".[train,test,dashboard,results]"
 	touch $@
 
 # promtool (Debian's prometheus package) lints the daemon's /metrics in the tests.
 promtool:
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
+# Debian's chromium: the dashboard's browser tests drive it through Playwright (which cannot download
+# browsers here); with WELLWATCH_REQUIRE_BROWSER=1 a missing browser fails those tests instead of skipping them.
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch demo
 
-test: $(VENV)/.dev promtool
-	$(PY) -m pytest
+test: $(VENV)/.dev promtool chromium
+	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest
 
-test-all: $(VENV)/.dev promtool
-	$(PY) -m pytest -m "slow or not slow"
+test-all: $(VENV)/.dev promtool chromium
+	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"
 
 bench: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch bench

@@ -1,15 +1,25 @@
 """Per-frame tile calls -> per-well, per-timepoint aggregates. Pure; no I/O.
 
-A well's state at one timepoint is the sum over its fields. Each field is stored once, keyed by
-(plate, well, timepoint, field): a field whose file is re-written replaces its earlier result
-instead of adding to it, so nothing is counted twice.
+A well's state at one timepoint is the sum over its fields. Each field image is stored once, keyed
+by (plate, well, timepoint, field, z): a field whose file is re-written replaces its earlier result
+instead of adding to it, so nothing is counted twice. (A z-stack's planes are separate images: each
+is scored and counted.)
+
+How many images a well expects comes from the vendor's plate layout when there is one
+(daemon/layout.py: fields x z planes of that well), else from `plate.fields_per_well`. With a
+layout the plate itself can complete: every expected well complete at a timepoint, then at every
+timepoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .layout import PlateLayout
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ class WellState:
     plate: str
     well: str
     timepoint: int
-    fields: dict[int, TileCounts] = field(default_factory=dict)
+    fields: dict[tuple[int, int], TileCounts] = field(default_factory=dict)  # (field, z) -> counts
 
     def totals(self) -> TileCounts:
         f = list(self.fields.values())
@@ -80,26 +90,51 @@ class WellState:
 class PlateAggregate:
     """Running state of every (plate, well, timepoint) seen."""
 
-    def __init__(self, fields_expected: int = 0):
+    def __init__(self, fields_expected: int = 0, layout: PlateLayout | None = None):
         self.fields_expected = fields_expected
+        self.layout = layout
         self.wells: dict[tuple[str, str, int], WellState] = {}
 
-    def add(self, plate: str, well: str, timepoint: int, field_index: int, counts: TileCounts) -> WellState:
+    def add(self, plate: str, well: str, timepoint: int, field_index: int, counts: TileCounts,
+            z: int = 0) -> WellState:
         key = (plate, well, timepoint)
         state = self.wells.get(key)
         if state is None:
             state = self.wells[key] = WellState(plate, well, timepoint)
-        state.fields[field_index] = counts
+        state.fields[(field_index, z)] = counts
         return state
+
+    def expected(self, well: str) -> int | None:
+        """Images expected for a well at one timepoint; None when unknown."""
+        if self.layout is not None:
+            return self.layout.fields_expected(well) or None
+        return self.fields_expected or None
+
+    def is_complete(self, state: WellState) -> bool:
+        expected = self.expected(state.well)
+        return bool(expected and len(state.fields) >= expected)
+
+    def plate_progress(self, plate: str, timepoint: int) -> dict | None:
+        """With a layout: how many of the plate's wells are complete at `timepoint`, and whether the
+        whole acquisition (every well at every timepoint) is. None without a layout."""
+        if self.layout is None:
+            return None
+        wells = self.layout.wells
+        done = [w for w in wells if (s := self.wells.get((plate, w, timepoint))) and self.is_complete(s)]
+        all_done = all((s := self.wells.get((plate, w, t))) is not None and self.is_complete(s)
+                       for w in wells for t in self.layout.timepoints)
+        return {"plate": plate, "timepoint": timepoint, "wells_expected": len(wells), "wells_complete": len(done),
+                "timepoint_complete": len(done) == len(wells), "plate_complete": all_done,
+                "timepoints_expected": len(self.layout.timepoints)}
 
     def summary(self, state: WellState) -> dict:
         """The well message body (without the envelope fields)."""
         t = state.totals()
-        expected = self.fields_expected or None
+        expected = self.expected(state.well)
         return {
             "frames": len(state.fields),
             "fields_expected": expected,
-            "complete": bool(expected and len(state.fields) >= expected),
+            "complete": self.is_complete(state),
             "counts": {"live": t.live, "dead": t.dead, "empty": t.empty},
             "live_fraction": live_fraction(t.live, t.dead),
             "unit": "tile",

@@ -10,48 +10,44 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
 from .segment_classical import ClassicalParams
-
-
-def _choice(*allowed: object) -> dict:
-    return {"choices": allowed}
-
-
-def _range(lo: float | None = None, hi: float | None = None) -> dict:
-    return {"range": (lo, hi)}
+from .validation import between, build, choice
 
 
 @dataclass(frozen=True)
 class WatchConfig:
     root: str = "acquisition/data"
-    naming: str = field(default="scanr", metadata=_choice(*PRESETS))
+    naming: str = field(default="scanr", metadata=choice(*PRESETS))
     pattern: str = ""
-    observer: str = field(default="native", metadata=_choice("native", "polling"))
-    settle_s: float = field(default=0.3, metadata=_range(0.0, 3600.0))
-    settle_polls: int = field(default=2, metadata=_range(1, 100))
-    reconcile_s: float = field(default=10.0, metadata=_range(0.1, 86400.0))
+    observer: str = field(default="native", metadata=choice("native", "polling"))
+    settle_s: float = field(default=0.3, metadata=between(0.0, 3600.0))
+    settle_polls: int = field(default=2, metadata=between(1, 100))
+    reconcile_s: float = field(default=10.0, metadata=between(0.1, 86400.0))
     recursive: bool = True
-    extensions: tuple[str, ...] = (".tif", ".tiff")
+    extensions: tuple[str, ...] = (".tif", ".tiff", ".nd2")
 
 
 @dataclass(frozen=True)
 class PlateConfig:
-    format: int = field(default=96, metadata=_choice(*PLATE_FORMATS))
+    format: int = field(default=96, metadata=choice(*PLATE_FORMATS))
     name: str = ""
-    fields_per_well: int = field(default=0, metadata=_range(0, 100000))
+    fields_per_well: int = field(default=0, metadata=between(0, 100000))
     default_well: str = "A1"
+    layout: str = field(default="auto", metadata=choice("auto", "none"))
+    map: str = ""  # plate map CSV for dose-response; "" = none
     # um per pixel of the acquisition's frames; 0 = unknown (a segmentation model then sees frames as they are)
-    pixel_size_um: float = field(default=0.0, metadata=_range(0.0, 1000.0))
+    pixel_size_um: float = field(default=0.0, metadata=between(0.0, 1000.0))
 
 
 @dataclass(frozen=True)
 class ChannelsConfig:
     label_free: tuple[str, ...] = ("BF",)
+    missing_after_s: float = field(default=60.0, metadata=between(0.0, 86400.0))
 
 
 @dataclass(frozen=True)
@@ -69,47 +65,47 @@ class ModelsConfig:
 @dataclass(frozen=True)
 class SegmentationConfig:
     """Per-cell counts: `method` none (tiles only), classical, or model ([models.segmentation])."""
-    method: str = field(default="none", metadata=_choice("none", "classical", "model"))
-    workers: int = field(default=0, metadata=_range(0, 256))  # processes; 0 = one per core
-    max_batch: int = field(default=16, metadata=_range(1, 4096))  # network tiles per batch
+    method: str = field(default="none", metadata=choice("none", "classical", "model"))
+    workers: int = field(default=0, metadata=between(0, 256))  # processes; 0 = one per core
+    max_batch: int = field(default=16, metadata=between(1, 4096))  # network tiles per batch
     tta: bool = False  # model method: also segment each tile flipped 3 ways and average (~4x the network's cost)
     classical: ClassicalParams = ClassicalParams()
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
+    device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
     require_gpu: bool = False
-    intra_op_threads: int = field(default=0, metadata=_range(0, 1024))
+    intra_op_threads: int = field(default=0, metadata=between(0, 1024))
     warmup: bool = True
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch: int = field(default=256, metadata=_range(1, 65536))
-    max_delay_ms: float = field(default=20.0, metadata=_range(0.0, 60000.0))
+    max_batch: int = field(default=256, metadata=between(1, 65536))
+    max_delay_ms: float = field(default=20.0, metadata=between(0.0, 60000.0))
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    read_workers: int = field(default=2, metadata=_range(1, 256))
-    queue_size: int = field(default=64, metadata=_range(1, 100000))
-    max_retries: int = field(default=3, metadata=_range(0, 100))
-    retry_delay_s: float = field(default=1.0, metadata=_range(0.0, 3600.0))
+    read_workers: int = field(default=2, metadata=between(1, 256))
+    queue_size: int = field(default=64, metadata=between(1, 100000))
+    max_retries: int = field(default=3, metadata=between(0, 100))
+    retry_delay_s: float = field(default=1.0, metadata=between(0.0, 3600.0))
 
 
 @dataclass(frozen=True)
 class PublishConfig:
     endpoint: str = "tcp://127.0.0.1:5556"
     snapshot_endpoint: str = "tcp://127.0.0.1:5557"
-    send_hwm: int = field(default=100000, metadata=_range(0, 10**9))
+    send_hwm: int = field(default=100000, metadata=between(0, 10**9))
     curve_secret_key: str = ""        # the daemon's .key_secret file: "" = no encryption
     curve_allowed_clients: str = ""   # folder of allowed clients' public .key files: "" = any
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    port: int = field(default=9108, metadata=_range(0, 65535))
+    port: int = field(default=9108, metadata=between(0, 65535))
     host: str = "127.0.0.1"
 
 
@@ -166,7 +162,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    config = _resolve_paths(_build(Config, data, ""), base)
+    config = _resolve_paths(build(Config, data, ""), base)
     _check_cross_keys(config)
     return config
 
@@ -184,67 +180,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                                    cell_type=ModelSlot(resolve(config.models.cell_type.path))),
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
+        plate=dataclasses.replace(config.plate, map=resolve(config.plate.map)),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    section = prefix.rstrip(".") or "<top level>"
-    if not isinstance(data, dict):
-        raise ConfigError(section, data, "expected a table")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]],
-                          f"unknown key; keys allowed in [{section}]: {', '.join(known)}")
-    values = {}
-    for name, f in known.items():
-        if name not in data:
-            continue
-        key = f"{prefix}{name}"
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, data[name], key + ".")
-            continue
-        value = _coerce(key, data[name], hint)
-        _check_metadata(key, value, f.metadata)
-        values[name] = value
-    return cls(**values)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, value, "expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, value, "expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, value, "expected a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, value, "expected a string")
-        return value
-    if hint == tuple[str, ...]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(key, value, "expected a non-empty string or list of non-empty strings")
-        return tuple(value)
-    raise TypeError(f"unsupported config type {hint} for {key}")
-
-
-def _check_metadata(key: str, value: Any, metadata: Any) -> None:
-    if "choices" in metadata and value not in metadata["choices"]:
-        raise ConfigError(key, value, f"allowed: {', '.join(map(str, metadata['choices']))}")
-    if "range" in metadata:
-        lo, hi = metadata["range"]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(key, value, f"allowed range {lo}..{hi}")
 
 
 def _check_cross_keys(config: Config) -> None:
@@ -257,6 +194,8 @@ def _check_cross_keys(config: Config) -> None:
     except NamingError as e:
         raise ConfigError("plate.default_well", config.plate.default_well,
                           f"{e.reason} (plate.format = {config.plate.format})") from None
+    if config.plate.map and not Path(config.plate.map).is_file():
+        raise ConfigError("plate.map", config.plate.map, "no such file; give a plate map CSV or \"\" for none")
     if config.watch.naming == "regex":
         if not config.watch.pattern:
             raise ConfigError("watch.pattern", "", "required when watch.naming = 'regex'")

@@ -47,6 +47,28 @@ class FrameWork:
     type_scores: np.ndarray | None = None  # cell-type probabilities per cropped cell
     finishing: bool = False
     typing: bool = False
+    members: tuple = ()    # (job, sha256) of the field's other channel files, journaled with this one
+    channels: tuple = ()   # the file channels the model read, in its order
+    pixel_size_um: float | None = None
+
+    @classmethod
+    def of(cls, job, sha256: str, prepared, t_added: float, members: tuple = (), channels: tuple = (),
+           pixel_size_um: float | None = None) -> "FrameWork":
+        """A frame's work from `daemon.prepare.prepare_frame`'s result."""
+        return cls(job, sha256, prepared.shape, prepared.patches, prepared.tile_origins, prepared.n_empty,
+                   t_added, seg_input=prepared.seg_input, image=prepared.image, cells=prepared.cells,
+                   crops=prepared.crops, crop_keep=prepared.crop_keep, members=members, channels=channels,
+                   pixel_size_um=pixel_size_um)
+
+
+@dataclass(eq=False)
+class Lane:
+    """One network's batched path: inputs from many frames share its batches."""
+    name: str                # live_dead, segmentation, cell_type (the model slot)
+    batcher: PatchBatcher
+    backend: InferenceBackend
+    output: str              # the FrameWork attribute its outputs go to
+    stage: str               # stage label in the latency metrics
 
 
 class InferenceStage:
@@ -58,12 +80,15 @@ class InferenceStage:
         self.emit, self.fail = emit, fail
         self.seg_model, self.pool, self.cell_type = seg_model, pool, cell_type
         self.crop: CellCrop | None = cell_type.contract.crop if cell_type is not None else None
-        # (batcher, backend, what its outputs are on the frame, stage name for the metrics)
-        self.lanes = [(PatchBatcher(max_batch, max_delay_s), live_dead, "scores", "infer")]
+        # a new network is one more lane here plus its step in _advance
+        lanes = [Lane("live_dead", PatchBatcher(max_batch, max_delay_s), live_dead, "scores", "infer")]
         if seg_model is not None:
-            self.lanes.append((PatchBatcher(seg_batch, max_delay_s), seg_model.backend, "maps", "infer_segmentation"))
+            lanes.append(Lane("segmentation", PatchBatcher(seg_batch, max_delay_s), seg_model.backend, "maps",
+                              "infer_segmentation"))
         if cell_type is not None:
-            self.lanes.append((PatchBatcher(max_batch, max_delay_s), cell_type, "type_scores", "infer_cell_type"))
+            lanes.append(Lane("cell_type", PatchBatcher(max_batch, max_delay_s), cell_type, "type_scores",
+                              "infer_cell_type"))
+        self.lanes: dict[str, Lane] = {lane.name: lane for lane in lanes}
         self.returned: queue.Queue = queue.Queue()  # frames back from the pool, with cells (and crops)
         self._in_pool = 0
         self._lock = threading.Lock()
@@ -71,17 +96,17 @@ class InferenceStage:
     # --- intake ----------------------------------------------------------------------------
 
     def admit(self, work: FrameWork) -> None:
-        self._add(0, work, work.patches)
+        self._add("live_dead", work, work.patches)
         work.patches = None
         if work.seg_input is not None:
             tiles, _ = work.seg_input
-            self._add(1, work, tiles)
+            self._add("segmentation", work, tiles)
         self._advance(work)
 
-    def _add(self, lane: int, work: FrameWork, inputs: np.ndarray) -> None:
-        batcher, _, attr, _ = self.lanes[lane]
-        for item, out in batcher.add(work, inputs, work.t_added):  # no inputs: done at once
-            setattr(item, attr, out)
+    def _add(self, lane_name: str, work: FrameWork, inputs: np.ndarray) -> None:
+        lane = self.lanes[lane_name]
+        for item, out in lane.batcher.add(work, inputs, work.t_added):  # no inputs: done at once
+            setattr(item, lane.output, out)
 
     def take_returned(self) -> None:
         while True:
@@ -94,23 +119,24 @@ class InferenceStage:
     # --- batches ---------------------------------------------------------------------------
 
     def seconds_until_due(self, now: float) -> float | None:
-        waits = [w for w in (b.seconds_until_due(now) for b, *_ in self.lanes) if w is not None]
+        waits = [w for w in (lane.batcher.seconds_until_due(now) for lane in self.lanes.values()) if w is not None]
         return min(waits) if waits else None
 
     @property
     def waiting(self) -> int:
-        return sum(b.waiting_patches for b, *_ in self.lanes)
+        return sum(lane.batcher.waiting_patches for lane in self.lanes.values())
 
     def run_due(self, flush: bool = False) -> None:
-        for batcher, backend, attr, stage in self.lanes:
+        for lane in self.lanes.values():
+            batcher = lane.batcher
             while batcher.due(time.monotonic()) or (flush and batcher.waiting_patches):
                 batch, owners = batcher.next_batch()
                 t0 = time.perf_counter()
-                outputs = backend.infer(batch)
-                self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - t0)
+                outputs = lane.backend.infer(batch)
+                self.metrics.stage_seconds.labels(lane.stage).observe(time.perf_counter() - t0)
                 self.metrics.batch_size.observe(len(batch))
                 for work, out in batcher.distribute(outputs, owners):
-                    setattr(work, attr, out)
+                    setattr(work, lane.output, out)
                     self._advance(work)
 
     def drain(self) -> None:
@@ -135,12 +161,13 @@ class InferenceStage:
                 _, origins = work.seg_input
                 work.seg_input = None
                 self._to_pool(work, self.pool.finish(work.maps, origins, work.shape, self.seg_model.contract,
-                                                     work.image, self.crop, self.seg_model.options))
+                                                     work.image, self.crop,
+                                                     self.seg_model.options_for(work.pixel_size_um)))
             return
         if self.cell_type is not None and work.type_scores is None:
             if not work.typing:
                 work.typing = True
-                self._add(len(self.lanes) - 1, work, work.crops)
+                self._add("cell_type", work, work.crops)
                 if work.type_scores is not None:  # no cells in range: done at once
                     self._advance(work)
             return

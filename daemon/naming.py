@@ -47,7 +47,22 @@ PRESET_PATTERNS: dict[str, str] = {
     "incucyte": r"^(?:(?P<plate>.+)_)?(?P<well>[A-Za-z]{1,2}\d{1,2})-(?P<field>\d+)-(?P<channel>[A-Za-z0-9]+)" + _TIF,
     # Thermo Cellomics ArrayScan: AS_09125_050116030001_D03f00d0.tif
     "cellomics": r"^(?P<plate>.+)_(?P<well>[A-Za-z]{1,2}\d{2})f(?P<field>\d+)d(?P<channel>\d+)" + _TIF,
+    # Yokogawa CV8000/CV7000: MEAS_D08_T0001F001L01A01Z01C01.tif (timeline L and action A are not used)
+    "cv8000": r"^(?P<plate>.+)_(?P<well>[A-Za-z]{1,2}\d{2})_T0*(?P<timepoint>\d+)F0*(?P<field>\d+)L\d+A\d+"
+              r"Z0*(?P<z>\d+)C0*(?P<channel>\d+)" + _TIF,
 }
+
+_GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+# ImageXpress plate folders, matched on the path below the watched folder:
+# [TimePoint_N/][ZStep_M/]PLATE_B02[_s1][_w1][GUID].tif. A name without _s is the well's one site
+# (field 0), without _w its one wavelength (channel ""), outside TimePoint_N timepoint 1;
+# thumbnails (PLATE_B02_s1_thumbGUID.tif) do not match.
+PATH_PRESET_PATTERNS: dict[str, str] = {
+    "imagexpress": r"(?:^|/)(?:TimePoint_(?P<timepoint>\d+)/)?(?:ZStep_(?P<z>\d+)/)?"
+                   r"(?P<plate>[^/]+?)_(?P<well>[A-Za-z]{1,2}\d{2})(?:_s(?P<field>\d+))?(?:_w(?P<channel>\d+))?"
+                   r"(?:_?\[?" + _GUID + r"\]?)?" + _TIF,
+}
+PRESET_DEFAULTS: dict[str, dict[str, str]] = {"imagexpress": {"timepoint": "1"}}
 
 # NIS-Elements TIFF sequence: prefix, optional well name, then the ticked dimensions in the
 # user's order (t, xy, z, c), e.g. seq0000xy01c1.tif, 20180101ef002xy01t01.tif, P1_B03_t001xy02c1.tif.
@@ -90,21 +105,27 @@ class NamingScheme:
         self._match: Callable[[str], dict[str, str] | None]
         if preset == "regex":
             regex = compile_user_pattern(pattern)
-            self._match = lambda name: (m.groupdict() if (m := regex.match(name)) else None)
+            self._match = lambda name: (m.groupdict() if (m := regex.match(_basename(name))) else None)
         elif preset == "nis":
-            self._match = _parse_nis
+            self._match = lambda name: _parse_nis(_basename(name))
         elif preset in PRESET_PATTERNS:
             regex = re.compile(PRESET_PATTERNS[preset], re.IGNORECASE)
-            self._match = lambda name: (m.groupdict() if (m := regex.match(name)) else None)
+            self._match = lambda name: (m.groupdict() if (m := regex.match(_basename(name))) else None)
+        elif preset in PATH_PRESET_PATTERNS:  # folders carry part of the layout: match the relative path
+            regex = re.compile(PATH_PRESET_PATTERNS[preset], re.IGNORECASE)
+            self._match = lambda name: (m.groupdict() if (m := regex.search(name.replace("\\", "/"))) else None)
         else:
             raise ConfigError("watch.naming", preset, f"allowed: {', '.join(PRESETS)}")
 
     def parse(self, name: str) -> FrameMeta:
-        """Raise NamingError when the name does not match or names no valid well."""
+        """Parse a file name, or its path below the watched folder (folder-aware presets).
+
+        Raise NamingError when it does not match or names no valid well.
+        """
         groups = self._match(name)
         if groups is None:
             raise NamingError(name, f"does not match the {self.preset!r} naming")
-        g = {k: v for k, v in groups.items() if v is not None}
+        g = {**PRESET_DEFAULTS.get(self.preset, {}), **{k: v for k, v in groups.items() if v is not None}}
         return FrameMeta(
             plate=g.get("plate") or self.default_plate,
             well=self._well(name, g),
@@ -130,7 +151,11 @@ class NamingScheme:
         return self.default_well
 
 
-PRESETS = (*PRESET_PATTERNS, "nis", "regex")
+PRESETS = (*PRESET_PATTERNS, *PATH_PRESET_PATTERNS, "nis", "regex")
+
+
+def _basename(name: str) -> str:
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _int(name: str, g: dict[str, str], key: str) -> int:

@@ -96,12 +96,17 @@ def cut_tiles(image: np.ndarray, origins: np.ndarray, tile_size: int) -> np.ndar
     return np.ascontiguousarray(windows[origins[:, 0], origins[:, 1]])
 
 
+def tile_std(tiles: np.ndarray) -> np.ndarray:
+    """Standard deviation of each tile (N, ...) -> (N,): the empty filter's statistic, here and in training."""
+    return tiles.std(axis=tuple(range(1, tiles.ndim)))
+
+
 def empty_mask(tiles: np.ndarray, qc: EmptyFilter) -> np.ndarray:
     """True where a (normalised) tile holds no cell: its standard deviation is noise-like."""
     if qc.method == "none":
         return np.zeros(len(tiles), dtype=bool)
     if qc.method == "std":
-        return tiles.std(axis=(1, 2)) < qc.params["threshold"]
+        return tile_std(tiles) < qc.params["threshold"]
     raise ValueError(f"unknown empty filter {qc.method!r}")
 
 

@@ -14,6 +14,7 @@ cell-type model) are module-level functions so a process pool can run them on ev
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -63,12 +64,19 @@ class ModelSegmenter:
         self.options = options
         self.name = contract.name
 
-    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tiles (N, 1, t, t) float32 (4N with TTA), their origins at model resolution)."""
-        return serve_tiles(frame, self.contract, self.options)
+    def options_for(self, frame_pixel_size_um: float | None) -> ServeOptions:
+        """The options for one frame: a configured pixel size wins; else the frame's own (vendor metadata)."""
+        if self.options.frame_pixel_size_um > 0 or not frame_pixel_size_um:
+            return self.options
+        return dataclasses.replace(self.options, frame_pixel_size_um=float(frame_pixel_size_um))
 
-    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        return labels_from_served(outputs, origins, shape, self.contract, self.options)
+    def prepare(self, frame: np.ndarray, frame_pixel_size_um: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(tiles (N, 1, t, t) float32 (4N with TTA), their origins at model resolution)."""
+        return serve_tiles(frame, self.contract, self.options_for(frame_pixel_size_um))
+
+    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
+               frame_pixel_size_um: float | None = None) -> np.ndarray:
+        return labels_from_served(outputs, origins, shape, self.contract, self.options_for(frame_pixel_size_um))
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
         tiles, origins = self.prepare(frame)

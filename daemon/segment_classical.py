@@ -24,93 +24,57 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
-from skimage.segmentation import watershed
+from skimage.segmentation import clear_border, watershed
 
 from .errors import ConfigError
-
-
-def _choice(*allowed: object) -> dict:
-    return {"choices": allowed}
-
-
-def _range(lo: float, hi: float) -> dict:
-    return {"range": (lo, hi)}
+from .resample import block_mean, filter_by_area, upsample_labels
+from .validation import between, build, check_fields, choice
 
 
 @dataclass(frozen=True)
 class ClassicalParams:
     """Parameters of `segment_classical`. Defaults: tuned on Usiigaci phase-contrast sets 1-20."""
 
-    foreground: str = field(default="texture", metadata=_choice("intensity", "texture"))
+    foreground: str = field(default="texture", metadata=choice("intensity", "texture"))
     # intensity: cells darker than the background (threshold below Otsu instead of above)
     dark_cells: bool = False
-    smooth_sigma: float = field(default=0.0, metadata=_range(0.0, 50.0))      # Gaussian pre-filter, px
-    texture_window: int = field(default=3, metadata=_range(3, 201))           # local-std window, px
-    threshold_factor: float = field(default=0.5, metadata=_range(0.05, 20.0))  # x Otsu threshold
-    closing_radius: int = field(default=3, metadata=_range(0, 100))           # disk, px; 0 = none
-    opening_radius: int = field(default=0, metadata=_range(0, 100))           # disk, px; 0 = none
+    smooth_sigma: float = field(default=0.0, metadata=between(0.0, 50.0))      # Gaussian pre-filter, px
+    texture_window: int = field(default=3, metadata=between(3, 201))           # local-std window, px
+    threshold_factor: float = field(default=0.5, metadata=between(0.05, 20.0))  # x Otsu threshold
+    closing_radius: int = field(default=3, metadata=between(0, 100))           # disk, px; 0 = none
+    opening_radius: int = field(default=0, metadata=between(0, 100))           # disk, px; 0 = none
     clear_border: bool = False
     fill_holes: bool = True
-    dist_sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))       # Gaussian on the EDT, px
-    min_distance: int = field(default=30, metadata=_range(1, 1000))           # between markers, px
-    min_area: int = field(default=1000, metadata=_range(0, 10**8))             # px
-    max_area: int = field(default=20000, metadata=_range(1, 10**9))           # px
-    downsample: int = field(default=2, metadata=_choice(1, 2))
+    dist_sigma: float = field(default=4.0, metadata=between(0.0, 100.0))       # Gaussian on the EDT, px
+    min_distance: int = field(default=30, metadata=between(1, 1000))           # between markers, px
+    min_area: int = field(default=1000, metadata=between(0, 10**8))             # px
+    max_area: int = field(default=20000, metadata=between(1, 10**9))           # px
+    downsample: int = field(default=2, metadata=choice(1, 2))
 
     def validate(self) -> "ClassicalParams":
         """Raise ValueError naming the field and what is allowed; return self when valid."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("bool", bool):
-                if not isinstance(value, (bool, np.bool_)):
-                    raise ValueError(f"ClassicalParams.{f.name}: got {value!r}; expected true or false")
-                continue
-            if "choices" in f.metadata:
-                if type(value) is not type(f.default) or value not in f.metadata["choices"]:
-                    raise ValueError(f"ClassicalParams.{f.name}: got {value!r}; allowed: "
-                                     f"{', '.join(map(str, f.metadata['choices']))}")
-                continue
-            lo, hi = f.metadata["range"]
-            is_int = f.type in ("int", int)
-            ok_type = (isinstance(value, (int, np.integer)) if is_int
-                       else isinstance(value, (int, float, np.integer, np.floating)))
-            if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not lo <= value <= hi:
-                kind = "an integer" if is_int else "a number"
-                raise ValueError(f"ClassicalParams.{f.name}: got {value!r}; allowed: {kind} in {lo}..{hi}")
-        if self.min_area > self.max_area:
-            raise ValueError(f"ClassicalParams.min_area: got {self.min_area}; allowed: at most "
-                             f"max_area ({self.max_area})")
-        return self
+        try:
+            return self.validate_as_config("ClassicalParams.")
+        except ConfigError as e:
+            raise ValueError(f"{e.key}: got {e.value!r}; {e.allowed}") from None
 
     def validate_as_config(self, prefix: str) -> "ClassicalParams":
-        """validate(), with its error as a ConfigError naming `prefix` + the field (a config table)."""
-        try:
-            return self.validate()
-        except ValueError as e:
-            name = str(e).split(":", 1)[0].removeprefix("ClassicalParams.")
-            raise ConfigError(f"{prefix}{name}", getattr(self, name), str(e).split("; ", 1)[-1]) from None
+        """Raise ConfigError naming `prefix` + the field (a config table's keys); return self when valid."""
+        check_fields(self, prefix)
+        if self.min_area > self.max_area:
+            raise ConfigError(f"{prefix}min_area", self.min_area, f"allowed: at most max_area ({self.max_area})")
+        return self
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> "ClassicalParams":
         """Build from a config table, checked as config.toml is: unknown keys and bad values raise
         ConfigError(prefix + key, ...)."""
-        from .config import _build  # config.py imports this module: import at call time
-
         table = dict(data) if isinstance(data, Mapping) else data
-        return _build(cls, table, prefix).validate_as_config(prefix)
+        return build(cls, table, prefix).validate_as_config(prefix)
 
 
 # ---------------------------------------------------------------------------------------------
 # building blocks (binary masks are bool; images float32)
-
-
-def _block_mean2(x: np.ndarray) -> np.ndarray:
-    """2x2 block means (an odd last row/column is repeated), float32."""
-    h, w = x.shape
-    if h % 2 or w % 2:
-        x = np.pad(x, ((0, h % 2), (0, w % 2)), mode="edge")
-    x = x.reshape(x.shape[0] // 2, 2, x.shape[1] // 2, 2)
-    return x.sum(axis=(1, 3), dtype=np.float32) * np.float32(0.25)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -192,13 +156,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
-def _clear_border(labels: np.ndarray) -> np.ndarray:
-    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    out = labels.copy()
-    out[np.isin(labels, edge[edge > 0])] = 0
-    return out
-
-
 def _area_weights(shape: tuple[int, int], frame_shape: tuple[int, int], f: int) -> np.ndarray | None:
     """Full-resolution pixels under each low-resolution pixel (None: all f*f)."""
     if frame_shape[0] == shape[0] * f and frame_shape[1] == shape[1] * f:
@@ -221,11 +178,11 @@ def foreground_mask(frame: np.ndarray, params: ClassicalParams) -> np.ndarray:
             x = ndi.gaussian_filter(x, params.smooth_sigma, mode="reflect", truncate=3.0)
         x = _local_std(x, params.texture_window)
         if f == 2:
-            x = _block_mean2(x)
+            x = block_mean(x, 2, odd_edge="pad")
         mask = x > threshold_otsu(x) * params.threshold_factor
     else:
         if f == 2:
-            x = _block_mean2(x)
+            x = block_mean(x, 2, odd_edge="pad")
         if params.smooth_sigma > 0:
             x = ndi.gaussian_filter(x, params.smooth_sigma / f, mode="reflect", truncate=3.0)
         t = threshold_otsu(x)
@@ -256,8 +213,8 @@ def segment_classical(frame: np.ndarray, params: ClassicalParams = ClassicalPara
         params = dataclasses.replace(params, downsample=1)
     mask = foreground_mask(frame, params)
     if params.clear_border:
-        comps, _ = ndi.label(mask)
-        mask = _clear_border(comps) > 0
+        comps, _ = ndi.label(mask)  # 4-connected components, as everywhere here
+        mask = clear_border(comps) > 0
     if not mask.any():
         return np.zeros(frame.shape, np.int32)
 
@@ -269,18 +226,12 @@ def segment_classical(frame: np.ndarray, params: ClassicalParams = ClassicalPara
     # regions never cross components (4-connected both), peak_local_max treats each label on its
     # own, so dropping the smaller components changes nothing but the time (often thousands of
     # specks of texture, each a Python-level iteration in peak_local_max).
+    scale = 1 if weights is not None else f * f  # full-resolution pixels per counted pixel
     comps, n_comps = ndi.label(mask)
-    comp_areas = np.bincount(comps.ravel(), weights=weights, minlength=n_comps + 1)
-    if weights is None:
-        comp_areas = comp_areas * (f * f)
-    big = comp_areas >= params.min_area
-    big[0] = False
-    if not big.any():
-        return np.zeros(frame.shape, np.int32)
-    comp_lut = np.zeros(n_comps + 1, np.int32)
-    comp_lut[big] = np.arange(1, int(big.sum()) + 1, dtype=np.int32)
-    comps = comp_lut[comps]
+    comps = filter_by_area(comps, params.min_area / scale, 0, weights, n_comps)
     mask = comps > 0
+    if not mask.any():
+        return np.zeros(frame.shape, np.int32)
     peaks = peak_local_max(dist, min_distance=max(1, int(round(params.min_distance / f))),
                            labels=comps, exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
@@ -288,14 +239,5 @@ def segment_classical(frame: np.ndarray, params: ClassicalParams = ClassicalPara
     labels = watershed(-dist, markers, mask=mask)
 
     # keep regions with min_area <= area <= max_area (full-resolution pixels), renumber 1..n
-    areas = np.bincount(labels.ravel(), weights=weights, minlength=len(peaks) + 1)
-    if weights is None:
-        areas = areas * (f * f)
-    keep = (areas >= params.min_area) & (areas <= params.max_area)
-    keep[0] = False
-    lut = np.zeros(areas.size, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    labels = lut[labels]
-    if f == 2:
-        labels = np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1)[: frame.shape[0], : frame.shape[1]]
-    return np.ascontiguousarray(labels, dtype=np.int32)
+    labels = filter_by_area(labels, params.min_area / scale, params.max_area / scale, weights, len(peaks))
+    return upsample_labels(labels, f, frame.shape).astype(np.int32, copy=False)

@@ -19,6 +19,7 @@ from skimage.segmentation import watershed
 
 from .contract import ModelContract, Segmentation, Tiling
 from .preprocess import normalise_frame
+from .resample import block_mean, filter_by_area, upsample_labels  # noqa: F401 (re-exported)
 from .rescale import resize_labels, scale_factor, scaled_shape, to_model_scale
 
 BACKGROUND, INTERIOR, BOUNDARY, DISTANCE = range(4)
@@ -96,11 +97,7 @@ def labels_from_served(outputs: np.ndarray, origins: np.ndarray, frame_shape: tu
 
 def downsample_mean(frame: np.ndarray, factor: int) -> np.ndarray:
     """Block mean over factor x factor pixels (the trailing odd row/column is dropped), float32."""
-    x = frame.astype(np.float32, copy=False)
-    if factor == 1:
-        return x
-    h, w = (frame.shape[0] // factor) * factor, (frame.shape[1] // factor) * factor
-    return x[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+    return block_mean(frame, factor, odd_edge="drop")
 
 
 def model_input(frame: np.ndarray, contract: ModelContract) -> np.ndarray:
@@ -174,28 +171,6 @@ def labels_from_maps(maps: np.ndarray, post: PostProcess, downsample: int = 1) -
     seeds[seed_sizes[seeds] < post.min_seed_area] = 0
     labels = watershed(-height, seeds, mask=foreground)
     return filter_by_area(labels, post.min_area / pixel_area, post.max_area / pixel_area if post.max_area else 0)
-
-
-def filter_by_area(labels: np.ndarray, min_area: float, max_area: float = 0) -> np.ndarray:
-    """Drop labels outside [min_area, max_area] (0 = no upper limit); renumber 1..n, int32."""
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_area
-    if max_area:
-        keep &= sizes <= max_area
-    keep[0] = False
-    lut = np.zeros(len(sizes), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
-
-
-def upsample_labels(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour back to the frame's shape (the dropped odd row/column repeats its neighbour)."""
-    if factor > 1:
-        labels = labels.repeat(factor, axis=0).repeat(factor, axis=1)
-    ph, pw = shape[0] - labels.shape[0], shape[1] - labels.shape[1]
-    if ph > 0 or pw > 0:
-        labels = np.pad(labels, ((0, max(ph, 0)), (0, max(pw, 0))), mode="edge")
-    return np.ascontiguousarray(labels[:shape[0], :shape[1]])
 
 
 def labels_from_tile_outputs(outputs: np.ndarray, origins: np.ndarray, frame_shape: tuple[int, int],

@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--chunk-pause-s", type=float, default=d.chunk_pause_s,
                    help="pause between chunks in chunked mode, seconds")
     p.add_argument("--treatment", choices=TREATMENTS, default=d.treatment)
+    p.add_argument("--control-columns", type=int, default=d.control_columns,
+                   help="with --treatment dose_series: the leftmost N columns get no drug (controls)")
+    p.add_argument("--growth-doublings", type=float, default=d.growth_doublings,
+                   help="untreated cells double this many times over the run (0: no growth); "
+                        "with a dose series, plate_map.csv and dose_truth.json are written too")
     p.add_argument("--plate-name", default=d.plate_name)
     p.add_argument("--seed", type=int, default=d.seed)
     p.set_defaults(func=run_simulate)
@@ -68,7 +73,8 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
         write_mode=args.write_mode, chunk_pause_s=args.chunk_pause_s,
         plate_name=args.plate_name, treatment=args.treatment, seed=args.seed,
         cell_scale=args.cell_scale, cell_types=cell_types, type_mix=args.type_mix,
-        type_fraction=args.type_fraction)
+        type_fraction=args.type_fraction, control_columns=args.control_columns,
+        growth_doublings=args.growth_doublings)
 
 
 class _Printer:

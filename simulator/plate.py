@@ -75,13 +75,15 @@ class PlatePlan:
 
 def well_doses(spec: SimulationSpec) -> dict[str, float]:
     """'dose_series': log-spaced doses across the simulated wells' columns, lowest at the
-    leftmost column; every row of a column gets the same dose (replicates)."""
+    leftmost column; every row of a column gets the same dose (replicates). The leftmost
+    `control_columns` columns get none (vehicle controls)."""
     if spec.treatment == "none":
         return {w: 0.0 for w in spec.wells}
     cols = {w: parse_well(w, spec.plate)[1] for w in spec.wells}
-    rank = {c: i for i, c in enumerate(sorted(set(cols.values())))}
-    doses = dose_series(len(rank))
-    return {w: doses[rank[cols[w]]] for w in spec.wells}
+    ordered = sorted(set(cols.values()))
+    controls, treated = ordered[:spec.control_columns], ordered[spec.control_columns:]
+    doses = {c: 0.0 for c in controls} | dict(zip(treated, dose_series(len(treated))))
+    return {w: doses[cols[w]] for w in spec.wells}
 
 
 def well_type_mix(spec: SimulationSpec) -> dict[str, dict[str, float]]:
@@ -117,7 +119,7 @@ def plan_plate(spec: SimulationSpec) -> PlatePlan:
         for f in range(1, spec.fields + 1):
             pops[(well, f)] = populate(_rng(spec, _POPULATION, wi, f), spec.size,
                                        spec.cells_per_field, spec.timepoints, doses[well],
-                                       spec.cell_scale, mixes.get(well))
+                                       spec.cell_scale, mixes.get(well), spec.growth_doublings)
     return PlatePlan(spec, doses, pops, mixes)
 
 

@@ -18,7 +18,8 @@ TYPE_MIXES = ("none", "series")
 TYPE_FRACTION_RANGE = (0.1, 0.9)  # 'series': first type's fraction, first well to last
 # Options added after the first release: left out of to_json() while at their defaults, so a
 # default plate's ground_truth.json stays byte-identical to what earlier versions wrote.
-_LATER_DEFAULTS = {"cell_types": [], "type_mix": "none", "type_fraction": 0.5}
+_LATER_DEFAULTS = {"cell_types": [], "type_mix": "none", "type_fraction": 0.5,
+                   "control_columns": 0, "growth_doublings": 0.0}
 SIM_PLATE_FORMATS = (96, 384)
 DEFAULT_WELL_COUNT = 12
 
@@ -43,6 +44,8 @@ class SimulationSpec:
     cell_types: tuple[str, ...] = ()  # empty: one cell line ("A"), as before; e.g. ("lmpp", "prob")
     type_mix: str = "none"           # "none": every well type_fraction; "series": varies by well
     type_fraction: float = 0.5       # fraction of the first of cell_types (the rest share the remainder)
+    control_columns: int = 0         # 'dose_series': the leftmost N columns of the wells get no drug
+    growth_doublings: float = 0.0    # untreated cells double this many times over the run (0: no growth)
 
     def __post_init__(self) -> None:
         def check(key: str, ok: bool, value: Any, allowed: str) -> None:
@@ -94,6 +97,12 @@ class SimulationSpec:
               "'series' needs two or more cell_types")
         check("type_fraction", isinstance(self.type_fraction, (int, float))
               and 0.0 <= self.type_fraction <= 1.0, self.type_fraction, "0..1")
+        check("control_columns", isinstance(self.control_columns, int) and self.control_columns >= 0,
+              self.control_columns, "a non-negative integer")
+        check("control_columns", self.control_columns == 0 or self.treatment == "dose_series",
+              self.control_columns, "control columns need treatment 'dose_series'")
+        check("growth_doublings", isinstance(self.growth_doublings, (int, float))
+              and 0.0 <= self.growth_doublings <= 4.0, self.growth_doublings, "0..4 doublings")
         check("seed", isinstance(self.seed, int) and self.seed >= 0, self.seed,
               "a non-negative integer")
         check("plate_name", bool(self.plate_name) and "/" not in self.plate_name

@@ -24,11 +24,15 @@ from wellwatch.daemon.plate import parse_well, row_letters, well_index
 
 from .plate import PlatePlan, count_types, iter_fields, plan_plate
 from .render import LABEL_FREE_KINDS, channel_kind
+from .response import dose_truth
 from .spec import SimulationSpec
 
 DATA_DIR = "data"
 GROUND_TRUTH = "ground_truth.json"
 CELLS_CSV = "ground_truth_cells.csv"
+PLATE_MAP = "plate_map.csv"      # 'dose_series' only: what is in each well
+DOSE_TRUTH = "dose_truth.json"   # 'dose_series' only: the true IC50 / GR50 per timepoint
+COMPOUND, UNIT = "simdrug", "uM"
 CSV_COLUMNS = ("file", "plate", "well", "field", "timepoint", "cell_id", "x", "y", "radius",
                "state", "type")
 MARKER_COLUMN = "marker"  # appended when a marker channel is simulated: the cell's marker counts
@@ -149,6 +153,18 @@ def ground_truth(spec: SimulationSpec, plan: PlatePlan) -> tuple[dict[str, Any],
     return {"spec": spec.to_json(), "wells": wells, "frames": frames}, csv_buf.getvalue()
 
 
+def plate_map_csv(plan: PlatePlan) -> str:
+    """The plate map a user would write for this plate (see daemon/plate_map.py)."""
+    buf = io.StringIO()
+    rows = csv.writer(buf, lineterminator="\n")
+    rows.writerow(("well", "compound", "concentration", "unit", "role"))
+    for well in plan.spec.wells:
+        dose = plan.doses[well]
+        rows.writerow((well, COMPOUND, f"{dose:.6g}", UNIT, "treated") if dose > 0
+                      else (well, "vehicle", "0", UNIT, "control"))
+    return buf.getvalue()
+
+
 def write_plate(spec: SimulationSpec, out_dir: str | os.PathLike,
                 progress: Progress | None = None) -> WriteSummary:
     """Write ground truth first (atomically, for the whole plate), then every frame in
@@ -160,6 +176,10 @@ def write_plate(spec: SimulationSpec, out_dir: str | os.PathLike,
     doc, cells_csv = ground_truth(spec, plan)
     write_atomic(out / GROUND_TRUTH, json.dumps(doc, indent=1))
     write_atomic(out / CELLS_CSV, cells_csv)
+    if spec.treatment == "dose_series":
+        write_atomic(out / PLATE_MAP, plate_map_csv(plan))
+        truth = dose_truth(spec.timepoints, spec.growth_doublings, COMPOUND, UNIT)
+        write_atomic(out / DOSE_TRUTH, json.dumps(truth, indent=1))
 
     total = len(spec.wells) * spec.fields * spec.timepoints * len(spec.channels)
     done = 0

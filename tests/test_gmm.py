@@ -1,4 +1,4 @@
-"""The GMM labelling, on data whose true thresholds are known."""
+"""The GMM labelling (the seed study's rule), on data whose true thresholds are known."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from wellwatch.training.gmm import Thresholds, fit_mixture, label_by_thresholds, live_dead_thresholds
 from wellwatch.training.livedead import build_live_dead_dataset, equal_posterior
 from wellwatch.training.patches import PairedField
+from wellwatch.training.stain_labels import SEED_STUDY_RULE
 
 LIVE, DEAD = (100.0, 8.0), (220.0, 25.0)  # (mean, sd) of mean PI per patch
 TRUE_LIVE_BELOW = LIVE[0] + LIVE[1]       # 108
@@ -62,7 +63,8 @@ def test_dataset_labels_patches_with_the_known_thresholds(tmp_path):
     values = two_populations(1600, 800, seed=2)
     np.random.default_rng(0).shuffle(values)
     fields = _fields([v[:81] for v in np.array_split(values, 24)])
-    ds = build_live_dead_dataset(fields, tile=16, stride=16, empty="none", histogram=tmp_path / "h.png")
+    ds = build_live_dead_dataset(fields, tile=16, stride=16, empty="none", histogram=tmp_path / "h.png",
+                                 labelling=SEED_STUDY_RULE)
     th = ds.meta["thresholds"]
     assert th["live_below"] == pytest.approx(TRUE_LIVE_BELOW, abs=3)
     assert th["dead_above"] == pytest.approx(TRUE_DEAD_ABOVE, abs=6)
@@ -85,6 +87,7 @@ def test_reference_subset_sets_the_thresholds():
     fields = _fields(ref, well="A1") + _fields(other, well="B1")
     for i, f in enumerate(fields):  # distinct sources
         fields[i] = PairedField(f.label_free, f.fluorescence, f"{f.well}/{i}", f.well, f.plate)
-    ds = build_live_dead_dataset(fields, tile=16, stride=16, empty="none", reference={"wells": ["A1"]})
+    ds = build_live_dead_dataset(fields, tile=16, stride=16, empty="none", reference={"wells": ["A1"]},
+                                 labelling=SEED_STUDY_RULE)
     assert ds.meta["thresholds"]["live_below"] == pytest.approx(TRUE_LIVE_BELOW, abs=4)
     assert ds.meta["thresholds"]["reference_patches"] == 810

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from wellwatch.daemon.naming import FrameMeta
 from .dataset import Dataset
 from .gmm import Mixture, fit_mixture
 from .livedead import files_by_field
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def plot_marker_histogram(log_marker: np.ndarray, labels: np.ndarray, t: MarkerT
 
 
 def stderr_progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    Progress("dataset cells").line(msg)
 
 
 # --- the study's baseline: an RBF SVM on cell size ---------------------------------------------

@@ -29,21 +29,30 @@ def cmd_live_dead(args: argparse.Namespace) -> int:
 
     from .dataset import save_dataset
     from .livedead import build_live_dead_dataset, find_pairs, read_pairs
+    from .stain_labels import StainFitError, StainLabelling
 
     pairs = find_pairs(args.folders, args.naming, args.label_free, args.fluorescence, args.plate_format, args.pattern)
     print(f"{len(pairs)} paired fields ({args.label_free} + {args.fluorescence})", file=sys.stderr)
+    labelling = StainLabelling(background=args.stain_background == "subtract", statistic=args.stain_statistic,
+                               scale=args.stain_scale, min_separation=args.min_separation)
     fields = list(read_pairs(pairs))
     reference = {"wells": _csv(args.reference_wells), "plates": _csv(args.reference_plates)}
     out = Path(args.out)
-    ds = build_live_dead_dataset(fields, args.tile, args.stride or args.tile // 2, Normalisation(args.normalisation, {}),
-                                 args.empty_filter, args.empty_threshold,
-                                 reference if any(reference.values()) else None, histogram=out / "fluorescence_histogram.png")
+    histogram = out / "fluorescence_histogram.png"
+    try:
+        ds = build_live_dead_dataset(fields, args.tile, args.stride or args.tile // 2,
+                                     Normalisation(args.normalisation, {}), args.empty_filter, args.empty_threshold,
+                                     reference if any(reference.values()) else None, histogram=histogram,
+                                     labelling=labelling, acquisition=", ".join(map(str, args.folders)))
+    except StainFitError as e:
+        print(f"wellwatch dataset live-dead: {e} ({histogram})", file=sys.stderr)
+        return 2
     ds.meta["provenance"].update(folders=[str(f) for f in args.folders], naming=args.naming,
                                  label_free=args.label_free, fluorescence=args.fluorescence)
     save_dataset(ds, out)
-    print(json.dumps({"out": str(out), "counts": ds.meta["label_counts"],
+    print(json.dumps({"out": str(out), "counts": ds.meta["label_counts"], "separation": ds.meta["separation"],
                       "thresholds": {k: ds.meta["thresholds"][k] for k in ("live_below", "dead_above", "equal_posterior",
-                                                                           "empty_std")}}, indent=1))
+                                                                           "empty_std", "unit")}}, indent=1))
     return 0
 
 
@@ -247,6 +256,15 @@ def register(sub) -> None:
     p.add_argument("--empty-threshold", type=float, default=None, help="std threshold (default: fitted without labels)")
     p.add_argument("--reference-wells", help="fit the mixture on these wells only, e.g. A1,B1 (the untreated set)")
     p.add_argument("--reference-plates", help="fit the mixture on these plates only")
+    p.add_argument("--stain-background", default="subtract", choices=["subtract", "none"],
+                   help="subtract each field's smooth background and divide by its noise (default), or use raw values")
+    p.add_argument("--stain-statistic", default="p99", choices=["p99", "mean"],
+                   help="a tile's stain value: its 99th percentile (default: a dead nucleus covers part of a tile) "
+                        "or its mean (the seed study's)")
+    p.add_argument("--stain-scale", default="log", choices=["log", "linear"],
+                   help="fit the mixture on log(1 + value) (default) or on the values")
+    p.add_argument("--min-separation", type=float, default=2.0,
+                   help="refuse a mixture whose components' Ashman's D is below this (default 2)")
     p.set_defaults(func=cmd_live_dead)
 
     p = dsub.add_parser("voc", help="import Pascal VOC boxes (LabelImg/CVAT) as labelled crops")

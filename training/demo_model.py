@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Tiling
-from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins
+from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
 from wellwatch.export.from_checkpoint import export_checkpoint
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
@@ -54,7 +54,7 @@ def empty_threshold(fields: list[PairedField], norm: Normalisation, tiling: Tili
     for f in fields:
         n = normalise_frame(f.label_free, norm)
         tiles = cut_tiles(n, tile_origins(n.shape, tiling), tiling.tile_size)
-        stds.append(tiles.reshape(len(tiles), -1).std(axis=1))
+        stds.append(tile_std(tiles))
     mix = fit_mixture(np.log(np.concatenate(stds)))
     return float(np.exp(mix.means[0] + 4 * mix.sds[0]))
 

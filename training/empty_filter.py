@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from wellwatch.daemon.contract import Normalisation, Tiling
-from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins
+from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
 
 from .gmm import fit_mixture
 
@@ -43,10 +43,6 @@ def f1_report(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     recall = tp / max(tp + fn, 1)
     return {"f1": round(2 * precision * recall / max(precision + recall, 1e-12), 4), "precision": round(precision, 4),
             "recall": round(recall, 4), "accuracy": round(float((truth == pred).mean()), 4)}
-
-
-def tile_std(tiles: np.ndarray) -> np.ndarray:
-    return tiles.reshape(len(tiles), -1).std(axis=1)
 
 
 def unsupervised_std_threshold(stds: np.ndarray) -> float:

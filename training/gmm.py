@@ -38,11 +38,32 @@ class Thresholds:
         return asdict(self)
 
 
-def fit_mixture(x: np.ndarray, iterations: int = 500, tol: float = 1e-9) -> Mixture:
+def log_likelihood(mix: Mixture, x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64).ravel()[:, None]
+    m, s, w = np.array(mix.means), np.array(mix.sds), np.array(mix.weights)
+    log_p = np.log(w) - np.log(s) - 0.5 * np.log(2 * np.pi) - 0.5 * ((x - m) / s) ** 2
+    top = log_p.max(axis=1, keepdims=True)
+    return float((top.ravel() + np.log(np.exp(log_p - top).sum(axis=1))).sum())
+
+
+# starting points (percentiles of the data for the two means): EM finds a local optimum, and a
+# heavy-tailed stain has more than one; the best likelihood over these starts is kept
+STARTS = ((25, 75), (10, 90), (50, 97), (5, 60))
+
+
+def best_mixture(x: np.ndarray) -> Mixture:
+    """`fit_mixture` from several starting points; the fit with the highest likelihood."""
+    fits = [fit_mixture(x, start=start) for start in STARTS]
+    return max(fits, key=lambda mix: log_likelihood(mix, x))
+
+
+def fit_mixture(x: np.ndarray, iterations: int = 500, tol: float = 1e-9,
+                start: tuple[float, float] = (25, 75)) -> Mixture:
+    """EM from means at the `start` percentiles of x."""
     x = np.asarray(x, np.float64).ravel()
     if len(x) < 4 or np.ptp(x) == 0:
         raise ValueError(f"cannot fit a two-component mixture to {len(x)} values with range {np.ptp(x) if len(x) else 0}")
-    lo, hi = np.percentile(x, [25, 75])
+    lo, hi = np.percentile(x, start)
     m = np.array([lo, hi], np.float64)
     s = np.full(2, x.std() / 2 + 1e-12)
     w = np.array([0.5, 0.5])

@@ -4,10 +4,14 @@
    label-free and the fluorescence channel of one field (plate, well, timepoint, field, z) pair up;
 2. tile the label-free frame with the daemon's normalisation and tiling (size/stride as options,
    224/112 by default, the seed study's), and cut the same windows from the fluorescence frame;
-3. drop empty tiles with the daemon's empty filter (the contract's, so serving drops the same);
-4. fit a two-component Gaussian mixture on the mean fluorescence of a reference subset (e.g. the
-   untreated wells) and label: live < mean_live + sd_live, dead > mean_dead - sd_dead, the middle
-   discarded; a histogram with the mixture and thresholds drawn is saved beside the dataset.
+3. drop empty tiles with the daemon's empty filter (the contract's, so serving drops the same), and
+   tiles touching registration padding;
+4. summarise each tile's stain (`stain_labels.StainLabelling`: by default the 99th percentile of the
+   stain above its per-field background, in noise units), fit a two-component Gaussian mixture on
+   log(1 + value) of a reference subset (e.g. the untreated wells) and label: live < mean_live +
+   sd_live, dead > mean_dead - sd_dead, the middle discarded; a fit that does not separate is
+   refused (`StainFitError`). A histogram with the mixture, thresholds and separation is saved
+   beside the dataset, refused or not.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from wellwatch.daemon.plate import PLATE_FORMATS
 from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins
 
 from .dataset import Dataset, contract_fields
-from .gmm import Mixture, Thresholds, label_by_thresholds, live_dead_thresholds
+from .gmm import Mixture, label_by_thresholds
 from .patches import PairedField, cut_patches
+from .stain_labels import StainFit, StainFitError, StainLabelling, fit_stain_mixture
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +112,12 @@ def build_live_dead_dataset(fields: list[PairedField], tile: int = 224, stride: 
                             norm: Normalisation = Normalisation("robust_zscore", {}),
                             empty: str = "std", empty_threshold: float | None = None,
                             reference: dict[str, list[str]] | None = None,
-                            histogram: str | Path | None = None) -> Dataset:
+                            histogram: str | Path | None = None,
+                            labelling: StainLabelling = StainLabelling(),
+                            acquisition: str = "the acquisition") -> Dataset:
     """`reference`: {"wells": [...], "plates": [...]} selects the patches the mixture is fitted on
-    (the seed study fits on the untreated set); None: all non-empty patches."""
+    (the seed study fits on the untreated set); None: all non-empty patches. A mixture that cannot
+    separate live from dead raises `StainFitError` naming `acquisition`, after drawing the histogram."""
     tiling = Tiling(tile, stride)
     if empty == "std":
         thr = empty_threshold if empty_threshold is not None else auto_empty_threshold(fields, norm, tiling)
@@ -120,7 +128,8 @@ def build_live_dead_dataset(fields: list[PairedField], tile: int = 224, stride: 
         raise ValueError(f"empty filter {empty!r}; allowed: std, none (see training/empty_filter.py for the "
                          "ResNet-18 + SVM comparison)")
     total_tiles = sum(len(tile_origins(f.label_free.shape, tiling)) for f in fields)
-    ps = cut_patches(fields, tiling, norm, qc)
+    dropped: dict[str, int] = {}
+    ps = cut_patches(fields, tiling, norm, qc, summarise=labelling.summarise, counts=dropped)
     if len(ps.fluorescence) < 4:
         raise ValueError(f"only {len(ps.fluorescence)} of {total_tiles} tiles are non-empty with {qc}; "
                          "lower --empty-threshold or use --empty-filter none")
@@ -132,35 +141,48 @@ def build_live_dead_dataset(fields: list[PairedField], tile: int = 224, stride: 
             ref_mask &= np.isin(ps.plates.astype(str), reference["plates"])
         if ref_mask.sum() < 4:
             raise ValueError(f"the reference subset {reference} holds {int(ref_mask.sum())} non-empty patches")
-    t = live_dead_thresholds(ps.fluorescence[ref_mask])
-    labels = label_by_thresholds(ps.fluorescence, t)
+    scaled = labelling.to_scale(ps.fluorescence)
+    try:
+        fit = fit_stain_mixture(scaled[ref_mask], acquisition, labelling.scale, labelling.min_separation)
+    except StainFitError as e:
+        if histogram and e.fit is not None:
+            plot_histogram(scaled, ref_mask, e.fit, Path(histogram), labelling.unit(), refused=e.reason)
+        raise
+    t = fit.thresholds
+    labels = label_by_thresholds(scaled, t)
     keep = labels >= 0
     ids = np.array([f"{s}@{y},{x}" for s, (y, x) in zip(ps.frames.astype(str), ps.origins)])
-    thresholds = {"live_below": t.live_below, "dead_above": t.dead_above,
-                  "equal_posterior": equal_posterior(t.mixture), "empty_std": qc.params.get("threshold"),
-                  "mixture": asdict(t.mixture), "rule": "live < mean_live + sd_live; dead > mean_dead - sd_dead; "
-                                                        "between: discarded",
-                  "reference": reference or "all non-empty patches", "reference_patches": int(ref_mask.sum())}
-    counts = {"tiles": int(total_tiles), "empty": int(total_tiles - len(labels)), "live": int((labels == 0).sum()),
+    thresholds = {"live_below": labelling.from_scale(t.live_below), "dead_above": labelling.from_scale(t.dead_above),
+                  "equal_posterior": labelling.from_scale(equal_posterior(t.mixture)),
+                  "empty_std": qc.params.get("threshold"), "unit": labelling.unit(), "fit": fit.to_dict(),
+                  "labelling": asdict(labelling), "reference": reference or "all non-empty patches",
+                  "reference_patches": int(ref_mask.sum())}
+    counts = {"tiles": int(total_tiles), "padded": dropped.get("padded", 0),
+              "empty": int(total_tiles - dropped.get("padded", 0) - len(labels)), "live": int((labels == 0).sum()),
               "dead": int((labels == 1).sum()), "ambiguous": int((labels < 0).sum())}
     if histogram:
-        plot_histogram(ps.fluorescence, ref_mask, t, Path(histogram))
+        plot_histogram(scaled, ref_mask, fit, Path(histogram), labelling.unit())
     meta = {"kind": "tiles", "task": "live_dead", "positive_class": "dead", "channels": ["brightfield"],
-            **contract_fields(norm, tiling, qc), "thresholds": thresholds, "label_counts": counts,
+            **contract_fields(norm, tiling, qc), "thresholds": thresholds, "separation": fit.separation.to_dict(),
+            "label_counts": counts,
             "provenance": {"source": "paired label-free + fluorescence fields", "fields": len(fields)}}
     return Dataset(ps.patches[keep].astype(np.float32), labels[keep], ids[keep], ps.sources[keep].astype(str),
                    ps.wells[keep].astype(str), ps.plates[keep].astype(str), ("live", "dead"), meta,
                    ps.fluorescence[keep].astype(np.float32))
 
 
-def plot_histogram(values: np.ndarray, ref_mask: np.ndarray, t: Thresholds, path: Path) -> Path:
+def plot_histogram(values: np.ndarray, ref_mask: np.ndarray, fit: StainFit, path: Path, unit: str,
+                   refused: str = "") -> Path:
+    """The stain values on the fitted scale, the mixture, the thresholds and how well it separates;
+    drawn for refused fits too (the title says why), since that is when a user most needs to look."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    t = fit.thresholds
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
     bins = np.linspace(values.min(), values.max(), 80)
     ax.hist(values, bins=bins, color="0.7", label=f"all non-empty patches (n={len(values)})")
     if not ref_mask.all():
@@ -171,13 +193,17 @@ def plot_histogram(values: np.ndarray, ref_mask: np.ndarray, t: Thresholds, path
     for k, (colour, name) in enumerate((("tab:green", "live"), ("tab:red", "dead"))):
         pdf = m.weights[k] * np.exp(-0.5 * ((grid - m.means[k]) / m.sds[k]) ** 2) / (m.sds[k] * np.sqrt(2 * np.pi))
         ax.plot(grid, pdf * ref_mask.sum() * width, color=colour, lw=1.5,
-                label=f"{name} component ({m.means[k]:.0f} +/- {m.sds[k]:.0f})")
-    ax.axvline(t.live_below, color="tab:green", ls="--", label=f"live below {t.live_below:.0f}")
-    ax.axvline(t.dead_above, color="tab:red", ls="--", label=f"dead above {t.dead_above:.0f}")
+                label=f"{name} component ({m.means[k]:.2f} +/- {m.sds[k]:.2f})")
+    ax.axvline(t.live_below, color="tab:green", ls="--", label=f"live below {t.live_below:.2f}")
+    ax.axvline(t.dead_above, color="tab:red", ls="--", label=f"dead above {t.dead_above:.2f}")
     lo, hi = sorted((t.live_below, t.dead_above))
     ax.axvspan(lo, hi, color="gold", alpha=0.2, label="discarded (ambiguous)" if t.live_below < t.dead_above
                else "overlap (ambiguous)")
-    ax.set_xlabel("mean fluorescence of the patch")
+    sep = fit.separation
+    title = f"Ashman's D = {sep.ashman_d:.2f}, overlap = {sep.overlap:.3f}"
+    ax.set_title(f"REFUSED: {refused}\n{title}" if refused else title, fontsize=8,
+                 color="tab:red" if refused else "k")
+    ax.set_xlabel(f"{'log(1 + ' if fit.scale == 'log' else ''}{unit}{')' if fit.scale == 'log' else ''}", fontsize=8)
     ax.set_ylabel("patches")
     ax.set_yscale("symlog", linthresh=10)
     ax.legend(fontsize=7)

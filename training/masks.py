@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from wellwatch.daemon.reader import read_frame
+
+from .progress import Progress
+
 
 MASKS_FORMAT = 1
 NPZ, JSON = "masks.npz", "dataset.json"
@@ -108,6 +110,7 @@ def find_flat_pairs(folders: list[str | Path], suffixes: tuple[str, ...] = LABEL
 
 def build_mask_set(pairs: list[tuple[str, Path, Path]], progress: bool = True) -> MaskSet:
     names, images, labels = [], [], []
+    report = Progress("dataset masks", progress)
     for i, (name, image_path, mask_path) in enumerate(pairs, 1):
         image, mask = read_frame(str(image_path)), read_labels(mask_path)
         if image.ndim != 2 or image.shape != mask.shape:
@@ -115,12 +118,11 @@ def build_mask_set(pairs: list[tuple[str, Path, Path]], progress: bool = True) -
         names.append(name)
         images.append(image)
         labels.append(mask)
-        if progress:
-            print(f"\r[dataset masks] {i}/{len(pairs)} {name}: {len(np.unique(mask)) - 1} cells",
-                  end="" if i < len(pairs) else "\n", file=sys.stderr, flush=True)
+        report.update(f"{i}/{len(pairs)} {name}: {len(np.unique(mask)) - 1} cells")
     meta = {"format": MASKS_FORMAT, "kind": "masks", "names": names,
             "cells": [int(len(np.unique(m)) - 1) for m in labels],
             "provenance": {"images": [str(p[1]) for p in pairs], "masks": [str(p[2]) for p in pairs]}}
+    report.line(f"{len(pairs)} images, {sum(meta['cells'])} cells")
     return MaskSet(names, images, labels, meta)
 
 

@@ -7,7 +7,7 @@ Tiling, normalisation and the empty-patch test are the daemon's own functions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -47,8 +47,28 @@ class PatchSet:
                         None if self.frames is None else self.frames[mask])
 
 
-def cut_patches(fields: Iterable[PairedField], tiling: Tiling, norm: Normalisation, qc: EmptyFilter) -> PatchSet:
-    """Tile every field; keep the non-empty tiles with their mean fluorescence."""
+# (fluorescence field, tile origins, tile size) -> one value per tile
+StainSummary = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def mean_fluorescence(fluorescence: np.ndarray, origins: np.ndarray, tile: int) -> np.ndarray:
+    """The seed study's tile value: the raw mean fluorescence of the window."""
+    fluo = cut_tiles(fluorescence.astype(np.float32), origins, tile)
+    return fluo.reshape(len(fluo), tile * tile).mean(axis=1)
+
+
+def padded_tiles(label_free: np.ndarray, fluorescence: np.ndarray, origins: np.ndarray, tile: int) -> np.ndarray:
+    """Tiles touching padding: pixels that are exactly 0 in both channels (a registered, shifted frame)."""
+    pad = ((label_free == 0) & (fluorescence == 0)).astype(np.uint8)
+    if not pad.any():
+        return np.zeros(len(origins), bool)
+    return cut_tiles(pad, origins, tile).reshape(len(origins), -1).any(axis=1)
+
+
+def cut_patches(fields: Iterable[PairedField], tiling: Tiling, norm: Normalisation, qc: EmptyFilter,
+                summarise: StainSummary = mean_fluorescence, counts: dict | None = None) -> PatchSet:
+    """Tile every field; keep the non-empty tiles that touch no padding, with their stain value
+    (`summarise`; default the mean fluorescence). `counts` (optional) receives the padded tiles dropped."""
     out: dict[str, list] = {k: [] for k in ("patches", "fluorescence", "sources", "wells", "plates")}
     kept_origins: list[np.ndarray] = []
     frames: list[np.ndarray] = []
@@ -56,10 +76,12 @@ def cut_patches(fields: Iterable[PairedField], tiling: Tiling, norm: Normalisati
         normed = normalise_frame(f.label_free, norm)
         origins = tile_origins(normed.shape, tiling)
         tiles = cut_tiles(normed, origins, tiling.tile_size)
-        keep = ~empty_mask(tiles, qc)
-        fluo = cut_tiles(f.fluorescence.astype(np.float32), origins[keep], tiling.tile_size)
+        padded = padded_tiles(f.label_free, f.fluorescence, origins, tiling.tile_size)
+        if counts is not None:
+            counts["padded"] = counts.get("padded", 0) + int(padded.sum())
+        keep = ~empty_mask(tiles, qc) & ~padded
         out["patches"].append(tiles[keep][:, None])
-        out["fluorescence"].append(fluo.reshape(len(fluo), tiling.tile_size ** 2).mean(axis=1))
+        out["fluorescence"].append(summarise(f.fluorescence, origins[keep], tiling.tile_size))
         n = int(keep.sum())
         out["sources"].append(np.full(n, f.source, dtype=object))
         out["wells"].append(np.full(n, f.well, dtype=object))

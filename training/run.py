@@ -30,6 +30,7 @@ from wellwatch.daemon.contract import CellCrop, ModelContract
 from .checkpoint import history_dict, save_checkpoint
 from .cells import SVM_DESCRIPTION, cell_size_svm_scores
 from .dataset import Dataset, load_dataset
+from .progress import Progress
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold, grouped_split
 from .train import History, TrainConfig, predict_proba, seed_defaults, train_classifier
@@ -237,9 +238,4 @@ def plot_history(h: History, path: Path, title: str) -> Path:
 
 
 def _log(progress: bool, msg: str) -> None:
-    if progress:
-        import sys
-
-        print(msg, file=sys.stderr, flush=True)
-    else:
-        log.info(msg)
+    Progress("train", progress).line(msg)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from wellwatch.daemon.segment_maps import PostProcess, ServeOptions, downsample_
 
 from .masks import MaskSet, load_mask_set
 from .seg_augment import RECIPES, AugmentConfig, TrainImage, sample_crop
+from .progress import Progress
 from .seg_metrics import aggregate_scores, match_scores
 from .seg_targets import class_map, distance_map, downsample_labels
 from .unet import DISTANCE_MAP, SegmentationMaps, UNet
@@ -175,10 +175,6 @@ def postprocess_grid() -> list[PostProcess]:
             for fg, st, s, a in grid]
 
 
-def _log(text: str, end: str = "\n") -> None:
-    print(text, end=end, file=sys.stderr, flush=True)
-
-
 def _freeze_batchnorm(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -187,7 +183,7 @@ def _freeze_batchnorm(model: nn.Module) -> None:
 
 def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig, progress: bool = True) -> dict:
     """Train, select the best weights on validation, tune the watershed; write RUN/best.pt + summary.json."""
-    log = _log if progress else (lambda *a, **k: None)
+    report = Progress("train segmentation", progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -224,7 +220,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         init_info["validation_before"] = summarise(start, list(cfg.val))
         if test_set is not None:
             init_info["test_before"] = summarise(score(model, test_set, contract, [before], options)[0], list(cfg.test))
-        log(f"[train segmentation] {cfg.init} before fine-tuning: validation F1@0.5 {start['iou'][0.5]['f1']:.3f} "
+        report.line(f"{cfg.init} before fine-tuning: validation F1@0.5 {start['iou'][0.5]['f1']:.3f} "
             f"F1@0.75 {start['iou'][0.75]['f1']:.3f}")
     loss_fn = SegLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -247,15 +243,14 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         sched.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 10 == 0:
-            log(f"\r[train segmentation] step {step}/{cfg.steps} loss {running:.4f} "
-                f"{(time.time() - t0) / step:.2f} s/step", end="")
+            report.update(f"step {step}/{cfg.steps} loss {running:.4f} {(time.time() - t0) / step:.2f} s/step")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             agg = score(model, val_set, contract, [before], options)[0]
             q = quality(agg)
             history.append({"step": step, "loss": running, "val_f1_50": agg["iou"][0.5]["f1"],
                             "val_f1_75": agg["iou"][0.75]["f1"], "seconds": time.time() - t0})
-            log(f"\n[train segmentation] step {step}: validation F1@0.5 {agg['iou'][0.5]['f1']:.3f} "
+            report.line(f"step {step}: validation F1@0.5 {agg['iou'][0.5]['f1']:.3f} "
                 f"F1@0.75 {agg['iou'][0.75]['f1']:.3f}" + (" (best so far)" if q > best else ""))
             if q > best:
                 best, best_state = q, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -264,18 +259,18 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     train_seconds = time.time() - t0
     model.load_state_dict(best_state)
     model.eval()
-    log("[train segmentation] choosing the watershed's parameters on the validation images")
+    report.line("choosing the watershed's parameters on the validation images")
     grid = postprocess_grid() + ([before] if cfg.init else [])
     results = score(model, val_set, contract, grid, options)
     i = int(np.argmax([quality(r) for r in results]))
     post, val = grid[i], results[i]
-    log(f"[train segmentation] best post-processing {asdict(post)}: validation F1@0.5 "
+    report.line(f"best post-processing {asdict(post)}: validation F1@0.5 "
         f"{val['iou'][0.5]['f1']:.3f} F1@0.75 {val['iou'][0.75]['f1']:.3f}")
     metrics = {"validation": summarise(val, list(cfg.val))}
     if test_set is not None:
         test = score(model, test_set, contract, [post], options)[0]
         metrics["test"] = summarise(test, list(cfg.test))
-        log(f"[train segmentation] held-out test images {list(cfg.test)}: F1@0.5 {test['iou'][0.5]['f1']:.3f} "
+        report.line(f"held-out test images {list(cfg.test)}: F1@0.5 {test['iou'][0.5]['f1']:.3f} "
             f"F1@0.75 {test['iou'][0.75]['f1']:.3f} AP@0.5 {test['iou'][0.5]['ap']:.3f}")
     if init_info:
         metrics["fine_tuning"] = {**init_info, "train_seconds": round(train_seconds, 1)}

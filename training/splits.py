@@ -1,8 +1,12 @@
-"""Splits grouped by source, so patches of one raw image never sit on both sides."""
+"""Splits grouped by source, so patches of one raw image never sit on both sides.
+
+k-fold is scikit-learn's GroupKFold; the train/validation/test split by fractions has no
+scikit-learn counterpart (GroupShuffleSplit cuts two ways), so it is the few lines below."""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.model_selection import GroupKFold
 
 
 def grouped_split(groups: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -18,14 +22,15 @@ def grouped_split(groups: np.ndarray, fractions: tuple[float, ...], seed: int) -
 
 
 def grouped_kfold(groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """k boolean test masks; every group is in exactly one (groups shuffled by seed, dealt round-robin
-    by size, largest first, so the folds hold similar numbers of patches)."""
-    unique, counts = np.unique(np.asarray(groups).astype(str), return_counts=True)
-    if k < 2 or k > len(unique):
-        raise ValueError(f"{k}-fold cross-validation needs 2..{len(unique)} folds ({len(unique)} groups)")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(unique))
-    order = order[np.argsort(-counts[order], kind="stable")]
-    fold_of = {unique[j]: i % k for i, j in enumerate(order)}
+    """k boolean test masks; every group is in exactly one (scikit-learn's GroupKFold, groups
+    shuffled by seed and dealt into k folds of as many groups each)."""
     g = np.asarray(groups).astype(str)
-    return [np.array([fold_of[x] == f for x in g]) for f in range(k)]
+    n_groups = len(np.unique(g))
+    if k < 2 or k > n_groups:
+        raise ValueError(f"{k}-fold cross-validation needs 2..{n_groups} folds ({n_groups} groups)")
+    folds = []
+    for _, test in GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(g, groups=g):
+        mask = np.zeros(len(g), bool)
+        mask[test] = True
+        folds.append(mask)
+    return folds

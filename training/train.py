@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from .models import build_model
+from .progress import Progress
 from .scores import roc_auc
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     steps = cfg.steps_per_epoch or max(1, len(xt) // cfg.batch_size)
     history, best_state, best_loss, stale = History(device=str(device)), None, float("inf"), 0
     t0 = time.perf_counter()
-    live_line = cfg.progress and sys.stderr.isatty()
+    report = Progress("train", cfg.progress)
     for epoch in range(cfg.epochs):
         te = time.perf_counter()
         model.train()
@@ -116,9 +116,9 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
-            if live_line and (step % 10 == 0 or step == steps - 1):
-                print(f"\r  epoch {epoch + 1}/{cfg.epochs} {_bar((step + 1) / steps)} {step + 1}/{steps} "
-                      f"loss {np.mean(losses):.4f}", end="", file=sys.stderr, flush=True)
+            if step % 10 == 0 or step == steps - 1:
+                report.update(f"epoch {epoch + 1}/{cfg.epochs} {_bar((step + 1) / steps)} {step + 1}/{steps} "
+                              f"loss {np.mean(losses):.4f}")
         val_loss, val_p = evaluate_loss(model, xv, yv, loss_fn, device)
         history.train_loss.append(float(np.mean(losses)))
         history.val_loss.append(val_loss)
@@ -129,16 +129,14 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
         line = (f"epoch {epoch + 1:>3}/{cfg.epochs} {_bar((epoch + 1) / cfg.epochs)} train loss {history.train_loss[-1]:.4f}"
                 f"  val loss {val_loss:.4f}  val auc {auc:.4f}  {history.epoch_seconds[-1]:.1f} s"
                 f" (total {time.perf_counter() - t0:.0f} s){'  *best' if improved else ''}")
-        if cfg.progress:
-            print(("\r" if live_line else "") + line, file=sys.stderr, flush=True)
-        log.debug(line)
+        report.line(line)
         if improved:
             best_loss, best_state, stale, history.best_epoch = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
         else:
             stale += 1
             if stale >= cfg.patience:
                 msg = f"early stop: no validation improvement for {cfg.patience} epochs (best epoch {history.best_epoch + 1})"
-                print(msg, file=sys.stderr) if cfg.progress else log.info(msg)
+                report.line(msg)
                 break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -85,6 +85,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layout(args: argparse.Namespace) -> int:
+    """Print the plate layout the daemon would read from a folder's vendor files (or an .nd2 file)."""
+    from pathlib import Path
+
+    from .daemon.layout import LayoutError, detect_layout
+    from .daemon.nd2_reader import nd2_contents, nd2_layout
+
+    target = Path(args.path)
+    if not target.exists():
+        raise LayoutError(target, "no such file or folder")
+    if target.suffix.lower() == ".nd2":
+        contents = nd2_contents(target)
+        layout = nd2_layout(contents, "A1") if contents is not None else None
+    else:
+        layout = detect_layout(target)
+    if layout is None:
+        print(f"{target}: no vendor layout file (.HTD, MeasurementData.mlf, experiment_descriptor.xml, "
+              "Index.idx.xml, OME-TIFF) found", file=sys.stderr)
+        return 1
+    print(json.dumps(layout.summary(), indent=2))
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import os
 
@@ -103,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import register as register_bench
     from .export.cli import register as register_export
     from .training.cli import register as register_training
+    from .dashboard.cli import register as register_dashboard
 
     parser = argparse.ArgumentParser(prog="wellwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -121,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-server-key", help="CurveZMQ: the daemon's public .key file")
     p.add_argument("--curve-client-key", help="CurveZMQ: this client's .key_secret file")
     p.set_defaults(func=cmd_subscribe)
+
+    p = sub.add_parser("layout", help="show the plate layout read from a folder's vendor files or an .nd2 file")
+    p.add_argument("path", help="the acquisition folder (or an .nd2 file)")
+    p.set_defaults(func=cmd_layout)
 
     p = sub.add_parser("keys", help="make a CurveZMQ key pair (NAME.key public, NAME.key_secret private)")
     p.add_argument("folder")
@@ -148,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     register_export(sub)
     register_training(sub)
+    register_dashboard(sub)
     return parser
 
 

@@ -1,0 +1,192 @@
+"""Commit: outcomes -> journal rows + stream messages, numbered by seq. No threads in here.
+
+`CommitBuilder` owns the seq counter, the per-well aggregates and the models' identities; its
+`build` turns a group of outcomes (scored frames, failed frames, status events, the plate layout)
+into the frame records and outbox messages one transaction writes. A multi-channel field is one
+scored frame: its first channel's file carries the counts, its other channel files are journaled
+beside it (state done, no counts). With a plate layout, `status/plate` announces each timepoint at
+which every expected well is complete, and the whole plate once all are. It reads the journal (duplicates, versions)
+through the connection it is given, so a test drives it with a real journal and no threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
+from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
+from .contract import ModelContract
+from .dose_publisher import DosePublisher, dose_message
+from .inference_stage import FrameWork
+from .jobs import FailedFrame, LayoutEvent, StatusEvent
+from .journal import FrameRecord, Journal, OutboxMessage
+from .stream import envelope, frame_topic, status_topic, well_topic
+
+log = logging.getLogger(__name__)
+
+
+def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContract | None = None) -> TileCounts:
+    """Tile calls; with segmentation also cells, their live/dead calls and (with a model) types."""
+    c = contract
+    dead_p = work.scores[:, c.positive_index] if len(work.scores) else np.zeros(0, np.float32)
+    counts = count_tiles(dead_p, work.n_empty, c.decision_threshold)
+    if work.cells is None:
+        return counts
+    p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
+    cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
+    types = None
+    if cell_type is not None:
+        t = cell_type
+        types = type_counts(work.type_scores if len(work.type_scores) else np.zeros((0, len(t.classes))),
+                            t.classes, t.positive_index, t.decision_threshold)
+    return dataclasses.replace(counts, cells=len(work.cells), cell_live=cell_live, cell_dead=cell_dead,
+                               cell_types=types)
+
+
+@dataclass
+class Built:
+    """What one group of outcomes becomes: one journal transaction, then these messages published."""
+    records: list[FrameRecord] = field(default_factory=list)
+    messages: list[OutboxMessage] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)  # processed / quarantined, per record
+    duplicates: list[str] = field(default_factory=list)  # rel paths already journaled with this content
+
+
+class CommitBuilder:
+    def __init__(self, contract: ModelContract, models: dict[str, str], aggregate: PlateAggregate, seq: int,
+                 cell_type: ModelContract | None = None, dose: DosePublisher | None = None):
+        self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
+        self.cell_type = cell_type
+        # (plate, timepoint) and plates already announced complete (after a restart: all that are)
+        self.announced: set = set()
+        for plate, _, timepoint in list(aggregate.wells):
+            if (p := aggregate.plate_progress(plate, timepoint)) is not None:
+                if p["timepoint_complete"]:
+                    self.announced.add((plate, timepoint))
+                if p["plate_complete"]:
+                    self.announced.add(plate)
+        self.dose = dose  # [plate] map: dose fits go out with the well message that completes a timepoint
+        if dose is not None:  # after a restart: the wells the fits stand on (fits already sent are journaled)
+            for state in aggregate.wells.values():
+                dose.observe({"plate": state.plate, "well": state.well, "timepoint": state.timepoint,
+                              **aggregate.summary(state)})
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def build(self, group: list, journal: Journal) -> Built:
+        """Number and describe a group of outcomes; `journal` answers what was committed before."""
+        built = Built()
+        latest: dict[str, int] = {}  # path -> version assigned in this group
+        seen: set[tuple[str, str]] = set()
+        for msg in group:
+            if isinstance(msg, StatusEvent):
+                built.messages.append(self.status_message(msg))
+                continue
+            if isinstance(msg, LayoutEvent):
+                if self.aggregate.layout is None:
+                    self.aggregate.layout = msg.layout
+                built.messages.append(self.status_message(
+                    StatusEvent("plate", {"event": "layout", **msg.layout.summary()})))
+                continue
+            job, sha = msg.job, msg.sha256
+            sha = sha or f"unread:{job.size}:{job.mtime_ns}"
+            if (job.rel, sha) in seen or journal.has(job.rel, sha):
+                built.duplicates.append(job.rel)
+                continue
+            seen.add((job.rel, sha))
+            version = latest[job.rel] = (latest.get(job.rel) or journal.latest_version(job.rel)) + 1
+            if isinstance(msg, FailedFrame):
+                record, new = self.quarantined(msg, sha, version)
+                built.outcomes.append("quarantined")
+            else:
+                record, new = self.scored(msg, version)
+                built.outcomes.append("processed")
+            built.records.append(record)
+            built.messages.extend(new)
+            if isinstance(msg, FrameWork):
+                for member, member_sha in msg.members:
+                    if (member.rel, member_sha) in seen or journal.has(member.rel, member_sha):
+                        built.duplicates.append(member.rel)
+                        continue
+                    seen.add((member.rel, member_sha))
+                    v = latest[member.rel] = (latest.get(member.rel) or journal.latest_version(member.rel)) + 1
+                    built.records.append(self.member_record(member, member_sha, v, record))
+        return built
+
+    def member_record(self, job, sha: str, version: int, scored: FrameRecord) -> FrameRecord:
+        """A channel file scored as part of another's field: journaled (done once), counted there."""
+        m = job.meta
+        return FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "done", f"channel of {scored.path}",
+                           m.plate, m.well, m.field, m.timepoint, m.z, m.channel, None, None, None,
+                           job.mtime_ns / 1e9, time.time(), scored.seq)
+
+    def plate_messages(self, plate: str, timepoint: int) -> list[OutboxMessage]:
+        """status/plate when this timepoint, or the whole plate, has just become complete."""
+        progress = self.aggregate.plate_progress(plate, timepoint)
+        out = []
+        if progress is None:
+            return out
+        if progress["timepoint_complete"] and (plate, timepoint) not in self.announced:
+            self.announced.add((plate, timepoint))
+            out.append(self.status_message(StatusEvent("plate", {"event": "timepoint_complete", **progress})))
+        if progress["plate_complete"] and plate not in self.announced:
+            self.announced.add(plate)
+            log.info("plate %s complete: every expected well at every timepoint", plate)
+            out.append(self.status_message(StatusEvent("plate", {"event": "complete", **progress})))
+        return out
+
+    def status_message(self, event: StatusEvent) -> OutboxMessage:
+        seq = self.next_seq()
+        return OutboxMessage(seq, status_topic(event.kind),
+                             envelope(seq, "status", self.models, kind=event.kind, **event.body))
+
+    def quarantined(self, failed: FailedFrame, sha: str, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
+        job, meta = failed.job, failed.job.meta
+        log.error("quarantined %s: %s", job.rel, failed.reason)
+        seq = self.next_seq()
+        message = OutboxMessage(seq, status_topic("quarantine"), envelope(
+            seq, "status", self.models, meta.plate, meta.well, meta.timepoint,
+            kind="quarantine", path=job.rel, reason=failed.reason, attempts=job.attempt + 1))
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, sha, version, "quarantined", failed.reason,
+                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
+                             None, None, None, job.mtime_ns / 1e9, time.time(), message.seq)
+        return record, [message]
+
+    def scored(self, work: FrameWork, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
+        job, meta = work.job, work.job.meta
+        counts = frame_counts(work, self.contract, self.cell_type)
+        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z)
+        seq = self.next_seq()
+        frame_msg = OutboxMessage(seq, frame_topic(meta.plate, meta.well), envelope(
+            seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,
+            path=job.rel, version=version, field=meta.field, z=meta.z, channel=meta.channel,
+            counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
+            live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
+            t_file=job.mtime_ns / 1e9, channels=list(work.channels) or [meta.channel],
+            pixel_size_um=work.pixel_size_um))
+        seq = self.next_seq()
+        well_msg = OutboxMessage(seq, well_topic(meta.plate, meta.well), envelope(
+            seq, "well", self.models, meta.plate, meta.well, meta.timepoint, **self.aggregate.summary(state)))
+        record = FrameRecord(job.rel, job.size, job.mtime_ns, work.sha256, version, "done", None,
+                             meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
+                             counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
+                             counts.cells, counts.cell_live, counts.cell_dead,
+                             json.dumps(counts.cell_types) if counts.cell_types is not None else None)
+        return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint),
+                        *self.dose_messages(well_msg.payload)]
+
+    def dose_messages(self, well_payload: dict) -> list[OutboxMessage]:
+        """`dose/<plate>/<compound>` for each fit this well message makes due (none without a map)."""
+        out = []
+        for timepoint, body in (self.dose.observe(well_payload) if self.dose is not None else []):
+            seq = self.next_seq()
+            out.append(OutboxMessage(seq, *dose_message(seq, self.models, well_payload["plate"], timepoint, body)))
+        return out

@@ -1,0 +1,242 @@
+"""The gate stage: discovery in, complete files out to the readers (one thread, "gate").
+
+It owns the watcher (`Discovery`: observer + scans), the completeness gate, the names it has
+ignored and the retry schedule. `.nd2` files skip the gate: each poll hands out the frames that
+became readable in them (nd2_reader.Nd2Tracker), and the first one supplies the plate layout when
+no vendor file did. Fields still short of a model channel are reported from here (ChannelJoin). Per poll: take what discovery offered, let the gate decide what is
+complete, journal those as on their way (`inflight`), hand them out, and hand out retries that
+are due. A periodic reconcile scan finds what events missed and notices the root going and coming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Callable
+
+from .channel_join import ChannelJoin
+from .config import Config
+from .errors import FrameReadError, NamingError
+from .gate import CompletenessGate, ReadyFile
+from .jobs import FrameJob, LayoutEvent, StatusEvent
+from .journal import Journal
+from .ledger import FrameLedger
+from .metrics import DaemonMetrics
+from .naming import FrameMeta, NamingScheme
+from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
+from .watcher import Discovery
+
+log = logging.getLogger(__name__)
+
+
+class RetrySchedule:
+    """Frames to try again later (thread-safe: readers add, the gate takes the due ones)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._due: list[tuple[float, FrameJob]] = []
+
+    def add(self, at: float, job: FrameJob) -> None:
+        with self._lock:
+            self._due.append((at, job))
+
+    def take_due(self, now: float) -> list[FrameJob]:
+        with self._lock:
+            due = [j for t, j in self._due if t <= now]
+            self._due = [(t, j) for t, j in self._due if t > now]
+        return due
+
+
+class GateStage:
+    def __init__(self, config: Config, root: str, naming: NamingScheme, ledger: FrameLedger,
+                 metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
+                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent], None],
+                 nd2: Nd2Tracker | None = None, join: ChannelJoin | None = None, needs_layout: bool = False):
+        self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
+        self.journal_path, self.stop_event = journal_path, stop_event
+        self.submit, self.status = submit, status
+        self.nd2 = nd2 or Nd2Tracker(plate_format=config.plate.format)
+        self.join = join
+        self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
+        self._nd2_files: set[str] = set()  # .nd2 paths still growing or not yet fully handed out
+        self._nd2_seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at its last look
+        self.retries = RetrySchedule()
+        self.discovered: queue.Queue = queue.Queue()
+        self._ignored: set[str] = set()
+        self._inflight_marks: list[tuple[str, int, int, str]] = []
+        self._root_was_available = True
+        self.discovery = Discovery(root, self._on_path, config.watch.observer, config.watch.recursive,
+                                   config.watch.extensions)
+
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+    def _on_path(self, path: str, renamed: bool) -> None:
+        self.discovered.put((path, renamed))
+
+    def accept_name(self, path: str) -> FrameMeta | None:
+        """Parse the name; a non-matching or other-channel file is counted and logged once."""
+        if path in self._ignored:
+            return None
+        try:  # the path below the root: folder-aware presets (imagexpress) read TimePoint_N/ZStep_M
+            meta = self.naming.parse(self.rel(path))
+        except NamingError as e:
+            self._ignored.add(path)
+            self.metrics.frames.labels("unmatched_name").inc()
+            log.warning("ignoring %s: %s", self.rel(path), e.reason)
+            return None
+        # a name without a channel holds the one channel (NIS-Elements without the c dimension),
+        # or with a multi-channel model all of them, in its pages
+        label_free = self.config.channels.label_free
+        if meta.channel and meta.channel not in label_free:
+            self._ignored.add(path)
+            self.metrics.frames.labels("other_channel").inc()
+            return None
+        return meta
+
+    # --- the thread --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        journal = Journal(self.journal_path)  # this thread's connection: records files seen and read
+        try:
+            self._polls(journal)
+        finally:
+            journal.close()
+
+    def _polls(self, journal: Journal) -> None:
+        cfg = self.config.watch
+        gate = CompletenessGate(cfg.settle_polls)
+        interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
+        next_reconcile = time.monotonic() + cfg.reconcile_s
+        while not self.stop_event.is_set():
+            t0 = time.monotonic()
+            self._drain_discovered(gate)
+            if t0 >= next_reconcile:
+                self._reconcile()
+                self._drain_discovered(gate)
+                next_reconcile = t0 + cfg.reconcile_s
+            ready = gate.poll()
+            self._inflight_marks += [(self.rel(r.path), r.size, r.mtime_ns, "read") for r in ready]
+            if self._inflight_marks:  # one transaction per poll, and before readers can finish them
+                journal.mark_inflight(self._inflight_marks)
+                self._inflight_marks = []
+            for r in ready:
+                self._dispatch(r)
+            self._offer_nd2_frames(journal)
+            self._report_missing_channels()
+            self._dispatch_due_retries(t0)
+            self.metrics.queue_depth.labels("gate").set(len(gate))
+            self._wait_for_discovery(t0 + interval)
+
+    def _wait_for_discovery(self, until: float) -> None:
+        """Sleep until the next poll, but wake at once for a new file: renamed files need no settling."""
+        try:
+            path, renamed = self.discovered.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            return
+        self.discovered.put((path, renamed))  # handled by the next drain, in order with the rest
+
+    def _drain_discovered(self, gate: CompletenessGate) -> None:
+        while True:
+            try:
+                path, renamed = self.discovered.get_nowait()
+            except queue.Empty:
+                return
+            if path.lower().endswith(".nd2"):
+                self._nd2_files.add(path)  # polled for readable frames; no naming, no gate
+                continue
+            if self.accept_name(path) is None:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            identity = (self.rel(path), st.st_size, st.st_mtime_ns)
+            if self.ledger.needs_look(identity):
+                if path not in gate.candidates:
+                    self._inflight_marks.append((*identity, "seen"))
+                gate.offer(path, renamed)
+
+    def _reconcile(self) -> None:
+        available = self.discovery.root_available()
+        self.metrics.watch_root_up.set(1 if available else 0)
+        if available != self._root_was_available:
+            self._root_was_available = available
+            event = "root_available" if available else "root_unavailable"
+            log.warning("watch.root %s is %s", self.root, "back" if available else
+                        "gone (share dropped?); results so far are kept, watching for its return")
+            self.status(StatusEvent("watch", {"event": event, "root": self.root}))
+            if available:
+                self.discovery.restart_observer()  # the old watch died with the folder
+        if available:
+            self.discovery.scan()
+
+    def _dispatch(self, ready: ReadyFile) -> None:
+        meta = self.accept_name(ready.path)
+        if meta is None:
+            return
+        job = FrameJob(ready.path, self.rel(ready.path), meta, ready.size, ready.mtime_ns)
+        if self.ledger.claim(job.rel):
+            self.submit(job)
+
+    def _dispatch_due_retries(self, now: float) -> None:
+        for job in self.retries.take_due(now):
+            try:
+                st = os.stat(job.path)
+            except OSError:
+                st = None
+            if st is not None and job.nd2_index is None:
+                job = dataclasses.replace(job, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            self.submit(job)
+
+    # --- .nd2 files and multi-channel fields -------------------------------------------------
+
+    def _offer_nd2_frames(self, journal: Journal) -> None:
+        """Hand out each .nd2 frame that became readable (complete on disk) since the last poll."""
+        for path in sorted(self._nd2_files):
+            rel = self.rel(path)
+            try:
+                st = os.stat(path)
+                if self._nd2_seen.get(path) == (st.st_size, st.st_mtime_ns):
+                    continue  # unchanged since the last look: nothing new can be readable
+                self._nd2_seen[path] = (st.st_size, st.st_mtime_ns)
+                frames = self.nd2.offer(path, rel)
+            except (FrameReadError, OSError) as e:
+                log.warning("ignoring %s: %s", rel, getattr(e, "reason", e))
+                self._nd2_files.discard(path)
+                continue
+            contents = self.nd2.contents.get(path)
+            if contents is not None and self.needs_layout:
+                self.needs_layout = False
+                self.status(LayoutEvent(nd2_layout(contents, self.naming.default_well)))
+            marks, jobs = [], []
+            for f in frames:
+                meta = FrameMeta(self.naming.default_plate, f.well or self.naming.default_well, f.field,
+                                 f.timepoint, f.z, self.config.channels.label_free[0])
+                job = FrameJob(path, frame_key(rel, f.index), meta, 0, st.st_mtime_ns, nd2_index=f.index)
+                marks.append((job.rel, 0, st.st_mtime_ns, "read"))
+                jobs.append(job)
+            if marks:  # as for files: the frame_status view shows them on their way
+                journal.mark_inflight(marks)
+            for job in jobs:
+                if self.ledger.claim(job.rel):
+                    self.submit(job)
+            if self.nd2.finished(path):
+                self._nd2_files.discard(path)  # closed and all handed out; a later write re-adds it
+
+    def _report_missing_channels(self) -> None:
+        if self.join is None:
+            return
+        for m in self.join.overdue():
+            plate, well, timepoint, field_index, z = m.key
+            self.metrics.frames.labels("channel_missing").inc()
+            log.warning("%s %s timepoint %d field %d z %d: channel(s) %s missing %.0f s after %s arrived; "
+                        "the field is scored if they arrive", plate, well, timepoint, field_index, z,
+                        list(m.missing), m.waited_s, list(m.present))
+            self.status(StatusEvent("channel_missing", {
+                "plate": plate, "well": well, "timepoint": timepoint, "field": field_index, "z": z,
+                "present": list(m.present), "missing": list(m.missing), "waited_s": round(m.waited_s, 3)}))

@@ -1,0 +1,112 @@
+"""The plate layout as the microscope's own software describes it.
+
+Vendor software writes what it will acquire (or has acquired) into a metadata file beside the
+images: ImageXpress `.HTD`, Yokogawa CV8000 `MeasurementData.mlf`, scanR
+`experiment_descriptor.xml`, Operetta/Phenix `Index.idx.xml`, OME-XML in an OME-TIFF, the ND2
+file's own metadata. Each reader (layout_<vendor>.py) turns its file into one PlateLayout, so the
+daemon knows which wells, fields, channels and timepoints to expect instead of guessing, and the
+pixel size the segmentation's rescaling needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import WellwatchError
+
+log = logging.getLogger(__name__)
+
+
+class LayoutError(WellwatchError, ValueError):
+    """A vendor layout file exists but cannot be read; the message names the file and what is wrong."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"plate layout {path}: {reason}")
+
+
+@dataclass(frozen=True)
+class PlateLayout:
+    """Expected acquisition: wells, their fields, channels, timepoints and z planes.
+
+    `fields` maps each expected well to its field indices (as the file names number them);
+    `channels` are channel ids as they appear in the file names (e.g. "1" for ImageXpress w1),
+    `channel_names` what the software calls them ("DAPI"). `pixel_size_um` is the image pixel
+    size in micrometres (None when the file does not say): the segmentation rescales with it.
+    """
+
+    vendor: str
+    source: str
+    rows: int
+    cols: int
+    fields: dict[str, tuple[int, ...]]
+    channels: tuple[str, ...]
+    timepoints: tuple[int, ...]
+    z_planes: tuple[int, ...] = (0,)
+    channel_names: dict[str, str] = field(default_factory=dict)
+    pixel_size_um: float | None = None
+
+    @property
+    def wells(self) -> tuple[str, ...]:
+        return tuple(self.fields)
+
+    def fields_expected(self, well: str) -> int:
+        """Images of one channel expected per well and timepoint: fields x z planes (0 = not in the layout)."""
+        return len(self.fields.get(well, ())) * len(self.z_planes)
+
+    def summary(self) -> dict:
+        """What the daemon announces at start (status/plate) and logs."""
+        return {"vendor": self.vendor, "source": self.source, "plate_format": self.rows * self.cols,
+                "wells": list(self.wells), "fields": {w: len(f) for w, f in self.fields.items()},
+                "channels": list(self.channels), "channel_names": self.channel_names,
+                "timepoints": list(self.timepoints), "z_planes": len(self.z_planes),
+                "pixel_size_um": self.pixel_size_um}
+
+
+def _readers() -> list[tuple[str, Callable[[Path], PlateLayout]]]:
+    # imported here: each reader imports this module for PlateLayout
+    from .layout_cv8000 import read_mlf
+    from .layout_imagexpress import read_htd
+    from .layout_ome import read_ome
+    from .layout_operetta import read_index_xml
+    from .layout_scanr import read_experiment_descriptor
+    return [("MeasurementData.mlf", read_mlf), ("Index.idx.xml", read_index_xml), ("Index.xml", read_index_xml),
+            ("experiment_descriptor.xml", read_experiment_descriptor), ("*.HTD", read_htd),
+            ("*.companion.ome", read_ome), ("*.ome.tif", read_ome), ("*.ome.tiff", read_ome)]
+
+
+def find_layout_file(root: str | Path, max_depth: int = 3) -> tuple[Path, Callable[[Path], PlateLayout]] | None:
+    """The vendor layout file nearest the top of `root` (or in its parent: scanR's data/ folder)."""
+    root = Path(root)
+    readers = _readers()
+    for folder in (root, root.parent):
+        for depth in range(max_depth + 1):
+            for pattern, reader in readers:
+                glob = "/".join(["*"] * (depth + 1))  # vendors differ in case (.HTD, .htd): match by hand
+                hits = sorted(p for p in folder.glob(glob) if _case_match(p.name, pattern) and p.is_file())
+                if hits:
+                    return hits[0], reader
+        if folder.name != "data":  # scanR keeps its descriptor beside data/, not above anything else
+            break
+    return None
+
+
+def _case_match(name: str, pattern: str) -> bool:
+    return name.upper().endswith(pattern.lstrip("*").upper())
+
+
+def detect_layout(root: str | Path) -> PlateLayout | None:
+    """Read the vendor layout under `root`; None when there is none. A broken file raises LayoutError."""
+    found = find_layout_file(root)
+    if found is None:
+        return None
+    path, reader = found
+    layout = reader(path)
+    log.info("plate layout from %s: %d wells, fields %s, channels %s, %d timepoints, %d z planes, pixel %s um",
+             os.path.relpath(path, root), len(layout.wells), sorted({len(f) for f in layout.fields.values()}),
+             list(layout.channels), len(layout.timepoints), len(layout.z_planes), layout.pixel_size_um)
+    return layout

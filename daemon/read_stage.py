@@ -1,0 +1,175 @@
+"""The read workers (thread pool "prepare"): file -> bytes -> content hash -> image -> model inputs.
+
+A thin shell around the pure steps (`reader.decode_frame`, `prepare.prepare_frame`). It owns the
+worker pool and the back-pressure semaphore (at most `pipeline.queue_size` frames in flight), and
+decides what a failure means: a damaged file is retried later, then quarantined.
+
+What a frame's model channels come from: one file (one-channel model); a field's channel files,
+joined by `ChannelJoin` (a file waits there until the field's other channels arrive; the first
+channel's job then carries the others as `members`); one TIFF with all channels in its pages (a
+name without a channel, multi-channel model); or one .nd2 frame (channels picked by name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from .channel_join import ChannelJoin
+from .config import Config
+from .contract import CellCrop, ModelContract
+from .errors import FrameReadError
+from .gate_stage import RetrySchedule
+from .inference_stage import FrameWork
+from .jobs import FailedFrame, FrameJob
+from .ledger import FrameLedger
+from .metrics import DaemonMetrics
+from .multichannel_tiff import decode_channels, pick_channels
+from .nd2_reader import Nd2Tracker, read_nd2_frame, select_channels
+from .prepare import prepare_frame
+from .reader import decode_frame
+from .segment import ModelSegmenter, SegmentationPool
+
+log = logging.getLogger(__name__)
+
+
+class ReadStage:
+    def __init__(self, config: Config, contract: ModelContract, ledger: FrameLedger, metrics: DaemonMetrics,
+                 retries: RetrySchedule, prepared: queue.Queue, failed: Callable[[FailedFrame], None],
+                 stop_event: threading.Event, is_fatal: Callable[[], bool], on_bug: Callable[[BaseException], None],
+                 seg_model: ModelSegmenter | None = None, seg_pool: SegmentationPool | None = None,
+                 crop: CellCrop | None = None, join: ChannelJoin | None = None, nd2: Nd2Tracker | None = None,
+                 pixel_size: Callable[[FrameJob], float | None] = lambda job: None):
+        self.config, self.contract, self.ledger, self.metrics = config, contract, ledger, metrics
+        self.retries, self.prepared, self.failed = retries, prepared, failed
+        self.stop_event, self.is_fatal, self.on_bug = stop_event, is_fatal, on_bug
+        self.seg_model, self.seg_pool, self.crop = seg_model, seg_pool, crop
+        self.join, self.nd2, self.pixel_size = join, nd2, pixel_size
+        self.channels = tuple(config.channels.label_free)  # the file channels, in the model's order
+        self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
+        self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
+
+    def submit(self, job: FrameJob) -> None:
+        """Hand a job to a worker; blocks while queue_size frames are in flight (back-pressure)."""
+        while not self._in_flight.acquire(timeout=0.1):
+            if self.stop_event.is_set():
+                return
+        self.pool.submit(self._guarded, job)
+
+    def shutdown(self, wait: bool) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    def _guarded(self, job: FrameJob) -> None:
+        try:
+            self.run(job)
+        except BaseException as e:
+            log.exception("prepare failed on %s; stopping", job.rel)
+            self.on_bug(e)
+        finally:
+            self._in_flight.release()
+
+    def run(self, job: FrameJob) -> None:
+        t0 = time.perf_counter()
+        loaded = self._load_nd2(job) if job.nd2_index is not None else self._load_file(job)
+        if loaded is None:
+            return  # failed, a duplicate, gone, or a channel waiting for the rest of its field
+        job, sha, images, members = loaded
+        t1 = time.perf_counter()
+        pixel_size_um = self.pixel_size(job)
+        try:
+            prepared = prepare_frame(images, self.contract, segmentation=self.config.segmentation.method,
+                                     classical=self.config.segmentation.classical, seg_model=self.seg_model,
+                                     crop=self.crop, run_classical=self._classical_in_pool,
+                                     pixel_size_um=pixel_size_um)
+        except Exception as e:  # a frame the model cannot take must not stop the daemon
+            log.exception("cannot prepare %s", job.rel)
+            reason = f"cannot be prepared for the model ({type(e).__name__}: {e})"
+            self.fail(job, sha, FrameReadError(job.path, reason, retryable=False))
+            for member, member_sha in members:  # the field's other channel files share its fate
+                self.failed(FailedFrame(member, member_sha, f"channel of {job.rel}, which {reason}"))
+            return
+        t2 = time.perf_counter()
+        self.metrics.stage_seconds.labels("read").observe(t1 - t0)
+        self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
+        if prepared.segment_s is not None:
+            self.metrics.stage_seconds.labels("segment").observe(prepared.segment_s)
+        work = FrameWork.of(job, sha, prepared, time.monotonic(), members=members, channels=self.channels,
+                            pixel_size_um=pixel_size_um)
+        while not self.is_fatal():  # bounded queue: back-pressure, unless the inference stage died
+            try:
+                self.prepared.put(work, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _load_file(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
+        try:
+            with open(job.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            self.ledger.release(job.rel)
+            return None  # removed or renamed away before we got to it; a new name is a new candidate
+        except OSError as e:
+            self.fail(job, "", FrameReadError(job.path, f"cannot read ({e.strerror})"))
+            return None
+        sha = hashlib.sha256(data).hexdigest()  # the bytes are in memory for decoding anyway
+        if self._duplicate(job, sha):
+            return None
+        try:
+            if self.join is not None and not job.meta.channel:  # one file holds the field's channels
+                return job, sha, pick_channels(job.path, decode_channels(job.path, data), self.channels), ()
+            image = decode_frame(job.path, data)
+        except FrameReadError as e:
+            self.fail(job, sha, e)
+            return None
+        if self.join is None:
+            return job, sha, [image], ()
+        m = job.meta
+        parts = self.join.add((m.plate, m.well, m.timepoint, m.field, m.z), m.channel, (job, sha, image))
+        if parts is None:
+            return None  # stays claimed in the ledger until its field completes
+        (first, first_sha, _), rest = parts[0], parts[1:]
+        return first, first_sha, [image for _, _, image in parts], tuple((j, s) for j, s, _ in rest)
+
+    def _load_nd2(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
+        try:
+            frame = read_nd2_frame(job.path, job.nd2_index)
+            contents = self.nd2.contents.get(job.path) if self.nd2 is not None else None
+            names = contents.channels if contents is not None else tuple(str(i) for i in range(len(frame)))
+            images = select_channels(frame, names, self.channels, job.path)
+        except FrameReadError as e:
+            self.fail(job, "", e)
+            return None
+        sha = hashlib.sha256(b"".join(np.ascontiguousarray(i).tobytes() for i in images)).hexdigest()
+        if self._duplicate(job, sha):
+            return None
+        return dataclasses.replace(job, size=sum(i.nbytes for i in images)), sha, images, ()
+
+    def _duplicate(self, job: FrameJob, sha: str) -> bool:
+        if self.ledger.has_content(job.rel, sha):  # touched but unchanged: the same frame, already counted
+            self.metrics.frames.labels("duplicate").inc()
+            self.ledger.release(job.rel)
+            return True
+        return False
+
+    def _classical_in_pool(self, image: np.ndarray, params, crop):
+        return self.seg_pool.classical(image, params, crop).result()
+
+    def fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
+        """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame."""
+        cfg = self.config.pipeline
+        if error.retryable and job.attempt < cfg.max_retries:
+            self.metrics.frames.labels("retried").inc()
+            log.info("retrying %s later (attempt %d): %s", job.rel, job.attempt + 1, error.reason)
+            retry = dataclasses.replace(job, attempt=job.attempt + 1)
+            self.retries.add(time.monotonic() + cfg.retry_delay_s, retry)
+            return
+        self.failed(FailedFrame(job, sha, error.reason))

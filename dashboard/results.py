@@ -1,0 +1,133 @@
+"""`wellwatch results`: the journal as tidy tables, one row per frame and one per well-timepoint,
+joined to a plate map. CSV with the standard library; Parquet with pyarrow (the `results` extra).
+
+The frame table has one row per row of the journal's `frames` table (every version of a file
+re-written with new content; `latest` marks the one that counts). The well table sums the latest
+done frames per (plate, well, timepoint), as the daemon's well messages do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from wellwatch.daemon.plate_map import PlateMap
+
+from .journal_view import FRAME_COLUMNS, open_readonly, well_summaries
+
+MAP_COLUMNS = ("compound", "concentration", "unit", "role")
+FRAME_TABLE = ("plate", "well", "timepoint", "field", "z", "channel", "state", "reason", "live", "dead", "empty",
+               "live_fraction", "cells", "cell_live", "cell_dead", "cell_live_fraction", "cell_types",
+               "model_names", "model_sha256", "file", "version", "latest", "sha256", "t_file", "t_done", "seq",
+               *MAP_COLUMNS)
+WELL_TABLE = ("plate", "well", "timepoint", "fields", "live", "dead", "empty", "live_fraction", "cells",
+              "cell_live", "cell_dead", "cell_live_fraction", "cell_types", "model_names", "model_sha256",
+              *MAP_COLUMNS)
+
+
+def _fraction(a, b):
+    return a / (a + b) if a is not None and b is not None and a + b else None
+
+
+def _models(models: dict | None) -> tuple[str | None, str | None]:
+    if not models:
+        return None, None
+    names = sorted(models)
+    return ";".join(names), ";".join(models[n] for n in names)
+
+
+def _map_columns(plate_map: PlateMap | None, well: str | None) -> dict:
+    content = plate_map.wells.get(well) if plate_map and well else None
+    return {c: getattr(content, c) if content else None for c in MAP_COLUMNS}
+
+
+def frame_rows(journal: Path, plate_map: PlateMap | None = None) -> list[dict]:
+    db = open_readonly(journal)
+    try:
+        rows = db.execute(f"SELECT {', '.join('f.' + c for c in FRAME_COLUMNS)}, o.payload, "
+                          "f.version = (SELECT MAX(g.version) FROM frames g WHERE g.path = f.path) "
+                          "FROM frames f LEFT JOIN outbox o ON o.seq = f.seq ORDER BY f.id").fetchall()
+    finally:
+        db.close()
+    out = []
+    for row in rows:
+        f = dict(zip(FRAME_COLUMNS, row))
+        payload = json.loads(row[-2]) if row[-2] else {}
+        names, shas = _models(payload.get("models"))
+        types = json.loads(f["cell_types"]) if f["cell_types"] else None
+        out.append({
+            **{k: f[k] for k in ("plate", "well", "timepoint", "field", "z", "channel", "state", "reason",
+                                 "live", "dead", "empty", "cells", "cell_live", "cell_dead")},
+            "live_fraction": _fraction(f["live"], f["dead"]),
+            "cell_live_fraction": _fraction(f["cell_live"], f["cell_dead"]),
+            "cell_types": json.dumps(types, sort_keys=True) if types else None,
+            "model_names": names, "model_sha256": shas, "file": f["path"], "version": f["version"],
+            "latest": bool(row[-1]), "sha256": f["sha256"], "t_file": f["t_file"], "t_done": f["t_done"],
+            "seq": f["seq"], **_map_columns(plate_map, f["well"])})
+    return out
+
+
+def well_rows(frames: list[dict], plate_map: PlateMap | None = None) -> list[dict]:
+    latest = [dict(f, path=f["file"], cell_types=json.loads(f["cell_types"]) if f["cell_types"] else None)
+              for f in frames if f["latest"]]
+    models: dict[tuple, tuple] = {}
+    for f in latest:
+        if f["model_names"]:
+            models[(f["plate"], f["well"], f["timepoint"])] = (f["model_names"], f["model_sha256"])
+    out = []
+    for w in well_summaries(latest):
+        key = (w["plate"], w["well"], w["timepoint"])
+        calls = w["cell_counts"] or {}
+        names, shas = models.get(key, (None, None))
+        out.append({"plate": w["plate"], "well": w["well"], "timepoint": w["timepoint"], "fields": w["frames"],
+                    **w["counts"], "live_fraction": w["live_fraction"], "cells": w["cells"],
+                    "cell_live": calls.get("live"), "cell_dead": calls.get("dead"),
+                    "cell_live_fraction": w["cell_live_fraction"],
+                    "cell_types": json.dumps(w["cell_types"], sort_keys=True) if w["cell_types"] else None,
+                    "model_names": names, "model_sha256": shas, **_map_columns(plate_map, w["well"])})
+    return out
+
+
+def wells_path_for(out: Path) -> Path:
+    """results.csv -> results.wells.csv (beside it)."""
+    return out.with_name(f"{out.stem}.wells{out.suffix}")
+
+
+def write_table(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
+    if path.suffix == ".csv":
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit(f"wellwatch results: {path}: Parquet needs pyarrow "
+                             "(pip install 'wellwatch[results]'), or write .csv") from None
+        pq.write_table(pa.Table.from_pylist(rows, schema=_arrow_schema(pa, columns, rows)), path)
+    else:
+        raise SystemExit(f"wellwatch results: --out {path}: expected a .csv or .parquet file name")
+
+
+def _arrow_schema(pa, columns, rows):
+    """Explicit types, so an all-null column (no segmentation) still gets a useful one."""
+    ints = {"timepoint", "field", "z", "live", "dead", "empty", "cells", "cell_live", "cell_dead", "version",
+            "seq", "fields"}
+    floats = {"live_fraction", "cell_live_fraction", "t_file", "t_done", "concentration"}
+    kind = {c: pa.int64() if c in ints else pa.float64() if c in floats else pa.bool_() if c == "latest"
+            else pa.string() for c in columns}
+    return pa.schema([(c, kind[c]) for c in columns])
+
+
+def write_results(journal: Path, out: Path, plate_map: PlateMap | None = None) -> tuple[Path, Path, int, int]:
+    if out.suffix not in (".csv", ".parquet"):
+        raise SystemExit(f"wellwatch results: --out {out}: expected a .csv or .parquet file name")
+    frames = frame_rows(journal, plate_map)
+    wells = well_rows(frames, plate_map)
+    wells_out = wells_path_for(out)
+    write_table(frames, FRAME_TABLE, out)
+    write_table(wells, WELL_TABLE, wells_out)
+    return out, wells_out, len(frames), len(wells)

@@ -1,0 +1,101 @@
+"""The pipeline's parts without its threads: prepare_frame, the commit builder, the ledger, recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wellwatch.daemon.aggregate import PlateAggregate
+from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.daemon.commit import CommitBuilder
+from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.jobs import FailedFrame, FrameJob, StatusEvent
+from wellwatch.daemon.journal import Journal
+from wellwatch.daemon.ledger import FrameLedger
+from wellwatch.daemon.naming import FrameMeta
+from wellwatch.daemon.prepare import prepare_frame
+from wellwatch.daemon.preprocess import prepare_tiles
+from wellwatch.daemon.recovery import recover
+from wellwatch.daemon.segment_classical import ClassicalParams, segment_classical
+from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.simulator.plate import iter_fields
+from wellwatch.simulator.spec import SimulationSpec
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return OnnxBackend(bundled_demo_model(), device="cpu", warmup=False).contract
+
+
+@pytest.fixture(scope="module")
+def frame():
+    field = next(iter(iter_fields(SimulationSpec(plate_name="p", wells=("A1",), fields=1, timepoints=1, seed=3))))
+    return field.images["BF"]
+
+
+def test_prepare_frame_is_the_tiles_and_cells_in_one_call(contract, frame):
+    plain = prepare_frame(frame, contract)
+    patches, origins, empty = prepare_tiles([frame], contract)
+    assert np.array_equal(plain.patches, patches) and np.array_equal(plain.tile_origins, origins[~empty])
+    assert plain.n_empty == int(empty.sum()) and plain.cells is None and plain.seg_input is None
+    params = ClassicalParams(texture_window=5, threshold_factor=0.6, smooth_sigma=1.0, closing_radius=0,
+                             min_distance=6, min_area=60, downsample=1, dist_sigma=1.0)  # simulated BF cells
+    seg = prepare_frame(frame, contract, segmentation="classical", classical=params)
+    assert len(seg.cells) == segment_classical(frame, params).max() > 0 and seg.segment_s >= 0
+    with pytest.raises(ValueError, match="seg_model"):
+        prepare_frame(frame, contract, segmentation="model")
+    with pytest.raises(ValueError, match="allowed: none, classical, model"):
+        prepare_frame(frame, contract, segmentation="watershed")
+
+
+def _job(rel: str, field: int = 1, sha_size: int = 10) -> FrameJob:
+    return FrameJob(f"/acq/{rel}", rel, FrameMeta("p", "A1", field, 0, 0, "BF"), sha_size, 123)
+
+
+def _scored(job: FrameJob, contract, sha: str, dead: int, live: int) -> FrameWork:
+    scores = np.zeros((dead + live, len(contract.classes)), np.float32)
+    scores[:dead, contract.positive_index] = 1.0
+    scores[dead:, 1 - contract.positive_index] = 1.0
+    work = FrameWork(job, sha, (64, 64), None, np.zeros((dead + live, 2), np.int64), 2, 0.0)
+    work.scores = scores
+    return work
+
+
+def test_commit_builder_numbers_messages_and_versions_without_threads(tmp_path, contract):
+    journal = Journal(tmp_path / "j.sqlite")
+    builder = CommitBuilder(contract, {"demo": "abc"}, PlateAggregate(2), seq=41)
+    a, b = _job("a.tif", 1), _job("b.tif", 2)
+    group = [StatusEvent("daemon", {"event": "started"}), _scored(a, contract, "s1", dead=1, live=3),
+             FailedFrame(b, "s2", "damaged"), _scored(a, contract, "s1", dead=1, live=3)]
+    built = builder.build(group, journal)
+    assert [m.seq for m in built.messages] == [42, 43, 44, 45]  # status, frame + well, quarantine
+    assert [m.payload["seq"] for m in built.messages] == [42, 43, 44, 45]
+    assert [m.topic for m in built.messages] == ["status/daemon", "frame/p/A1", "well/p/A1", "status/quarantine"]
+    assert built.outcomes == ["processed", "quarantined"] and built.duplicates == ["a.tif"]
+    frame_msg = built.messages[1].payload
+    assert frame_msg["counts"] == {"live": 3, "dead": 1, "empty": 2} and frame_msg["version"] == 1
+    assert built.messages[2].payload["fields_expected"] == 2 and built.messages[2].payload["frames"] == 1
+    journal.commit(built.records, built.messages)
+    again = builder.build([_scored(a, contract, "s3", dead=0, live=1)], journal)  # new content, same path
+    assert again.records[0].version == 2 and again.messages[0].seq == 46
+    journal.close()
+
+
+def test_ledger_and_recovery_agree_with_the_journal(tmp_path, contract):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    builder = CommitBuilder(contract, {"demo": "abc"}, PlateAggregate(0), seq=0)
+    built = builder.build([_scored(_job("a.tif"), contract, "s1", dead=2, live=2)], journal)
+    journal.commit(built.records, built.messages)
+    journal.mark_sent(built.messages[-1].seq)
+    journal.close()
+
+    ledger, aggregate = FrameLedger(), PlateAggregate(0)
+    state = recover(path, ledger, aggregate)
+    assert state.seq == state.last_sent == 2 and state.unsent == []
+    assert [m["type"] for m in state.snapshot_state] == ["well"]
+    assert not ledger.needs_look(("a.tif", 10, 123)) and ledger.needs_look(("a.tif", 11, 123))
+    assert ledger.has_content("a.tif", "s1") and not ledger.has_content("a.tif", "s2")
+    assert ledger.claim("b.tif") and not ledger.claim("b.tif") and not ledger.needs_look(("b.tif", 1, 1))
+    ledger.release("b.tif")
+    assert ledger.claim("b.tif")

@@ -1,0 +1,142 @@
+"""`wellwatch results`: the journal's frames as tidy tables, joined to the plate map."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from wellwatch.cli import main
+from wellwatch.daemon.naming import format_scanr
+from wellwatch.daemon.plate import PLATE_FORMATS, well_index
+from wellwatch.dashboard.results import wells_path_for
+from wellwatch.simulator.spec import SimulationSpec
+from wellwatch.simulator.writer import PLATE_MAP, write_plate
+
+SPEC = SimulationSpec(wells=("A1", "A2", "A3", "A4", "A5"), fields=1, timepoints=2, size=128, cells_per_field=6,
+                      channels=("BF",), treatment="dose_series", control_columns=1, plate_name="res-plate", seed=3)
+
+
+def journal_rows(path: str) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT path, version, state, live, dead, empty, well, timepoint FROM frames ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def finished_plate(run_daemon, recorder_for, tmp_path):
+    """A plate counted by the daemon, plus a damaged file (quarantined) and a re-written one (version 2)."""
+    source = tmp_path / "source"
+    write_plate(SPEC, source)
+    config, running = run_daemon(SPEC, **{"pipeline.max_retries": 0, "watch.settle_s": 0.05})
+    rec = recorder_for(config)
+    data = Path(config.watch.root)
+    files = sorted((source / "data").glob("*.tif"))
+    for f in files:
+        (data / f.name).write_bytes(f.read_bytes())
+    broken = format_scanr("B1", well_index("B1", PLATE_FORMATS[96]), 1, 0, "BF")
+    (data / broken).write_bytes(b"not a TIFF at all" * 50)
+    rec.wait_frames(len(files))
+    rewritten = files[0].name
+    (data / rewritten).write_bytes(files[-1].read_bytes())  # new content: version 2 replaces it
+    deadline = time.monotonic() + 60
+    while len(journal_rows(config.journal.path)) < len(files) + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the last well message reaches the recorder
+    assert len(journal_rows(config.journal.path)) == len(files) + 2
+    return config, rec, source, rewritten, broken
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_results_rows_equal_the_journals_frames(finished_plate, tmp_path):
+    config, rec, source, rewritten, broken = finished_plate
+    out = tmp_path / "results.csv"
+    assert main(["results", "--journal", config.journal.path, "--out", str(out),
+                 "--plate-map", str(source / PLATE_MAP)]) == 0
+    rows = read_csv(out)
+    journal = journal_rows(config.journal.path)
+    assert [(r["file"], int(r["version"]), r["state"]) for r in rows] == [(j[0], j[1], j[2]) for j in journal]
+    for r, j in zip(rows, journal):
+        if r["state"] == "done":
+            assert (int(r["live"]), int(r["dead"]), int(r["empty"])) == j[3:6]
+    by_file = {}
+    for r in rows:
+        by_file.setdefault(r["file"], []).append(r)
+    assert [r["latest"] for r in by_file[rewritten]] == ["False", "True"]
+    assert by_file[broken][0]["state"] == "quarantined" and by_file[broken][0]["reason"]
+    # joined to the plate map; the model that counted each frame
+    a1 = next(r for r in rows if r["well"] == "A1")
+    a5 = next(r for r in rows if r["well"] == "A5")
+    assert (a1["role"], a1["concentration"]) == ("control", "0.0")
+    assert a5["role"] == "treated" and float(a5["concentration"]) == pytest.approx(100.0)
+    models = rec.of_type("frame")[0]["models"]
+    assert {r["model_sha256"] for r in rows if r["state"] == "done"} == {";".join(models[n] for n in sorted(models))}
+
+
+def test_well_table_equals_the_daemons_last_well_messages(finished_plate, tmp_path):
+    config, rec, source, rewritten, broken = finished_plate
+    out = tmp_path / "results.csv"
+    assert main(["results", "--journal", config.journal.path, "--out", str(out)]) == 0
+    wells = read_csv(wells_path_for(out))
+    last = {}
+    for m in rec.of_type("well"):
+        last[(m["well"], m["timepoint"])] = m
+    assert len(wells) == len(SPEC.wells) * SPEC.timepoints == len(last)
+    for w in wells:
+        m = last[(w["well"], int(w["timepoint"]))]
+        assert (int(w["live"]), int(w["dead"]), int(w["empty"])) == (m["counts"]["live"], m["counts"]["dead"],
+                                                                      m["counts"]["empty"])
+        assert int(w["fields"]) == m["frames"]
+
+
+def test_parquet_has_the_same_rows(finished_plate, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    config, *_ = finished_plate
+    out = tmp_path / "results.parquet"
+    assert main(["results", "--journal", config.journal.path, "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == len(journal_rows(config.journal.path))
+    assert table.schema.field("live").type == "int64" and table.schema.field("latest").type == "bool"
+    assert pq.read_table(wells_path_for(out)).num_rows == len(SPEC.wells) * SPEC.timepoints
+
+
+def test_bad_inputs_say_what_is_wrong(tmp_path, caplog):
+    assert main(["results", "--journal", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path / "r.csv")]) == 2
+    assert "missing.sqlite: no such file" in caplog.text
+    not_db = tmp_path / "notes.sqlite"
+    not_db.write_text("hello")
+    assert main(["results", "--journal", str(not_db), "--out", str(tmp_path / "r.csv")]) == 2
+    assert "notes.sqlite: not a wellwatch journal" in caplog.text
+    with pytest.raises(SystemExit, match=r"r\.xlsx: expected a \.csv or \.parquet"):
+        main(["results", "--journal", str(not_db), "--out", str(tmp_path / "r.xlsx")])
+
+
+def test_the_journal_is_opened_read_only(finished_plate):
+    import sqlite3 as sql
+
+    from wellwatch.dashboard.journal_view import open_readonly
+
+    config, *_ = finished_plate
+    db = open_readonly(config.journal.path)
+    try:
+        with pytest.raises(sql.OperationalError, match="readonly"):
+            db.execute("DELETE FROM frames")
+    finally:
+        db.close()
+
+
+def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
+    from wellwatch.dashboard.journal_view import JournalView
+    from wellwatch.dashboard.live import LiveState, Source
+
+    config, rec, source, rewritten, broken = finished_plate
+    state = LiveState(Source("tcp://127.0.0.1:1", journal=JournalView(Path(config.journal.path))))
+    state._load_journal()  # the history a late dashboard starts from, before it follows the stream
+    assert [q["path"] for q in state.quarantined] == [broken]
+    assert len(state.wells) == len(SPEC.wells) * SPEC.timepoints
