@@ -44,27 +44,25 @@ bench-segment: $(VENV)/.runtime
 demo-model: $(VENV)/.dev
 	$(PY) -m wellwatch.training.demo_model --out wellwatch/models/demo-live-dead.onnx
 
-# Re-make the bundled phase-contrast segmentation model from the shared Usiigaci sets, in two stages:
-# (1) the first recipe: a 16-wide U-Net trained 1200 steps on sets 1-20 (weights and watershed chosen
-# on 21-24); (2) that network trained on all 30 sets for 450 more steps with scale augmentation
-# (0.5-2x), batch norms fixed, the watershed chosen again; the recipe's leave-group-out scores
-# (segmentation-logo) go into the contract. About 40 + 40 minutes on a 2-core CPU.
+# Re-make the bundled phase-contrast segmentation model from the shared Usiigaci sets: train on
+# sets 1-20, choose weights and the watershed on 21-24 (about 40 minutes on a 2-core CPU); then
+# stamp into its contract the training pixel size (0.8708 um/px, the frames' NIS dCalibration),
+# each set's acquisition group and the recipe's leave-group-out scores (segmentation-logo, if run).
+# (A second stage on all 30 sets with --augment scale was tried and scored worse; see README.)
 SEG_DATA ?= ../shared/data/usiigaci-phase
 segmentation-model: $(VENV)/.dev
 	$(VENV)/bin/wellwatch dataset masks $(SEG_DATA) --out runs/ds-usiigaci
 	$(VENV)/bin/wellwatch train runs/ds-usiigaci --task segmentation --train-images set1-20 --val-images set21-24 \
 		--augment basic --name phase-segmentation --threads 1 --out runs/seg-unet16
-	$(VENV)/bin/wellwatch export runs/seg-unet16/best.pt --out runs/seg-unet16/stage1.onnx
-	$(VENV)/bin/wellwatch train runs/ds-usiigaci --task segmentation --init runs/seg-unet16/stage1.onnx \
-		--train-images set1-30 --val-images set21,set24,set16,set20 --augment scale --pixel-size 0.8708 \
-		--steps 450 --eval-every 100 --lr 1e-3 --threads 1 --groups-from $(SEG_DATA) \
-		--name phase-segmentation --out runs/final-scale
-	test ! -f runs/logo-scale/leave_group_out.json || $(PY) benchmarks/seg_leave_group_out.py --out runs/logo-scale \
-		--val set21,set24 --collect --into runs/final-scale/best.pt
-	$(VENV)/bin/wellwatch export runs/final-scale/best.pt --out wellwatch/models/phase-segmentation.onnx
+	$(PY) -m wellwatch.training.seg_restamp runs/seg-unet16/best.pt --out runs/seg-unet16/stamped.pt \
+		--pixel-size 0.8708 --groups-from $(SEG_DATA) \
+		$$(test -f runs/logo-basic/leave_group_out.json && echo --leave-group-out runs/logo-basic/leave_group_out.json)
+	$(VENV)/bin/wellwatch export runs/seg-unet16/stamped.pt --out wellwatch/models/phase-segmentation.onnx
 
-# Leave-group-out scores of the segmentation recipe: one 8-wide U-Net per held-out well (A, B, C; see
-# training/seg_groups.py), 400 steps each with the "scale" augmentation. About 25 minutes per well.
+# Leave-group-out scores of the segmentation recipe: one model per held-out well (A, B, C; see
+# training/seg_groups.py), 8 wide and 400 steps each (the bundled model is 16 wide, 1200 steps).
+# SEG_AUGMENT=scale|microscope compares other recipes. About 10-25 minutes per well on 2 cores.
+SEG_AUGMENT ?= basic
 segmentation-logo: $(VENV)/.dev
-	$(PY) benchmarks/seg_leave_group_out.py --out runs/logo-scale --val set21,set24 -- \
-		--steps 400 --eval-every 100 --width 8 --augment scale --threads 1
+	$(PY) benchmarks/seg_leave_group_out.py --out runs/logo-$(SEG_AUGMENT) --val set21,set24 -- \
+		--steps 400 --eval-every 100 --width 8 --augment $(SEG_AUGMENT) --threads 1

@@ -256,6 +256,26 @@ def test_bundled_onnx_rebuilds_into_a_trainable_unet_with_the_same_output():
     assert sum(p.requires_grad for p in model.parameters()) > 0
 
 
+def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    import json
+
+    from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL
+    from wellwatch.training.seg_restamp import restamp
+    from wellwatch.training.seg_train import load_seg_checkpoint
+
+    logo = {"grouping": "g", "groups": {"B": {"images": ["set13"], "f1_iou50": 0.6}}, "pooled": {"images": 1}}
+    (tmp_path / "logo.json").write_text(json.dumps(logo))
+    out = restamp(str(BUNDLED_SEGMENTATION_MODEL), str(tmp_path / "s.pt"), pixel_size_um=0.8708,
+                  leave_group_out=str(tmp_path / "logo.json"))
+    model, contract, _ = load_seg_checkpoint(out)
+    assert contract.segmentation.pixel_size_um == 0.8708
+    assert contract.metrics["leave_group_out"]["groups"]["B"]["f1_iou50"] == 0.6
+    assert "validation" in contract.metrics  # what was there stays
+    with pytest.raises(ValueError, match="must be >= 0"):
+        restamp(str(BUNDLED_SEGMENTATION_MODEL), str(tmp_path / "t.pt"), pixel_size_um=-1.0)
+
+
 # --- bench segment: scores per acquisition group ------------------------------------------------
 
 def test_bench_scores_by_group_count_trained_frames_and_print_the_contract_figures():
