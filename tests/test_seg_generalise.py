@@ -113,6 +113,18 @@ def test_model_segmenter_rescales_with_its_serve_options():
     assert len(as_is.prepare(frame20)[0]) == 16  # unknown pixel size: 192 px after the reduction, 4x4 tiles
 
 
+def test_a_frames_vendor_pixel_size_is_used_unless_the_config_gives_one():
+    contract = model_at(0.87)
+    unknown = ModelSegmenter(ThresholdNetwork(contract))
+    assert unknown.options_for(0.435).frame_pixel_size_um == 0.435  # vendor metadata (layout, .nd2)
+    assert unknown.options_for(None).frame_pixel_size_um == 0.0
+    configured = ModelSegmenter(ThresholdNetwork(contract), ServeOptions(frame_pixel_size_um=0.65, tta=True))
+    assert configured.options_for(0.435) == ServeOptions(0.65, True)  # [plate] pixel_size_um wins
+    frame20, _ = discs((384, 384), radius=24, spacing=64)
+    tiles, origins = unknown.prepare(frame20, 0.435)
+    assert len(tiles) == 4 and unknown.finish(unknown.backend.infer(tiles), origins, frame20.shape, 0.435).shape == (384, 384)
+
+
 # --- test-time augmentation ----------------------------------------------------------------------
 
 def test_tta_tiles_flip_and_merge_undoes_the_flips():
