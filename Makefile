@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all bench bench-segment promtool chromium demo-model segmentation-model segmentation-logo
+.PHONY: demo test test-all wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev promtool chromium
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest
+
+# A built wheel in a fresh virtualenv outside the checkout: bundled models found, a short demo.
+wheel-smoke:
+	PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
 test-all: $(VENV)/.dev promtool chromium
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"
@@ -66,3 +70,13 @@ SEG_AUGMENT ?= basic
 segmentation-logo: $(VENV)/.dev
 	$(PY) benchmarks/seg_leave_group_out.py --out runs/logo-$(SEG_AUGMENT) --val set21,set24 -- \
 		--steps 400 --eval-every 100 --width 8 --augment $(SEG_AUGMENT) --threads 1
+
+# Re-make the bundled bright-field live/dead crop model from the shared LDC images (../shared/data):
+# 5-fold cross-validation by image group (the figures its contract carries), then the final model
+# on every image. The defaults of `dataset voc` and `train` are the model's recipe (README "Training").
+LDC_DATA ?= ../shared/data/ldc-live-dead/images
+LDC_FITS ?= Bright-field cells in a counting chamber (LDC images, about 220 px square, 8-bit; living cells bright-centred, dead cells dark)
+ldc-model: $(VENV)/.dev
+	$(VENV)/bin/wellwatch dataset voc $(LDC_DATA) --describe "$(LDC_FITS)" --out runs/ds-ldc
+	$(VENV)/bin/wellwatch train runs/ds-ldc --folds 5 --split 100/0/0 --name ldc-live-dead --out runs/ldc-live-dead
+	$(VENV)/bin/wellwatch export runs/ldc-live-dead/best.pt --out wellwatch/models/ldc-live-dead.onnx

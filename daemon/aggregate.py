@@ -3,7 +3,8 @@
 A well's state at one timepoint is the sum over its fields. Each field image is stored once, keyed
 by (plate, well, timepoint, field, z): a field whose file is re-written replaces its earlier result
 instead of adding to it, so nothing is counted twice. (A z-stack's planes are separate images: each
-is scored and counted.)
+is scored and counted.) Only each well's latest `keep_timepoints` timepoints stay in memory; a late
+frame of an older one brings its fields back from the journal (`history`).
 
 How many images a well expects comes from the vendor's plate layout when there is one
 (daemon/layout.py: fields x z planes of that well), else from `plate.fields_per_well`. With a
@@ -13,8 +14,9 @@ timepoint.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -88,20 +90,35 @@ class WellState:
 
 
 class PlateAggregate:
-    """Running state of every (plate, well, timepoint) seen."""
+    """Running state of each well's latest `keep_timepoints` timepoints (older ones leave memory;
+    how many wells completed at each timepoint is kept for the plate's progress)."""
 
-    def __init__(self, fields_expected: int = 0, layout: PlateLayout | None = None):
+    def __init__(self, fields_expected: int = 0, layout: PlateLayout | None = None, keep_timepoints: int = 2):
         self.fields_expected = fields_expected
         self.layout = layout
+        self.keep_timepoints = keep_timepoints
         self.wells: dict[tuple[str, str, int], WellState] = {}
+        self._timepoints: dict[tuple[str, str], list[int]] = {}  # (plate, well) -> timepoints held, ascending
+        self._complete: dict[tuple[str, int], int] = {}  # (plate, timepoint) -> wells complete (evicted too)
 
     def add(self, plate: str, well: str, timepoint: int, field_index: int, counts: TileCounts,
-            z: int = 0) -> WellState:
+            z: int = 0, history: Callable[[], Iterable[tuple[int, int, TileCounts]]] | None = None) -> WellState:
+        """Count one image; `history` gives an evicted timepoint's earlier (field, z, counts), oldest first."""
         key = (plate, well, timepoint)
         state = self.wells.get(key)
         if state is None:
             state = self.wells[key] = WellState(plate, well, timepoint)
+            held = self._timepoints.setdefault((plate, well), [])
+            if history is not None and held and timepoint < held[-1]:
+                for f, fz, c in history():  # a timepoint that left memory: its other images are in the journal
+                    state.fields[(f, fz)] = c
+            bisect.insort(held, timepoint)
+            while len(held) > self.keep_timepoints:
+                del self.wells[(plate, well, held.pop(0))]
+        was_complete = self.is_complete(state)
         state.fields[(field_index, z)] = counts
+        if not was_complete and self.is_complete(state):  # images only grow: a well completes once
+            self._complete[(plate, timepoint)] = self._complete.get((plate, timepoint), 0) + 1
         return state
 
     def expected(self, well: str) -> int | None:
@@ -120,11 +137,10 @@ class PlateAggregate:
         if self.layout is None:
             return None
         wells = self.layout.wells
-        done = [w for w in wells if (s := self.wells.get((plate, w, timepoint))) and self.is_complete(s)]
-        all_done = all((s := self.wells.get((plate, w, t))) is not None and self.is_complete(s)
-                       for w in wells for t in self.layout.timepoints)
-        return {"plate": plate, "timepoint": timepoint, "wells_expected": len(wells), "wells_complete": len(done),
-                "timepoint_complete": len(done) == len(wells), "plate_complete": all_done,
+        done = self._complete.get((plate, timepoint), 0)
+        all_done = all(self._complete.get((plate, t), 0) >= len(wells) for t in self.layout.timepoints)
+        return {"plate": plate, "timepoint": timepoint, "wells_expected": len(wells), "wells_complete": done,
+                "timepoint_complete": done >= len(wells), "plate_complete": all_done,
                 "timepoints_expected": len(self.layout.timepoints)}
 
     def summary(self, state: WellState) -> dict:

@@ -75,7 +75,11 @@ class OnnxBackend:
         finally:
             if quiet:
                 ort.set_default_logger_severity(2)
-        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError as e:  # a damaged file (a flipped bit) whose graph still loads
+            raise ContractError(self.path, f"its metadata is not valid UTF-8 (byte {e.start}): the file is "
+                                           "damaged; copy it again and compare its sha256") from None
         self.contract = contract_from_metadata(meta, self.path)
         self.provider = self.session.get_providers()[0]
         self.requested = wanted

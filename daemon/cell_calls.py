@@ -1,7 +1,9 @@
 """Per-cell calls from a frame's model outputs. Pure functions; no I/O.
 
-- live/dead per cell: the mean P(dead) of the non-empty live/dead tiles that contain the cell's
-  centroid (NaN when only empty tiles do: such a cell is not called);
+- live/dead per cell, from tiles: the mean P(dead) of the non-empty live/dead tiles that contain the
+  cell's centroid (NaN when only empty tiles do: such a cell is not called);
+- live/dead per cell, from a per-cell crop model: P(dead) of the cell's own crop (NaN for cells
+  outside the model's size range, which it never saw);
 - cell type per cell: the cell-type model's class (the decision threshold on the positive class
   for two classes, else the most probable class).
 """
@@ -24,6 +26,15 @@ def cell_dead_probability(centroids: np.ndarray, tile_origins: np.ndarray, tile_
     hits = inside.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(hits > 0, (inside * dead_p[None, :]).sum(axis=1) / hits, np.nan)
+
+
+def crop_dead_probability(n_cells: int, cropped: np.ndarray, probabilities: np.ndarray,
+                          positive_index: int) -> np.ndarray:
+    """(n_cells,) P(dead) from a crop model's outputs for the cells `cropped` (boolean index); NaN elsewhere."""
+    p = np.full(n_cells, np.nan)
+    if len(probabilities):
+        p[np.asarray(cropped, bool)] = probabilities[:, positive_index]
+    return p
 
 
 def live_dead_cells(p_dead: np.ndarray, threshold: float) -> tuple[int, int]:

@@ -15,31 +15,39 @@ import dataclasses
 import json
 import logging
 import time
+from typing import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
-from .cell_calls import cell_dead_probability, live_dead_cells, type_counts
+from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
 from .contract import ModelContract
 from .dose_publisher import DosePublisher, dose_message
 from .inference_stage import FrameWork
-from .jobs import FailedFrame, LayoutEvent, StatusEvent
+from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import FrameRecord, Journal, OutboxMessage
 from .stream import envelope, frame_topic, status_topic, well_topic
 
 log = logging.getLogger(__name__)
 
 
-def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContract | None = None) -> TileCounts:
-    """Tile calls; with segmentation also cells, their live/dead calls and (with a model) types."""
+def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContract | None = None,
+                 cell_live_dead: ModelContract | None = None) -> TileCounts:
+    """Tile calls; with segmentation also cells, their live/dead calls (from a per-cell crop model's
+    calls on each cell's crop, else from the tiles at each centroid) and (with a model) types."""
     c = contract
     dead_p = work.scores[:, c.positive_index] if len(work.scores) else np.zeros(0, np.float32)
     counts = count_tiles(dead_p, work.n_empty, c.decision_threshold)
     if work.cells is None:
         return counts
-    p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
-    cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
+    if cell_live_dead is not None:
+        k = cell_live_dead
+        p_cell = crop_dead_probability(len(work.cells), work.crop_keep, work.cell_dead_scores, k.positive_index)
+        cell_live, cell_dead = live_dead_cells(p_cell, k.decision_threshold)
+    else:
+        p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
+        cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
     types = None
     if cell_type is not None:
         t = cell_type
@@ -55,14 +63,15 @@ class Built:
     records: list[FrameRecord] = field(default_factory=list)
     messages: list[OutboxMessage] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)  # processed / quarantined, per record
-    duplicates: list[str] = field(default_factory=list)  # rel paths already journaled with this content
+    duplicates: list[FrameJob] = field(default_factory=list)  # their path's latest version has this content
 
 
 class CommitBuilder:
     def __init__(self, contract: ModelContract, models: dict[str, str], aggregate: PlateAggregate, seq: int,
-                 cell_type: ModelContract | None = None, dose: DosePublisher | None = None):
+                 cell_type: ModelContract | None = None, dose: DosePublisher | None = None,
+                 well_history: Iterable[dict] = (), cell_live_dead: ModelContract | None = None):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
-        self.cell_type = cell_type
+        self.cell_type, self.cell_live_dead = cell_type, cell_live_dead
         # (plate, timepoint) and plates already announced complete (after a restart: all that are)
         self.announced: set = set()
         for plate, _, timepoint in list(aggregate.wells):
@@ -72,10 +81,9 @@ class CommitBuilder:
                 if p["plate_complete"]:
                     self.announced.add(plate)
         self.dose = dose  # [plate] map: dose fits go out with the well message that completes a timepoint
-        if dose is not None:  # after a restart: the wells the fits stand on (fits already sent are journaled)
-            for state in aggregate.wells.values():
-                dose.observe({"plate": state.plate, "well": state.well, "timepoint": state.timepoint,
-                              **aggregate.summary(state)})
+        if dose is not None:  # after a restart: the wells the fits stand on (fits already sent are journaled);
+            for message in well_history:  # every timepoint, from the journal (the aggregate keeps the latest)
+                dose.observe(message)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -84,8 +92,7 @@ class CommitBuilder:
     def build(self, group: list, journal: Journal) -> Built:
         """Number and describe a group of outcomes; `journal` answers what was committed before."""
         built = Built()
-        latest: dict[str, int] = {}  # path -> version assigned in this group
-        seen: set[tuple[str, str]] = set()
+        latest: dict[str, tuple[int, str]] = {}  # path -> (version, sha256) assigned in this group
         for msg in group:
             if isinstance(msg, StatusEvent):
                 built.messages.append(self.status_message(msg))
@@ -98,27 +105,29 @@ class CommitBuilder:
                 continue
             job, sha = msg.job, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
-            if (job.rel, sha) in seen or journal.has(job.rel, sha):
-                built.duplicates.append(job.rel)
+            previous = latest.get(job.rel) or (journal.latest_version(job.rel), journal.latest_sha256(job.rel))
+            if previous[1] == sha:  # the path's latest version already holds this content
+                built.duplicates.append(job)
                 continue
-            seen.add((job.rel, sha))
-            version = latest[job.rel] = (latest.get(job.rel) or journal.latest_version(job.rel)) + 1
+            version = previous[0] + 1
+            latest[job.rel] = (version, sha)
             if isinstance(msg, FailedFrame):
                 record, new = self.quarantined(msg, sha, version)
                 built.outcomes.append("quarantined")
             else:
-                record, new = self.scored(msg, version)
+                record, new = self.scored(msg, version, journal)
                 built.outcomes.append("processed")
             built.records.append(record)
             built.messages.extend(new)
             if isinstance(msg, FrameWork):
                 for member, member_sha in msg.members:
-                    if (member.rel, member_sha) in seen or journal.has(member.rel, member_sha):
-                        built.duplicates.append(member.rel)
+                    prior = latest.get(member.rel) or (journal.latest_version(member.rel),
+                                                       journal.latest_sha256(member.rel))
+                    if prior[1] == member_sha:
+                        built.duplicates.append(member)
                         continue
-                    seen.add((member.rel, member_sha))
-                    v = latest[member.rel] = (latest.get(member.rel) or journal.latest_version(member.rel)) + 1
-                    built.records.append(self.member_record(member, member_sha, v, record))
+                    latest[member.rel] = (prior[0] + 1, member_sha)
+                    built.records.append(self.member_record(member, member_sha, prior[0] + 1, record))
         return built
 
     def member_record(self, job, sha: str, version: int, scored: FrameRecord) -> FrameRecord:
@@ -160,10 +169,11 @@ class CommitBuilder:
                              None, None, None, job.mtime_ns / 1e9, time.time(), message.seq)
         return record, [message]
 
-    def scored(self, work: FrameWork, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
+    def scored(self, work: FrameWork, version: int, journal: Journal) -> tuple[FrameRecord, list[OutboxMessage]]:
         job, meta = work.job, work.job.meta
-        counts = frame_counts(work, self.contract, self.cell_type)
-        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z)
+        counts = frame_counts(work, self.contract, self.cell_type, self.cell_live_dead)
+        state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z,
+                                   history=lambda: journal.field_counts(meta.plate, meta.well, meta.timepoint))
         seq = self.next_seq()
         frame_msg = OutboxMessage(seq, frame_topic(meta.plate, meta.well), envelope(
             seq, "frame", self.models, meta.plate, meta.well, meta.timepoint,

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
+from .reader import FrameLimits
 from .segment_classical import ClassicalParams
 from .validation import between, build, choice
 
@@ -60,6 +61,7 @@ class ModelsConfig:
     live_dead: ModelSlot = ModelSlot()
     segmentation: ModelSlot = ModelSlot()  # "" = the bundled phase-contrast model
     cell_type: ModelSlot = ModelSlot()     # "" = no cell types
+    cell_live_dead: ModelSlot = ModelSlot()  # a per-cell live/dead crop model; "" = tiles at centroids
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Config:
     publish: PublishConfig = PublishConfig()
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
+    limits: FrameLimits = FrameLimits()
 
     @property
     def plate_name(self) -> str:
@@ -177,7 +180,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         watch=dataclasses.replace(config.watch, root=resolve(config.watch.root)),
         models=dataclasses.replace(config.models, live_dead=ModelSlot(resolve(config.models.live_dead.path)),
                                    segmentation=ModelSlot(resolve(config.models.segmentation.path)),
-                                   cell_type=ModelSlot(resolve(config.models.cell_type.path))),
+                                   cell_type=ModelSlot(resolve(config.models.cell_type.path)),
+                                   cell_live_dead=ModelSlot(resolve(config.models.cell_live_dead.path))),
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
         plate=dataclasses.replace(config.plate, map=resolve(config.plate.map)),
@@ -215,6 +219,10 @@ def _check_cross_keys(config: Config) -> None:
     if config.models.cell_type.path and config.segmentation.method == "none":
         raise ConfigError("models.cell_type.path", config.models.cell_type.path,
                           "cell types need segmented cells: set segmentation.method to classical or model")
+    if config.models.cell_live_dead.path and config.segmentation.method == "none":
+        raise ConfigError("models.cell_live_dead.path", config.models.cell_live_dead.path,
+                          "per-cell live/dead calls need segmented cells: set segmentation.method to classical "
+                          "or model")
     config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
     if config.publish.endpoint == config.publish.snapshot_endpoint:
         raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,

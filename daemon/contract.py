@@ -80,8 +80,9 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class CellCrop:
-    """Single-cell crops for a cell_type model: `size` square around each segmented cell's centroid,
-    zero outside a circle of `mask_radius`, each channel's mean inside it scaled to 1 ("mask_mean").
+    """Single-cell crops for a cell_type model, or a per-cell live_dead model: `size` square around
+    each segmented cell's centroid, zero outside a circle of `mask_radius`, each channel's mean
+    inside it scaled to 1 ("mask_mean").
     Cells with an area (full-resolution px) outside [min_area, max_area] are not classified
     (0 = no limit): the model never saw such cells."""
     size: int = 150
@@ -120,6 +121,11 @@ class ModelContract:
     @property
     def positive_index(self) -> int:
         return self.classes.index(self.positive_class)
+
+    @property
+    def per_cell(self) -> bool:
+        """A classifier of single-cell crops (cell type, or per-cell live/dead), not of tiles."""
+        return self.crop is not None
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -203,9 +209,12 @@ class ModelContract:
             raise bad(f"empty_filter {self.empty_filter.method!r}; allowed: {', '.join(EMPTY_FILTERS)}")
         if missing := need - set(self.empty_filter.params):
             raise bad(f"empty_filter {self.empty_filter.method!r} lacks parameters {sorted(missing)}")
-        if self.task == "live_dead":
+        if self.task == "live_dead" and self.crop is not None:
+            if self.tiling is not None:
+                raise bad("a live_dead model has tiling (tiles) or a crop section (single cells), not both")
+        elif self.task == "live_dead":
             if self.tiling is None:
-                raise bad("a live_dead model needs tiling (tile_size, stride)")
+                raise bad("a live_dead model needs tiling (tile_size, stride), or a crop section for per-cell calls")
             if self.tiling.tile_size != self.height or self.tiling.tile_size != self.width:
                 raise bad(f"tile_size {self.tiling.tile_size} differs from input {self.height}x{self.width}")
             if not 1 <= self.tiling.stride:
@@ -223,8 +232,8 @@ class ModelContract:
 
     def _validate_crop(self, bad) -> None:
         c = self.crop
-        if self.task != "cell_type":
-            raise bad(f"a {self.task} model has no crop section (crops are for cell_type models)")
+        if self.task not in ("cell_type", "live_dead"):
+            raise bad(f"a {self.task} model has no crop section (crops are for cell_type and live_dead models)")
         if c.size != self.height or c.size != self.width:
             raise bad(f"crop.size {c.size} differs from input {self.height}x{self.width}")
         if not 0 < c.mask_radius <= c.size:

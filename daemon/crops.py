@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .contract import CellCrop
+from .errors import StartupError
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,22 @@ def mask_mean_normalise(crops: np.ndarray, radius: float) -> np.ndarray:
     masked = crops * mask
     mean = masked.sum(axis=(2, 3), keepdims=True) / mask.sum()
     return masked / np.where(np.abs(mean) > 1e-6, mean, 1.0)
+
+
+def crop_section(cell_type, cell_live_dead, segmentation: str) -> CellCrop | None:
+    """The one crop section the daemon cuts for its crop models (backends with a `.contract`, or None):
+    a cell-type and a per-cell live/dead model must agree, and both need segmented cells."""
+    models = {slot: m for slot, m in (("cell_type", cell_type), ("cell_live_dead", cell_live_dead)) if m is not None}
+    for slot in models:
+        if segmentation == "none":
+            raise StartupError(f"models.{slot}.path is set but segmentation.method = 'none': crop models need "
+                               "segmented cells; set segmentation.method to classical or model")
+    crops = {slot: m.contract.crop for slot, m in models.items()}
+    if len(set(crops.values())) > 1:
+        raise StartupError("models.cell_type and models.cell_live_dead have different crop sections "
+                           f"({crops['cell_type']} vs {crops['cell_live_dead']}): the daemon cuts one set of crops "
+                           "per cell; train both on crops of the same size, mask radius and area range")
+    return next(iter(crops.values()), None)
 
 
 def prepare_crops(channels: list[np.ndarray], cells: Cells, crop: CellCrop) -> tuple[np.ndarray, np.ndarray]:

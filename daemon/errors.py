@@ -45,3 +45,7 @@ class ProviderError(WellwatchError, RuntimeError):
 
 class StartupError(WellwatchError, RuntimeError):
     """The daemon cannot start; the message names what to fix."""
+
+
+class UsageError(WellwatchError, ValueError):
+    """A command-line argument the user must fix (the message names it)."""

@@ -22,7 +22,7 @@ from .channel_join import ChannelJoin
 from .config import Config
 from .errors import FrameReadError, NamingError
 from .gate import CompletenessGate, ReadyFile
-from .jobs import FrameJob, LayoutEvent, StatusEvent
+from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import Journal
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
@@ -31,6 +31,9 @@ from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
 from .watcher import Discovery
 
 log = logging.getLogger(__name__)
+
+SOLO_DEATHS = 2  # daemon deaths while a file was being read alone that make it a quarantine
+_WATCH_CHECK_S = 0.2  # how often the gate checks the root folder and the observer (a stat call)
 
 
 class RetrySchedule:
@@ -54,8 +57,9 @@ class RetrySchedule:
 class GateStage:
     def __init__(self, config: Config, root: str, naming: NamingScheme, ledger: FrameLedger,
                  metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
-                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent], None],
-                 nd2: Nd2Tracker | None = None, join: ChannelJoin | None = None, needs_layout: bool = False):
+                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent | FailedFrame], None],
+                 nd2: Nd2Tracker | None = None, join: ChannelJoin | None = None, needs_layout: bool = False,
+                 suspects: dict[tuple[str, int, int], tuple[int, int]] | None = None):
         self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
         self.journal_path, self.stop_event = journal_path, stop_event
         self.submit, self.status = submit, status
@@ -64,6 +68,12 @@ class GateStage:
         self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
         self._nd2_files: set[str] = set()  # .nd2 paths still growing or not yet fully handed out
         self._nd2_seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at its last look
+        # (rel, size, mtime_ns) -> daemon deaths while it was being read (with others, alone)
+        self.suspects = suspects or {}
+        self._held: list[FrameJob] = []
+        self._held_rels: set[str] = set()
+        self._outgoing: list[FrameJob] = []  # claimed this poll, handed to readers at its end
+        self._suspect_out: str | None = None
         self.retries = RetrySchedule()
         self.discovered: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
@@ -71,6 +81,8 @@ class GateStage:
         self._root_was_available = True
         self.discovery = Discovery(root, self._on_path, config.watch.observer, config.watch.recursive,
                                    config.watch.extensions)
+        self._root_identity = self.discovery.root_identity()  # the folder the observer watches
+        self._next_watch_check = 0.0
 
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.root)
@@ -114,18 +126,24 @@ class GateStage:
         next_reconcile = time.monotonic() + cfg.reconcile_s
         while not self.stop_event.is_set():
             t0 = time.monotonic()
+            self._watch_the_watcher(t0)
             self._drain_discovered(gate)
             if t0 >= next_reconcile:
                 self._reconcile()
                 self._drain_discovered(gate)
                 next_reconcile = t0 + cfg.reconcile_s
-            ready = gate.poll()
-            self._inflight_marks += [(self.rel(r.path), r.size, r.mtime_ns, "read") for r in ready]
-            if self._inflight_marks:  # one transaction per poll, and before readers can finish them
-                journal.mark_inflight(self._inflight_marks)
-                self._inflight_marks = []
-            for r in ready:
+            for r in gate.poll():
                 self._dispatch(r)
+            self._dispatch_held()
+            outgoing, self._outgoing = self._outgoing, []
+            # "read" only for what is really handed to a reader now: a death counts against these
+            self._inflight_marks += [(j.rel, j.size, j.mtime_ns, "read") for j in outgoing]
+            released = self.ledger.take_released()
+            if self._inflight_marks or released:  # one transaction per poll, and before readers can finish them
+                journal.mark_inflight(self._inflight_marks, forget=released)
+                self._inflight_marks = []
+            for job in outgoing:
+                self.submit(job)
             self._offer_nd2_frames(journal)
             self._report_missing_channels()
             self._dispatch_due_retries(t0)
@@ -161,18 +179,35 @@ class GateStage:
                     self._inflight_marks.append((*identity, "seen"))
                 gate.offer(path, renamed)
 
-    def _reconcile(self) -> None:
-        available = self.discovery.root_available()
+    def _watch_the_watcher(self, now: float) -> None:
+        """The root gone, back, or replaced by a new folder, or the observer dead: act at once (a
+        restarted observer and a scan), not at the next reconcile scan."""
+        if now < self._next_watch_check:
+            return
+        self._next_watch_check = now + _WATCH_CHECK_S
+        identity = self.discovery.root_identity()
+        available = identity is not None
         self.metrics.watch_root_up.set(1 if available else 0)
+        came_back = available and not self._root_was_available
         if available != self._root_was_available:
             self._root_was_available = available
             event = "root_available" if available else "root_unavailable"
             log.warning("watch.root %s is %s", self.root, "back" if available else
                         "gone (share dropped?); results so far are kept, watching for its return")
             self.status(StatusEvent("watch", {"event": event, "root": self.root}))
-            if available:
-                self.discovery.restart_observer()  # the old watch died with the folder
-        if available:
+        if not available or self.stop_event.is_set():
+            return
+        why = ("root_replaced" if identity != self._root_identity or self.discovery.root_lost.is_set() else
+               "observer_died" if not self.discovery.observer_alive() else None)
+        if why is not None and self.discovery.restart_observer():
+            self._root_identity = identity
+            if not came_back:  # a folder deleted and re-created between two checks, or a dead thread
+                log.warning("watch.root %s: %s; observer restarted", self.root, why.replace("_", " "))
+                self.status(StatusEvent("watch", {"event": "observer_restarted", "reason": why, "root": self.root}))
+            self.discovery.scan()  # what was written while nothing watched
+
+    def _reconcile(self) -> None:
+        if self.discovery.root_identity() is not None:
             self.discovery.scan()
 
     def _dispatch(self, ready: ReadyFile) -> None:
@@ -180,8 +215,41 @@ class GateStage:
         if meta is None:
             return
         job = FrameJob(ready.path, self.rel(ready.path), meta, ready.size, ready.mtime_ns)
-        if self.ledger.claim(job.rel):
-            self.submit(job)
+        deaths, alone = self.suspects.get((job.rel, job.size, job.mtime_ns), (0, 0))
+        if alone >= SOLO_DEATHS:
+            if self.ledger.claim(job.rel):
+                log.error("%s: the daemon died %d times while reading it alone; quarantined unread", job.rel, alone)
+                self.status(FailedFrame(job, "", f"the daemon died {alone} times while this file alone was being "
+                                                 "read (a file that crashes the reader); quarantined instead of "
+                                                 "read again"))
+            return
+        if deaths or alone or self._held or self._suspect_out is not None:
+            if job.rel not in self._held_rels:
+                self._held.append(job)  # in order behind a suspect
+                self._held_rels.add(job.rel)
+        elif self.ledger.claim(job.rel):
+            self._outgoing.append(job)
+
+    def _dispatch_held(self) -> None:
+        """A suspect (a file being read when the daemon died) is read alone: if the daemon dies
+        now, that death counts against it alone. Files behind it wait, in order."""
+        if self._suspect_out is not None:
+            if self.ledger.is_on_its_way(self._suspect_out):
+                return
+            self._suspect_out = None
+        while self._held:
+            job = self._held[0]
+            suspect = bool(self.suspects.get((job.rel, job.size, job.mtime_ns)))
+            if suspect and self.ledger.on_their_way():
+                return  # wait until nothing else is being read
+            self._held.pop(0)
+            self._held_rels.discard(job.rel)
+            if not self.ledger.needs_look((job.rel, job.size, job.mtime_ns)) or not self.ledger.claim(job.rel):
+                continue  # done (or on its way) since it was held
+            self._outgoing.append(job)
+            if suspect:
+                self._suspect_out = job.rel
+                return
 
     def _dispatch_due_retries(self, now: float) -> None:
         for job in self.retries.take_due(now):

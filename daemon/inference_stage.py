@@ -1,9 +1,9 @@
 """The inference stage: every model's inputs pooled across frames, and a frame's parts joined.
 
-A frame may need up to three networks: the live/dead classifier (tiles), a segmentation network
-(covering tiles; its maps become cells in the process pool) and a cell-type classifier (one crop
-per cell, cut in the pool once the cells are known). Each network has its own batcher, so its
-inputs from many frames share batches; `FrameWork` carries one frame through, and a frame leaves
+A frame may need up to four networks: the live/dead classifier (tiles), a segmentation network
+(covering tiles; its maps become cells in the process pool) and the crop classifiers, a cell-type
+and a per-cell live/dead one (one crop per cell, cut in the pool once the cells are known, the same
+crops for both). Each network has its own batcher, so its inputs from many frames share batches; `FrameWork` carries one frame through, and a frame leaves
 (`emit`) when every part it needs has its outputs. Driven by one thread (the pipeline's inference
 thread); pool results come back through a thread-safe queue, so that thread never waits on the pool.
 """
@@ -45,8 +45,9 @@ class FrameWork:
     scores: np.ndarray | None = None       # live/dead probabilities per patch
     maps: np.ndarray | None = None         # segmentation network outputs per tile
     type_scores: np.ndarray | None = None  # cell-type probabilities per cropped cell
+    cell_dead_scores: np.ndarray | None = None  # per-cell live/dead probabilities per cropped cell
     finishing: bool = False
-    typing: bool = False
+    cropped: bool = False  # its crops are in the crop lanes
     members: tuple = ()    # (job, sha256) of the field's other channel files, journaled with this one
     channels: tuple = ()   # the file channels the model read, in its order
     pixel_size_um: float | None = None
@@ -64,7 +65,7 @@ class FrameWork:
 @dataclass(eq=False)
 class Lane:
     """One network's batched path: inputs from many frames share its batches."""
-    name: str                # live_dead, segmentation, cell_type (the model slot)
+    name: str                # live_dead, segmentation, cell_type, cell_live_dead (the model slot)
     batcher: PatchBatcher
     backend: InferenceBackend
     output: str              # the FrameWork attribute its outputs go to
@@ -75,19 +76,26 @@ class InferenceStage:
     def __init__(self, live_dead: InferenceBackend, max_batch: int, max_delay_s: float, metrics,
                  emit: Callable[[FrameWork], None], fail: Callable[[FrameWork, str], None],
                  seg_model: ModelSegmenter | None = None, seg_batch: int = 16, pool: SegmentationPool | None = None,
-                 cell_type: InferenceBackend | None = None):
+                 cell_type: InferenceBackend | None = None, cell_live_dead: InferenceBackend | None = None):
         self.metrics = metrics
         self.emit, self.fail = emit, fail
         self.seg_model, self.pool, self.cell_type = seg_model, pool, cell_type
-        self.crop: CellCrop | None = cell_type.contract.crop if cell_type is not None else None
+        # the pipeline checks that the crop models share one crop section (`crops.crop_section`)
+        self.crop: CellCrop | None = next((m.contract.crop for m in (cell_type, cell_live_dead) if m is not None), None)
         # a new network is one more lane here plus its step in _advance
         lanes = [Lane("live_dead", PatchBatcher(max_batch, max_delay_s), live_dead, "scores", "infer")]
         if seg_model is not None:
             lanes.append(Lane("segmentation", PatchBatcher(seg_batch, max_delay_s), seg_model.backend, "maps",
                               "infer_segmentation"))
+        # crop lanes: each frame's cell crops go to all of them at once
+        self.crop_lanes = [name for name, backend in (("cell_type", cell_type), ("cell_live_dead", cell_live_dead))
+                           if backend is not None]
         if cell_type is not None:
             lanes.append(Lane("cell_type", PatchBatcher(max_batch, max_delay_s), cell_type, "type_scores",
                               "infer_cell_type"))
+        if cell_live_dead is not None:
+            lanes.append(Lane("cell_live_dead", PatchBatcher(max_batch, max_delay_s), cell_live_dead,
+                              "cell_dead_scores", "infer_cell_live_dead"))
         self.lanes: dict[str, Lane] = {lane.name: lane for lane in lanes}
         self.returned: queue.Queue = queue.Queue()  # frames back from the pool, with cells (and crops)
         self._in_pool = 0
@@ -164,12 +172,11 @@ class InferenceStage:
                                                      work.image, self.crop,
                                                      self.seg_model.options_for(work.pixel_size_um)))
             return
-        if self.cell_type is not None and work.type_scores is None:
-            if not work.typing:
-                work.typing = True
-                self._add("cell_type", work, work.crops)
-                if work.type_scores is not None:  # no cells in range: done at once
-                    self._advance(work)
+        if self.crop_lanes and not work.cropped:
+            work.cropped = True
+            for name in self.crop_lanes:  # no cells in range: done at once
+                self._add(name, work, work.crops)
+        if any(getattr(work, self.lanes[name].output) is None for name in self.crop_lanes):
             return
         work.image = work.crops = work.maps = None
         self.emit(work)

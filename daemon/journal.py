@@ -16,8 +16,8 @@ from typing import Iterable, Iterator
 
 from .errors import StartupError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
+FRAMES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -33,8 +33,11 @@ CREATE TABLE IF NOT EXISTS frames (
     cells INTEGER,  -- cells found by segmentation; NULL when the daemon did not segment
     cell_live INTEGER, cell_dead INTEGER,  -- cells called live/dead from the tiles at their centroids
     cell_types TEXT,  -- JSON {class name: cells} from a cell-type model; NULL without one
-    UNIQUE (path, sha256)
+    UNIQUE (path, version)  -- a path's content may return to earlier bytes: a new version
 );
+"""
+
+SCHEMA = FRAMES_TABLE.replace("{name}", "frames") + """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -50,6 +53,17 @@ CREATE TABLE IF NOT EXISTS inflight (
     mtime_ns INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('seen', 'read')),
     t REAL NOT NULL  -- epoch seconds of the last change
+);
+-- Files that were being read when the daemon died (kill -9, OOM, a crash in native code):
+-- `deaths` counts deaths while it was read as usual, `alone` deaths while it was read alone as a
+-- suspect (after a restart suspects are read one at a time); twice alone: quarantined unread.
+CREATE TABLE IF NOT EXISTS suspects (
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    deaths INTEGER NOT NULL DEFAULT 0,
+    alone INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (path, size, mtime_ns)
 );
 -- Every frame's state: seen, read, inferred (results committed, announcement not yet sent),
 -- published, or quarantined.
@@ -125,6 +139,10 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
+class _Probe(Exception):
+    """Rolls back the start-up write probe."""
+
+
 class Journal:
     """One connection per thread: open a Journal in the thread that uses it."""
 
@@ -145,14 +163,39 @@ class Journal:
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StartupError(f"journal.path {self.path}: cannot open as SQLite ({e})") from None
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Fail at start, naming the file, rather than at the first frame: write a row, roll it back."""
+        try:
+            with self._transaction() as cur:
+                cur.execute("INSERT INTO inflight (path, size, mtime_ns, state, t) VALUES ('', 0, 0, 'seen', 0)")
+                raise _Probe
+        except _Probe:
+            pass
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise StartupError(f"journal.path {self.path}: cannot write to it ({e}); check the file's and its "
+                               "folder's permissions and free space") from None
 
     def _migrate(self) -> None:
-        """Journals written before per-cell counts existed lack their columns: add them."""
+        """Bring journals of earlier releases up to date: per-cell columns, one row per version."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
         for name, kind in (("cells", "INTEGER"), ("cell_live", "INTEGER"), ("cell_dead", "INTEGER"),
                            ("cell_types", "TEXT")):
             if name not in columns:
                 self.db.execute(f"ALTER TABLE frames ADD COLUMN {name} {kind}")
+        table_sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
+        if "UNIQUE (path, version)" not in " ".join(table_sql.split()):
+            # UNIQUE (path, sha256) refused a file restored to earlier pixels: rebuild with (path, version)
+            cols = ", ".join(FrameRecord.__dataclass_fields__)
+            with self._transaction() as cur:
+                cur.execute("DROP VIEW IF EXISTS frame_status")
+                cur.execute(FRAMES_TABLE.replace("{name}", "frames_new"))
+                cur.execute(f"INSERT INTO frames_new (id, {cols}) SELECT id, {cols} FROM frames")
+                cur.execute("DROP TABLE frames")
+                cur.execute("ALTER TABLE frames_new RENAME TO frames")
+            self.db.executescript(SCHEMA)  # the view again
 
     def close(self) -> None:
         self.db.close()
@@ -185,6 +228,19 @@ class Journal:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM frames WHERE path = ?",
                                (path,)).fetchone()[0]
 
+    def field_counts(self, plate: str, well: str, timepoint: int) -> list[tuple[int, int, object]]:
+        """(field, z, TileCounts) of every done frame of one well at one timepoint, oldest first."""
+        cols = ", ".join(FrameRecord.__dataclass_fields__)
+        rows = self.db.execute(f"SELECT {cols} FROM frames WHERE plate = ? AND well = ? AND timepoint = ? "
+                               "AND state = 'done' AND channel IS NOT NULL ORDER BY id", (plate, well, timepoint))
+        return [(r.field, r.z or 0, r.counts()) for r in (FrameRecord(*row) for row in rows)]
+
+    def latest_sha256(self, path: str) -> str | None:
+        """The content of a path's latest version (None: never journaled)."""
+        row = self.db.execute("SELECT sha256 FROM frames WHERE path = ? ORDER BY version DESC LIMIT 1",
+                              (path,)).fetchone()
+        return row[0] if row else None
+
     def has(self, path: str, sha256: str) -> bool:
         return self.db.execute("SELECT 1 FROM frames WHERE path = ? AND sha256 = ?",
                                (path, sha256)).fetchone() is not None
@@ -194,8 +250,8 @@ class Journal:
     def commit(self, records: Iterable[FrameRecord], messages: Iterable[OutboxMessage]) -> None:
         """Write frame records and their messages in one transaction (a group commit: one fsync).
 
-        A record already present (same path and content) violates the UNIQUE constraint and
-        rolls the whole group back: the caller checks `has()` first, as the only writer.
+        A record already present (same path and version) violates the UNIQUE constraint and
+        rolls the whole group back: the caller numbers versions from `latest_version()`, as the only writer.
         """
         cols = list(FrameRecord.__dataclass_fields__)
         with self._transaction() as cur:
@@ -204,17 +260,35 @@ class Journal:
             cur.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
                             [(m.seq, m.topic, json.dumps(m.payload, sort_keys=True)) for m in messages])
             cur.executemany("DELETE FROM inflight WHERE path = ?", [(r.path,) for r in records])
+            cur.executemany("DELETE FROM suspects WHERE path = ?", [(r.path,) for r in records])
 
-    def mark_inflight(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
-        """(path, size, mtime_ns, 'seen' | 'read') for files on their way in; one transaction."""
+    def mark_inflight(self, rows: Iterable[tuple[str, int, int, str]], forget: Iterable[str] = ()) -> None:
+        """(path, size, mtime_ns, 'seen' | 'read') for files on their way in, after forgetting the
+        paths in `forget` (read but not journaled: duplicates, vanished); one transaction."""
         with self._transaction() as cur:
+            cur.executemany("DELETE FROM inflight WHERE path = ?", [(p,) for p in forget])
             cur.executemany("INSERT OR REPLACE INTO inflight (path, size, mtime_ns, state, t) "
                             "VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0)", rows)
 
     def clear_inflight(self) -> int:
-        """At start-up: forget the previous run's in-flight files (the scan finds them again)."""
+        """At start-up: forget the previous run's in-flight files (the scan finds them again); those
+        that were being read count one more death in `suspects`."""
         with self._transaction() as cur:
+            reading = cur.execute("SELECT path, size, mtime_ns FROM inflight WHERE state = 'read'").fetchall()
+            # alone: a suspect being read by itself (the gate reads suspects so); any other death
+            # (several files in the readers, or one file that was not a suspect) makes suspects
+            was_suspect = len(reading) == 1 and cur.execute(
+                "SELECT 1 FROM suspects WHERE path = ? AND size = ? AND mtime_ns = ?", reading[0]).fetchone()
+            column = "alone" if was_suspect else "deaths"
+            cur.execute(f"INSERT INTO suspects (path, size, mtime_ns, {column}) "
+                        "SELECT path, size, mtime_ns, 1 FROM inflight WHERE state = 'read' AND true "
+                        f"ON CONFLICT (path, size, mtime_ns) DO UPDATE SET {column} = {column} + 1")
             return cur.execute("DELETE FROM inflight").rowcount
+
+    def suspects(self) -> dict[tuple[str, int, int], tuple[int, int]]:
+        """(path, size, mtime_ns) -> (daemon deaths while it was being read with others, alone)."""
+        rows = self.db.execute("SELECT path, size, mtime_ns, deaths, alone FROM suspects")
+        return {(p, s, m): (d, a) for p, s, m, d, a in rows}
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:

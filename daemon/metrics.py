@@ -12,7 +12,8 @@ class DaemonMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         self.frames = Counter("wellwatch_frames_total", "Frame files by outcome "
-                              "(processed, quarantined, duplicate, unmatched_name, other_channel, retried, channel_missing)",
+                              "(processed, quarantined, duplicate, unmatched_name, other_channel, retried, "
+                              "channel_missing, deferred)",
                               ["outcome"], registry=registry)
         self.tiles = Counter("wellwatch_tiles_total", "Tiles by call (live, dead, empty)", ["call"],
                              registry=registry)
@@ -34,8 +35,10 @@ class DaemonMetrics:
         self.model = Info("wellwatch_model", "Identity of the loaded models", ["slot"], registry=registry)
         self.watch_root_up = Gauge("wellwatch_watch_root_available",
                                    "1 while the acquisition folder is reachable", registry=registry)
+        self.pool_rebuilds = Counter("wellwatch_segmentation_pool_rebuilds", "Segmentation process pools "
+                                     "replaced after a worker died", registry=registry)
         for outcome in ("processed", "quarantined", "duplicate", "unmatched_name", "other_channel", "retried",
-                        "channel_missing"):
+                        "channel_missing", "deferred"):
             self.frames.labels(outcome)
         for call in ("live", "dead", "empty"):
             self.tiles.labels(call)

@@ -11,8 +11,8 @@ At start everything in memory is rebuilt from the journal (recovery.py).
 With segmentation on, the CPU-heavy part runs in a process pool (all cores): classical
 segmentation is called from the read workers; a segmentation network's tiles are batched by the
 inference thread beside the live/dead patches, and the watershed that turns its maps into cells
-(and the single-cell crops for a cell-type model) runs in the pool, handed back through a queue so
-the inference thread never waits for it (daemon/inference_stage.py).
+(and the single-cell crops for the crop models: cell type, per-cell live/dead) runs in the pool,
+handed back through a queue so the inference thread never waits for it (daemon/inference_stage.py).
 
 A bad frame is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the
 daemon with the error (the entry point decides to exit).
@@ -36,8 +36,10 @@ from .commit import CommitBuilder
 from .dose_publisher import DosePublisher
 from .plate_map import read_plate_map
 from .config import Config
+from .crops import crop_section
 from .errors import StartupError
 from .gate_stage import GateStage
+from .history import well_history
 from .inference_stage import InferenceStage
 from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import Journal
@@ -63,7 +65,8 @@ _COMMIT_GROUP = 256  # outcomes per transaction at most
 class Pipeline:
     def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
                  context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None,
-                 cell_type_backend: InferenceBackend | None = None):
+                 cell_type_backend: InferenceBackend | None = None,
+                 cell_live_dead_backend: InferenceBackend | None = None):
         self.config = config
         self.backend = backend
         self.metrics = metrics
@@ -73,11 +76,8 @@ class Pipeline:
                           if self.seg_method == "model" else None)
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
-        self.cell_type = cell_type_backend
-        if cell_type_backend is not None and self.seg_method == "none":
-            raise StartupError("models.cell_type.path is set but segmentation.method = 'none': cell types need "
-                               "segmented cells; set segmentation.method to classical or model")
-        crop = cell_type_backend.contract.crop if cell_type_backend is not None else None
+        self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend
+        crop = crop_section(cell_type_backend, cell_live_dead_backend, self.seg_method)
         self.root = os.path.realpath(config.watch.root)
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
@@ -91,8 +91,9 @@ class Pipeline:
         self.models = {self.contract.name: backend.sha256}
         if self.seg_model is not None:
             self.models[self.seg_model.name] = segmentation_backend.sha256
-        if cell_type_backend is not None:
-            self.models[cell_type_backend.contract.name] = cell_type_backend.sha256
+        for crop_backend in (cell_type_backend, cell_live_dead_backend):
+            if crop_backend is not None:
+                self.models[crop_backend.contract.name] = crop_backend.sha256
         self.journal_path = Path(config.journal.path)
 
         self.layout: PlateLayout | None = None  # the vendor's plate layout; .pixel_size_um for rescaling
@@ -111,7 +112,9 @@ class Pipeline:
         self._unsent = recovered.unsent
         dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None
         self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
-                                     cell_type_backend.contract if cell_type_backend is not None else None, dose)
+                                     cell_type_backend.contract if cell_type_backend is not None else None, dose,
+                                     well_history(self.journal_path) if dose is not None else (),
+                                     cell_live_dead=cell_live_dead_backend.contract if cell_live_dead_backend else None)
 
         self.context = context or zmq.Context.instance()
         self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
@@ -129,11 +132,13 @@ class Pipeline:
         self.fatal: BaseException | None = None
         self.prepared: queue.Queue = queue.Queue(maxsize=config.pipeline.queue_size)
         self.to_commit: queue.Queue = queue.Queue()
-        self.seg_pool = SegmentationPool(config.segmentation.workers) if self.seg_method != "none" else None
+        self.seg_pool = (SegmentationPool(config.segmentation.workers, on_rebuild=metrics.pool_rebuilds.inc)
+                         if self.seg_method != "none" else None)
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
                               submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
                               nd2=self.nd2, join=self.join,
-                              needs_layout=self.layout is None and config.plate.layout == "auto")
+                              needs_layout=self.layout is None and config.plate.layout == "auto",
+                              suspects=recovered.suspects)
         self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
                                 failed=self.to_commit.put, stop_event=self.stop_event,
                                 is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,
@@ -162,13 +167,13 @@ class Pipeline:
         if self._unsent:
             log.info("re-sending %d journaled messages not yet published", len(self._unsent))
             self.publisher.submit(self._unsent)
-        for t in self._threads:
-            t.start()
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
         if self.layout is not None:
             self.to_commit.put(LayoutEvent(self.layout))
-        offered = self.discovery.start()
+        offered = self.discovery.start()  # before the gate runs: it restarts an observer it finds dead
+        for t in self._threads:
+            t.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
 
@@ -183,14 +188,32 @@ class Pipeline:
         self.stop_event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until a stop is requested; True if it was."""
-        return self.stop_event.wait(timeout)
+        """Block until a stop is requested, or a thread died (then `fatal` says why); True if so."""
+        if self.stop_event.wait(timeout):
+            return True
+        self._check_threads()
+        return self.stop_event.is_set()
+
+    def _check_threads(self) -> None:
+        """A thread that ended on its own stops the daemon with a reason, never silently."""
+        if self.stop_event.is_set():
+            return
+        if not self.publisher.is_alive():
+            error = self.publisher.error
+            self._stop_for(RuntimeError(f"the publisher thread died ({type(error).__name__}: {error}); "
+                                        "nothing would reach subscribers" if error else
+                                        "the publisher thread ended unexpectedly"))
+            return
+        for t in self._threads:
+            if t.ident is not None and not t.is_alive() and self.fatal is None:
+                self._stop_for(RuntimeError(f"the {t.name} thread ended unexpectedly"))
+                return
 
     def shutdown(self) -> None:
         """Drain: finish frames already being read, score and commit them, publish, close."""
         self.stop_event.set()
+        self._threads[0].join()  # the gate stops handing out work (and restarting the observer)
         self.discovery.stop()
-        self._threads[0].join()  # the gate stops handing out work
         if self.fatal is None:
             self.reader.shutdown(wait=True)
             self.prepared.put(_STOP)
@@ -227,7 +250,7 @@ class Pipeline:
                                emit=self.to_commit.put,
                                fail=lambda work, reason: self.to_commit.put(FailedFrame(work.job, work.sha256, reason)),
                                seg_model=self.seg_model, seg_batch=self.config.segmentation.max_batch,
-                               pool=self.seg_pool, cell_type=self.cell_type)
+                               pool=self.seg_pool, cell_type=self.cell_type, cell_live_dead=self.cell_live_dead)
         while True:
             wait = stage.seconds_until_due(time.monotonic())
             try:
@@ -275,9 +298,9 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         built = self.commits.build(group, journal)
-        for rel in built.duplicates:
+        for job in built.duplicates:
             self.metrics.frames.labels("duplicate").inc()
-            self.ledger.release(rel)
+            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
         journal.commit(built.records, built.messages)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)

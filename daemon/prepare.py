@@ -46,8 +46,9 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
                   pixel_size_um: float | None = None) -> PreparedFrame:
     """One decoded 2-D frame (or a field's channels in the model's order) -> its model inputs.
     `segmentation`: none, classical or model (needs `seg_model`), on the first channel; `crop`: a
-    cell-type model's crop section, if one is used; `pixel_size_um`: the frame's, from its vendor
-    metadata (None = unknown), for a segmentation model that rescales frames to its own."""
+    crop models' (cell type, per-cell live/dead) crop section, if one is used; `pixel_size_um`: the
+    frame's, from its vendor metadata (None = unknown), for a segmentation model that rescales
+    frames to its own."""
     channels = image if isinstance(image, list) else [image]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:

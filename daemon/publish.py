@@ -1,8 +1,9 @@
 """ZeroMQ publishing: PUB for updates, ROUTER for snapshots (the ZeroMQ guide's Clone pattern).
 
 One thread owns both sockets (ZeroMQ sockets are not thread-safe). It sends what the commit stage
-has journaled, in seq order, keeps the latest well message per (plate, well, timepoint) as the
-snapshot state, and marks messages sent in the journal.
+has journaled, in seq order, keeps the latest well message per (plate, well) -- its latest
+timepoint -- as the snapshot state (bounded by the plate, however long the time-lapse), and marks
+messages sent in the journal. Older timepoints are answered on request from the journal.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from .errors import StartupError
 from .journal import Journal, OutboxMessage
 from .metrics import DaemonMetrics
 from .security import CurveServer
-from .stream import SCHEMA_VERSION, SNAPSHOT_REQUEST, snapshot_key, stamp_sent
+from .history import well_history
+from .stream import SCHEMA_VERSION, parse_snapshot_request, replaces, snapshot_key, stamp_sent
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+MAX_REQUEST_BYTES = 4096
 
 
 def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
@@ -43,6 +46,8 @@ class Publisher(threading.Thread):
         self.pub.setsockopt(zmq.LINGER, 2000)
         self.router = context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        # a request is a few bytes of JSON: a peer sending more is disconnected before it is buffered
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         if curve is not None:
             curve.apply(self.pub)
             curve.apply(self.router)
@@ -58,9 +63,12 @@ class Publisher(threading.Thread):
     def seed_state(self, messages: list[dict], last_seq: int) -> None:
         """Before start: the snapshot state rebuilt from the journal after a restart."""
         for m in messages:
-            if (key := snapshot_key(m)) is not None:
-                self.state[key] = m
+            self._keep(m)
         self.last_seq = last_seq
+
+    def _keep(self, message: dict) -> None:
+        if (key := snapshot_key(message)) is not None and replaces(message, self.state.get(key)):
+            self.state[key] = message
 
     def submit(self, messages: list[OutboxMessage]) -> None:
         self.inbox.put(messages)
@@ -86,7 +94,7 @@ class Publisher(threading.Thread):
         poller.register(self.router, zmq.POLLIN)
         stopping = False
         while True:
-            self._answer_snapshots(poller)
+            self._answer_snapshots(poller, journal)
             sent_upto = 0
             try:
                 while True:  # drain what is waiting, then mark it sent in one transaction
@@ -103,7 +111,7 @@ class Publisher(threading.Thread):
                 journal.mark_sent(sent_upto)
             self.metrics.queue_depth.labels("publish").set(self.inbox.qsize())
             if stopping:
-                self._answer_snapshots(poller)
+                self._answer_snapshots(poller, journal)
                 return
 
     def _send(self, m: OutboxMessage) -> None:
@@ -115,18 +123,23 @@ class Publisher(threading.Thread):
         self.metrics.messages.labels(payload["type"]).inc()
         if payload["type"] == "frame" and "latency_s" in payload:
             self.metrics.latency.observe(payload["latency_s"])
-        if (key := snapshot_key(payload)) is not None:
-            self.state[key] = payload
+        self._keep(payload)
 
-    def _answer_snapshots(self, poller: zmq.Poller) -> None:
+    def _answer_snapshots(self, poller: zmq.Poller, journal: Journal) -> None:
         while dict(poller.poll(0)).get(self.router):
             frames = self.router.recv_multipart()
             ident, request = frames[0], frames[-1]
-            if request != SNAPSHOT_REQUEST:
-                reply = {"schema": SCHEMA_VERSION, "type": "error",
-                         "error": f"unknown request {request[:40]!r}; send {SNAPSHOT_REQUEST!r}"}
+            try:
+                timepoints = parse_snapshot_request(request)
+            except ValueError as e:
+                reply = {"schema": SCHEMA_VERSION, "type": "error", "error": str(e)}
             else:
-                reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "seq": self.last_seq,
-                         "wells": [self.state[k] for k in sorted(self.state, key=str)]}
+                if timepoints is None:
+                    wells = [self.state[k] for k in sorted(self.state, key=str)]
+                else:  # older timepoints: from the journal, cut at the seq this snapshot holds
+                    wells = well_history(journal.db, timepoints=timepoints, up_to_seq=self.last_seq)
+                reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "seq": self.last_seq, "wells": wells}
+                if timepoints is not None:
+                    reply["timepoints"] = list(timepoints)
                 self.metrics.snapshots.inc()
             self.router.send_multipart([ident, b"", json.dumps(reply).encode()])

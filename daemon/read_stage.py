@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 import numpy as np
@@ -35,10 +36,13 @@ from .metrics import DaemonMetrics
 from .multichannel_tiff import decode_channels, pick_channels
 from .nd2_reader import Nd2Tracker, read_nd2_frame, select_channels
 from .prepare import prepare_frame
-from .reader import decode_frame
+from .reader import check_file_size, decode_frame
 from .segment import ModelSegmenter, SegmentationPool
 
 log = logging.getLogger(__name__)
+
+# Errors of the machine, not of the frame (memory, file descriptors, a pool that was shut down)
+MACHINE_FAULTS = (MemoryError, OSError, BrokenProcessPool)
 
 
 class ReadStage:
@@ -89,6 +93,11 @@ class ReadStage:
                                      classical=self.config.segmentation.classical, seg_model=self.seg_model,
                                      crop=self.crop, run_classical=self._classical_in_pool,
                                      pixel_size_um=pixel_size_um)
+        except MACHINE_FAULTS as e:  # the machine, not the frame: try again, never a permanent quarantine
+            log.warning("cannot prepare %s now (%s: %s); trying again later", job.rel, type(e).__name__, e)
+            self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
+                      machine=True)
+            return
         except Exception as e:  # a frame the model cannot take must not stop the daemon
             log.exception("cannot prepare %s", job.rel)
             reason = f"cannot be prepared for the model ({type(e).__name__}: {e})"
@@ -111,6 +120,12 @@ class ReadStage:
                 continue
 
     def _load_file(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
+        limits = self.config.limits
+        try:
+            check_file_size(job.path, job.size, limits)  # before reading a byte
+        except FrameReadError as e:
+            self.fail(job, "", e)
+            return None
         try:
             with open(job.path, "rb") as f:
                 data = f.read()
@@ -126,7 +141,7 @@ class ReadStage:
         try:
             if self.join is not None and not job.meta.channel:  # one file holds the field's channels
                 return job, sha, pick_channels(job.path, decode_channels(job.path, data), self.channels), ()
-            image = decode_frame(job.path, data)
+            image = decode_frame(job.path, data, limits)
         except FrameReadError as e:
             self.fail(job, sha, e)
             return None
@@ -154,22 +169,28 @@ class ReadStage:
         return dataclasses.replace(job, size=sum(i.nbytes for i in images)), sha, images, ()
 
     def _duplicate(self, job: FrameJob, sha: str) -> bool:
-        if self.ledger.has_content(job.rel, sha):  # touched but unchanged: the same frame, already counted
+        if self.ledger.is_latest_content(job.rel, sha):  # touched but unchanged: already counted
             self.metrics.frames.labels("duplicate").inc()
-            self.ledger.release(job.rel)
+            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
             return True
         return False
 
     def _classical_in_pool(self, image: np.ndarray, params, crop):
         return self.seg_pool.classical(image, params, crop).result()
 
-    def fail(self, job: FrameJob, sha: str, error: FrameReadError) -> None:
-        """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame."""
+    def fail(self, job: FrameJob, sha: str, error: FrameReadError, machine: bool = False) -> None:
+        """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame.
+        A machine fault is never journaled: past its retries the frame waits for the next scan."""
         cfg = self.config.pipeline
         if error.retryable and job.attempt < cfg.max_retries:
             self.metrics.frames.labels("retried").inc()
             log.info("retrying %s later (attempt %d): %s", job.rel, job.attempt + 1, error.reason)
             retry = dataclasses.replace(job, attempt=job.attempt + 1)
             self.retries.add(time.monotonic() + cfg.retry_delay_s, retry)
+            return
+        if machine:
+            log.error("%s: %s; left for the next reconcile scan", job.rel, error.reason)
+            self.metrics.frames.labels("deferred").inc()
+            self.ledger.release(job.rel)
             return
         self.failed(FailedFrame(job, sha, error.reason))

@@ -15,6 +15,7 @@ from pathlib import Path
 from .aggregate import PlateAggregate
 from .journal import Journal, OutboxMessage
 from .ledger import FrameLedger
+from .stream import replaces, snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ ND2_FRAME = re.compile(r"\.nd2#\d+$", re.IGNORECASE)
 class Recovered:
     seq: int                      # the last seq handed out; the next message gets seq + 1
     last_sent: int                # the last seq the publisher sent
-    snapshot_state: list[dict] = field(default_factory=list)  # sent well messages, oldest first
+    snapshot_state: list[dict] = field(default_factory=list)  # the latest sent well message per well
     unsent: list[OutboxMessage] = field(default_factory=list)  # committed, to be (re)sent
+    # (rel path, size, mtime_ns) -> (daemon deaths while it was being read with others, alone)
+    suspects: dict[tuple[str, int, int], tuple[int, int]] = field(default_factory=dict)
     nd2_frames: set[str] = field(default_factory=set)  # "file.nd2#index" already journaled
 
 
@@ -48,7 +51,15 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
             log.info("journal %s: %d frames already recorded; last seq %d", journal_path, n, state.seq)
         if stale := journal.clear_inflight():
             log.info("%d files were on their way in at the last stop; the start-up scan finds them again", stale)
-        state.snapshot_state = list(journal.sent_payloads("well/"))
+        state.suspects = journal.suspects()
+        if state.suspects:
+            log.warning("%d file(s) were being read when the daemon died; they are read alone now (a file "
+                        "alone at two deaths is quarantined)", len(state.suspects))
+        latest: dict[tuple, dict] = {}  # the snapshot's state: one message per well, however long the run
+        for message in journal.sent_payloads("well/"):
+            if (key := snapshot_key(message)) is not None and replaces(message, latest.get(key)):
+                latest[key] = message
+        state.snapshot_state = list(latest.values())
         state.unsent = journal.unsent()
         return state
     finally:

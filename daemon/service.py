@@ -17,7 +17,7 @@ from .config import Config
 from .errors import StartupError
 from .metrics import DaemonMetrics
 from .pipeline import Pipeline
-from .segment import BUNDLED_SEGMENTATION_MODEL
+from .segment import BUNDLED_SEGMENTATION_MODEL, bundled_model
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,7 @@ log = logging.getLogger(__name__)
 
 def bundled_demo_model() -> Path:
     """The demo model shipped in the package (see wellwatch/models/README.md)."""
-    from importlib.resources import files
-
-    return Path(str(files("wellwatch") / "models" / "demo-live-dead.onnx"))
+    return bundled_model("demo-live-dead.onnx")
 
 
 def open_slot(slot: str, path: str, task: str, max_batch: int, config: Config, metrics: DaemonMetrics) -> OnnxBackend:
@@ -48,7 +46,12 @@ def load_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
     if not config.models.live_dead.path:
         log.warning("models.live_dead.path is empty: using the bundled DEMO model %s, trained on simulated "
                     "frames only; it is not for real experiments", path)
-    return open_slot("live_dead", path, "live_dead", config.batching.max_batch, config, metrics)
+    backend = open_slot("live_dead", path, "live_dead", config.batching.max_batch, config, metrics)
+    if backend.contract.per_cell:
+        raise StartupError(f"models.live_dead.path {path}: a per-cell live/dead model (crop section); it goes in "
+                           "[models.cell_live_dead] (with segmentation.method classical or model); "
+                           "[models.live_dead] takes a tile model")
+    return backend
 
 
 def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
@@ -59,20 +62,31 @@ def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBac
     return open_slot("segmentation", path, "segmentation", config.segmentation.max_batch, config, metrics)
 
 
-def load_cell_type_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
-    """The cell-type classifier of [models.cell_type], if one is configured."""
-    path = config.models.cell_type.path
+def load_crop_backend(config: Config, metrics: DaemonMetrics, slot: str, task: str) -> OnnxBackend | None:
+    """The single-cell crop classifier of [models.<slot>] (cell_type, cell_live_dead), if one is configured."""
+    path = getattr(config.models, slot).path
     if not path:
         return None
-    backend = open_slot("cell_type", path, "cell_type", config.batching.max_batch, config, metrics)
+    backend = open_slot(slot, path, task, config.batching.max_batch, config, metrics)
     c = backend.contract
     if c.crop is None:
-        raise StartupError(f"models.cell_type.path {path}: a cell_type model without a crop section; a model "
-                           "trained on single-cell crops (a `wellwatch dataset cells` dataset) is needed")
+        dataset = "dataset cells --dead-stain" if task == "live_dead" else "dataset cells"
+        raise StartupError(f"models.{slot}.path {path}: a {task} model without a crop section; a model "
+                           f"trained on single-cell crops (a `wellwatch {dataset}` dataset) is needed")
     if len(c.channels) != len(config.channels.label_free):
-        raise StartupError(f"models.cell_type.path {path}: the model takes {len(c.channels)} channel(s) "
+        raise StartupError(f"models.{slot}.path {path}: the model takes {len(c.channels)} channel(s) "
                            f"({', '.join(c.channels)}); channels.label_free gives {len(config.channels.label_free)}")
     return backend
+
+
+def load_cell_type_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
+    """The cell-type classifier of [models.cell_type], if one is configured."""
+    return load_crop_backend(config, metrics, "cell_type", "cell_type")
+
+
+def load_cell_live_dead_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
+    """The per-cell live/dead classifier of [models.cell_live_dead], if one is configured."""
+    return load_crop_backend(config, metrics, "cell_live_dead", "live_dead")
 
 
 def start_metrics_server(config: Config, registry: CollectorRegistry) -> None:
@@ -90,15 +104,16 @@ class Daemon:
     """A running daemon; `run()` blocks until stopped. Also used in-process by demo, bench and tests."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None, backend=None,
-                 segmentation_backend=None, cell_type_backend=None):
+                 segmentation_backend=None, cell_type_backend=None, cell_live_dead_backend=None):
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.backend = backend or load_backend(config, self.metrics)
         seg_backend = segmentation_backend or load_segmentation_backend(config, self.metrics)
         type_backend = cell_type_backend or load_cell_type_backend(config, self.metrics)
+        cell_ld_backend = cell_live_dead_backend or load_cell_live_dead_backend(config, self.metrics)
         self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
-                                 cell_type_backend=type_backend)
+                                 cell_type_backend=type_backend, cell_live_dead_backend=cell_ld_backend)
         self._stopped = threading.Event()
 
     def start(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import threading
 from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -36,8 +38,8 @@ def inside_root(path: str, root: str) -> bool:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, on_path: OnPath, extensions: tuple[str, ...], root: str):
-        self.on_path, self.extensions, self.root = on_path, extensions, root
+    def __init__(self, on_path: OnPath, extensions: tuple[str, ...], root: str, root_lost: threading.Event):
+        self.on_path, self.extensions, self.root, self.root_lost = on_path, extensions, root, root_lost
 
     def _offer(self, path: str, renamed: bool) -> None:
         if is_candidate_name(os.path.basename(path), self.extensions) and (
@@ -60,6 +62,11 @@ class _Handler(FileSystemEventHandler):
         if not event.is_directory:
             self._offer(str(event.dest_path), True)
 
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        # the watched folder itself: its watch is dead even if a new folder takes its inode
+        if event.is_directory and os.path.realpath(str(event.src_path)) == self.root:
+            self.root_lost.set()
+
 
 class Discovery:
     def __init__(self, root: str, on_path: OnPath, observer: str = "native", recursive: bool = True,
@@ -69,25 +76,42 @@ class Discovery:
         self.recursive = recursive
         self.extensions = extensions
         self.kind = observer
+        self.root_lost = threading.Event()  # set when the watched folder was deleted under the observer
         self.observer = self._new_observer()
 
     def _new_observer(self):
         observer = PollingObserver(timeout=1.0) if self.kind == "polling" else Observer()
-        observer.schedule(_Handler(self.on_path, self.extensions, self.root), self.root, recursive=self.recursive)
+        observer.schedule(_Handler(self.on_path, self.extensions, self.root, self.root_lost), self.root,
+                          recursive=self.recursive)
         return observer
 
     def start(self) -> int:
         self.observer.start()
         return self.scan()
 
-    def restart_observer(self) -> None:
-        """After the root came back (a share reconnected): watch the new folder."""
+    def restart_observer(self) -> bool:
+        """Watch the folder now at the root (it came back, or was replaced); False if it cannot be yet."""
         self.stop()
+        self.root_lost.clear()
         try:
             self.observer = self._new_observer()
             self.observer.start()
-        except OSError as e:  # gone again already: the next reconcile tries again
+            return True
+        except OSError as e:  # gone again already: the gate tries again
             log.warning("cannot watch %s yet: %s", self.root, e)
+            return False
+
+    def observer_alive(self) -> bool:
+        return self.observer.is_alive()
+
+    def root_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the root folder; None when it is not there. A new inode = a new folder."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
     def stop(self) -> None:
         if self.observer.is_alive():
             self.observer.stop()

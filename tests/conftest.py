@@ -69,9 +69,10 @@ def run_daemon(tmp_path):
     """Start daemons on a simulated plate's folder; all are stopped at the end of the test."""
     running = []
 
-    def start(spec, segmentation_backend=None, cell_type_backend=None, **overrides):
+    def start(spec, segmentation_backend=None, cell_type_backend=None, cell_live_dead_backend=None, **overrides):
         config = local_config(tmp_path, spec, **overrides)
-        daemon = start_daemon(config, segmentation_backend=segmentation_backend, cell_type_backend=cell_type_backend)
+        daemon = start_daemon(config, segmentation_backend=segmentation_backend, cell_type_backend=cell_type_backend,
+                              cell_live_dead_backend=cell_live_dead_backend)
         running.append(daemon)
         return config, daemon
 

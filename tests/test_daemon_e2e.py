@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
+from wellwatch.client import request_snapshot
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
@@ -99,7 +101,11 @@ def test_frames_present_before_start_are_processed_once(run_daemon, recorder_for
     # the journal holds the hash of each complete file: what was counted is what was written
     for path, sha, *_ in rows:
         assert hashlib.sha256((tmp_path / "acquisition" / "data" / path).read_bytes()).hexdigest() == sha
-    assert sum(m["frames"] for m in rec.state.wells.values()) == frames_of(spec)
+    time.sleep(0.3)  # the last messages sent
+    # a snapshot holds each well's latest timepoint; all of them on request by range
+    every = request_snapshot(zmq.Context.instance(), config.publish.snapshot_endpoint,
+                             timepoints=(0, spec.timepoints - 1))
+    assert sum(m["frames"] for m in every["wells"]) == frames_of(spec)
 
 
 @pytest.mark.parametrize("observer", ["native", "polling"])
@@ -142,10 +148,10 @@ def test_subscribe_command_prints_snapshot_then_updates(run_daemon, recorder_for
     proc = subprocess.Popen([sys.executable, "-m", "wellwatch", "subscribe", config.publish.endpoint,
                              "--snapshot", config.publish.snapshot_endpoint, "--count", "4", "--timeout", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # the subscriber is connected before frames arrive
+    first = proc.stdout.readline()  # the snapshot: the subscriber is connected before frames arrive
     write_plate(spec, tmp_path / "acquisition")
     out, err = proc.communicate(timeout=30)
-    lines = [json.loads(line) for line in out.splitlines()]
+    lines = [json.loads(line) for line in (first + out).splitlines()]
     assert proc.returncode == 0, err
     assert lines[0]["type"] == "snapshot" and "seq" in lines[0]
     assert [m["type"] for m in lines[1:]] == ["frame", "well", "frame", "well"]

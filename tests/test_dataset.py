@@ -74,7 +74,7 @@ def test_voc_import_crops_boxes_with_ldc_names(tmp_path):
     name, boxes = parse_voc(tmp_path / "img0.xml")
     assert name == "img0.png" and [b.name for b in boxes] == ["Living Cell", "Living Cell", "Dead Cell"]
     assert read_grey(tmp_path / "img0.png").ndim == 2
-    ds = build_voc_dataset([tmp_path], size=24, context=1.5, duplicate_threshold=None)
+    ds = build_voc_dataset([tmp_path], size=24, context=1.5, duplicate_threshold=None, scale="box")
     assert ds.meta["task"] == "live_dead" and ds.classes == ("live", "dead")
     assert ds.counts() == {"live": 6, "dead": 3}
     assert ds.x.shape == (9, 1, 24, 24) and ds.x.dtype == np.float32
@@ -97,6 +97,26 @@ def test_voc_rotated_copies_share_a_group(tmp_path):
     groups = dict(zip([i.split("#")[0] for i in ds.ids], ds.source))
     assert groups["a"] == groups["a_rot"] != groups["b"]
     assert ds.meta["duplicates"]["images_in_duplicate_groups"] == 2
+
+
+def test_voc_native_scale_cuts_windows_of_the_frame_itself(tmp_path):
+    from wellwatch.daemon.contract import Normalisation
+    from wellwatch.daemon.preprocess import normalise_frame
+
+    rng = np.random.default_rng(3)
+    img = _voc_image(rng, [(30, 40)], [(60, 70)])
+    _write_voc(tmp_path, "n", img, [("Living Cell", (30, 40)), ("Dead Cell", (60, 70))], rgb=False)
+    ds = build_voc_dataset([tmp_path], size=20, scale="native", duplicate_threshold=None, describe="Grey discs.")
+    frame = normalise_frame(img.astype(np.float32), Normalisation("robust_zscore", {}))
+    # boxes span 9 px either side of the centre: a 20 px window starts 10 px before it, nothing resized
+    np.testing.assert_allclose(ds.x[0, 0], frame[20:40, 30:50], rtol=1e-6)
+    np.testing.assert_allclose(ds.x[1, 0], frame[50:70, 60:80], rtol=1e-6)
+    crop = ds.meta["crop"]
+    assert crop["scale"] == "native" and crop["context"] is None and crop["box_side_px"]["median"] == 18
+    assert "about 18 px across" in crop["serving_note"]
+    assert ds.meta["fits"] == "Grey discs; " + crop["serving_note"]  # a model's trained_on.fits
+    with pytest.raises(ValueError, match="crop scale 'zoom'; allowed: native, box"):
+        build_voc_dataset([tmp_path], size=20, scale="zoom")
 
 
 def test_voc_class_map_for_other_names_gives_cell_type(tmp_path):

@@ -129,6 +129,23 @@ def test_logits_contract_gives_a_graph_without_softmax(tmp_path):
     assert not np.allclose(logits.sum(axis=1), 1.0)  # really logits
 
 
+def test_eight_view_model_exports_with_its_view_averaging_in_the_graph(tmp_path):
+    """cropnet8 averages the 8 rotations/flips inside its forward: the ONNX file must compute the same
+    (parity) and so give one call for a cell however it is turned, served with no daemon change."""
+    import onnxruntime as ort
+
+    ckpt = make_checkpoint(tmp_path / "best.pt", arch="cropnet8")
+    result = export_checkpoint(ckpt, tmp_path / "m8.onnx", parity_images=NO_IMAGES)
+    assert result.parity.passed and result.parity.mismatched == 0
+    info = inspect_model(result.path)  # the daemon's own loading checks, output shape included
+    assert "[batch, 2]" in format_info(info)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = synthetic_patches(5, seed=4)[0]
+    p = session.run(None, {"input": x})[0]
+    for turned in (np.rot90(x, 1, axes=(2, 3)), np.flip(x, axis=3), np.rot90(x, 3, axes=(2, 3))[..., ::-1, :]):
+        np.testing.assert_allclose(session.run(None, {"input": np.ascontiguousarray(turned)})[0], p, atol=1e-5)
+
+
 def test_cell_type_two_channel_model_exports_with_real_patches(tmp_path):
     contract = tiny_contract(task="cell_type", classes=("lmpp", "prob", "other"), positive_class="prob", tiling=None,
                              channels=("dic", "phase"), empty_filter=EmptyFilter("none"))
@@ -378,3 +395,27 @@ def test_the_bundled_demo_model_was_made_by_export_checkpoint():
     info = inspect_model(path)
     assert info.hash_check == "manifest" and info.contract.trained_on["demo"] is True
     assert info.contract.tool.startswith("wellwatch ") and " export " in info.contract.tool
+
+
+def test_the_bundled_ldc_model_serves_crops_cut_by_dataset_voc():
+    """`make ldc-model`'s file: the daemon's loader accepts it, its manifest matches, its contract says
+    what it fits, and it calls real LDC crops cut by today's `dataset voc` defaults (a change to the
+    crop geometry or normalisation that it was not trained with would break this)."""
+    import onnxruntime as ort
+
+    from wellwatch.training.scores import roc_auc
+    from wellwatch.training.voc import build_voc_dataset
+
+    path = Path(__file__).resolve().parents[1] / "wellwatch" / "models" / "ldc-live-dead.onnx"
+    m = verify_manifest(path)
+    assert m["source"]["arch"] == "cropnet8" and m["parity"]["mismatched"] == 0 and path.stat().st_size < 2_000_000
+    info = inspect_model(path)
+    c = info.contract
+    assert c.task == "live_dead" and (c.height, c.width) == (32, 32) and "22 px across" in c.trained_on["fits"]
+    assert c.metrics["cv"]["auc_ci95"][0] <= c.metrics["cv"]["auc"] <= c.metrics["cv"]["auc_ci95"][1]
+    ds = build_voc_dataset([shared_data("ldc-live-dead", "images")], limit=60, duplicate_threshold=None)
+    assert ds.x.shape[1:] == (1, c.height, c.width) and ds.normalisation == c.normalisation
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    p_dead = session.run(None, {c.input_name: ds.x})[0][:, c.classes.index("dead")]
+    # images it was trained on: a check that serving matches training, not an estimate of accuracy
+    assert roc_auc(ds.y == ds.classes.index("dead"), p_dead) > 0.95

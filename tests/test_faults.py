@@ -153,7 +153,9 @@ def test_burst_of_thousands_found_even_with_events_lost(run_daemon, recorder_for
                  plate_format=384)
     config, running = run_daemon(spec, **{"watch.reconcile_s": 0.5, "batching.max_delay_ms": 5.0})
     rec = recorder_for(config)
-    running.daemon.pipeline.discovery.stop()  # the observer is gone: only the reconcile scan can find files
+    discovery = running.daemon.pipeline.discovery
+    discovery.restart_observer = lambda: False  # the observer is gone for good:
+    discovery.stop()                            # only the reconcile scan can find files
     write_plate(spec, tmp_path / "acquisition")
     n = len(spec.wells) * spec.fields * spec.timepoints
     assert n == 2304

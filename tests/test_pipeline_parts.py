@@ -71,13 +71,18 @@ def test_commit_builder_numbers_messages_and_versions_without_threads(tmp_path, 
     assert [m.seq for m in built.messages] == [42, 43, 44, 45]  # status, frame + well, quarantine
     assert [m.payload["seq"] for m in built.messages] == [42, 43, 44, 45]
     assert [m.topic for m in built.messages] == ["status/daemon", "frame/p/A1", "well/p/A1", "status/quarantine"]
-    assert built.outcomes == ["processed", "quarantined"] and built.duplicates == ["a.tif"]
+    assert built.outcomes == ["processed", "quarantined"] and [j.rel for j in built.duplicates] == ["a.tif"]
     frame_msg = built.messages[1].payload
     assert frame_msg["counts"] == {"live": 3, "dead": 1, "empty": 2} and frame_msg["version"] == 1
     assert built.messages[2].payload["fields_expected"] == 2 and built.messages[2].payload["frames"] == 1
     journal.commit(built.records, built.messages)
     again = builder.build([_scored(a, contract, "s3", dead=0, live=1)], journal)  # new content, same path
     assert again.records[0].version == 2 and again.messages[0].seq == 46
+    journal.commit(again.records, again.messages)
+    restored = builder.build([_scored(a, contract, "s1", dead=1, live=3)], journal)  # back to the first pixels
+    assert [r.version for r in restored.records] == [3] and not restored.duplicates
+    journal.commit(restored.records, restored.messages)
+    assert journal.latest_sha256("a.tif") == "s1" and journal.latest_version("a.tif") == 3
     journal.close()
 
 
@@ -95,7 +100,11 @@ def test_ledger_and_recovery_agree_with_the_journal(tmp_path, contract):
     assert state.seq == state.last_sent == 2 and state.unsent == []
     assert [m["type"] for m in state.snapshot_state] == ["well"]
     assert not ledger.needs_look(("a.tif", 10, 123)) and ledger.needs_look(("a.tif", 11, 123))
-    assert ledger.has_content("a.tif", "s1") and not ledger.has_content("a.tif", "s2")
+    assert ledger.is_latest_content("a.tif", "s1") and not ledger.is_latest_content("a.tif", "s2")
+    ledger.remember("a.tif", 11, 124, "s2")  # a new version; then the file is restored, mtime and all
+    assert ledger.needs_look(("a.tif", 10, 123)) and not ledger.is_latest_content("a.tif", "s1")
+    ledger.unchanged("a.tif", 11, 999)  # touched: same content, new mtime
+    assert not ledger.needs_look(("a.tif", 11, 999)) and ledger.is_latest_content("a.tif", "s2")
     assert ledger.claim("b.tif") and not ledger.claim("b.tif") and not ledger.needs_look(("b.tif", 1, 1))
     ledger.release("b.tif")
     assert ledger.claim("b.tif")

@@ -46,7 +46,7 @@ def test_a_gap_in_seq_makes_the_client_count_and_resnapshot(tmp_path):
     publisher.submit([well_message(1, "A1", 5), well_message(2, "A2", 6)])
     time.sleep(0.2)
     # seq 3-5 are "lost" on the way to this subscriber: the publisher's state has them, the client not
-    publisher.state[("p", "A3", 0)] = well_message(3, "A3", 7).payload
+    publisher.state[("p", "A3")] = well_message(3, "A3", 7).payload  # one entry per well: its latest timepoint
     publisher.last_seq = 5
     publisher.submit([well_message(6, "A1", 8), well_message(7, "A4", 9)])
     assert done.wait(10)
@@ -56,5 +56,5 @@ def test_a_gap_in_seq_makes_the_client_count_and_resnapshot(tmp_path):
     assert kinds[:4] == ["snapshot", "update", "update", "snapshot"]  # seq 6 arrived after 2: a gap
     assert received[3][2:] == (1, 3)  # one gap, three messages missed
     # the re-snapshot restored what the lost messages carried: the client ends with the publisher's state
-    assert final == publisher.state
+    assert final == {(p, w, m["timepoint"]): m for (p, w), m in publisher.state.items()}
     assert final[("p", "A3", 0)]["counts"]["live"] == 7

@@ -20,7 +20,62 @@ from wellwatch.training.train import TrainConfig, augment, seed_defaults, train_
 from .test_training_data import blob_crops, blob_dataset
 
 
-@pytest.mark.parametrize("arch,size", [("tiny", 32), ("ogawa", 48), ("resnet18", 32), ("squeezenet1_1", 48),
+def test_cropnet8_averages_the_eight_views_only_when_evaluating():
+    torch.manual_seed(0)
+    m = build_model("cropnet8", 1, 2, input_size=32).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        views = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+        for v in views + [torch.flip(v, dims=(3,)) for v in views]:
+            torch.testing.assert_close(m(v), ref, atol=1e-5, rtol=1e-4)  # any rotation/flip: the same call
+        m.dihedral = False
+        one = m(x)
+        assert not torch.allclose(one, ref, atol=1e-4)  # one view differs: the 8-view mean is not a no-op
+        manual = torch.stack([m(v) for v in views + [torch.flip(v, dims=(3,)) for v in views]]).mean(0)
+        torch.testing.assert_close(manual, ref, atol=1e-5, rtol=1e-4)
+    m.train()
+    m.dihedral = True
+    assert m(x).shape == (3, 2)  # training: one view per sample (the augmentation draws it)
+
+
+def test_photometric_augmentation_changes_brightness_contrast_and_blur_reproducibly():
+    from wellwatch.training.train import photometric
+
+    x = torch.from_numpy(blob_crops(64, 24, 4)[0])
+    a = photometric(x.clone(), torch.Generator().manual_seed(1))
+    b = photometric(x.clone(), torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    mean_shift = (a.mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))).abs()
+    sd_ratio = a.std(dim=(1, 2, 3)) / x.std(dim=(1, 2, 3))
+    assert mean_shift.max() > 0.1 and (sd_ratio.max() > 1.1 or sd_ratio.min() < 0.9)
+    # blur smooths pixel noise: the neighbour-difference energy falls well below the gain alone for some crops
+    rough = lambda t: (t[..., 1:, :] - t[..., :-1, :]).pow(2).mean(dim=(1, 2, 3)) / t.std(dim=(1, 2, 3)) ** 2
+    assert (rough(a) < 0.6 * rough(x)).any()
+
+
+def test_patience_zero_trains_every_epoch_and_keeps_the_last():
+    x, y, _ = blob_crops(64, 16, 8)
+    cfg = TrainConfig(arch="cropnet", epochs=3, batch_size=16, lr=1e-2, patience=0, schedule="cosine",
+                      label_smoothing=0.1, photometric=True)
+    model, h = train_classifier(x[:48], y[:48], x[48:], y[48:], cfg)
+    assert len(h.train_loss) == 3 and h.best_epoch == 2
+    with pytest.raises(ValueError, match="schedule 'steps'"):
+        train_classifier(x[:48], y[:48], x[48:], y[48:], TrainConfig(arch="cropnet", epochs=1, schedule="steps"))
+
+
+def test_crops_from_boxes_default_to_cropnet8_and_cell_crops_keep_ogawa():
+    from wellwatch.training.run import default_arch
+
+    ds = blob_dataset(16, 16, 4)
+    assert default_arch(ds) == "ogawa"
+    ds.meta["provenance"] = {"source": "Pascal VOC boxes"}
+    assert default_arch(ds) == "cropnet8"
+    c = seed_defaults("cropnet8")
+    assert (c.patience, c.schedule, c.photometric, c.label_smoothing) == (0, "cosine", True, 0.1)
+
+
+@pytest.mark.parametrize("arch,size", [("tiny", 32), ("cropnet", 32), ("cropnet8", 32), ("ogawa", 48), ("resnet18", 32), ("squeezenet1_1", 48),
                                        ("inception_v3", 75)])
 def test_architectures_take_grey_input_and_expose_features(arch, size):
     torch.manual_seed(0)
@@ -159,4 +214,30 @@ def test_cross_validation_by_group(tmp_path):
     assert not (tests[0] & tests[1]) and len(set().union(*tests)) == 12
     lines = (tmp_path / "run" / "cv_scores.csv").read_text().splitlines()
     assert lines[0] == "id,label,score,fold" and len(lines) == 73
+    lo, hi = cv["pooled"]["auc_ci95"]
+    assert lo <= cv["pooled"]["auc"] <= hi and "12 groups" in cv["pooled"]["bootstrap"]
+    assert len(cv["pooled"]["balanced_accuracy_ci95"]) == 2
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_final_model_on_every_group_after_cross_validation(tmp_path):
+    from wellwatch.training.run import SplitError
+
+    save_dataset(blob_dataset(48, 16, 6), tmp_path / "ds")
+    s = train_run(tmp_path / "ds", tmp_path / "run", arch="cropnet8", epochs=1, batch_size=16, patience=0, folds=2,
+                  fractions=(1.0, 0.0, 0.0), progress=False)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train_groups"]) == 6 and split["val_groups"] == [] and split["test_groups"] == []
+    _, _, contract, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert set(contract.metrics) == {"cv"} and "auc_ci95" in contract.metrics["cv"]
+    assert s["cv"]["k"] == 2
+    assert s["cv"]["pooled_one_view"]["n"] == 48 and "auc_ci95" in s["cv"]["pooled_one_view"]  # 8 views vs one
+    from wellwatch.training.evaluate import evaluate
+
+    m = evaluate(tmp_path / "run", tmp_path / "ds", tmp_path / "report", n_boot=50, tsne_max=0, gradcam_n=0)
+    assert "includes the training data" in m["patches"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Cross-validated at training" in report and "estimate how the model does on images it never saw" in report
+    with pytest.raises(SplitError, match="split 1/0/0 leaves no validation groups.*give --patience 0"):
+        train_run(tmp_path / "ds", tmp_path / "run2", arch="tiny", epochs=1, fractions=(1.0, 0.0, 0.0),
+                  progress=False)

@@ -238,7 +238,8 @@ def test_cli_errors_exit_2_with_the_message(plate, capsys, caplog):
 
     rc = main(["dataset", "cells", str(plate / "plate"), "--out", str(plate / "bad"), "--segment-channel", "DIC"])
     assert rc == 2
-    assert "--segment-channel 'DIC'" in caplog.text + capsys.readouterr().err
+    # --segment-channel is the old name of --segment-on (any channel, e.g. a nuclear stain)
+    assert "--segment-on 'DIC': no file of channel 'DIC'" in caplog.text + capsys.readouterr().err
 
 
 # --- the pieces, on data with known answers ------------------------------------------------------

@@ -60,24 +60,32 @@ class CellDatasetError(WellwatchError, ValueError):
 
 @dataclass(frozen=True)
 class FieldFiles:
-    """The files of one field image: label-free channels (in the order asked for) and the marker."""
+    """The files of one field image: label-free channels (in the order asked for), the labelling
+    fluorescence (a marker, or a dead stain) and any other channel asked for (e.g. a nuclear stain to
+    segment on)."""
     label_free: dict[str, Path]
     marker: Path
     meta: FrameMeta  # of the first label-free file (plate, well, field, timepoint, z)
+    extra: dict[str, Path] = field(default_factory=dict)
 
 
 def find_fields(folders: Iterable[str | Path], naming: str = "scanr", label_free: Sequence[str] = ("PH",),
-                marker: str = "CD19", plate_format: int = 96, pattern: str = "") -> list[FieldFiles]:
+                marker: str = "CD19", plate_format: int = 96, pattern: str = "",
+                extra: Sequence[str] = (), marker_option: str = "--marker",
+                extra_option: str = "--segment-on") -> list[FieldFiles]:
     """Group files by field (plate, well, timepoint, field, z) as `livedead.find_pairs` pairs two
-    channels, for several label-free channels plus one marker channel. Channel names compare
-    case-insensitively. Errors name the folder, the missing channel and the option that set it."""
+    channels, for several label-free channels plus one marker channel (and `extra` channels, e.g. a
+    nuclear stain to segment on). Channel names compare case-insensitively. Errors name the folder,
+    the missing channel and the option that set it."""
     folders = [Path(f) for f in folders]
     label_free = [c for c in label_free]
+    lower_free = [c.lower() for c in label_free]
+    extra = [c for c in extra if c.lower() not in lower_free]
     if not label_free:
         raise CellDatasetError("--label-free: give at least one label-free channel (e.g. PH or PH,DIC)")
-    if marker.lower() in [c.lower() for c in label_free]:
-        raise CellDatasetError(f"--marker {marker!r} is also a --label-free channel")
-    wanted = [c.lower() for c in label_free] + [marker.lower()]
+    if marker.lower() in lower_free:
+        raise CellDatasetError(f"{marker_option} {marker!r} is also a --label-free channel")
+    wanted = lower_free + [marker.lower()] + [c.lower() for c in extra]
     out: list[FieldFiles] = []
     seen_channels: set[str] = set()
     incomplete: dict[str, int] = defaultdict(int)
@@ -94,18 +102,20 @@ def find_fields(folders: Iterable[str | Path], naming: str = "scanr", label_free
                     incomplete[c] += 1
                 continue
             out.append(FieldFiles({c: ch[c.lower()][0] for c in label_free}, ch[marker.lower()][0],
-                                  ch[label_free[0].lower()][1]))
+                                  ch[label_free[0].lower()][1], {c: ch[c.lower()][0] for c in extra}))
     where = ", ".join(map(str, folders))
     if not seen_channels:
         raise CellDatasetError(f"no image files with the {naming!r} naming under {where} (--naming)")
     present = {c.lower() for c in seen_channels}
-    for c, option in [(c, "--label-free") for c in label_free] + [(marker, "--marker")]:
+    for c, option in ([(c, "--label-free") for c in label_free] + [(marker, marker_option)]
+                      + [(c, extra_option) for c in extra]):
         if c.lower() not in present:
             raise CellDatasetError(f"{option} {c!r}: no file of channel {c!r} under {where}; channels found: "
                                    f"{', '.join(sorted(seen_channels))}")
     if not out:
         raise CellDatasetError(f"no field under {where} has all of the channels {', '.join(label_free)} "
-                               f"(--label-free) and {marker} (--marker)")
+                               f"(--label-free), {marker} ({marker_option})"
+                               + "".join(f" and {c} ({extra_option})" for c in extra))
     if incomplete:
         log.warning("%s: fields skipped for lacking a channel: %s", where,
                     ", ".join(f"{c} missing in {n}" for c, n in sorted(incomplete.items())))
@@ -114,7 +124,8 @@ def find_fields(folders: Iterable[str | Path], naming: str = "scanr", label_free
 
 @dataclass(frozen=True)
 class CellField:
-    """One field image in memory: label-free channels (name -> frame), the marker frame, ids."""
+    """One field image in memory: label-free channels (name -> frame), the marker (or dead-stain)
+    frame, other channels (e.g. a nuclear stain to segment on), ids."""
     label_free: dict[str, np.ndarray]
     marker: np.ndarray
     source: str   # the split unit: plate/well/fN (every timepoint and plane of the field)
@@ -122,6 +133,10 @@ class CellField:
     plate: str
     frame: str    # this image: source/tT/zZ
     path: str = ""  # the segmented channel's file (for messages)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def channel(self, name: str) -> np.ndarray | None:
+        return self.label_free.get(name, self.extra.get(name))
 
 
 def read_fields(files: Iterable[FieldFiles]) -> Iterator[CellField]:
@@ -133,11 +148,12 @@ def read_fields(files: Iterable[FieldFiles]) -> Iterator[CellField]:
         source = f"{m.plate}/{m.well}/f{m.field}"
         images = {c: read_frame(str(p)) for c, p in f.label_free.items()}
         marker = read_frame(str(f.marker))
-        shapes = {c: im.shape for c, im in images.items()} | {"marker": marker.shape}
+        extra = {c: read_frame(str(p)) for c, p in f.extra.items()}
+        shapes = {c: im.shape for c, im in (images | extra).items()} | {"marker": marker.shape}
         if len(set(shapes.values())) != 1:
             raise CellDatasetError(f"{f.marker}: the channels of one field differ in shape: {shapes}")
         yield CellField(images, marker, source, m.well, m.plate, f"{source}/t{m.timepoint}/z{m.z}",
-                        str(next(iter(f.label_free.values()))))
+                        str(next(iter(f.label_free.values()))), extra)
 
 
 # --- per cell ----------------------------------------------------------------------------------
@@ -164,18 +180,28 @@ class _Collected:
     fields: int = 0
 
 
+# measure(field, labels, label ids of the kept cells, their centroids) -> (N,) labelling intensities
+Measure = Callable[[CellField, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def marker_measure(radius: float) -> Measure:
+    return lambda f, labels, ids, centroids: marker_means(f.marker, centroids, radius)
+
+
 def collect_cells(fields: Iterable[CellField], segmenter, channels: Sequence[str], segment_channel: str,
-                  crop: CellCrop, marker_radius: float, progress: Callable[[str], None] | None = None,
+                  crop: CellCrop, measure: Measure, progress: Callable[[str], None] | None = None,
                   total: int | None = None) -> _Collected:
-    """Segment, crop and measure every field; keep only the cells in the crop's size range."""
+    """Segment (on `segment_channel`: a label-free channel or another, e.g. a nuclear stain), crop the
+    label-free channels and measure every field; keep only the cells in the crop's size range."""
     c = _Collected()
     t0 = last = time.monotonic()
     every = max(1, (total or 0) // 20)
     for i, f in enumerate(fields, 1):
-        if segment_channel not in f.label_free:
-            raise CellDatasetError(f"--segment-channel {segment_channel!r} is not one of the label-free channels "
-                                   f"{list(f.label_free)}")
-        labels = segmenter.segment(f.label_free[segment_channel])
+        segment_frame = f.channel(segment_channel)
+        if segment_frame is None:
+            raise CellDatasetError(f"--segment-on {segment_channel!r} is not one of the channels read "
+                                   f"{list(f.label_free) + list(f.extra)}")
+        labels = segmenter.segment(segment_frame)
         cells = cells_of(labels)
         present = cells.areas > 0
         cells = Cells(cells.centroids[present], cells.areas[present])
@@ -185,7 +211,7 @@ def collect_cells(fields: Iterable[CellField], segmenter, channels: Sequence[str
         c.all_areas.append(cells.areas)
         c.crops.append(crops)
         c.areas.append(cells.areas[keep])
-        c.marker.append(marker_means(f.marker, cent, marker_radius))
+        c.marker.append(measure(f, labels, label_ids[keep], cent))
         c.ids += [f"{f.frame}#{k}@y{int(round(y))}x{int(round(x))}" for k, (y, x) in zip(label_ids[keep], cent)]
         c.source += [f.source] * len(cent)
         c.well += [f.well] * len(cent)
@@ -256,25 +282,18 @@ def balance_per_group(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> 
 
 # --- the dataset -------------------------------------------------------------------------------
 
-def build_cell_dataset(fields: Iterable[CellField], segmenter, channels: Sequence[str], *,
-                       segment_channel: str | None = None, crop: CellCrop = CellCrop(150, 50.0, 2000, 8000),
-                       marker_radius: float = 30.0, posterior: float = 0.8,
-                       classes: tuple[str, str] = DEFAULT_CLASSES, balance: bool = False, seed: int = 0,
-                       histogram: str | Path | None = None, segmentation: dict[str, Any] | None = None,
-                       marker_channel: str = "marker", progress: Callable[[str], None] | None = None,
-                       total_fields: int | None = None) -> Dataset:
-    channels = list(channels)
-    segment_channel = segment_channel or channels[0]
-    if segment_channel not in channels:
-        raise CellDatasetError(f"--segment-channel {segment_channel!r} is not one of the label-free channels "
-                               f"{channels} (--label-free)")
-    if len(classes) != 2 or classes[0] == classes[1] or not all(classes):
-        raise CellDatasetError(f"--classes {','.join(classes)!r}: give two distinct names NEG,POS")
-    if not 0.5 < posterior < 1.0:
-        raise CellDatasetError(f"--posterior {posterior}: allowed 0.5 < p < 1")
-    if marker_radius <= 0:
-        raise CellDatasetError(f"--marker-radius {marker_radius}: must be > 0")
-    c = collect_cells(fields, segmenter, channels, segment_channel, crop, marker_radius, progress, total_fields)
+@dataclass(frozen=True)
+class CheckedCells:
+    collected: _Collected
+    all_areas: np.ndarray  # every segmented cell
+    areas: np.ndarray      # the cells in the size range (the dataset's rows, before labelling)
+    x: np.ndarray          # their crops
+    values: np.ndarray     # their labelling intensities
+
+
+def checked_cells(c: _Collected, crop: CellCrop, segment_channel: str, segmentation: dict[str, Any] | None,
+                  progress: Callable[[str], None] | None) -> CheckedCells:
+    """The collected cells, or an error that says why there are too few to label (and what to change)."""
     all_areas = np.concatenate(c.all_areas) if c.all_areas else np.zeros(0, np.int64)
     areas = np.concatenate(c.areas) if c.areas else np.zeros(0, np.int64)
     range_text = f"[{crop.min_area}, {crop.max_area or 'no limit'}] px (--min-area/--max-area)"
@@ -296,7 +315,28 @@ def build_cell_dataset(fields: Iterable[CellField], segmenter, channels: Sequenc
         if progress:
             progress(msg)
     x = np.concatenate(c.crops).astype(np.float32, copy=False)
-    marker = np.concatenate(c.marker).astype(np.float64)
+    return CheckedCells(c, all_areas, areas, x, np.concatenate(c.marker).astype(np.float64))
+
+
+def build_cell_dataset(fields: Iterable[CellField], segmenter, channels: Sequence[str], *,
+                       segment_channel: str | None = None, crop: CellCrop = CellCrop(150, 50.0, 2000, 8000),
+                       marker_radius: float = 30.0, posterior: float = 0.8,
+                       classes: tuple[str, str] = DEFAULT_CLASSES, balance: bool = False, seed: int = 0,
+                       histogram: str | Path | None = None, segmentation: dict[str, Any] | None = None,
+                       marker_channel: str = "marker", progress: Callable[[str], None] | None = None,
+                       total_fields: int | None = None) -> Dataset:
+    channels = list(channels)
+    segment_channel = segment_channel or channels[0]
+    if len(classes) != 2 or classes[0] == classes[1] or not all(classes):
+        raise CellDatasetError(f"--classes {','.join(classes)!r}: give two distinct names NEG,POS")
+    if not 0.5 < posterior < 1.0:
+        raise CellDatasetError(f"--posterior {posterior}: allowed 0.5 < p < 1")
+    if marker_radius <= 0:
+        raise CellDatasetError(f"--marker-radius {marker_radius}: must be > 0")
+    c = collect_cells(fields, segmenter, channels, segment_channel, crop, marker_measure(marker_radius), progress,
+                      total_fields)
+    checked = checked_cells(c, crop, segment_channel, segmentation, progress)
+    all_areas, areas, x, marker = checked.all_areas, checked.areas, checked.x, checked.values
     floor = 1.0
     if (marker < floor).any():
         log.warning("%d cells have a mean marker intensity below %g; their log is taken at %g",

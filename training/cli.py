@@ -64,7 +64,8 @@ def cmd_voc(args: argparse.Namespace) -> int:
 
     ds = build_voc_dataset(args.folders, args.size, args.context, Normalisation(args.normalisation, {}),
                            _class_map(args.class_map), args.group_pattern, args.limit,
-                           None if args.no_duplicate_groups else args.duplicate_threshold)
+                           None if args.no_duplicate_groups else args.duplicate_threshold, args.scale,
+                           args.describe)
     save_dataset(ds, args.out)
     print(json.dumps({"out": args.out, "n": len(ds), "counts": ds.counts(), "task": ds.meta["task"],
                       "groups": len(set(ds.source.tolist())), "duplicates": ds.meta["duplicates"]}, indent=1))
@@ -80,13 +81,17 @@ def cmd_cells(args: argparse.Namespace) -> int:
     from .dataset import save_dataset
 
     label_free = _csv(args.label_free)
-    classes = tuple(_csv(args.classes))
+    dead_stain = args.dead_stain
+    if dead_stain and (args.marker or args.classes):
+        raise CellDatasetError("--dead-stain labels cells live/dead: --marker and --classes are for marker labels")
+    classes = tuple(_csv(args.classes or "LMPP,pro-B"))
+    marker = dead_stain or args.marker or "CD19"
     method = args.segmentation or ("model" if args.model is not None else "classical")
     if method == "classical" and args.model is not None:
         raise CellDatasetError(f"--model {args.model!r} is for --segmentation model")
     if method == "model" and args.classical:
         raise CellDatasetError("--classical KEY=VALUE is for --segmentation classical")
-    if len(classes) != 2:
+    if len(classes) != 2 and not dead_stain:
         raise CellDatasetError(f"--classes {args.classes!r}: give two names NEG,POS (marker-negative first)")
     if args.crop < 8:
         raise CellDatasetError(f"--crop {args.crop}: at least 8 px")
@@ -95,8 +100,10 @@ def cmd_cells(args: argparse.Namespace) -> int:
     if args.min_area < 0 or args.max_area < 0 or (args.max_area and args.min_area > args.max_area):
         raise CellDatasetError(f"--min-area {args.min_area} / --max-area {args.max_area}: need 0 <= min <= max "
                                "(max 0 = no limit)")
-    if args.segment_channel and args.segment_channel.lower() not in [c.lower() for c in label_free]:
-        raise CellDatasetError(f"--segment-channel {args.segment_channel!r} is not one of --label-free {label_free}")
+    segment_on = args.segment_on or label_free[0]
+    if segment_on.lower() == marker.lower():
+        raise CellDatasetError(f"--segment-on {segment_on!r} is the labelling stain itself: segment on a label-free "
+                               "channel or a stain that shows every cell (e.g. a nuclear stain)")
     crop = CellCrop(args.crop, float(args.mask_radius), args.min_area, args.max_area)
     seg_meta: dict = {"method": method}
     if method == "classical":
@@ -114,18 +121,22 @@ def cmd_cells(args: argparse.Namespace) -> int:
     else:
         segmenter = load_segmenter(args.model or "", None)
         seg_meta["model"] = args.model or "bundled phase-segmentation.onnx"
-    files = find_fields(args.folders, args.naming, label_free, args.marker, args.plate_format, args.pattern)
-    segment_channel = next((c for c in label_free if c.lower() == (args.segment_channel or label_free[0]).lower()))
-    print(f"{len(files)} fields ({'+'.join(label_free)} + marker {args.marker}); segmenting {segment_channel} "
-          f"({method})", file=sys.stderr, flush=True)
+    files = find_fields(args.folders, args.naming, label_free, marker, args.plate_format, args.pattern,
+                        extra=[segment_on], marker_option="--dead-stain" if dead_stain else "--marker")
+    # the channel's name as the files spell it (names compare case-insensitively)
+    segment_channel = next(c for c in [*files[0].label_free, *files[0].extra] if c.lower() == segment_on.lower())
+    print(f"{len(files)} fields ({'+'.join(label_free)} + {'dead stain' if dead_stain else 'marker'} {marker}); "
+          f"segmenting {segment_channel} ({method})", file=sys.stderr, flush=True)
     out = Path(args.out)
+    if dead_stain:
+        return _cells_live_dead(args, files, segmenter, label_free, segment_channel, crop, seg_meta, out)
     ds = build_cell_dataset(read_fields(files), segmenter, label_free, segment_channel=segment_channel, crop=crop,
                             marker_radius=args.marker_radius, posterior=args.posterior, classes=classes,
                             balance=args.balance, seed=args.seed, histogram=out / "marker_histogram.png",
-                            segmentation=seg_meta, marker_channel=args.marker, progress=stderr_progress,
+                            segmentation=seg_meta, marker_channel=marker, progress=stderr_progress,
                             total_fields=len(files))
     ds.meta["provenance"].update(folders=[str(f) for f in args.folders], naming=args.naming,
-                                 label_free=label_free, marker=args.marker)
+                                 label_free=label_free, marker=marker)
     save_dataset(ds, out)
     c = ds.meta["label_counts"]
     print(f"cells: {c['segmented']} segmented, {c['in_size_range']} in the size range, {c['ambiguous']} ambiguous, "
@@ -138,9 +149,35 @@ def cmd_cells(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cells_live_dead(args, files, segmenter, label_free, segment_channel, crop, seg_meta, out: Path) -> int:
+    from .cells import read_fields, stderr_progress
+    from .cells_live_dead import StainMeasure, build_live_dead_cell_dataset
+    from .dataset import save_dataset
+
+    measure = StainMeasure(args.stain_statistic, args.stain_radius, args.background_block)
+    ds = build_live_dead_cell_dataset(read_fields(files), segmenter, label_free, segment_channel=segment_channel,
+                                      crop=crop, measure=measure, balance=args.balance, seed=args.seed,
+                                      histogram=out / "stain_histogram.png", segmentation=seg_meta,
+                                      stain_channel=args.dead_stain, progress=stderr_progress,
+                                      total_fields=len(files))
+    ds.meta["provenance"].update(folders=[str(f) for f in args.folders], naming=args.naming,
+                                 label_free=label_free, dead_stain=args.dead_stain)
+    save_dataset(ds, out)
+    c = ds.meta["label_counts"]
+    print(f"cells: {c['segmented']} segmented, {c['in_size_range']} in the size range, {c['ambiguous']} ambiguous, "
+          f"{c['kept']} kept (live {c['live']}, dead {c['dead']})", file=sys.stderr, flush=True)
+    t = ds.meta["thresholds"]
+    print(json.dumps({"out": str(out), "counts": c, "classes": list(ds.classes),
+                      "thresholds": {k: t[k] for k in ("live_below", "dead_above", "unit")},
+                      "separation": ds.meta["separation"],
+                      "groups": {"fields": len(set(ds.source.tolist())), "wells": len(set(ds.groups("well").tolist()))}},
+                     indent=1))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import PretrainedUnavailable
-    from .run import train_run
+    from .run import SplitError, train_run
 
     fractions = tuple(float(f) for f in args.split.split("/"))
     if len(fractions) != 3:
@@ -148,8 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train_run(args.dataset, args.out, args.arch, args.epochs, args.batch_size, args.lr, args.patience,
                             args.seed, args.pretrained, args.group_by, fractions, args.folds, args.threshold,
-                            args.device, args.name, progress=not args.quiet)
-    except PretrainedUnavailable as e:
+                            args.device, args.name, progress=not args.quiet, label_smoothing=args.label_smoothing,
+                            photometric=args.photometric, schedule=args.schedule, weight_decay=args.weight_decay)
+    except (PretrainedUnavailable, SplitError) as e:
         print(f"wellwatch train: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("arch", "metrics", "threshold", "train_seconds", "epochs_run",
@@ -270,8 +308,15 @@ def register(sub) -> None:
     p = dsub.add_parser("voc", help="import Pascal VOC boxes (LabelImg/CVAT) as labelled crops")
     p.add_argument("folders", nargs="+", help="folders with image + .xml pairs (searched recursively)")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=64, help="crop size in px after resizing (default 64)")
-    p.add_argument("--context", type=float, default=1.5, help="crop side / box's longer side (default 1.5)")
+    p.add_argument("--size", type=int, default=32,
+                   help="crop side in px (default 32: the LDC cells, 14-33 px across, with some background)")
+    p.add_argument("--scale", default="native", choices=["native", "box"],
+                   help="native: SIZE px windows at the image's own scale, as the daemon sees cells; "
+                        "box: CONTEXT x the box side resized to SIZE")
+    p.add_argument("--context", type=float, default=1.5,
+                   help="with --scale box: crop side / box's longer side (default 1.5)")
+    p.add_argument("--describe", help="what the images show, e.g. 'bright-field cells in a counting chamber'; "
+                                      "a model's contract carries it (trained_on.fits) with the cell size it fits")
     p.add_argument("--normalisation", default="robust_zscore", choices=["robust_zscore"])
     p.add_argument("--class-map", help="box name to class, e.g. 'Living Cell=live,Dead Cell=dead' "
                                        "(default: LDC names map to live/dead, others kept)")
@@ -295,12 +340,25 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_masks)
 
     p = dsub.add_parser("cells", help="segment paired label-free + marker fields into single-cell crops, "
-                                      "label cells by a 2-component GMM on the marker (the cell-type study)")
+                                      "label cells by a 2-component GMM on the marker (the cell-type study), "
+                                      "or live/dead from a dead stain (--dead-stain)")
     _acquisition_arguments(p)
     p.add_argument("--label-free", default="PH",
                    help="label-free channel(s), comma-separated, e.g. PH or PH,DIC: the model's input channels")
-    p.add_argument("--marker", default="CD19", help="marker fluorescence channel that labels the cells (default CD19)")
-    p.add_argument("--segment-channel", help="label-free channel to segment (default: the first of --label-free)")
+    p.add_argument("--marker", help="marker fluorescence channel that labels the cell types (default CD19)")
+    p.add_argument("--dead-stain", help="dead-stain channel (e.g. PI): label cells live/dead instead of by a marker "
+                                        "(task live_dead, classes live,dead)")
+    p.add_argument("--segment-on", "--segment-channel", dest="segment_on",
+                   help="channel to segment: a label-free channel or another one, e.g. a nuclear stain such as "
+                        "LIVE (default: the first of --label-free)")
+    p.add_argument("--stain-statistic", default="mean",
+                   help="--dead-stain: per-cell statistic, mean or pNN (percentile, e.g. p90) (default mean)")
+    p.add_argument("--stain-radius", type=float, default=0.0,
+                   help="--dead-stain: measure within this radius (px) of the centroid; 0 = inside the segmented "
+                        "object (default)")
+    p.add_argument("--background-block", type=int, default=64,
+                   help="--dead-stain: per-field background = median of non-object pixels per block of this "
+                        "size (px), interpolated (default 64)")
     p.add_argument("--segmentation", choices=["classical", "model"],
                    help="classical watershed (default) or a segmentation model (--model; default the bundled one)")
     p.add_argument("--model", help="segmentation ONNX model for --segmentation model")
@@ -315,7 +373,7 @@ def register(sub) -> None:
                    help="marker intensity: mean of the raw marker frame within this radius of the centroid (default 30)")
     p.add_argument("--posterior", type=float, default=0.8,
                    help="cells below this posterior in both mixture components are not used (default 0.8)")
-    p.add_argument("--classes", default=",".join(("LMPP", "pro-B")),
+    p.add_argument("--classes",
                    help="NEG,POS: names of the marker-negative and marker-positive classes (default LMPP,pro-B)")
     p.add_argument("--balance", action="store_true", help="trim the classes to equal counts within each plate/well")
     p.add_argument("--seed", type=int, default=0, help="random seed of --balance")
@@ -324,13 +382,20 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a classifier (or, with --task segmentation, a U-Net); writes RUN/best.pt")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny"],
-                   help="default: resnet18 for tiles, ogawa for crops")
+    p.add_argument("--arch", choices=["resnet18", "squeezenet1_1", "inception_v3", "ogawa", "tiny", "cropnet",
+                                      "cropnet8"],
+                   help="default: resnet18 for tiles, ogawa for cell crops, cropnet8 for crops from boxes (dataset voc)")
     p.add_argument("--pretrained", choices=["imagenet"], help="load torchvision's ImageNet weights")
     p.add_argument("--epochs", type=int, help="at most this many (default: the seed study's, 30)")
     p.add_argument("--batch-size", type=int, help="default: the seed study's (4 torchvision, 32 ogawa)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the seed study's)")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 5)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping patience in epochs (default 5; 0 = none, keep the last epoch)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: per architecture)")
+    p.add_argument("--label-smoothing", type=float, help="soften the training targets (default: per architecture)")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None,
+                   help="random brightness/contrast/blur on top of rotations and flips (default: per architecture)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], help="learning rate schedule (default: per architecture)")
     p.add_argument("--split", default="80/10/10", help="train/val/test fractions of the groups")
     p.add_argument("--group-by", default="source", choices=["source", "well", "plate"])
     p.add_argument("--folds", type=int, default=0, help="k-fold cross-validation by group (0 = off)")

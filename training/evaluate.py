@@ -37,6 +37,7 @@ import numpy as np
 from wellwatch.daemon.contract import ModelContract
 
 from .dataset import Dataset, load_dataset
+from .fractions import group_fractions, plot_group_fractions
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold
 
@@ -341,7 +342,9 @@ def gradcam(model, x: np.ndarray, target: int) -> np.ndarray:
         logits[:, target].sum().backward()
     finally:
         h.remove()
-    a, g = store["a"].detach(), store["g"].detach()
+    # a model that averages 8 rotated/flipped views in its graph (cropnet8) runs its layers on 8 x N
+    # inputs, the unrotated views first: explain those
+    a, g = store["a"].detach()[:len(x)], store["g"].detach()[:len(x)]
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
     top = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
@@ -406,6 +409,13 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
             base.update(size_baseline_metrics(y, score, svm, sub.groups(group_by), n_boot, seed))
         m["baseline_cell_size_svm"] = base
     figures = {"roc": "roc.png", "confusion": "confusion.png"}
+    wells = sub.groups("well")
+    if len(set(wells.tolist())) > 1:
+        # the number a user reads off the daemon is a fraction per well: model against labels
+        m["per_well"] = group_fractions(y, score, c.decision_threshold, wells)
+        plot_group_fractions(m["per_well"], out / "per_well.png", f"{c.name}: per well",
+                             what=f"{c.positive_class} fraction", truth="the labels")
+        figures["per_well"] = "per_well.png"
     plot_roc(y, score, m, out / "roc.png", svm)
     plot_confusion(m, out / "confusion.png")
     if sub.fluorescence is not None:
@@ -469,15 +479,30 @@ def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str
                   f"| baseline: cell-size SVM balanced accuracy | {b['balanced_accuracy']:.4f} |",
                   f"| AUC difference (network - SVM) | {d['value']:+.4f} (paired 95% CI {d['ci95'][0]:+.4f} to "
                   f"{d['ci95'][1]:+.4f}) |"]
+    pw = m.get("per_well")
+    if pw:
+        r = f", Pearson r {pw['pearson_r']:.3f}" if pw["pearson_r"] is not None else ""
+        lines.append(f"| per-well {m['positive_class']} fraction, model vs labels | mean abs. error {pw['mae']:.3f}{r} "
+                     f"over {len(pw['per_group'])} wells |")
     lines += [f"| confusion (rows true {m['classes'][0]}/{m['classes'][1]}) | {cm[0]} / {cm[1]} |", "",
               f"CIs: {m['bootstrap']} (the {m['bootstrap_unit']} is the resampling unit).", ""]
     if b:
         lines += [f"Baseline (the cell-type study's): {b['model']}; {b['how']}.", ""]
+    cv = c.metrics.get("cv") if isinstance(c.metrics, dict) else None
+    if cv and "auc_ci95" in cv:
+        lines += ["Cross-validated at training (pooled out-of-fold scores, 95% CIs resampling groups): AUC "
+                  f"{cv['auc']:.4f} ({cv['auc_ci95'][0]:.4f}-{cv['auc_ci95'][1]:.4f}), balanced accuracy "
+                  f"{cv['balanced_accuracy']:.4f} ({cv['balanced_accuracy_ci95'][0]:.4f}-"
+                  f"{cv['balanced_accuracy_ci95'][1]:.4f}), n {cv['n']}"
+                  + ("; these, not the figures above, estimate how the model does on images it never saw."
+                     if "includes the training data" in m["patches"] else "."), ""]
+    if t.get("fits"):
+        lines += [f"Fits: {t['fits']}.", ""]
     if t:
         lines += [f"Training: {t.get('epochs_run', '?')} epochs (best {t.get('best_epoch', '?')}), "
                   f"{t.get('seconds', '?')} s on {t.get('device', '?')}; split by {t.get('split', {}).get('group_by')}.", ""]
     for key, title in (("roc", "ROC curve"), ("confusion", "Confusion matrix"),
-                       ("fluorescence", "Score vs mean fluorescence"), ("tsne", "t-SNE of penultimate features"),
+                       ("fluorescence", "Score vs mean fluorescence"), ("per_well", "Per-well fraction, model vs labels"), ("tsne", "t-SNE of penultimate features"),
                        ("gradcam", "Grad-CAM")):
         if key in m["figures"]:
             lines += [f"## {title}", "", f"![{title}]({m['figures'][key]})", ""]

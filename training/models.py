@@ -1,6 +1,11 @@
 """Network architectures. torch is a training-only dependency.
 
 - tiny: the bundled demo model's 3-block CNN.
+- cropnet, cropnet8: small-cell crops (the LDC live/dead model): three blocks of two 3x3
+  convolutions (16-32-64 channels, batch norm, ReLU) and 2x2 max pooling, global average pool,
+  dropout 0.2, linear. cropnet8 is the same network whose eval-mode forward averages the logits
+  over the 8 rotations and flips of the input (test-time augmentation inside the graph, so the
+  exported ONNX file serves it with no change to the daemon); training sees one random view.
 - ogawa: the cell-type seed study's CNN (four 5x5 convolutions 16-16-32-32, each followed by
   3x3/2 max pooling, fully connected 2000 then the classes, ReLU, dropout 0.1).
 - resnet18, squeezenet1_1, inception_v3: torchvision networks, as in the live/dead seed study;
@@ -19,7 +24,8 @@ from torch import nn
 
 PRETRAINED = ("imagenet",)
 TORCHVISION = ("resnet18", "squeezenet1_1", "inception_v3")
-MIN_INPUT = {"inception_v3": 75, "squeezenet1_1": 32, "resnet18": 32, "ogawa": 40, "tiny": 8}
+MIN_INPUT = {"inception_v3": 75, "squeezenet1_1": 32, "resnet18": 32, "ogawa": 40, "tiny": 8, "cropnet": 8,
+             "cropnet8": 8}
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -45,6 +51,36 @@ class TinyLiveDead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class CropCNN(nn.Module):
+    """Three double-conv blocks, global average pool, dropout, linear; `dihedral` averages logits over
+    the 8 rotations/flips in eval mode (cells have no up, so every view is a fair look)."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 2, width: int = 16, dropout: float = 0.2,
+                 dihedral: bool = False):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+        self.features = nn.Sequential(block(in_channels, width), block(width, 2 * width),
+                                      block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * width, classes))
+        self.dihedral = dihedral
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.dihedral:
+            return self.head(self.features(x))
+        # the 8 symmetries of a square: 4 flips x optional transpose (rot90 has no ONNX export)
+        flips = [x, torch.flip(x, dims=(3,)), torch.flip(x, dims=(2,)), torch.flip(x, dims=(2, 3))]
+        views = flips + [v.transpose(2, 3) for v in flips]
+        n = x.shape[0]
+        logits = self.head(self.features(torch.cat(views, 0)))
+        # a constant class count keeps the exported graph's output shape [batch, classes]
+        return logits.reshape(8, n, self.head[-1].out_features).mean(0)
 
 
 class OgawaCNN(nn.Module):
@@ -153,7 +189,7 @@ def _torchvision(arch: str, in_channels: int, classes: int, pretrained: str | No
     return m
 
 
-ARCHITECTURES = ("tiny", "ogawa", *TORCHVISION)
+ARCHITECTURES = ("tiny", "cropnet", "cropnet8", "ogawa", *TORCHVISION)
 
 
 def build_model(arch: str, in_channels: int, classes: int, input_size: int | None = None,
@@ -167,6 +203,8 @@ def build_model(arch: str, in_channels: int, classes: int, input_size: int | Non
                                     f"scratch); pretrained weights exist for {', '.join(TORCHVISION)}")
     if arch == "tiny":
         return TinyLiveDead(in_channels=in_channels, classes=classes)
+    if arch in ("cropnet", "cropnet8"):
+        return CropCNN(in_channels=in_channels, classes=classes, dihedral=arch == "cropnet8")
     if arch == "ogawa":
         return OgawaCNN(in_channels=in_channels, classes=classes, input_size=input_size or 150)
     return _torchvision(arch, in_channels, classes, pretrained)
@@ -175,6 +213,8 @@ def build_model(arch: str, in_channels: int, classes: int, input_size: int | Non
 def cam_layer(model: nn.Module) -> nn.Module:
     """The last convolutional block: Grad-CAM explains its output."""
     if isinstance(model, TinyLiveDead):
+        return model.features[2]
+    if isinstance(model, CropCNN):
         return model.features[2]
     if isinstance(model, OgawaCNN):
         return model.features[-3]  # the last conv's ReLU, before the final pooling
@@ -193,6 +233,8 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     if isinstance(model, (TinyLiveDead, OgawaCNN)):
         layer = model.head
+    elif isinstance(model, CropCNN):
+        layer = model.head[-1]
     elif type(model).__name__ in ("ResNet", "Inception3"):
         layer = model.fc
     elif type(model).__name__ == "SqueezeNet":
@@ -205,4 +247,6 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     f = captured[0]
+    if f.shape[0] != x.shape[0]:  # views averaged in the graph (cropnet8): average their features too
+        f = f.reshape(f.shape[0] // x.shape[0], x.shape[0], *f.shape[1:]).mean(0)
     return f.mean(dim=(2, 3)) if f.dim() == 4 else f.flatten(1)

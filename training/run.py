@@ -30,6 +30,7 @@ from wellwatch.daemon.contract import CellCrop, ModelContract
 from .checkpoint import history_dict, save_checkpoint
 from .cells import SVM_DESCRIPTION, cell_size_svm_scores
 from .dataset import Dataset, load_dataset
+from .evaluate import bootstrap_ci
 from .progress import Progress
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold, grouped_split
@@ -37,13 +38,21 @@ from .train import History, TrainConfig, predict_proba, seed_defaults, train_cla
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARCH = {"tiles": "resnet18", "crops": "ogawa"}
+DEFAULT_ARCH = {"tiles": "resnet18", "crops": "ogawa", "box_crops": "cropnet8"}
+
+
+class SplitError(ValueError):
+    """The requested split cannot train the requested way."""
 
 
 def default_arch(ds: Dataset) -> str:
     """The seed study's network for this kind of data: tiles -> ResNet-18 (live/dead study),
-    single-cell crops -> the Ogawa CNN (the cell-crop study)."""
-    return DEFAULT_ARCH.get(ds.meta.get("kind", "tiles"), "resnet18")
+    single-cell crops -> the Ogawa CNN (the cell-crop study); crops from hand-drawn boxes (`dataset
+    voc`) -> cropnet8, chosen by cross-validation on the LDC images (README "Training")."""
+    kind = ds.meta.get("kind", "tiles")
+    if kind == "crops" and ds.meta.get("provenance", {}).get("source") == "Pascal VOC boxes":
+        kind = "box_crops"
+    return DEFAULT_ARCH.get(kind, "resnet18")
 
 
 def make_contract(ds: Dataset, arch: str, name: str, threshold: float, trained_on: dict[str, Any],
@@ -98,19 +107,30 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
               seed: int = 0, pretrained: str | None = None, group_by: str = "source",
               fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int = 0,
               threshold: str = "0.5", device: str = "auto", name: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, label_smoothing: float | None = None, photometric: bool | None = None,
+              schedule: str | None = None, weight_decay: float | None = None) -> dict[str, Any]:
     ds = load_dataset(dataset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arch = arch or default_arch(ds)
     cfg = seed_defaults(arch, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                        pretrained=pretrained, device=device, progress=progress)
+                        pretrained=pretrained, device=device, progress=progress, label_smoothing=label_smoothing,
+                        photometric=photometric, schedule=schedule, weight_decay=weight_decay)
     groups = ds.groups(group_by)
     pos = ds.classes.index(ds.positive_class)
     summary: dict[str, Any] = {"dataset": str(dataset), "fingerprint": ds.meta.get("fingerprint"),
                                "arch": arch, "config": asdict(cfg), "group_by": group_by}
+    every_group = fractions[1] == 0 and fractions[2] == 0  # e.g. --split 100/0/0: the final model sees all
+    if every_group and cfg.patience:
+        raise SplitError(f"split {'/'.join(f'{f:g}' for f in fractions)} leaves no validation groups, and early "
+                         f"stopping (patience {cfg.patience}) needs them: give --patience 0 to train a fixed "
+                         f"number of epochs, or keep a validation share")
     t0 = time.perf_counter()
-    if folds:
+    if every_group:
+        train, val, test = np.ones(len(ds), bool), np.zeros(len(ds), bool), np.zeros(len(ds), bool)
+        if folds:
+            summary["cv"] = cross_validate(ds, groups, folds, cfg, pos, threshold, out)
+    elif folds:
         summary["cv"] = cross_validate(ds, groups, folds, cfg, pos, threshold, out)
         train, val = train_val_split(groups, seed)
         test = np.zeros(len(ds), bool)
@@ -122,7 +142,7 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
     model, history = fit_split(ds, train, val, cfg)
     p_val = predict_proba(model, ds.x[val])[:, pos]
     thr = choose_threshold(ds.y[val] == pos, p_val, threshold)
-    metrics: dict[str, Any] = {"val": _metrics(ds.y[val] == pos, p_val, thr)}
+    metrics: dict[str, Any] = {"val": _metrics(ds.y[val] == pos, p_val, thr)} if val.any() else {}
     if test.any():
         p_test = predict_proba(model, ds.x[test])[:, pos]
         metrics["test"] = _metrics(ds.y[test] == pos, p_test, thr)
@@ -132,10 +152,13 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
             s = cell_size_svm_scores(ds.area[fit], ds.y[fit] == pos, ds.area[test], seed)
             metrics["test"]["baseline_cell_size_svm"] = _metrics(ds.y[test] == pos, s, 0.0)
     if folds:
-        metrics["cv"] = dict(summary["cv"]["pooled"])
+        metrics["cv"] = dict(summary["cv"]["pooled"], k=folds, group_by=group_by)
+        if "pooled_one_view" in summary["cv"]:
+            metrics["cv"]["one_view"] = summary["cv"]["pooled_one_view"]
         if "baseline_cell_size_svm" in summary["cv"]:
             metrics["cv"]["baseline_cell_size_svm"] = summary["cv"]["baseline_cell_size_svm"]["pooled"]
-    split = {"group_by": group_by, "seed": seed, "fractions": list(fractions) if not folds else [0.9, 0.1],
+    split = {"group_by": group_by, "seed": seed,
+             "fractions": list(fractions) if not folds or every_group else [0.9, 0.1],
              "train_groups": sorted(set(groups[train].tolist())), "val_groups": sorted(set(groups[val].tolist())),
              "test_groups": sorted(set(groups[test].tolist())),
              "counts": {k: {c: int((ds.y[m] == i).sum()) for i, c in enumerate(ds.classes)}
@@ -145,6 +168,7 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
                                                           "thresholds", "crop", "duplicates", "fingerprint",
                                                           "cell_crop", "segmentation", "marker", "label_counts")
                               if ds.meta.get(k) is not None},
+                  **({"fits": ds.meta["fits"]} if ds.meta.get("fits") else {}),
                   "arch": arch, "pretrained": pretrained, "epochs_run": len(history.train_loss),
                   "best_epoch": history.best_epoch + 1, "seconds": round(history.seconds, 1),
                   "device": history.device, "hyperparameters": {k: v for k, v in asdict(cfg).items()
@@ -160,6 +184,12 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
                    best_epoch=history.best_epoch + 1, device=history.device)
     (out / "train.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     _log(progress, f"wrote {out / 'best.pt'}: {json.dumps(metrics)} (training {history.seconds:.0f} s)")
+    if folds:
+        cv = metrics["cv"]
+        _log(progress, f"cross-validated by {group_by} ({folds} folds, pooled out-of-fold, 95% CIs resampling "
+                       f"groups): AUC {cv['auc']:.4f} ({cv['auc_ci95'][0]:.4f}-{cv['auc_ci95'][1]:.4f}), balanced "
+                       f"accuracy {cv['balanced_accuracy']:.4f} ({cv['balanced_accuracy_ci95'][0]:.4f}-"
+                       f"{cv['balanced_accuracy_ci95'][1]:.4f})")
     if folds and "baseline_cell_size_svm" in metrics["cv"]:
         _log(progress, f"cross-validated AUC by {group_by} ({folds} folds, pooled out-of-fold): {arch} "
                        f"{metrics['cv']['auc']:.4f}, cell-size SVM {metrics['cv']['baseline_cell_size_svm']['auc']:.4f}")
@@ -168,8 +198,10 @@ def train_run(dataset: str | Path, out: str | Path, arch: str | None = None, epo
 
 def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, pos: int, threshold: str,
                    out: Path) -> dict[str, Any]:
-    """k folds by group: each fold's groups are the test set once; 10% of the other groups validate."""
-    oof = np.full(len(ds), np.nan)
+    """k folds by group: each fold's groups are the test set once; 10% of the other groups validate.
+    A model that averages 8 rotated/flipped views (cropnet8) is also scored on one view
+    ("pooled_one_view"): the same weights, so the difference is the view averaging alone."""
+    oof, one_view = np.full(len(ds), np.nan), np.full(len(ds), np.nan)
     svm = np.full(len(ds), np.nan) if ds.area is not None else None
     folds = []
     for i, test in enumerate(grouped_kfold(groups, k, cfg.seed)):
@@ -181,6 +213,10 @@ def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, po
         model, history = fit_split(ds, train, val, replace(cfg, seed=cfg.seed + i))
         thr = choose_threshold(ds.y[val] == pos, predict_proba(model, ds.x[val])[:, pos], threshold)
         oof[test] = predict_proba(model, ds.x[test])[:, pos]
+        if getattr(model, "dihedral", False):  # the same weights on one view: what the 8-view mean adds
+            model.dihedral = False
+            one_view[test] = predict_proba(model, ds.x[test])[:, pos]
+            model.dihedral = True
         m = _metrics(ds.y[test] == pos, oof[test], thr)
         m.update(fold=i + 1, test_groups=sorted(set(groups[test].tolist())), epochs_run=len(history.train_loss),
                  threshold=thr)
@@ -198,8 +234,13 @@ def cross_validate(ds: Dataset, groups: np.ndarray, k: int, cfg: TrainConfig, po
             extra = f",{svm[j]:.6f}" if svm is not None else ""
             f.write(f"{ds.ids[j]},{int(ds.y[j] == pos)},{oof[j]:.6f},{fold_of[j]}{extra}\n")
     aucs = [f["auc"] for f in folds]
-    out_cv = {"k": k, "folds": folds, "pooled": _metrics(ds.y == pos, oof, 0.5),
+    pooled = _metrics(ds.y == pos, oof, 0.5)
+    pooled.update(bootstrap_ci(ds.y == pos, oof, oof >= 0.5, groups))
+    out_cv = {"k": k, "folds": folds, "pooled": pooled,
               "auc_mean": round(float(np.nanmean(aucs)), 4), "auc_sd": round(float(np.nanstd(aucs)), 4)}
+    if np.isfinite(one_view).all():
+        out_cv["pooled_one_view"] = _metrics(ds.y == pos, one_view, 0.5)
+        out_cv["pooled_one_view"].update(bootstrap_ci(ds.y == pos, one_view, one_view >= 0.5, groups))
     if svm is not None:
         svm_aucs = [f["baseline_cell_size_svm"]["auc"] for f in folds]
         out_cv["baseline_cell_size_svm"] = {

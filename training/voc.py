@@ -2,14 +2,18 @@
 
 Each image is normalised as a whole with the daemon's own `normalise_frame` (the contract's
 normalisation, as the daemon normalises a frame), then each box becomes a square crop centred on
-the box, of side `context` x the box's longer edge (reflect-padded at the image border), resized
-to `size` x `size`. Class names come from the boxes; the LDC names "Living Cell"/"Dead Cell" (and
-live/dead spellings) map to the contract's live/dead, which makes the task live_dead.
+the box (reflect-padded at the image border), cut one of two ways (`scale`):
 
-Serving note: the daemon's live/dead path tiles frames; it does not crop boxes. The contract of a
-model trained on crops says tiling = (size, size): served on frames, such a model sees tiles at the
-frame's native scale, so crops resized from boxes match serving only where the boxes are about
-`size / context` px across. The dataset records the median box size so this can be checked.
+- "native": a `size` x `size` window at the image's own scale, nothing resized. The daemon sees
+  cells this way (tiles and per-cell crops are cut from the frame at native scale), so the model
+  is served on cells of the size it was trained on: it fits frames whose cells are about as many
+  px across as the boxes were (the dataset records box sizes).
+- "box": a window of `context` x the box's longer edge, resized to `size`. Every cell then fills
+  the same share of the crop, which uses the box's size: a served model has no box, so this suits
+  only frames where the boxes are about `size / context` px across.
+
+Class names come from the boxes; the LDC names "Living Cell"/"Dead Cell" (and live/dead
+spellings) map to the contract's live/dead, which makes the task live_dead.
 """
 
 from __future__ import annotations
@@ -84,13 +88,20 @@ def read_grey(path: str | Path) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def crop_box(image: np.ndarray, box: Box, size: int, context: float) -> np.ndarray:
+def crop_box(image: np.ndarray, box: Box, size: int, context: float | None) -> np.ndarray:
+    """A square crop centred on the box: `context` x its longer side resized to `size`, or with
+    context None a `size` px window at the image's own scale (no resizing)."""
     cy, cx = (box.ymin + box.ymax) / 2, (box.xmin + box.xmax) / 2
-    side = max(2, int(round(context * max(box.xmax - box.xmin, box.ymax - box.ymin))))
+    if context is None:
+        side = size
+    else:
+        side = max(2, int(round(context * max(box.xmax - box.xmin, box.ymax - box.ymin))))
     y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
     pad = side + 2
     padded = np.pad(image, pad, mode="reflect")
     window = padded[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+    if side == size:
+        return np.ascontiguousarray(window, np.float32)
     return resize(window, (size, size), order=1, anti_aliasing=side > size, preserve_range=True).astype(np.float32)
 
 
@@ -146,12 +157,21 @@ def class_mapping(names: set[str], class_map: dict[str, str] | None) -> tuple[di
     return mapping, classes, task
 
 
-def build_voc_dataset(folders: list[str | Path], size: int = 64, context: float = 1.5,
+SCALES = ("native", "box")
+
+
+def build_voc_dataset(folders: list[str | Path], size: int = 32, context: float = 1.5,
                       norm: Normalisation = Normalisation("robust_zscore", {}),
                       class_map: dict[str, str] | None = None, group_pattern: str | None = None,
-                      limit: int = 0, duplicate_threshold: float | None = 0.95) -> Dataset:
+                      limit: int = 0, duplicate_threshold: float | None = 0.95, scale: str = "native",
+                      describe: str | None = None) -> Dataset:
     """All VOC XML files under `folders` -> crops. group_pattern: a regex with optional named groups
-    `plate` and `well`, searched in each image's file stem (default: plate = folder name)."""
+    `plate` and `well`, searched in each image's file stem (default: plate = folder name). scale:
+    "native" (size px at the image's scale; context unused) or "box" (context x box side -> size).
+    describe: what the images show, in words; with the crop scale it becomes meta["fits"], which a
+    model's contract carries as `trained_on.fits` (which images the model fits)."""
+    if scale not in SCALES:
+        raise ValueError(f"crop scale {scale!r}; allowed: {', '.join(SCALES)}")
     xmls = sorted(p for f in folders for p in Path(f).rglob("*.xml"))
     if limit:
         xmls = xmls[:limit]
@@ -181,7 +201,7 @@ def build_voc_dataset(folders: list[str | Path], size: int = 64, context: float 
             if b.name not in mapping:
                 skipped += 1
                 continue
-            xs.append(crop_box(frame, b, size, context))
+            xs.append(crop_box(frame, b, size, context if scale == "box" else None))
             ys.append(classes.index(mapping[b.name]))
             ids.append(f"{stem}#{k}")
             sources.append(group_name[int(c)])
@@ -194,16 +214,25 @@ def build_voc_dataset(folders: list[str | Path], size: int = 64, context: float 
     meta = {"kind": "crops", "task": task, "positive_class": "dead" if task == "live_dead" else classes[-1],
             "channels": ["brightfield"],
             **contract_fields(norm, Tiling(size, size), EmptyFilter("none", {})),
-            "crop": {"size": size, "context": context, "resize": "bilinear",
+            "crop": {"size": size, "scale": scale, "context": context if scale == "box" else None,
+                     "resize": "bilinear" if scale == "box" else "none",
                      "box_side_px": {"median": float(np.median(sides)), "p5": float(np.percentile(sides, 5)),
                                      "p95": float(np.percentile(sides, 95))},
-                     "serving_note": "tiling = (size, size): the daemon tiles whole frames at native scale; "
-                                     "crops were resized from boxes"},
+                     "serving_note": (f"crops at the images' own scale: served on frames whose cells are about "
+                                      f"{np.median(sides):.0f} px across (boxes: median {np.median(sides):.0f}, "
+                                      f"5-95% {np.percentile(sides, 5):.0f}-{np.percentile(sides, 95):.0f} px)")
+                                     if scale == "native" else
+                                     "tiling = (size, size): the daemon tiles whole frames at native scale; crops "
+                                     f"were resized from boxes, so served frames should show cells about "
+                                     f"{size / context:.0f} px across"},
             "class_map": mapping, "boxes_skipped": skipped,
+            "fits": None,  # set below from the serving note
             "provenance": {"source": "Pascal VOC boxes", "folders": [str(f) for f in folders],
                            "images": len(parsed), "group_pattern": group_pattern},
             "duplicates": {"threshold": duplicate_threshold, "groups": len(members),
                            "images_in_duplicate_groups": int(sum(len(m) for m in members.values() if len(m) > 1)),
                            "rule": "thumbnail correlation over the 8 rotations/flips; a group is one split unit"}}
+    note = meta["crop"]["serving_note"]
+    meta["fits"] = f"{describe.rstrip('. ')}; {note}" if describe else note
     return Dataset(np.stack(xs)[:, None], np.array(ys, np.int64), np.array(ids), np.array(sources),
                    np.array(wells), np.array(plates), classes, meta)

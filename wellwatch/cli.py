@@ -7,7 +7,17 @@ import json
 import logging
 import sys
 
-from .daemon.errors import WellwatchError
+from .daemon.errors import UsageError, WellwatchError
+
+# Errors a user fixes (a missing file, a daemon not running): one line and exit 2, no traceback.
+USER_ERRORS = (WellwatchError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               TimeoutError)
+
+
+def zmq_auth_load(path: str) -> None:
+    import zmq.auth
+
+    zmq.auth.load_certificate(path)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -26,11 +36,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from .client import CurveKeys, follow
 
+    from .client import default_snapshot_endpoint
+
     curve = None
     if args.curve_server_key or args.curve_client_key:
         if not (args.curve_server_key and args.curve_client_key):
-            raise SystemExit("wellwatch subscribe: give both --curve-server-key and --curve-client-key")
+            raise UsageError("wellwatch subscribe: give both --curve-server-key and --curve-client-key")
+        for flag, path in (("--curve-server-key", args.curve_server_key), ("--curve-client-key", args.curve_client_key)):
+            try:
+                zmq_auth_load(path)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"wellwatch subscribe: {flag} {path}: not a CurveZMQ key file ({e})") from None
         curve = CurveKeys(args.curve_server_key, args.curve_client_key)
+    if not args.snapshot:
+        try:
+            args.snapshot = default_snapshot_endpoint(args.endpoint)
+        except ValueError as e:
+            raise UsageError(f"wellwatch subscribe: {e}") from None
     count, gaps = 0, 0
     for kind, message, state in follow(args.endpoint, args.snapshot, tuple(args.topic or [""]), args.timeout,
                                        curve=curve):
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.func(args)
-    except WellwatchError as e:
+    except USER_ERRORS as e:
         logging.getLogger("wellwatch").error("%s", e)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import zmq
 
-from .daemon.stream import SNAPSHOT_REQUEST
+from .daemon.stream import snapshot_request
 
 
 def default_snapshot_endpoint(endpoint: str) -> str:
@@ -39,7 +39,10 @@ class CurveKeys:
 
 
 def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0,
-                     curve: CurveKeys | None = None) -> dict:
+                     curve: CurveKeys | None = None, timepoints: tuple[int, int] | None = None) -> dict:
+    """The daemon's state: the latest timepoint of each well, or with `timepoints` (first, last)
+    every well at each of those timepoints (from the journal; for history in bulk read the journal
+    itself: `wellwatch.daemon.history.well_history`)."""
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     if curve is not None:
@@ -49,7 +52,7 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
     req.connect(endpoint)
     try:
         try:
-            req.send(SNAPSHOT_REQUEST)
+            req.send(snapshot_request(timepoints))
         except zmq.Again:
             raise TimeoutError(f"cannot send a snapshot request to {endpoint} within {timeout_s} s; "
                                "is the daemon running (and are the CurveZMQ keys right)?") from None
@@ -62,7 +65,8 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
 
 @dataclass
 class StreamState:
-    """The client's copy of the daemon's state: latest well message per (plate, well, timepoint)."""
+    """The client's copy of the daemon's state: latest well message per (plate, well, timepoint).
+    A snapshot brings each well's latest timepoint; updates add the timepoints that follow."""
 
     seq: int = 0
     wells: dict[tuple, dict] = field(default_factory=dict)
@@ -70,8 +74,10 @@ class StreamState:
     missed: int = 0   # messages lost to those gaps (a slow subscriber overran its queue)
 
     def load_snapshot(self, snapshot: dict) -> None:
+        """Take the snapshot's seq and wells; earlier timepoints already held are kept (a snapshot
+        holds each well's latest timepoint only)."""
         self.seq = snapshot["seq"]
-        self.wells = {(w["plate"], w["well"], w["timepoint"]): w for w in snapshot["wells"]}
+        self.wells.update({(w["plate"], w["well"], w["timepoint"]): w for w in snapshot["wells"]})
 
     def apply(self, message: dict) -> bool:
         """Apply an update; False if it is old (seq at or below the state's)."""

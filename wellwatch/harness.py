@@ -50,10 +50,11 @@ class RunningDaemon:
         return self.exit_code[0] if self.exit_code else -1
 
 
-def start_daemon(config: Config, backend=None, segmentation_backend=None, cell_type_backend=None) -> RunningDaemon:
+def start_daemon(config: Config, backend=None, segmentation_backend=None, cell_type_backend=None,
+                 cell_live_dead_backend=None) -> RunningDaemon:
     """The daemon on a background thread (no signal handlers: the caller stops it)."""
     daemon = Daemon(config, backend=backend, segmentation_backend=segmentation_backend,
-                    cell_type_backend=cell_type_backend)
+                    cell_type_backend=cell_type_backend, cell_live_dead_backend=cell_live_dead_backend)
     code: list[int] = []
     thread = threading.Thread(target=lambda: code.append(daemon.run(install_signals=False)), name="daemon",
                               daemon=True)
