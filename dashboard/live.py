@@ -54,6 +54,7 @@ class LiveState:
         self.dirty: set[tuple[str, int]] = set()  # (plate, timepoint) whose dose fits are out of date
         self.last_refit = 0.0
         self.stop_event = threading.Event()
+        self.seq_seen = 0  # the highest seq this state has applied (from the stream)
         self.context = zmq.Context()  # our own: terminating it wakes the follower at once on stop()
         self.thread = threading.Thread(target=self._run, name="dashboard-follower", daemon=True)
 
@@ -154,6 +155,11 @@ class LiveState:
                 for kind, message, state in follow(self.source.endpoint, self.source.snapshot_endpoint,
                                                    timeout_s=IDLE_TIMEOUT_S, context=self.context):
                     self._apply(kind, message, state)
+                    if kind == "snapshot" and message["seq"] > self.seq_seen:
+                        # messages went by unseen (before the start, or in a gap): a snapshot holds only each
+                        # well's latest timepoint, so the timepoints they completed come from the journal
+                        self._load_journal()
+                    self.seq_seen = max(self.seq_seen, state.seq)
                     if self.stop_event.is_set():
                         return
                 with self.lock:  # idle: fits still due are made now
