@@ -42,6 +42,8 @@ class PlateConfig:
     default_well: str = "A1"
     layout: str = field(default="auto", metadata=choice("auto", "none"))
     map: str = ""  # plate map CSV for dose-response; "" = none
+    # um per pixel of the acquisition's frames; 0 = unknown (a segmentation model then sees frames as they are)
+    pixel_size_um: float = field(default=0.0, metadata=between(0.0, 1000.0))
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class SegmentationConfig:
     method: str = field(default="none", metadata=choice("none", "classical", "model"))
     workers: int = field(default=0, metadata=between(0, 256))  # processes; 0 = one per core
     max_batch: int = field(default=16, metadata=between(1, 4096))  # network tiles per batch
+    tta: bool = False  # model method: also segment each tile flipped 3 ways and average (~4x the network's cost)
     classical: ClassicalParams = ClassicalParams()
 
 

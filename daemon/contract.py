@@ -25,6 +25,9 @@ NORMALISATIONS = {
     "fixed": {"mean", "std"},
     # (x - p_low) / (p_high - p_low) with per-frame percentiles.
     "percentile": {"low", "high"},
+    # (x / smooth background - 1) / robust spread: illumination gradients, gain and contrast removed
+    # (daemon/preprocess.flatfield_normalise); sigma in px of the image it is applied to.
+    "flatfield": {"sigma"},
     # single-cell crops (the cell-type study): zero outside a circular mask, mean inside it = 1.
     "mask_mean": set(),
 }
@@ -64,12 +67,15 @@ class Segmentation:
     tiling.tile_size with tiling.stride (tiles overlap by tile_size - stride and always cover the
     frame; frames smaller than a tile are reflect-padded); the maps of overlapping tiles are
     blended with weights that fall linearly towards tile edges ("blend"); `postprocess` holds the
-    watershed's parameters (see daemon/segment_maps.py).
+    watershed's parameters (see daemon/segment_maps.py). `pixel_size_um` is the pixel size of the
+    frames it was trained on (0 = unknown): frames of another pixel size are resampled to it first
+    (daemon/rescale.py).
     """
     downsample: int = 2
     maps: tuple[str, ...] = SEGMENTATION_MAPS
     stitch: str = "blend"
     postprocess: dict[str, Any] = field(default_factory=dict)
+    pixel_size_um: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,8 @@ class ModelContract:
             raise bad(f"segmentation.downsample {seg.downsample}; allowed: 1, 2, 4")
         if tuple(seg.maps) != SEGMENTATION_MAPS:
             raise bad(f"segmentation.maps {list(seg.maps)}; this wellwatch reads {list(SEGMENTATION_MAPS)}")
+        if not isinstance(seg.pixel_size_um, (int, float)) or seg.pixel_size_um < 0:
+            raise bad(f"segmentation.pixel_size_um {seg.pixel_size_um!r} must be a number >= 0 (0 = unknown)")
         if seg.stitch not in STITCHES:
             raise bad(f"segmentation.stitch {seg.stitch!r}; allowed: {', '.join(STITCHES)}")
         if unknown := set(seg.postprocess) - POSTPROCESS_KEYS:

@@ -169,7 +169,8 @@ class InferenceStage:
                 _, origins = work.seg_input
                 work.seg_input = None
                 self._to_pool(work, self.pool.finish(work.maps, origins, work.shape, self.seg_model.contract,
-                                                     work.image, self.crop))
+                                                     work.image, self.crop,
+                                                     self.seg_model.options_for(work.pixel_size_um)))
             return
         if self.crop_lanes and not work.cropped:
             work.cropped = True

@@ -49,6 +49,7 @@ from .metrics import DaemonMetrics
 from .naming import NamingScheme
 from .nd2_reader import Nd2Tracker
 from .plate import PLATE_FORMATS
+from .segment_maps import ServeOptions
 from .publish import Publisher
 from .read_stage import ReadStage
 from .recovery import recover
@@ -71,7 +72,8 @@ class Pipeline:
         self.metrics = metrics
         self.contract = backend.contract
         self.seg_method = config.segmentation.method
-        self.seg_model = ModelSegmenter(segmentation_backend) if self.seg_method == "model" else None
+        self.seg_model = (ModelSegmenter(segmentation_backend, ServeOptions(config.plate.pixel_size_um, config.segmentation.tta))
+                          if self.seg_method == "model" else None)
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
         self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend

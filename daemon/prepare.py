@@ -42,10 +42,13 @@ class PreparedFrame:
 
 def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract, *, segmentation: str = "none",
                   classical: ClassicalParams = ClassicalParams(), seg_model: ModelSegmenter | None = None,
-                  crop: CellCrop | None = None, run_classical: RunClassical = classical_cells) -> PreparedFrame:
+                  crop: CellCrop | None = None, run_classical: RunClassical = classical_cells,
+                  pixel_size_um: float | None = None) -> PreparedFrame:
     """One decoded 2-D frame (or a field's channels in the model's order) -> its model inputs.
     `segmentation`: none, classical or model (needs `seg_model`), on the first channel; `crop`: a
-    crop models' (cell type, per-cell live/dead) crop section, if one is used."""
+    crop models' (cell type, per-cell live/dead) crop section, if one is used; `pixel_size_um`: the
+    frame's, from its vendor metadata (None = unknown), for a segmentation model that rescales
+    frames to its own."""
     channels = image if isinstance(image, list) else [image]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:
@@ -60,7 +63,7 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
     elif segmentation == "model":
         if seg_model is None:
             raise ValueError("prepare_frame: segmentation = 'model' needs seg_model")
-        prepared.seg_input = seg_model.prepare(image)
+        prepared.seg_input = seg_model.prepare(image, pixel_size_um)
         if crop is not None:
             prepared.image = image  # the crops are cut once the network's cells are known
     elif segmentation != "none":

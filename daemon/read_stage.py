@@ -87,10 +87,12 @@ class ReadStage:
             return  # failed, a duplicate, gone, or a channel waiting for the rest of its field
         job, sha, images, members = loaded
         t1 = time.perf_counter()
+        pixel_size_um = self.pixel_size(job)
         try:
             prepared = prepare_frame(images, self.contract, segmentation=self.config.segmentation.method,
                                      classical=self.config.segmentation.classical, seg_model=self.seg_model,
-                                     crop=self.crop, run_classical=self._classical_in_pool)
+                                     crop=self.crop, run_classical=self._classical_in_pool,
+                                     pixel_size_um=pixel_size_um)
         except MACHINE_FAULTS as e:  # the machine, not the frame: try again, never a permanent quarantine
             log.warning("cannot prepare %s now (%s: %s); trying again later", job.rel, type(e).__name__, e)
             self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
@@ -109,7 +111,7 @@ class ReadStage:
         if prepared.segment_s is not None:
             self.metrics.stage_seconds.labels("segment").observe(prepared.segment_s)
         work = FrameWork.of(job, sha, prepared, time.monotonic(), members=members, channels=self.channels,
-                            pixel_size_um=self.pixel_size(job))
+                            pixel_size_um=pixel_size_um)
         while not self.is_fatal():  # bounded queue: back-pressure, unless the inference stage died
             try:
                 self.prepared.put(work, timeout=0.5)

@@ -14,6 +14,7 @@ cell-type model) are module-level functions so a process pool can run them on ev
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -31,7 +32,7 @@ from .contract import CellCrop, ModelContract
 from .crops import cells_of, prepare_crops
 from .errors import ContractError
 from .segment_classical import ClassicalParams, segment_classical
-from .segment_maps import labels_from_tile_outputs, model_input, seg_tiles
+from .segment_maps import ServeOptions, labels_from_served, serve_tiles
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,30 @@ class ClassicalSegmenter:
 
 
 class ModelSegmenter:
-    def __init__(self, backend):
+    """`options`: the acquisition's pixel size (frames are resampled to the model's) and TTA."""
+
+    def __init__(self, backend, options: ServeOptions = ServeOptions()):
         contract = backend.contract
         if contract.task != "segmentation":
             raise ContractError(backend.path, f"is a {contract.task} model; a segmentation model is needed here")
         self.backend = backend
         self.contract: ModelContract = contract
+        self.options = options
         self.name = contract.name
 
-    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tiles (N, 1, t, t) float32, their origins at model resolution)."""
-        return seg_tiles(model_input(frame, self.contract), self.contract.tiling)
+    def options_for(self, frame_pixel_size_um: float | None) -> ServeOptions:
+        """The options for one frame: a configured pixel size wins; else the frame's own (vendor metadata)."""
+        if self.options.frame_pixel_size_um > 0 or not frame_pixel_size_um:
+            return self.options
+        return dataclasses.replace(self.options, frame_pixel_size_um=float(frame_pixel_size_um))
 
-    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        return labels_from_tile_outputs(outputs, origins, shape, self.contract)
+    def prepare(self, frame: np.ndarray, frame_pixel_size_um: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(tiles (N, 1, t, t) float32 (4N with TTA), their origins at model resolution)."""
+        return serve_tiles(frame, self.contract, self.options_for(frame_pixel_size_um))
+
+    def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
+               frame_pixel_size_um: float | None = None) -> np.ndarray:
+        return labels_from_served(outputs, origins, shape, self.contract, self.options_for(frame_pixel_size_um))
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
         tiles, origins = self.prepare(frame)
@@ -84,7 +95,7 @@ class ModelSegmenter:
 
 
 def load_segmenter(model_path: str | None, classical: ClassicalParams | None = None, threads: int = 0,
-                   device: str = "cpu") -> Segmenter:
+                   device: str = "cpu", options: ServeOptions = ServeOptions()) -> Segmenter:
     """A model segmenter for `model_path` ("" = the bundled phase-contrast model), else classical."""
     if model_path is None:
         return ClassicalSegmenter(classical or ClassicalParams())
@@ -92,7 +103,7 @@ def load_segmenter(model_path: str | None, classical: ClassicalParams | None = N
 
     path = model_path or str(BUNDLED_SEGMENTATION_MODEL)
     backend = OnnxBackend(path, device=device, intra_op_threads=threads, max_batch=16, warmup=False)
-    return ModelSegmenter(backend)
+    return ModelSegmenter(backend, options)
 
 
 # --- the process pool: module-level functions, picklable arguments --------------------------
@@ -113,8 +124,9 @@ def classical_cells(frame: np.ndarray, params: ClassicalParams, crop: CellCrop |
 
 
 def model_cells(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
-                frame: np.ndarray | None = None, crop: CellCrop | None = None) -> CellsAndCrops:
-    return _cells_and_crops(labels_from_tile_outputs(outputs, origins, shape, contract), frame, crop)
+                frame: np.ndarray | None = None, crop: CellCrop | None = None,
+                options: ServeOptions = ServeOptions()) -> CellsAndCrops:
+    return _cells_and_crops(labels_from_served(outputs, origins, shape, contract, options), frame, crop)
 
 
 class FrameFault(RuntimeError):
@@ -159,8 +171,9 @@ class SegmentationPool:
         return self.submit(classical_cells, frame, params, crop)
 
     def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
-               frame: np.ndarray | None = None, crop: CellCrop | None = None) -> Future:
-        return self.submit(model_cells, outputs, origins, shape, contract, frame, crop)
+               frame: np.ndarray | None = None, crop: CellCrop | None = None,
+               options: ServeOptions = ServeOptions()) -> Future:
+        return self.submit(model_cells, outputs, origins, shape, contract, frame, crop, options)
 
     def submit(self, fn: Callable, *args) -> Future:
         task = _Task(fn, args, Future())

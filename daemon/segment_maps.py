@@ -20,6 +20,7 @@ from skimage.segmentation import watershed
 from .contract import ModelContract, Segmentation, Tiling
 from .preprocess import normalise_frame
 from .resample import block_mean, filter_by_area, upsample_labels  # noqa: F401 (re-exported)
+from .rescale import resize_labels, scale_factor, scaled_shape, to_model_scale
 
 BACKGROUND, INTERIOR, BOUNDARY, DISTANCE = range(4)
 
@@ -37,6 +38,61 @@ class PostProcess:
     @classmethod
     def from_contract(cls, seg: Segmentation) -> "PostProcess":
         return cls(**seg.postprocess)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How frames are served to a segmentation network beyond what its contract fixes.
+
+    frame_pixel_size_um: the acquisition's pixel size (0 = unknown: no rescale to the model's);
+    tta: test-time augmentation, the network also sees each tile flipped in x, y and both, and the
+    four maps (flipped back) are averaged: about 4x the network's cost for steadier outlines.
+    """
+    frame_pixel_size_um: float = 0.0
+    tta: bool = False
+
+
+# the flips of test-time augmentation (array axes of an (N, C, H, W) tile batch); each is its own inverse
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def tta_tiles(tiles: np.ndarray) -> np.ndarray:
+    """(N, C, t, t) -> (4N, C, t, t): the tiles, then flipped in x, in y, in both."""
+    return np.ascontiguousarray(np.concatenate([np.flip(tiles, axes) if axes else tiles for axes in TTA_FLIPS]))
+
+
+def merge_tta(outputs: np.ndarray, n_tiles: int) -> np.ndarray:
+    """(4N, maps, t, t) network outputs of `tta_tiles` -> (N, maps, t, t), each flipped back and averaged."""
+    if len(outputs) != len(TTA_FLIPS) * n_tiles:
+        raise ValueError(f"test-time augmentation: {len(outputs)} outputs for {n_tiles} tiles x {len(TTA_FLIPS)} flips")
+    parts = [outputs[i * n_tiles:(i + 1) * n_tiles] for i in range(len(TTA_FLIPS))]
+    return np.mean([np.flip(p, axes) if axes else p for p, axes in zip(parts, TTA_FLIPS)], axis=0, dtype=np.float32)
+
+
+def model_frame_shape(frame_shape: tuple[int, int], contract: ModelContract, options: ServeOptions) -> tuple[int, int]:
+    """The frame's shape once resampled to the model's pixel size."""
+    assert contract.segmentation is not None
+    factor = scale_factor(options.frame_pixel_size_um, contract.segmentation.pixel_size_um)
+    return tuple(frame_shape[:2]) if factor == 1.0 else scaled_shape(frame_shape, factor)
+
+
+def serve_tiles(frame: np.ndarray, contract: ModelContract, options: ServeOptions = ServeOptions()):
+    """A frame -> (network input tiles, their origins): rescaled, reduced, normalised, tiled (x4 with TTA)."""
+    assert contract.segmentation is not None and contract.tiling is not None
+    scaled = to_model_scale(frame, options.frame_pixel_size_um, contract.segmentation.pixel_size_um)
+    tiles, origins = seg_tiles(model_input(scaled, contract), contract.tiling)
+    return (tta_tiles(tiles) if options.tta else tiles), origins
+
+
+def labels_from_served(outputs: np.ndarray, origins: np.ndarray, frame_shape: tuple[int, int],
+                       contract: ModelContract, options: ServeOptions = ServeOptions(),
+                       post: PostProcess | None = None) -> np.ndarray:
+    """Network outputs of `serve_tiles` -> int32 labels at the frame's own resolution."""
+    if options.tta:
+        outputs = merge_tta(outputs, len(origins))
+    shape = model_frame_shape(frame_shape, contract, options)
+    labels = labels_from_tile_outputs(outputs, origins, shape, contract, post)
+    return resize_labels(labels, tuple(frame_shape[:2]))
 
 
 def downsample_mean(frame: np.ndarray, factor: int) -> np.ndarray:

@@ -196,9 +196,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from .masks import build_mask_set, find_mask_pairs, save_mask_set
+    from .masks import build_mask_set, find_flat_pairs, find_mask_pairs, save_mask_set
 
-    ds = build_mask_set(find_mask_pairs(args.folders, args.image_name, args.mask_name))
+    try:
+        if args.mask_suffix:
+            pairs = find_flat_pairs(args.folders, tuple(_csv(args.mask_suffix)))
+        else:
+            pairs = find_mask_pairs(args.folders, args.image_name, args.mask_name)
+        ds = build_mask_set(pairs)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"wellwatch dataset masks: {e}") from None
     save_mask_set(ds, args.out)
     print(json.dumps({"out": args.out, "images": len(ds), "cells": int(sum(ds.meta["cells"]))}, indent=1))
     return 0
@@ -216,6 +223,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def cmd_train_segmentation(args: argparse.Namespace) -> int:
+    from wellwatch.daemon.contract import Normalisation
+
     from .seg_train import SegTrainConfig, train_segmentation
 
     if not args.train_images or not args.val_images:
@@ -223,9 +232,27 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
                          "(e.g. set1-20 and set21-24); keep test images out of both")
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("base", args.width), ("crop", args.crop), ("seed", args.seed),
-                                   ("name", args.name), ("threads", args.threads)) if v is not None}
-    cfg = SegTrainConfig(train=_names(args.train_images), val=_names(args.val_images), **overrides)
-    summary = train_segmentation(args.dataset, args.out, cfg, progress=not args.quiet)
+                                   ("name", args.name), ("threads", args.threads), ("augment", args.augment),
+                                   ("init", args.init), ("pixel_size_um", args.pixel_size),
+                                   ("eval_every", args.eval_every)) if v is not None}
+    if args.normalisation == "flatfield":
+        overrides["normalisation"] = Normalisation("flatfield", {"sigma": args.flatfield_sigma})
+    if args.test_images:
+        overrides["test"] = _names(args.test_images)
+    if args.tta:
+        overrides["tta"] = True
+    try:
+        if args.leave_group_out:
+            logo = json.loads(Path(args.leave_group_out).read_text())
+            overrides["leave_group_out"] = {k: logo[k] for k in ("grouping", "groups", "pooled", "recipe") if k in logo}
+        if args.groups_from:
+            from .seg_groups import usiigaci_groups
+
+            overrides["groups"] = usiigaci_groups(args.groups_from)[0]
+        cfg = SegTrainConfig(train=_names(args.train_images), val=_names(args.val_images), **overrides)
+        summary = train_segmentation(args.dataset, args.out, cfg, progress=not args.quiet)
+    except (ValueError, KeyError, OSError) as e:
+        raise SystemExit(f"wellwatch train --task segmentation: {e}") from None
     print(json.dumps({k: summary[k] for k in ("metrics", "postprocess", "train_seconds", "steps")}, indent=1))
     return 0
 
@@ -306,6 +333,10 @@ def register(sub) -> None:
     p.add_argument("--image-name", default="raw.tif", help="the image's file name in each sub-folder")
     p.add_argument("--mask-name", default="instances_ids.png",
                    help="the label mask's file name (0 = background, one integer id per cell)")
+    p.add_argument("--mask-suffix", nargs="?", const=",".join(("_cp_masks", "_masks", "_labels", "-labels")),
+                   help="flat folders instead: NAME.tif beside NAME<SUFFIX>.tif/.png, as Cellpose (_masks, _cp_masks), "
+                        "napari (_labels) or QuPath (-labels) export them; comma-separated suffixes "
+                        "(alone: those four)")
     p.set_defaults(func=cmd_masks)
 
     p = dsub.add_parser("cells", help="segment paired label-free + marker fields into single-cell crops, "
@@ -383,6 +414,26 @@ def register(sub) -> None:
     seg.add_argument("--width", type=int, help="U-Net base width (default 16)")
     seg.add_argument("--crop", type=int, help="training crop at model resolution (default 192)")
     seg.add_argument("--threads", type=int, help="torch CPU threads (default: all)")
+    seg.add_argument("--test-images", help="images scored once at the end, never used to choose (a held-out group)")
+    seg.add_argument("--augment", choices=["microscope", "scale", "basic"],
+                     help="microscope (default): scale 0.5-2x, illumination, halo, contrast, gamma, blur, defocus, "
+                          "noise, rotations, flips; scale: basic plus the scale change; basic: the first recipe")
+    seg.add_argument("--normalisation", choices=["percentile", "flatfield"], default="percentile",
+                     help="percentile (1-99%%, default) or flatfield (divide by the smooth illumination, robust scale)")
+    seg.add_argument("--flatfield-sigma", type=float, default=32.0,
+                     help="flatfield: Gaussian sigma of the illumination estimate, model-resolution px (default 32)")
+    seg.add_argument("--init", help="fine-tune from this model: a segmentation checkpoint (.pt) or exported .onnx "
+                                    "(e.g. wellwatch/models/phase-segmentation.onnx); keeps its preprocessing")
+    seg.add_argument("--pixel-size", type=float,
+                     help="um per pixel of the dataset's images (0 = unknown); with --init they are resampled to "
+                          "the model's pixel size; without, it is recorded as the model's")
+    seg.add_argument("--eval-every", type=int, help="steps between validation scorings (default 150)")
+    seg.add_argument("--tta", action="store_true", help="score with test-time augmentation (flips)")
+    seg.add_argument("--leave-group-out", metavar="JSON",
+                     help="leave_group_out.json of this recipe (benchmarks/seg_leave_group_out.py): written into "
+                          "the contract's metrics beside the validation scores")
+    seg.add_argument("--groups-from", metavar="DIR",
+                     help="record each image's acquisition group, from the NIS metadata of DIR/setN/raw.tif")
     p.set_defaults(func=lambda a: cmd_train_segmentation(a) if a.task == "segmentation" else cmd_train(a))
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a run or an exported ONNX model")

@@ -6,7 +6,10 @@ the image names, their groups and provenance). Raw frames are kept, not normalis
 model's input is made from them by the daemon's own functions at training time.
 
 Source layouts: a folder per image holding the image and its mask (the Usiigaci sets:
-`setN/raw.tif` + `setN/instances_ids.png`), chosen by --image-name / --mask-name.
+`setN/raw.tif` + `setN/instances_ids.png`), chosen by --image-name / --mask-name; or, with
+--mask-suffix, one flat folder of images beside their label images as annotation tools export them
+(`NAME.tif` + `NAME_masks.tif` / `NAME_cp_masks.png` (Cellpose), `NAME_labels.tif` (napari),
+`NAME-labels.png` (QuPath)): uint8/16/32 integer label TIFF or PNG, 0 = background.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def read_labels(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: a label mask must be one 2-D plane of integer ids, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{path}: a label mask must hold integers, got {labels.dtype}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > np.iinfo(np.int32).max):
+        raise ValueError(f"{path}: label ids must be 0 (background) .. 2**31-1, got {labels.min()}..{labels.max()}")
     return labels.astype(np.int32)
 
 
@@ -77,6 +82,29 @@ def find_mask_pairs(folders: list[str | Path], image_name: str, mask_name: str) 
                 pairs.append((sub.name, image, mask))
     if not pairs:
         raise FileNotFoundError(f"no sub-folder of {', '.join(map(str, folders))} holds both {image_name} and {mask_name}")
+    return pairs
+
+
+LABEL_SUFFIXES = ("_cp_masks", "_masks", "_labels", "-labels", "_label", "_mask")
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png")
+
+
+def find_flat_pairs(folders: list[str | Path], suffixes: tuple[str, ...] = LABEL_SUFFIXES) -> list[tuple[str, Path, Path]]:
+    """(name, image, mask) for every NAME.tif/png beside a NAME<suffix>.tif/png label image, in natural order."""
+    pairs = []
+    for root in map(Path, folders):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: not a folder")
+        files = {p.name: p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+        masks = {p for p in files.values() if any(p.stem.endswith(sfx) for sfx in suffixes)}
+        for image in sorted(set(files.values()) - masks, key=lambda p: _natural_key(p.name)):
+            found = [files[n] for sfx in suffixes for ext in IMAGE_EXTENSIONS
+                     for n in (f"{image.stem}{sfx}{ext}",) if n in files]
+            if found:
+                pairs.append((image.stem, image, found[0]))
+    if not pairs:
+        raise FileNotFoundError(f"no image in {', '.join(map(str, folders))} has a label image beside it named "
+                                f"NAME{{{','.join(suffixes)}}}.tif/.png")
     return pairs
 
 

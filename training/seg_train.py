@@ -1,11 +1,17 @@
 """`wellwatch train --task segmentation`: a U-Net on images with label masks.
 
-The network's input is made by the daemon's own functions (block-mean reduction, the contract's
-normalisation, covering tiles, blending, watershed), so what is scored here is what is served.
-Training samples random crops with microscopy augmentations (90-degree rotations and flips,
-intensity gain/offset, gamma, blur, noise). Every `eval_every` steps the whole validation images
-are segmented and scored (F1 at IoU 0.5 and 0.75); the best weights are kept. At the end the
-watershed's parameters are chosen on the validation images and written into the contract.
+The network's input is made by the daemon's own functions (rescale to the model's pixel size,
+block-mean reduction, the contract's normalisation, covering tiles, blending, watershed), so what
+is scored here is what is served. Training samples random crops with the augmentations of
+training/seg_augment.py ("microscope": scale 0.5-2x, illumination, halo, contrast, gamma, blur,
+defocus, noise, rotations and flips; "basic": the first recipe). Every `eval_every` steps the
+whole validation images are segmented and scored (F1 at IoU 0.5 and 0.75); the best weights are
+kept. At the end the watershed's parameters are chosen on the validation images and written into
+the contract, and the `test` images (a held-out acquisition group) are scored once.
+
+`init` starts from a trained model (a .pt checkpoint, or an exported .onnx, see seg_init.py)
+instead of random weights: fine-tuning on a lab's few annotated frames; its batch-norm statistics
+are then kept fixed (a handful of crops would estimate them badly).
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from torch import nn
 
 from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
-from wellwatch.daemon.segment_maps import (PostProcess, labels_from_tile_outputs, model_input, seg_tiles)
+from wellwatch.daemon.preprocess import normalise_frame
+from wellwatch.daemon.rescale import to_model_scale
+from wellwatch.daemon.segment_maps import PostProcess, ServeOptions, downsample_mean, labels_from_served, serve_tiles
 
 from .masks import MaskSet, load_mask_set
+from .seg_augment import RECIPES, AugmentConfig, TrainImage, sample_crop
 from .progress import Progress
 from .seg_metrics import aggregate_scores, match_scores
-from .seg_targets import targets
+from .seg_targets import class_map, distance_map, downsample_labels
 from .unet import DISTANCE_MAP, SegmentationMaps, UNet
 
 SEG_CHECKPOINT_FORMAT = 1
@@ -51,65 +59,64 @@ class SegTrainConfig:
     tile_size: int = 288
     stride: int = 224
     normalisation: Normalisation = field(default_factory=lambda: Normalisation("percentile", {"low": 1.0, "high": 99.0}))
+    augment: str = "microscope"
+    scale_min: float = 0.5
+    scale_max: float = 2.0
     channel: str = "phase_contrast"
     seed: int = 0
     threads: int = 0
     name: str = "phase-segmentation"
+    test: tuple[str, ...] = ()       # scored once at the end (a held-out group), never used to choose
+    pixel_size_um: float = 0.0       # the dataset images' pixel size (0 = unknown)
+    init: str = ""                   # start from this model (.pt or .onnx): fine-tuning
+    tta: bool = False                # score with test-time augmentation
+    groups: dict[str, str] = field(default_factory=dict)  # image -> acquisition group, for the record
+    # leave-group-out scores of this recipe (benchmarks/seg_leave_group_out.py), carried into the contract
+    leave_group_out: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.augment not in RECIPES:
+            raise ValueError(f"augment {self.augment!r}; allowed: {', '.join(RECIPES)}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"scale range {self.scale_min}..{self.scale_max} must satisfy 0 < min <= max")
 
 
 def segmentation_contract(cfg: SegTrainConfig, post: PostProcess, trained_on: dict | None = None,
-                          metrics: dict | None = None) -> ModelContract:
+                          metrics: dict | None = None, pixel_size_um: float | None = None) -> ModelContract:
+    """`pixel_size_um`: the model's (default the training images' own)."""
     return ModelContract(
         name=cfg.name, task="segmentation", classes=("background", "cell"), positive_class="cell",
         output="probabilities", input_name="image", channels=(cfg.channel,), layout="NCHW",
         height=cfg.tile_size, width=cfg.tile_size, normalisation=cfg.normalisation,
         tiling=Tiling(cfg.tile_size, cfg.stride), empty_filter=EmptyFilter("none", {}),
         decision_threshold=post.foreground_threshold, trained_on=trained_on or {}, metrics=metrics or {},
-        segmentation=Segmentation(downsample=cfg.downsample, postprocess=asdict(post)))
+        segmentation=Segmentation(downsample=cfg.downsample, postprocess=asdict(post),
+                                  pixel_size_um=cfg.pixel_size_um if pixel_size_um is None else pixel_size_um))
 
 
-@dataclass
-class Prepared:
-    """One image at model resolution: network input, class map, distance map."""
-    x: np.ndarray
-    classes: np.ndarray
-    distance: np.ndarray
-
-
-def prepare(ds: MaskSet, contract: ModelContract) -> list[Prepared]:
+def prepare(ds: MaskSet, contract: ModelContract, pixel_size_um: float = 0.0) -> list[TrainImage]:
+    """Each image at model resolution, resampled to the model's pixel size as the daemon would."""
     f = contract.segmentation.downsample
+    model_px = contract.segmentation.pixel_size_um
     out = []
     for image, labels in zip(ds.images, ds.labels):
-        x = model_input(image, contract)
-        classes, distance = targets(labels, f)
-        out.append(Prepared(x, classes[:x.shape[0], :x.shape[1]], distance[:x.shape[0], :x.shape[1]]))
+        scaled = to_model_scale(image, pixel_size_um, model_px)
+        if scaled is not image:
+            from wellwatch.daemon.rescale import resize_labels
+            labels = resize_labels(labels, scaled.shape)
+        raw = downsample_mean(scaled, f)
+        small = downsample_labels(labels, f)[:raw.shape[0], :raw.shape[1]]
+        out.append(TrainImage(raw, normalise_frame(raw, contract.normalisation), small,
+                              class_map(small), distance_map(small)))
     return out
 
 
-def augment(x: np.ndarray, c: np.ndarray, d: np.ndarray, rng: np.random.Generator):
-    """Geometry (applied to input and targets alike), then intensity (input only)."""
-    k = int(rng.integers(4))
-    x, c, d = np.rot90(x, k), np.rot90(c, k), np.rot90(d, k)
-    if rng.random() < 0.5:
-        x, c, d = x[:, ::-1], c[:, ::-1], d[:, ::-1]
-    x = x * rng.uniform(0.75, 1.33) + rng.uniform(-0.15, 0.15)
-    gamma = rng.uniform(0.7, 1.4)
-    x = np.where(x > 0, np.abs(x) ** gamma, x)
-    if rng.random() < 0.3:
-        x = ndi.gaussian_filter(x, rng.uniform(0.3, 1.2))
-    if rng.random() < 0.5:
-        x = x + rng.normal(0, rng.uniform(0.005, 0.05), x.shape)
-    return (np.ascontiguousarray(x, np.float32), np.ascontiguousarray(c), np.ascontiguousarray(d, np.float32))
-
-
-def sample_batch(images: list[Prepared], cfg: SegTrainConfig, rng: np.random.Generator):
+def sample_batch(images: list[TrainImage], cfg: SegTrainConfig, contract: ModelContract, rng: np.random.Generator):
+    aug = AugmentConfig(cfg.augment, cfg.scale_min, cfg.scale_max)
     xs, cs, ds = [], [], []
     for _ in range(cfg.batch_size):
         im = images[int(rng.integers(len(images)))]
-        h, w = im.x.shape
-        y0, x0 = int(rng.integers(h - cfg.crop + 1)), int(rng.integers(w - cfg.crop + 1))
-        win = (slice(y0, y0 + cfg.crop), slice(x0, x0 + cfg.crop))
-        x, c, d = augment(im.x[win], im.classes[win], im.distance[win], rng)
+        x, c, d = sample_crop(im, cfg.crop, contract.normalisation, aug, rng)
         xs.append(x), cs.append(c), ds.append(d)
     return (torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(cs)),
             torch.from_numpy(np.stack(ds)[:, None]))
@@ -126,23 +133,35 @@ class SegLoss(nn.Module):
 
 
 @torch.no_grad()
-def predict_tiles(model: nn.Module, frame: np.ndarray, contract: ModelContract, batch: int = 8):
-    """Tile outputs (after activations) for one frame, and the tiles' origins."""
+def predict_tiles(model: nn.Module, frame: np.ndarray, contract: ModelContract, options: ServeOptions = ServeOptions(),
+                  batch: int = 8):
+    """Tile outputs (after activations) for one frame, and the tiles' origins, as the daemon makes them."""
     servable = SegmentationMaps(model).eval()
-    tiles, origins = seg_tiles(model_input(frame, contract), contract.tiling)
+    tiles, origins = serve_tiles(frame, contract, options)
     outs = [servable(torch.from_numpy(tiles[i:i + batch])).numpy() for i in range(0, len(tiles), batch)]
     return np.concatenate(outs), origins
 
 
-def score(model: nn.Module, ds: MaskSet, contract: ModelContract, posts: list[PostProcess]) -> list[dict]:
+def score(model: nn.Module, ds: MaskSet, contract: ModelContract, posts: list[PostProcess],
+          options: ServeOptions = ServeOptions()) -> list[dict]:
     """Aggregate scores on `ds` for each post-processing setting (the network runs once per image)."""
-    outputs = [predict_tiles(model, image, contract) for image in ds.images]
+    outputs = [predict_tiles(model, image, contract, options) for image in ds.images]
     results = []
     for post in posts:
-        per_image = [match_scores(gt, labels_from_tile_outputs(out, origins, gt.shape, contract, post))
+        per_image = [match_scores(gt, labels_from_served(out, origins, gt.shape, contract, options, post))
                      for (out, origins), gt in zip(outputs, ds.labels)]
         results.append(aggregate_scores(per_image))
     return results
+
+
+def summarise(agg: dict, images: list[str]) -> dict:
+    """Scores with their counts (so that folds can be pooled)."""
+    out = {"images": images, "mean_abs_count_error": agg["mean_abs_count_error"]}
+    for t, tag in ((0.5, "50"), (0.75, "75")):
+        s = agg["iou"][t]
+        out |= {f"f1_iou{tag}": s["f1"], f"ap_iou{tag}": s["ap"], f"tp_iou{tag}": s["tp"],
+                f"fp_iou{tag}": s["fp"], f"fn_iou{tag}": s["fn"]}
+    return out
 
 
 def quality(agg: dict) -> float:
@@ -156,6 +175,12 @@ def postprocess_grid() -> list[PostProcess]:
             for fg, st, s, a in grid]
 
 
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
 def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig, progress: bool = True) -> dict:
     """Train, select the best weights on validation, tune the watershed; write RUN/best.pt + summary.json."""
     report = Progress("train segmentation", progress)
@@ -167,19 +192,50 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         torch.set_num_threads(cfg.threads)
     ds = load_mask_set(dataset)
     train_set, val_set = ds.select(list(cfg.train)), ds.select(list(cfg.val))
-    contract = segmentation_contract(cfg, PostProcess())
-    images = prepare(train_set, contract)
-    if min(min(im.x.shape) for im in images) < cfg.crop:
+    test_set = ds.select(list(cfg.test)) if cfg.test else None
+    init_info = {}
+    if cfg.init:
+        from .seg_init import load_initial_model
+
+        model, init_contract = load_initial_model(cfg.init)
+        # the network's input must be made as it was made for the weights: keep its preprocessing
+        cfg = replace(cfg, normalisation=init_contract.normalisation, downsample=init_contract.segmentation.downsample,
+                      tile_size=init_contract.tiling.tile_size, stride=init_contract.tiling.stride,
+                      base=model.base, depth=model.depth)
+        # a model that does not record its pixel size takes the training images' (--pixel-size)
+        model_px = init_contract.segmentation.pixel_size_um or cfg.pixel_size_um
+        before = PostProcess.from_contract(init_contract.segmentation)
+        init_info = {"init": str(cfg.init), "init_name": init_contract.name, "init_sha256": _sha256(cfg.init)}
+    else:
+        model, model_px, before = UNet(1, cfg.base, cfg.depth), cfg.pixel_size_um, PostProcess()
+    # frames of the dataset are resampled from its pixel size to the model's, in training and scoring
+    options = ServeOptions(frame_pixel_size_um=cfg.pixel_size_um, tta=cfg.tta)
+    contract = segmentation_contract(cfg, before, pixel_size_um=model_px)
+    images = prepare(train_set, contract, cfg.pixel_size_um)
+    if min(min(im.raw.shape) for im in images) < cfg.crop:
         raise ValueError(f"crop {cfg.crop} is larger than a training image at model resolution")
-    model = UNet(1, cfg.base, cfg.depth)
+    if cfg.init:
+        model.eval()
+        start = score(model, val_set, contract, [before], options)[0]
+        init_info["validation_before"] = summarise(start, list(cfg.val))
+        if test_set is not None:
+            init_info["test_before"] = summarise(score(model, test_set, contract, [before], options)[0], list(cfg.test))
+        report.line(f"{cfg.init} before fine-tuning: validation F1@0.5 {start['iou'][0.5]['f1']:.3f} "
+            f"F1@0.75 {start['iou'][0.75]['f1']:.3f}")
     loss_fn = SegLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     history, best, best_state = [], -1.0, None
+    if cfg.init:  # fine-tuning must beat the model it starts from, or the start is kept
+        best, best_state = quality(start), {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append({"step": 0, "loss": float("nan"), "val_f1_50": start["iou"][0.5]["f1"],
+                        "val_f1_75": start["iou"][0.75]["f1"], "seconds": 0.0})
     t0, running = time.time(), None
     for step in range(1, cfg.steps + 1):
         model.train()
-        x, c, d = sample_batch(images, cfg, rng)
+        if cfg.init:
+            _freeze_batchnorm(model)
+        x, c, d = sample_batch(images, cfg, contract, rng)
         loss = loss_fn(model(x), c, d)
         opt.zero_grad()
         loss.backward()
@@ -190,7 +246,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
             report.update(f"step {step}/{cfg.steps} loss {running:.4f} {(time.time() - t0) / step:.2f} s/step")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
-            agg = score(model, val_set, contract, [PostProcess()])[0]
+            agg = score(model, val_set, contract, [before], options)[0]
             q = quality(agg)
             history.append({"step": step, "loss": running, "val_f1_50": agg["iou"][0.5]["f1"],
                             "val_f1_75": agg["iou"][0.75]["f1"], "seconds": time.time() - t0})
@@ -204,27 +260,40 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     model.load_state_dict(best_state)
     model.eval()
     report.line("choosing the watershed's parameters on the validation images")
-    grid = postprocess_grid()
-    results = score(model, val_set, contract, grid)
+    grid = postprocess_grid() + ([before] if cfg.init else [])
+    results = score(model, val_set, contract, grid, options)
     i = int(np.argmax([quality(r) for r in results]))
     post, val = grid[i], results[i]
     report.line(f"best post-processing {asdict(post)}: validation F1@0.5 "
         f"{val['iou'][0.5]['f1']:.3f} F1@0.75 {val['iou'][0.75]['f1']:.3f}")
-    metrics = {"validation": {"images": list(cfg.val), "f1_iou50": val["iou"][0.5]["f1"],
-                              "f1_iou75": val["iou"][0.75]["f1"], "ap_iou50": val["iou"][0.5]["ap"],
-                              "ap_iou75": val["iou"][0.75]["ap"],
-                              "mean_abs_count_error": val["mean_abs_count_error"]}}
+    metrics = {"validation": summarise(val, list(cfg.val))}
+    if test_set is not None:
+        test = score(model, test_set, contract, [post], options)[0]
+        metrics["test"] = summarise(test, list(cfg.test))
+        report.line(f"held-out test images {list(cfg.test)}: F1@0.5 {test['iou'][0.5]['f1']:.3f} "
+            f"F1@0.75 {test['iou'][0.75]['f1']:.3f} AP@0.5 {test['iou'][0.5]['ap']:.3f}")
+    if init_info:
+        metrics["fine_tuning"] = {**init_info, "train_seconds": round(train_seconds, 1)}
+    if cfg.leave_group_out:
+        metrics["leave_group_out"] = cfg.leave_group_out
     trained_on = {"dataset": str(dataset), "images": list(cfg.train), "validation": list(cfg.val),
+                  "test": list(cfg.test), "groups": dict(cfg.groups),
                   "provenance": ds.meta.get("provenance", {}).get("images", [])[:1] and "see dataset.json",
-                  "steps": cfg.steps, "train_seconds": round(train_seconds, 1),
-                  "config": {k: v for k, v in asdict(cfg).items() if k not in ("train", "val")}}
-    contract = replace(segmentation_contract(cfg, post, trained_on, metrics))
+                  "steps": cfg.steps, "train_seconds": round(train_seconds, 1), **init_info,
+                  "config": {k: v for k, v in asdict(cfg).items() if k not in ("train", "val", "test", "groups", "leave_group_out")}}
+    contract = segmentation_contract(cfg, post, trained_on, metrics, pixel_size_um=model_px)
     save_seg_checkpoint(out / "best.pt", model, cfg, contract, history)
     summary = {"task": "segmentation", "metrics": metrics, "postprocess": asdict(post), "history": history,
-               "train_seconds": train_seconds, "steps": cfg.steps}
+               "train_seconds": train_seconds, "steps": cfg.steps, "config": trained_on["config"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_history(history, out / "history.png")
     return summary
+
+
+def _sha256(path: str) -> str:
+    from wellwatch.daemon.contract import file_sha256
+
+    return file_sha256(path)
 
 
 def plot_history(history: list[dict], path: Path) -> None:

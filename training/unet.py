@@ -32,6 +32,7 @@ class UNet(nn.Module):
                                  for i in reversed(range(depth))])
         self.merge = nn.ModuleList([_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.base, self.depth = base, depth
         self.multiple = 2 ** depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

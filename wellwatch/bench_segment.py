@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlays", metavar="DIR",
                         help="also write DIR/METHOD-setN.png: each frame with the annotated outlines (red) and the "
                              "method's (green)")
+    parser.add_argument("--tta", action="store_true",
+                        help="model: test-time augmentation (each tile also flipped 3 ways, maps averaged)")
+    parser.add_argument("--pixel-size", type=float, default=0.0, metavar="UM",
+                        help="um per pixel of the frames; the model resamples them to its own (0 = as they are)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write the results as JSON to PATH; without PATH print JSON instead of the table")
 
@@ -139,22 +143,34 @@ def load_pairs(data: str, sets: list[int]) -> list[tuple[str, np.ndarray, np.nda
     return pairs
 
 
+def _groups(data: str, say) -> dict[str, str]:
+    """setN -> acquisition group from the frames' NIS-Elements metadata; {} when it cannot be read."""
+    from .training.seg_groups import usiigaci_groups
+
+    try:
+        return usiigaci_groups(_dataset_root(data))[0]
+    except (OSError, ValueError) as e:
+        say(f"no acquisition groups ({e}); scores are not broken down by group")
+        return {}
+
+
 # --- segmenters (built inside each worker: sessions are never pickled) --------------------------
 
-def make_segmenter(method: str, params: ClassicalParams, model_path: str | None, threads: int):
+def make_segmenter(method: str, params: ClassicalParams, model_path: str | None, threads: int, options=None):
     from .daemon.segment import load_segmenter
+    from .daemon.segment_maps import ServeOptions
 
     if method == "classical":
         return load_segmenter(None, params)
-    return load_segmenter(model_path, None, threads=threads)
+    return load_segmenter(model_path, None, threads=threads, options=options or ServeOptions())
 
 
 _worker_segmenter = None
 
 
-def _worker_init(method: str, params: ClassicalParams, model_path: str | None) -> None:
+def _worker_init(method: str, params: ClassicalParams, model_path: str | None, options=None) -> None:
     global _worker_segmenter
-    _worker_segmenter = make_segmenter(method, params, model_path, threads=1)
+    _worker_segmenter = make_segmenter(method, params, model_path, threads=1, options=options)
 
 
 def _worker_ready(_: int) -> int:
@@ -191,9 +207,9 @@ def _serial(segmenter, frames: list[np.ndarray], repeat: int, keep: bool):
 
 
 def _pool(method: str, params: ClassicalParams, model_path: str | None, frames: list[np.ndarray],
-          workers: int, repeat: int) -> tuple[list[int], float]:
+          workers: int, repeat: int, options=None) -> tuple[list[int], float]:
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_worker_init, initargs=(method, params, model_path)) as pool:
+    with context.Pool(workers, initializer=_worker_init, initargs=(method, params, model_path, options)) as pool:
         pool.map(_worker_ready, range(workers), chunksize=1)  # every worker started and initialised
         pool.map(_worker_count, frames[:workers], chunksize=1)  # warm-up
         tasks = frames * repeat
@@ -214,19 +230,20 @@ def _summary(agg: dict) -> dict:
 
 
 def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | None, workers: int,
-                 repeat: int, say, overlays: str | None = None) -> dict:
+                 repeat: int, say, overlays: str | None = None, options=None, groups: dict | None = None) -> dict:
     frames = [frame for _, frame, _ in pairs]
     result: dict = {"method": method}
     if method == "classical":
         result["params"] = dataclasses.asdict(params)
     else:
         result["model"] = model_path
+        result["options"] = dataclasses.asdict(options) if options is not None else {}
 
     # one core: quality from this pass too
     say(f"{method}: one core, {len(frames)} frames x {repeat} ...")
     old = _pin_one_core()
     try:
-        segmenter = make_segmenter(method, params, model_path, threads=1)
+        segmenter = make_segmenter(method, params, model_path, threads=1, options=options)
         result["name"] = segmenter.name
         labels, fps1 = _serial(segmenter, frames, repeat, keep=True)
     finally:
@@ -242,6 +259,11 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
             overlay_png(frame, lab, Path(overlays) / f"{method}-{name}.png", truth=gt, scale=2)
         say(f"{method}: overlays in {overlays}")
     result["scores"] = _summary(aggregate_scores(per_image))
+    if groups:
+        seen = set(segmenter.contract.trained_on.get("images", [])) if method == "model" else set()
+        result["by_group"] = scores_by_group([name for name, _, _ in pairs], per_image, groups, seen)
+        if method == "model":
+            result["contract_metrics"] = segmenter.contract.metrics
     result["per_frame"] = [{"frame": name, "n_gt": s["n_gt"], "n_pred": s["n_pred"],
                             **{f"f1@{t:g}": s["iou"][t]["f1"] for t in THRESHOLDS}}
                            for (name, _, _), s in zip(pairs, per_image)]
@@ -251,11 +273,12 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
     speeds = {}
     if method == "model":
         say(f"{method}: one process, {os.cpu_count()} threads ...")
-        segmenter = make_segmenter(method, params, model_path, threads=os.cpu_count() or 1)
+        segmenter = make_segmenter(method, params, model_path, threads=os.cpu_count() or 1, options=options)
         _, speeds[f"1 process x {os.cpu_count()} threads"] = _serial(segmenter, frames, repeat, keep=False)
         del segmenter
     say(f"{method}: {workers} processes x 1 thread ...")
-    counts, speeds[f"{workers} processes x 1 thread"] = _pool(method, params, model_path, frames, workers, repeat)
+    counts, speeds[f"{workers} processes x 1 thread"] = _pool(method, params, model_path, frames, workers, repeat,
+                                                              options)
     expected = [int(lab.max()) for lab in labels]
     if counts != expected:  # the same code on the same frames must give the same cells
         say(f"{method}: WARNING: pool counts {counts} differ from the one-core run {expected}")
@@ -264,6 +287,38 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
     result["fps_all_cores"], result["all_cores_mode"] = speeds[best], best
     say(f"{method}: all cores {speeds[best]:.2f} frames/s ({best})")
     return result
+
+
+def scores_by_group(names: list[str], per_image: list[dict], groups: dict[str, str], seen: set[str]) -> dict:
+    """Scores per acquisition group; `trained_on`: how many of its frames the model was trained on."""
+    from .training.seg_metrics import aggregate_scores
+
+    out = {}
+    for group in sorted({groups.get(n, "?") for n in names}):
+        idx = [i for i, n in enumerate(names) if groups.get(n, "?") == group]
+        out[group] = {"frames": [names[i] for i in idx],
+                      "trained_on": sum(names[i] in seen for i in idx),
+                      **_summary(aggregate_scores([per_image[i] for i in idx]))}
+    return out
+
+
+def print_groups(report: dict, out=sys.stdout) -> None:
+    """Per-group scores of this run, and the leave-group-out figures the model's contract records."""
+    for name, r in report["methods"].items():
+        if "by_group" not in r:
+            continue
+        print(f"{name} by acquisition group (groups: {report.get('grouping', '')}):", file=out)
+        for group, g in r["by_group"].items():
+            seen = f"{g['trained_on']}/{len(g['frames'])} frames trained on" if name == "model" else ""
+            print(f"  {group}: F1@0.5 {g['f1@0.5']:.3f}  F1@0.75 {g['f1@0.75']:.3f}  AP@0.5 {g['ap@0.5']:.3f}  "
+                  f"AP@0.75 {g['ap@0.75']:.3f}  ({len(g['frames'])} frames{'; ' + seen if seen else ''})", file=out)
+        logo = r.get("contract_metrics", {}).get("leave_group_out")
+        if logo:
+            print("  the model's contract, leave-group-out (each group scored by a model trained without it):",
+                  file=out)
+            for group, g in logo.get("groups", {}).items():
+                print(f"  {group}: F1@0.5 {g['f1_iou50']:.3f}  F1@0.75 {g['f1_iou75']:.3f}  "
+                      f"AP@0.5 {g['ap_iou50']:.3f}  AP@0.75 {g['ap_iou75']:.3f}  ({len(g['images'])} frames)", file=out)
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -305,6 +360,9 @@ def run(args: argparse.Namespace) -> int:
     if bad or not methods:
         say(f"--methods: unknown {bad or methods}; allowed: classical, model")
         return 2
+    if args.pixel_size < 0:
+        say(f"--pixel-size {args.pixel_size}: must be >= 0 (0 = frames as they are)")
+        return 2
     if args.workers < 1 or args.repeat < 1:
         say("--workers and --repeat must be at least 1")
         return 2
@@ -325,6 +383,13 @@ def run(args: argparse.Namespace) -> int:
                    f"{platform.python_version()}",
         "methods": {},
     }
+    from .daemon.segment_maps import ServeOptions
+
+    options = ServeOptions(frame_pixel_size_um=args.pixel_size, tta=args.tta)
+    groups = _groups(args.data, say)
+    if groups:
+        report["grouping"] = "NIS-Elements stage positions, clusters > 3 mm apart (training/seg_groups.py)"
+        report["groups"] = groups
     for method in methods:
         model_path = None
         if method == "model":
@@ -336,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
         try:
             report["methods"][method] = bench_method(method, pairs, params, model_path, args.workers,
-                                                     args.repeat, say, args.overlays)
+                                                     args.repeat, say, args.overlays, options, groups)
         except (WellwatchError, ImportError, OSError) as e:
             say(f"{method}: skipped: {e}")
             report["methods"][method] = {"skipped": str(e)}
@@ -344,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_table(report)
+        print_groups(report)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             say(f"wrote {args.json}")

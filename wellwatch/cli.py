@@ -82,12 +82,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .daemon.config import load_config
     from .daemon.reader import read_frame
     from .daemon.segment import load_segmenter
+    from .daemon.segment_maps import ServeOptions
 
     config = load_config(args.config) if args.config else load_config(None)
+    pixel_size = config.plate.pixel_size_um if args.pixel_size is None else args.pixel_size
+    if pixel_size < 0:
+        raise SystemExit(f"wellwatch segment: --pixel-size {pixel_size}: must be >= 0 um (0 = unknown)")
     if args.classical:
         segmenter = load_segmenter(None, config.segmentation.classical)
     else:
-        segmenter = load_segmenter(args.model or config.models.segmentation.path, threads=args.threads)
+        options = ServeOptions(pixel_size, args.tta or config.segmentation.tta)
+        segmenter = load_segmenter(args.model or config.models.segmentation.path, threads=args.threads,
+                                   options=options)
     frame = read_frame(args.image)
     t0 = time.perf_counter()
     labels = segmenter.segment(frame)
@@ -184,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config.toml whose [segmentation] / [models.segmentation] to use")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     p.add_argument("--overlay", metavar="PNG", help="also write the frame with the cells' outlines drawn on it")
+    p.add_argument("--pixel-size", type=float, metavar="UM",
+                   help="um per pixel of the frame (default: [plate] pixel_size_um of --config; 0 = unknown); a "
+                        "model that records its training pixel size segments the frame resampled to it")
+    p.add_argument("--tta", action="store_true", help="model: test-time augmentation (flips; ~4x the network's time)")
     p.set_defaults(func=cmd_segment)
 
     register_simulate(sub)
