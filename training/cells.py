@@ -403,7 +403,7 @@ def plot_marker_histogram(log_marker: np.ndarray, labels: np.ndarray, t: MarkerT
     m = t.mixture
     total = np.zeros_like(grid)
     for k, colour in ((0, "tab:blue"), (1, "tab:orange")):
-        pdf = m.weights[k] * np.exp(-0.5 * ((grid - m.means[k]) / m.sds[k]) ** 2) / (m.sds[k] * np.sqrt(2 * np.pi))
+        pdf = m.densities(grid)[:, k]
         total += pdf
         ax.plot(grid, pdf * len(log_marker) * width, color=colour, lw=1.5,
                 label=f"{classes[k]} component ({m.means[k]:.2f} +/- {m.sds[k]:.2f}, w {m.weights[k]:.2f})")

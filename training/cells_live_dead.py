@@ -191,7 +191,7 @@ def plot_stain_histogram(log_values: np.ndarray, labels: np.ndarray | None, fit:
     grid = np.linspace(bins[0], bins[-1], 500)
     m = t.mixture
     for k, colour in ((0, "tab:green"), (1, "tab:red")):
-        pdf = m.weights[k] * np.exp(-0.5 * ((grid - m.means[k]) / m.sds[k]) ** 2) / (m.sds[k] * np.sqrt(2 * np.pi))
+        pdf = m.densities(grid)[:, k]
         ax.plot(grid, pdf * len(log_values) * width, color=colour, lw=1.5,
                 label=f"component {m.means[k]:.2f} +/- {m.sds[k]:.2f}, w {m.weights[k]:.2f}")
     ax.axvline(t.live_below, color="tab:green", ls="--", lw=1, label=f"live below {t.live_below:.2f}")

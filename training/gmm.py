@@ -18,11 +18,19 @@ class Mixture:
     means: tuple[float, float]  # ascending: component 0 is the dim (live) one
     sds: tuple[float, float]
 
+    def log_densities(self, x: np.ndarray) -> np.ndarray:
+        """(N, 2) log of each weighted component's density at x."""
+        x = np.asarray(x, np.float64).ravel()[:, None]
+        m, s, w = np.array(self.means), np.array(self.sds), np.array(self.weights)
+        return np.log(w) - np.log(s) - 0.5 * np.log(2 * np.pi) - 0.5 * ((x - m) / s) ** 2
+
+    def densities(self, x: np.ndarray) -> np.ndarray:
+        """(N, 2) each weighted component's density at x (what a histogram of N values shows / N / bin)."""
+        return np.exp(self.log_densities(x))
+
     def posterior(self, x: np.ndarray) -> np.ndarray:
         """(N, 2) posterior probability of each component."""
-        x = np.asarray(x, np.float64)[:, None]
-        m, s, w = np.array(self.means), np.array(self.sds), np.array(self.weights)
-        log_p = np.log(w) - np.log(s) - 0.5 * ((x - m) / s) ** 2
+        log_p = self.log_densities(x)
         log_p -= log_p.max(axis=1, keepdims=True)
         p = np.exp(log_p)
         return p / p.sum(axis=1, keepdims=True)
@@ -39,9 +47,7 @@ class Thresholds:
 
 
 def log_likelihood(mix: Mixture, x: np.ndarray) -> float:
-    x = np.asarray(x, np.float64).ravel()[:, None]
-    m, s, w = np.array(mix.means), np.array(mix.sds), np.array(mix.weights)
-    log_p = np.log(w) - np.log(s) - 0.5 * np.log(2 * np.pi) - 0.5 * ((x - m) / s) ** 2
+    log_p = mix.log_densities(x)
     top = log_p.max(axis=1, keepdims=True)
     return float((top.ravel() + np.log(np.exp(log_p - top).sum(axis=1))).sum())
 

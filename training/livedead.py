@@ -191,7 +191,7 @@ def plot_histogram(values: np.ndarray, ref_mask: np.ndarray, fit: StainFit, path
     width = bins[1] - bins[0]
     m = t.mixture
     for k, (colour, name) in enumerate((("tab:green", "live"), ("tab:red", "dead"))):
-        pdf = m.weights[k] * np.exp(-0.5 * ((grid - m.means[k]) / m.sds[k]) ** 2) / (m.sds[k] * np.sqrt(2 * np.pi))
+        pdf = m.densities(grid)[:, k]
         ax.plot(grid, pdf * ref_mask.sum() * width, color=colour, lw=1.5,
                 label=f"{name} component ({m.means[k]:.2f} +/- {m.sds[k]:.2f})")
     ax.axvline(t.live_below, color="tab:green", ls="--", label=f"live below {t.live_below:.2f}")

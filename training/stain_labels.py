@@ -121,13 +121,11 @@ class Separation:
 
 
 def separation(mix: Mixture) -> Separation:
-    (m0, m1), (s0, s1), (w0, w1) = mix.means, mix.sds, mix.weights
+    (m0, m1), (s0, s1) = mix.means, mix.sds
     d = abs(m1 - m0) * math.sqrt(2.0) / math.sqrt(s0 ** 2 + s1 ** 2)
     lo, hi = min(m0 - 6 * s0, m1 - 6 * s1), max(m0 + 6 * s0, m1 + 6 * s1)
     grid = np.linspace(lo, hi, 4001)
-    p0 = w0 * np.exp(-0.5 * ((grid - m0) / s0) ** 2) / (s0 * math.sqrt(2 * math.pi))
-    p1 = w1 * np.exp(-0.5 * ((grid - m1) / s1) ** 2) / (s1 * math.sqrt(2 * math.pi))
-    return Separation(float(d), float(np.trapezoid(np.minimum(p0, p1), grid)))
+    return Separation(float(d), float(np.trapezoid(mix.densities(grid).min(axis=1), grid)))
 
 
 @dataclass(frozen=True)
