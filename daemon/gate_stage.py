@@ -28,6 +28,7 @@ from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
+from .tiff_complete import tiff_is_complete
 from .watcher import Discovery
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class GateStage:
 
     def _polls(self, journal: Journal) -> None:
         cfg = self.config.watch
-        gate = CompletenessGate(cfg.settle_polls)
+        gate = CompletenessGate(cfg.settle_polls, prove=tiff_is_complete if cfg.completeness == "structure" else None)
         interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
         next_reconcile = time.monotonic() + cfg.reconcile_s
         while not self.stop_event.is_set():
