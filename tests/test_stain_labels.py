@@ -13,7 +13,7 @@ import tifffile
 from wellwatch.training.livedead import build_live_dead_dataset
 from wellwatch.training.patches import PairedField
 from wellwatch.training.stain_labels import (SEED_STUDY_RULE, StainFitError, estimate_background, fit_stain_mixture,
-                                             object_intensities, separation, stain_signal, to_log)
+                                             separation)
 
 SIZE, TILE = 256, 32
 
@@ -120,18 +120,6 @@ def test_separation_measures():
     rng = np.random.default_rng(0)
     with pytest.raises(StainFitError, match="overlap"):
         fit_stain_mixture(rng.normal(0, 1, 2000), "one-population")
-
-
-def test_object_intensities_are_per_label_means():
-    bf, stain, truth = stained_field(2)
-    signal = stain_signal(stain)
-    labels = np.zeros(stain.shape, np.int32)
-    labels[5:10, 5:10] = 3
-    labels[100:110, 100:110] = 7
-    vals = object_intensities(signal, labels)
-    assert vals.shape == (2,)
-    assert vals[0] == pytest.approx(signal[5:10, 5:10].mean(), rel=1e-5)
-    assert to_log(np.array([-5.0, 0.0]))[0] == 0.0
 
 
 def test_cli_refusal_is_one_line_and_exit_2(tmp_path):

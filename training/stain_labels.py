@@ -84,8 +84,8 @@ def _block_map(img: np.ndarray, valid: np.ndarray, block: int, reduce, cell: int
 
 
 def estimate_background(stain: np.ndarray, block: int = 64, percentile: float = 30.0) -> Background:
-    """A low percentile per block (bright objects cover a minority of most blocks) for the level; the
-    residual's lower half (which objects cannot reach) per block for the noise."""
+    """The level: a low percentile of sliding ~`block` px windows (bright objects cover a minority of
+    most windows); the noise: the residual's lower half (which objects cannot reach) in the same windows."""
     img = np.asarray(stain, np.float32)
     valid = img > 0
     if not valid.any():
@@ -185,14 +185,6 @@ def tile_statistic(signal_tiles: np.ndarray, statistic: str) -> np.ndarray:
     if statistic == "mean":
         return flat.mean(axis=1)
     raise ValueError(f"tile statistic {statistic!r}; allowed: p99, mean")
-
-
-def object_intensities(signal: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-    """Mean signal inside each labelled object (ids default: every label > 0, ascending)."""
-    ids = np.unique(labels[labels > 0]) if ids is None else np.asarray(ids)
-    if len(ids) == 0:
-        return np.zeros(0)
-    return np.asarray(ndimage.mean(signal, labels=labels, index=ids), np.float64)
 
 
 @dataclass(frozen=True)
