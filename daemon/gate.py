@@ -26,6 +26,7 @@ class _Candidate:
     mtime_ns: int = -1
     stable: int = 0
     renamed: bool = False
+    provable: bool = True  # False: never accepted by structure (a file that may hold several pages)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class CompletenessGate:
         self.empty_polls = empty_polls if empty_polls is not None else 10 * settle_polls
         self.candidates: dict[str, _Candidate] = {}
 
-    def offer(self, path: str, renamed: bool = False) -> None:
+    def offer(self, path: str, renamed: bool = False, provable: bool = True) -> None:
         c = self.candidates.setdefault(path, _Candidate())
         c.renamed = c.renamed or renamed
+        c.provable = c.provable and provable
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -66,7 +68,7 @@ class CompletenessGate:
             else:
                 c.size, c.mtime_ns, c.stable = st.st_size, st.st_mtime_ns, 0
             needed = self.settle_polls if st.st_size > 0 else self.empty_polls
-            proven = (self.prove is not None and new_or_grown and st.st_size > 0 and self.prove(path))
+            proven = (self.prove is not None and c.provable and new_or_grown and st.st_size > 0 and self.prove(path))
             if (c.renamed and st.st_size > 0) or proven or c.stable >= needed:
                 del self.candidates[path]
                 ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns))

@@ -168,7 +168,8 @@ class GateStage:
             if path.lower().endswith(".nd2"):
                 self._nd2_files.add(path)  # polled for readable frames; no naming, no gate
                 continue
-            if self.accept_name(path) is None:
+            meta = self.accept_name(path)
+            if meta is None:
                 continue
             try:
                 st = os.stat(path)
@@ -178,7 +179,9 @@ class GateStage:
             if self.ledger.needs_look(identity):
                 if path not in gate.candidates:
                     self._inflight_marks.append((*identity, "seen"))
-                gate.offer(path, renamed)
+                # a file holding a field's channels may be a stack written page by page: each page
+                # leaves a valid, shorter TIFF that no structure tells from the finished one
+                gate.offer(path, renamed, provable=self.join is None or bool(meta.channel))
 
     def _watch_the_watcher(self, now: float) -> None:
         """The root gone, back, or replaced by a new folder, or the observer dead: act at once (a

@@ -9,7 +9,9 @@ there yet (IFD written last), or a strip points past the end (IFD written first,
 What structure cannot prove: that bytes inside the file are final. A pre-allocated file (zeros to
 its full size, then filled in place) whose header and IFDs are already written looks complete;
 the gate therefore trusts this proof only for a file that is new or growing, never for one whose
-mtime moves at a constant size (see gate.CompletenessGate).
+mtime moves at a constant size (see gate.CompletenessGate). Nor can it tell a multi-page
+stack appended page by page from a finished shorter one: after each page the file is a valid TIFF
+(README, "When a file is complete": use rename or watch.completeness = "settle" for such writers).
 """
 
 from __future__ import annotations

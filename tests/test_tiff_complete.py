@@ -134,6 +134,15 @@ def test_preallocated_file_filled_in_place_waits_for_the_settle_time(tmp_path):
     assert path.read_bytes() == data and ready.size == len(data)
 
 
+def test_a_file_offered_as_unprovable_waits_for_the_settle_time(tmp_path):
+    path = tmp_path / "a.tif"
+    path.write_bytes(tiff_file(tmp_path))  # complete, but it may be a stack still gaining pages
+    gate = structure_gate(settle_polls=2)
+    gate.offer(str(path), provable=False)
+    assert gate.poll() == [] and gate.poll() == []
+    assert len(gate.poll()) == 1
+
+
 def test_without_a_proof_the_gate_settles_as_before(tmp_path):
     path = tmp_path / "a.tif"
     path.write_bytes(tiff_file(tmp_path))
