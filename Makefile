@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo
+.PHONY: demo test test-all wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +80,13 @@ ldc-model: $(VENV)/.dev
 	$(VENV)/bin/wellwatch dataset voc $(LDC_DATA) --describe "$(LDC_FITS)" --out runs/ds-ldc
 	$(VENV)/bin/wellwatch train runs/ds-ldc --folds 5 --split 100/0/0 --name ldc-live-dead --out runs/ldc-live-dead
 	$(VENV)/bin/wellwatch export runs/ldc-live-dead/best.pt --out wellwatch/models/ldc-live-dead.onnx
+
+# A live/dead tile model for the real adcc-paired acquisition (../shared/data; GPL-3.0 data, so the model is
+# made here, not bundled): labels from its dead stain with `dataset live-dead`'s defaults at 64 px, nine folds
+# leaving one experiment (well) out -- their scores go into the contract -- then the model on all nine.
+ADCC_DATA ?= ../shared/data/adcc-paired/data
+adcc-model: $(VENV)/.dev
+	$(VENV)/bin/wellwatch dataset live-dead $(ADCC_DATA) --label-free BF --fluorescence PI --tile 64 --stride 32 --out runs/ds-adcc
+	$(VENV)/bin/wellwatch train runs/ds-adcc --arch tiny --epochs 8 --patience 0 --folds 9 --group-by well --split 100/0/0 \
+		--name adcc-live-dead --out runs/adcc-live-dead
+	$(VENV)/bin/wellwatch export runs/adcc-live-dead/best.pt --out runs/adcc-live-dead.onnx
