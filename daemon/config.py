@@ -29,6 +29,7 @@ class WatchConfig:
     observer: str = field(default="native", metadata=choice("native", "polling"))
     settle_s: float = field(default=0.3, metadata=between(0.0, 3600.0))
     settle_polls: int = field(default=2, metadata=between(1, 100))
+    completeness: str = field(default="structure", metadata=choice("structure", "settle"))
     reconcile_s: float = field(default=10.0, metadata=between(0.1, 86400.0))
     recursive: bool = True
     extensions: tuple[str, ...] = (".tif", ".tiff", ".nd2")

@@ -1,7 +1,13 @@
-"""The completeness gate: a file is offered for reading only once it has stopped changing.
+"""The completeness gate: a file is offered for reading only once it is complete.
 
 A file is ready when its size and mtime have been the same for `settle_polls` consecutive polls.
-A rename destination is ready at once: writers rename only finished files. A zero-length file is
+A rename destination is ready at once: writers rename only finished files. With a `prove`
+function (watch.completeness = "structure": daemon/tiff_complete.py), a file is also ready at once
+when its structure proves it complete at its first look or at a look that found it grown: an
+appending writer's last byte has landed, or a finished file was moved in from another folder
+(inotify reports that as a creation, not a rename). A file seen at a constant size is never
+accepted by structure: a pre-allocated file being filled in place looks complete, so it waits for
+the settle time like any file that cannot prove itself. A zero-length file is
 usually a writer that has opened but not yet written: it is held back for `empty_polls` polls,
 then released so the reader can call it empty and, after retries, quarantine it.
 Either way the reader must still parse the whole file; a parse failure is retried, then quarantined.
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass
@@ -19,6 +26,7 @@ class _Candidate:
     mtime_ns: int = -1
     stable: int = 0
     renamed: bool = False
+    provable: bool = True  # False: never accepted by structure (a file that may hold several pages)
 
 
 @dataclass(frozen=True)
@@ -29,14 +37,17 @@ class ReadyFile:
 
 
 class CompletenessGate:
-    def __init__(self, settle_polls: int, empty_polls: int | None = None):
+    def __init__(self, settle_polls: int, empty_polls: int | None = None,
+                 prove: Callable[[str], bool] | None = None):
         self.settle_polls = settle_polls
+        self.prove = prove
         self.empty_polls = empty_polls if empty_polls is not None else 10 * settle_polls
         self.candidates: dict[str, _Candidate] = {}
 
-    def offer(self, path: str, renamed: bool = False) -> None:
+    def offer(self, path: str, renamed: bool = False, provable: bool = True) -> None:
         c = self.candidates.setdefault(path, _Candidate())
         c.renamed = c.renamed or renamed
+        c.provable = c.provable and provable
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -51,12 +62,14 @@ class CompletenessGate:
                 continue
             except OSError:
                 continue  # share hiccup: keep the candidate, try next poll
+            new_or_grown = st.st_size > c.size  # c.size is -1 at the first look
             if (st.st_size, st.st_mtime_ns) == (c.size, c.mtime_ns):
                 c.stable += 1
             else:
                 c.size, c.mtime_ns, c.stable = st.st_size, st.st_mtime_ns, 0
             needed = self.settle_polls if st.st_size > 0 else self.empty_polls
-            if (c.renamed and st.st_size > 0) or c.stable >= needed:
+            proven = (self.prove is not None and c.provable and new_or_grown and st.st_size > 0 and self.prove(path))
+            if (c.renamed and st.st_size > 0) or proven or c.stable >= needed:
                 del self.candidates[path]
                 ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns))
         return ready

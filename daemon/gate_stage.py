@@ -28,6 +28,7 @@ from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
+from .tiff_complete import tiff_is_complete
 from .watcher import Discovery
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class GateStage:
 
     def _polls(self, journal: Journal) -> None:
         cfg = self.config.watch
-        gate = CompletenessGate(cfg.settle_polls)
+        gate = CompletenessGate(cfg.settle_polls, prove=tiff_is_complete if cfg.completeness == "structure" else None)
         interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
         next_reconcile = time.monotonic() + cfg.reconcile_s
         while not self.stop_event.is_set():
@@ -167,7 +168,8 @@ class GateStage:
             if path.lower().endswith(".nd2"):
                 self._nd2_files.add(path)  # polled for readable frames; no naming, no gate
                 continue
-            if self.accept_name(path) is None:
+            meta = self.accept_name(path)
+            if meta is None:
                 continue
             try:
                 st = os.stat(path)
@@ -177,7 +179,9 @@ class GateStage:
             if self.ledger.needs_look(identity):
                 if path not in gate.candidates:
                     self._inflight_marks.append((*identity, "seen"))
-                gate.offer(path, renamed)
+                # a file holding a field's channels may be a stack written page by page: each page
+                # leaves a valid, shorter TIFF that no structure tells from the finished one
+                gate.offer(path, renamed, provable=self.join is None or bool(meta.channel))
 
     def _watch_the_watcher(self, now: float) -> None:
         """The root gone, back, or replaced by a new folder, or the observer dead: act at once (a

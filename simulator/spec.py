@@ -12,7 +12,7 @@ from .cells import CELL_TYPES
 from .render import channel_kind
 
 NAMINGS = ("scanr", "nis")
-WRITE_MODES = ("direct", "chunked", "rename")
+WRITE_MODES = ("direct", "chunked", "rename", "preallocate")
 TREATMENTS = ("none", "dose_series")
 TYPE_MIXES = ("none", "series")
 TYPE_FRACTION_RANGE = (0.1, 0.9)  # 'series': first type's fraction, first well to last

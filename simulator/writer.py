@@ -89,12 +89,22 @@ def write_frame(path: Path, data: bytes, mode: str, chunk_pause_s: float = 0.0) 
                     time.sleep(chunk_pause_s)
                 f.write(data[i: i + step])
                 f.flush()  # make the partial file visible to a polling reader
+    elif mode == "preallocate":  # final size in zeros first, then filled in place, header and IFD first
+        step = -(-len(data) // CHUNKS)
+        with open(path, "wb") as f:
+            f.write(b"\0" * len(data))
+            f.flush()
+            for i in range(0, len(data), step):
+                time.sleep(chunk_pause_s)
+                f.seek(i)
+                f.write(data[i: i + step])
+                f.flush()
     elif mode == "rename":
         tmp = path.with_name(f".{path.name}.part")
         tmp.write_bytes(data)
         os.replace(tmp, path)
     else:
-        raise ValueError(f"write mode {mode!r}: allowed direct, chunked, rename")
+        raise ValueError(f"write mode {mode!r}: allowed direct, chunked, rename, preallocate")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -51,6 +51,7 @@ def test_no_file_gives_defaults_with_paths_relative_to_the_working_folder():
     ("[watch]\nsettle_s = -0.1\n", "watch.settle_s", "allowed range"),
     ("[plate]\nformat = 100\n", "plate.format", "allowed: 6, 12, 24, 48, 96, 384, 1536"),
     ("[watch]\nobserver = 'inotify'\n", "watch.observer", "allowed: native, polling"),
+    ("[watch]\ncompleteness = 'eager'\n", "watch.completeness", "allowed: structure, settle"),
     ("[inference]\ndevice = 'gpu'\n", "inference.device", "allowed"),
     ("watch = 3\n", "watch", "expected a table"),
     ("[watch]\nnaming = 'regex'\n", "watch.pattern", "required"),

@@ -69,6 +69,22 @@ def test_plate_written_at_steady_rate_gives_frame_and_well_messages(run_daemon, 
             assert m["counts"][key] == sum(f["counts"][key] for f in per_field)
 
 
+def test_preallocated_files_filled_in_place_are_never_read_early(run_daemon, recorder_for, tmp_path):
+    """Zeros to the final size, then header, IFD and pixels in place: the structure is valid long
+    before the pixels are, so only the settle time may release these files."""
+    spec = small_plate(wells=("A1", "A2"), fields=2, timepoints=1, write_mode="preallocate", chunk_pause_s=0.03)
+    config, _ = run_daemon(spec)
+    assert config.watch.completeness == "structure"
+    rec = recorder_for(config)
+    write_plate(spec, tmp_path / "acquisition")
+    rec.wait_frames(frames_of(spec))
+    rows = journal_rows(config)
+    assert len(rows) == frames_of(spec)
+    for path, sha, state, *_ in rows:
+        assert state == "done"
+        assert hashlib.sha256((tmp_path / "acquisition" / "data" / path).read_bytes()).hexdigest() == sha
+
+
 def test_live_fraction_tracks_ground_truth(run_daemon, recorder_for, tmp_path):
     spec = small_plate(wells=("A1", "A4", "A8", "A12"), size=512, cells_per_field=40, timepoints=3, seed=11,
                        write_mode="rename")

@@ -3,8 +3,8 @@
 1. end to end, burst: frames rendered beforehand are written as fast as the disk takes them
    (temp name + rename) into the folder a running daemon watches; frames/s from the first file
    to the last frame message;
-2. end to end, steady: frames written at half that rate; latency from each file's last write to
-   its frame message being published (p50, p99);
+2. end to end, steady: frames written at half that rate (or --steady-rate); latency from each
+   file's last write to its frame message being published (p50, p99);
 3. model only: the same patches through the same ONNX session in a tight loop of full batches;
 4. naive: one file at a time, read, tile, infer each patch with a batch of 1.
 """
@@ -49,6 +49,14 @@ def register(sub) -> None:
                    help="also segment every frame (per-cell counts) with this method; the end-to-end figures "
                         "then include it (model: the bundled phase-contrast model)")
     p.add_argument("--segmentation-workers", type=int, default=0, help="segmentation processes (0 = one per core)")
+    p.add_argument("--steady-rate", type=float, default=0.0,
+                   help="frames/s of the latency phase (default 0: half the burst rate)")
+    p.add_argument("--stage-outside", action="store_true",
+                   help="write each file outside the watched folder, then rename it in (inotify then reports a "
+                        "creation, not a rename: the completeness gate decides)")
+    p.add_argument("--settle-s", type=float, default=0.1, help="watch.settle_s (the daemon's default is 0.3)")
+    p.add_argument("--completeness", default="structure", choices=["structure", "settle"],
+                   help="watch.completeness: prove TIFFs complete by structure, or always wait settle_s")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_bench)
     targets = p.add_subparsers(dest="bench_target", metavar="{segment}")
@@ -70,14 +78,21 @@ def render_files(spec: SimulationSpec) -> list[tuple[str, bytes]]:
             for f in iter_fields(spec) for ch in spec.channels]
 
 
-def write_files(files: list[tuple[str, bytes]], folder: Path, interval_s: float = 0.0) -> None:
-    """Temp name, then rename, as acquisition software does; optionally at a steady rate."""
+def write_files(files: list[tuple[str, bytes]], folder: Path, interval_s: float = 0.0,
+                staging: Path | None = None) -> None:
+    """Temp name, then rename, as acquisition software does; optionally at a steady rate. With
+    `staging` (a folder outside the watched one, same filesystem), the temp file is written there."""
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for i, (name, data) in enumerate(files):
         if interval_s:
             time.sleep(max(0.0, start + i * interval_s - time.perf_counter()))
-        write_frame(folder / name, data, "rename")
+        if staging is None:
+            write_frame(folder / name, data, "rename")
+        else:
+            staging.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+            os.replace(staging / name, folder / name)
 
 
 class Collector(threading.Thread):
@@ -114,6 +129,8 @@ def run_bench(args: argparse.Namespace) -> int:
                                                        "batching.max_delay_ms": args.max_delay_ms,
                                                        "pipeline.read_workers": args.read_workers,
                                                        "watch.reconcile_s": 5.0,
+                                                       "watch.settle_s": args.settle_s,
+                                                       "watch.completeness": args.completeness,
                                                        "segmentation.method": args.segmentation,
                                                        "segmentation.workers": args.segmentation_workers})
     _say(args, f"bench: {n} simulated {spec.size}x{spec.size} frames per phase, in {work}")
@@ -136,8 +153,8 @@ def run_bench(args: argparse.Namespace) -> int:
     e2e_fps = n / burst_s
 
     _say(args, "[2/4] end to end, steady rate (half the burst rate) ...")
-    steady_interval = 2.0 / e2e_fps
-    write_files(steady_files, data / "steady", steady_interval)
+    steady_interval = 1.0 / args.steady_rate if args.steady_rate > 0 else 2.0 / e2e_fps
+    write_files(steady_files, data / "steady", steady_interval, work / "staging" if args.stage_outside else None)
     collector.wait_for(2 * n, timeout=600)
     latencies = np.array([m["latency_s"] for _, m in collector.frames[n:2 * n]])
     stages = stage_means_ms(running.daemon.registry)
@@ -160,7 +177,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "naive_frames_per_s": naive_fps,
         "latency_p50_s": float(np.percentile(latencies, 50)), "latency_p99_s": float(np.percentile(latencies, 99)),
         "latency_max_s": float(latencies.max()), "steady_rate_frames_per_s": 1.0 / steady_interval,
-        "settle_s": config.watch.settle_s, "provider": backend.provider, "max_batch": args.max_batch,
+        "settle_s": config.watch.settle_s, "completeness": config.watch.completeness,
+        "staged_outside": args.stage_outside, "provider": backend.provider, "max_batch": args.max_batch,
         "model": backend.contract.name, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "segmentation": running.daemon.pipeline.segmentation_name,
         "stage_mean_ms": stages,
@@ -213,7 +231,9 @@ def print_table(r: dict) -> None:
     print(f"  naive (1 file, batch 1) {r['naive_frames_per_s']:8.1f} frames/s")
     print(f"  latency file->published at {r['steady_rate_frames_per_s']:.1f} frames/s: p50 {r['latency_p50_s'] * 1000:.0f} ms, "
           f"p99 {r['latency_p99_s'] * 1000:.0f} ms, max {r['latency_max_s'] * 1000:.0f} ms "
-          f"(renamed files: no settle wait; files written in place wait settle_s = {r['settle_s'] * 1000:.0f} ms more)")
+          f"(completeness: {r['completeness']}; "
+          + ("moved in from outside: a creation to the watcher" if r["staged_outside"] else
+             "renamed in the folder: no settle wait") + f"; settle_s = {r['settle_s'] * 1000:.0f} ms)")
     print("  mean ms per call by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stage_mean_ms"].items())
           + " (read/prepare per frame, infer per batch, commit per group)")
     print(f"  ratios: end to end / model only = {r['e2e_vs_model_only']:.2f}; "

@@ -1,0 +1,152 @@
+"""Completeness by structure: real TIFF files, cut short or written the way instruments write them."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from wellwatch.daemon.gate import CompletenessGate
+from wellwatch.daemon.tiff_complete import tiff_is_complete
+
+IMAGE = (np.arange(3 * 64 * 80) % 60000).astype(np.uint16).reshape(3, 64, 80)
+
+
+def tiff_file(tmp_path: Path, **kwargs) -> bytes:
+    path = tmp_path / "full.tif"
+    tifffile.imwrite(path, IMAGE, **({"photometric": "minisblack"} | kwargs))
+    return path.read_bytes()
+
+
+def ifd_last_tiff(image: np.ndarray) -> bytes:
+    """One uncompressed strip, then the IFD at the very end, as some writers do."""
+    length, width = image.shape
+    pixels = image.astype("<u2").tobytes()
+    ifd_at = 8 + len(pixels)
+    entries = [(256, 3, 1, width), (257, 3, 1, length), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8), (277, 3, 1, 1), (278, 3, 1, length), (279, 4, 1, len(pixels))]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, typ, n) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+        for tag, typ, n, value in entries) + struct.pack("<I", 0)
+    return b"II" + struct.pack("<HI", 42, ifd_at) + pixels + ifd
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"tile": (32, 32)}, {"compression": "zlib"}, {"bigtiff": True},
+                                    {"rowsperstrip": 7}, {"photometric": "rgb", "planarconfig": "separate"}])
+def test_complete_files_prove_themselves_and_no_cut_short_of_the_pixels_does(tmp_path, kwargs):
+    data = tiff_file(tmp_path, **kwargs)
+    path = tmp_path / "cut.tif"
+    path.write_bytes(data)
+    assert tiff_is_complete(str(path))
+    proven = []
+    for cut in range(0, len(data), 7):  # every 7th length, the header and IFDs included
+        path.write_bytes(data[:cut])
+        if tiff_is_complete(str(path)):
+            proven.append(cut)
+            # only trailing bytes nothing refers to may be missing (tifffile leaves some after its last IFD)
+            np.testing.assert_array_equal(tifffile.imread(path), IMAGE)
+    with tifffile.TiffFile(tmp_path / "full.tif") as tif:
+        pixels_end = max(o + n for page in tif.pages for o, n in zip(page.dataoffsets, page.databytecounts))
+    assert all(cut >= pixels_end for cut in proven), f"{kwargs}: cuts {proven} proven, pixels end at {pixels_end}"
+
+
+def test_ifd_written_last_proves_only_once_it_lands(tmp_path):
+    data = ifd_last_tiff(IMAGE[0])
+    path = tmp_path / "a.tif"
+    path.write_bytes(data)
+    assert tiff_is_complete(str(path))
+    np.testing.assert_array_equal(tifffile.imread(path), IMAGE[0])  # a TIFF every reader accepts
+    for cut in range(0, len(data)):
+        path.write_bytes(data[:cut])
+        assert not tiff_is_complete(str(path))
+
+
+@pytest.mark.parametrize("data", [b"", b"not a tiff at all", b"II*\x00\x08\x00\x00\x00" + b"\x00" * 100,
+                                  b"II*\x00\x08\x00\x00\x00\x01\x00" + b"\xff" * 20])
+def test_garbage_and_loops_are_not_provable(tmp_path, data):
+    path = tmp_path / "g.tif"
+    path.write_bytes(data)
+    assert not tiff_is_complete(str(path))
+
+
+def test_an_ifd_chain_that_loops_is_not_provable(tmp_path):
+    data = bytearray(ifd_last_tiff(IMAGE[0]))
+    ifd_at = struct.unpack("<I", data[4:8])[0]
+    data[-4:] = struct.pack("<I", ifd_at)  # next IFD = itself
+    path = tmp_path / "loop.tif"
+    path.write_bytes(bytes(data))
+    assert not tiff_is_complete(str(path))
+
+
+# --- the gate with the proof: never early, and at once when it can be ---------------------------
+
+def structure_gate(settle_polls: int = 50) -> CompletenessGate:
+    return CompletenessGate(settle_polls, prove=tiff_is_complete)
+
+
+def test_file_moved_in_complete_is_released_at_first_look(tmp_path):
+    path = tmp_path / "a.tif"
+    path.write_bytes(tiff_file(tmp_path))
+    gate = structure_gate()
+    gate.offer(str(path))  # inotify reports a move from another folder as a creation
+    (ready,) = gate.poll()
+    assert ready.size == path.stat().st_size
+
+
+@pytest.mark.parametrize("writer", ["ifd_first", "ifd_last"])
+def test_appending_writer_is_released_when_its_last_byte_lands_never_before(tmp_path, writer):
+    data = tiff_file(tmp_path, rowsperstrip=8) if writer == "ifd_first" else ifd_last_tiff(IMAGE[0])
+    path = tmp_path / "a.tif"
+    gate = structure_gate()
+    step = len(data) // 9 + 1
+    with open(path, "wb") as f:
+        gate.offer(str(path))
+        for i in range(0, len(data), step):
+            assert gate.poll() == [], f"released at {i} of {len(data)} bytes"
+            f.write(data[i:i + step])
+            f.flush()
+            os.utime(path, ns=(0, 10**9 * (i + 1)))  # a distinct mtime per write, whatever the clock's grain
+    (ready,) = gate.poll()  # at once after the last write: no settle polls
+    assert ready.size == len(data) and path.read_bytes() == data
+
+
+def test_preallocated_file_filled_in_place_waits_for_the_settle_time(tmp_path):
+    data = tiff_file(tmp_path)
+    path = tmp_path / "a.tif"
+    path.write_bytes(b"\x00" * len(data))  # pre-allocated: final size, still all zeros
+    gate = structure_gate(settle_polls=3)
+    gate.offer(str(path))
+    assert gate.poll() == []  # zeros: no header, nothing proven
+    step = len(data) // 5 + 1
+    with open(path, "r+b") as f:
+        for n, i in enumerate(range(0, len(data), step)):
+            f.seek(i)
+            f.write(data[i:i + step])  # header and IFD first: the structure is valid from here on
+            f.flush()
+            os.utime(path, ns=(0, 10**9 * (n + 1)))
+            assert gate.poll() == [], f"released while filling, at {i} of {len(data)} bytes"
+    assert gate.poll() == [] and gate.poll() == []  # stable 1, 2
+    (ready,) = gate.poll()  # stable 3: the settle time, as for any file that cannot prove itself
+    assert path.read_bytes() == data and ready.size == len(data)
+
+
+def test_a_file_offered_as_unprovable_waits_for_the_settle_time(tmp_path):
+    path = tmp_path / "a.tif"
+    path.write_bytes(tiff_file(tmp_path))  # complete, but it may be a stack still gaining pages
+    gate = structure_gate(settle_polls=2)
+    gate.offer(str(path), provable=False)
+    assert gate.poll() == [] and gate.poll() == []
+    assert len(gate.poll()) == 1
+
+
+def test_without_a_proof_the_gate_settles_as_before(tmp_path):
+    path = tmp_path / "a.tif"
+    path.write_bytes(tiff_file(tmp_path))
+    gate = CompletenessGate(settle_polls=2)
+    gate.offer(str(path))
+    assert gate.poll() == [] and gate.poll() == []
+    assert len(gate.poll()) == 1
