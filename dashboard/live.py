@@ -181,6 +181,8 @@ class LiveState:
                 for m in message["wells"]:
                     self._set_well(m)
                     touched.add((m["plate"], m["timepoint"]))
+                    if m.get("models"):  # a dashboard started after the last update knows the models from here
+                        self.models = m["models"]
                 self.dirty |= touched
                 self._refit()
                 return
