@@ -14,23 +14,54 @@ _MAD_TO_SIGMA = 1.4826
 _STATS_STEP = 4  # frame statistics from every 4th pixel in each axis: 16x less work, same answer
 
 
-def normalise_frame(frame: np.ndarray, norm: Normalisation) -> np.ndarray:
-    """Return float32, normalised as the contract says."""
-    x = frame.astype(np.float32, copy=False)
-    sample = x[::_STATS_STEP, ::_STATS_STEP]
-    if norm.method == "robust_zscore":
-        centre = float(np.median(sample))
-        sigma = _MAD_TO_SIGMA * float(np.median(np.abs(sample - centre)))
-        scale = 1.0 / max(sigma, 1e-6)
-        return (x - centre) * np.float32(scale)
-    if norm.method == "fixed":
-        return (x - np.float32(norm.params["mean"])) * np.float32(1.0 / norm.params["std"])
-    if norm.method == "percentile":
-        lo, hi = np.percentile(sample, [norm.params["low"], norm.params["high"]])
-        return (x - np.float32(lo)) * np.float32(1.0 / max(float(hi - lo), 1e-6))
+def normalise_frame(frame: np.ndarray, norm: Normalisation, out: np.ndarray | None = None) -> np.ndarray:
+    """Return float32, normalised as the contract says, as a new array (or in `out`, e.g. a shared buffer).
+
+    One conversion from the camera's dtype, then arithmetic in place: no full-frame temporaries.
+    Robust statistics come from a fixed strided subsample (every 4th pixel in each axis), converted
+    on its own: the same numbers as taking it from the converted frame, deterministic.
+    """
     if norm.method == "flatfield":
-        return flatfield_normalise(x, float(norm.params["sigma"]))
+        result = flatfield_normalise(frame, float(norm.params["sigma"]))
+        if out is None:
+            return result
+        out[...] = result
+        return out
+    x = np.empty(frame.shape, np.float32) if out is None else out
+    np.copyto(x, frame, casting="same_kind" if frame.dtype.kind == "f" else "safe")
+    if norm.method == "robust_zscore":
+        sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32)
+        centre = float(median(sample))
+        np.subtract(sample, np.float32(centre), out=sample)
+        sigma = _MAD_TO_SIGMA * float(median(np.abs(sample, out=sample)))
+        return _shift_scale(x, centre, 1.0 / max(sigma, 1e-6))
+    if norm.method == "fixed":
+        return _shift_scale(x, norm.params["mean"], 1.0 / norm.params["std"])
+    if norm.method == "percentile":
+        sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32)
+        lo, hi = np.percentile(sample, [norm.params["low"], norm.params["high"]])
+        return _shift_scale(x, lo, 1.0 / max(float(hi - lo), 1e-6))
     raise ValueError(f"unknown normalisation {norm.method!r}")
+
+
+def median(values: np.ndarray) -> np.floating:
+    """Exactly np.median of a float array, about 8x faster: numpy partitions around two middle
+    elements at once, which is slow; one partition plus the largest of the lower half is not."""
+    flat = values.ravel()
+    if len(flat) == 0 or np.isnan(flat).any():
+        return np.median(flat)
+    k = len(flat) // 2
+    part = np.partition(flat, k)
+    if len(flat) % 2:
+        return part[k]
+    return np.mean(np.array([part[:k].max(), part[k]], dtype=flat.dtype))
+
+
+def _shift_scale(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
+    """(x - shift) * scale in float32, in place: the same rounding as the expression, no temporaries."""
+    np.subtract(x, np.float32(shift), out=x)
+    np.multiply(x, np.float32(scale), out=x)
+    return x
 
 
 def smooth_background(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -74,8 +105,8 @@ def flatfield_normalise(x: np.ndarray, sigma: float) -> np.ndarray:
     background = np.maximum(smooth_background(x, sigma), np.float32(1e-6))
     rel = x / background - np.float32(1.0)
     sample = rel[::_STATS_STEP, ::_STATS_STEP]
-    centre = float(np.median(sample))
-    spread = _MAD_TO_SIGMA * float(np.median(np.abs(sample - centre)))
+    centre = float(median(sample))
+    spread = _MAD_TO_SIGMA * float(median(np.abs(sample - centre)))
     return (rel - np.float32(centre)) * np.float32(1.0 / max(spread, 1e-6))
 
 
@@ -110,17 +141,74 @@ def empty_mask(tiles: np.ndarray, qc: EmptyFilter) -> np.ndarray:
     raise ValueError(f"unknown empty filter {qc.method!r}")
 
 
-def prepare_tiles(frames: list[np.ndarray], contract: ModelContract) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One field's channels -> (patches NCHW float32 of the non-empty tiles, their origins, empty mask).
+class TileSet:
+    """A frame's kept tiles as windows of its normalised channels, copied only into a batch.
 
-    The empty test is made on the first channel, the label-free image the model was trained on.
+    The daemon hands this, not a (N, C, t, t) array, to the batcher: the one copy of each tile is
+    the one into the inference batch (and the planes may live in a shared-memory buffer that a
+    preparation process wrote). `release` is called once every tile has been copied out.
     """
+
+    def __init__(self, planes: np.ndarray, origins: np.ndarray, tile_size: int, release=None):
+        self.planes = planes      # (C, H, W) float32, normalised
+        self.origins = origins    # (N, 2) top-left corners of the kept tiles
+        self.tile_size = tile_size
+        self._release = release
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.origins), self.planes.shape[0], self.tile_size, self.tile_size)
+
+    def gather(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy tiles [start, stop) into out[:stop - start] (N, C, t, t)."""
+        t = self.tile_size
+        for i, (y, x) in enumerate(self.origins[start:stop]):
+            out[i] = self.planes[:, y:y + t, x:x + t]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self))
+        out = np.empty((max(stop - start, 0), *self.shape[1:]), np.float32)
+        self.gather(start, stop, out)
+        return out
+
+    def to_array(self) -> np.ndarray:
+        return self[:]
+
+    def release(self) -> None:
+        """The planes are no longer needed (every tile is in a batch, or the frame was dropped)."""
+        release, self._release = self._release, None
+        self.planes = self.planes[:, :0, :0]
+        if release is not None:
+            release()
+
+
+def tile_selection(first: np.ndarray, contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised first channel -> (every tile origin, empty mask). The empty test is made on
+    the label-free image the model was trained on, exactly as training makes it (`empty_mask`)."""
     assert contract.tiling is not None
-    shape = frames[0].shape
-    normed = [normalise_frame(f, contract.normalisation) for f in frames]
-    origins = tile_origins(shape, contract.tiling)
-    first = cut_tiles(normed[0], origins, contract.tiling.tile_size)
-    empty = empty_mask(first, contract.empty_filter)
-    keep = origins[~empty]
-    channels = [first[~empty]] + [cut_tiles(n, keep, contract.tiling.tile_size) for n in normed[1:]]
-    return np.stack(channels, axis=1), origins, empty
+    origins = tile_origins(first.shape, contract.tiling)
+    if contract.empty_filter.method == "none":
+        return origins, np.zeros(len(origins), dtype=bool)
+    return origins, empty_mask(cut_tiles(first, origins, contract.tiling.tile_size), contract.empty_filter)
+
+
+def prepare_tile_set(frames: list[np.ndarray], contract: ModelContract,
+                     planes: np.ndarray | None = None) -> tuple[TileSet, np.ndarray, np.ndarray]:
+    """One field's channels -> (TileSet of the non-empty tiles, all origins, empty mask); each
+    channel converted once and normalised in place into `planes` (C, H, W float32; a new array if None)."""
+    assert contract.tiling is not None
+    if planes is None:
+        planes = np.empty((len(frames), *frames[0].shape), np.float32)
+    for plane, frame in zip(planes, frames):
+        normalise_frame(frame, contract.normalisation, out=plane)
+    origins, empty = tile_selection(planes[0], contract)
+    return TileSet(planes, origins[~empty], contract.tiling.tile_size), origins, empty
+
+
+def prepare_tiles(frames: list[np.ndarray], contract: ModelContract) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One field's channels -> (patches NCHW float32 of the non-empty tiles, their origins, empty mask)."""
+    tiles, origins, empty = prepare_tile_set(frames, contract)
+    return tiles.to_array(), origins, empty

@@ -118,3 +118,62 @@ def test_prepare_tiles_frame_smaller_than_a_tile_gives_zero_patches():
     frame, _ = noisy_frame(shape=(48, 300), blobs=())
     patches, origins, empty = prepare_tiles([frame], contract(tile=64))
     assert len(patches) == 0 and len(origins) == 0 and len(empty) == 0
+
+
+# --- the cheap preparation path: the same numbers as the straightforward one ------------------------
+
+def _reference_normalise(frame: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """The plain expressions the in-place path replaces (stats on the same every-4th-pixel sample)."""
+    x = frame.astype(np.float32)
+    sample = x[::4, ::4]
+    if norm.method == "robust_zscore":
+        centre = float(np.median(sample))
+        sigma = 1.4826 * float(np.median(np.abs(sample - centre)))
+        return (x - np.float32(centre)) * np.float32(1.0 / max(sigma, 1e-6))
+    lo, hi = np.percentile(sample, [norm.params["low"], norm.params["high"]])
+    return (x - np.float32(lo)) * np.float32(1.0 / max(float(hi - lo), 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("norm", [ROBUST, Normalisation("percentile", {"low": 1.0, "high": 99.0})])
+def test_in_place_normalisation_is_bitwise_the_plain_expression_and_leaves_the_input(dtype, norm):
+    rng = np.random.default_rng(4)
+    frame = rng.gamma(3, 60, size=(203, 317)).astype(dtype)
+    before = frame.copy()
+    out = np.full(frame.shape, np.nan, np.float32)
+    result = normalise_frame(frame, norm, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, _reference_normalise(frame, norm))
+    np.testing.assert_array_equal(frame, before)  # a float32 input is never normalised in place
+
+
+def test_fast_median_equals_numpy_median_odd_even_ties_and_nan():
+    from wellwatch.daemon.preprocess import median
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 4, 101, 1000, 4097):
+        for values in (rng.normal(size=n).astype(np.float32), np.round(rng.gamma(2, 3, size=n)).astype(np.float32)):
+            got, want = median(values), np.median(values)
+            assert got == want and got.dtype == want.dtype, (n, got, want)
+    assert np.isnan(median(np.array([1.0, np.nan, 3.0], np.float32)))
+
+
+def test_tile_set_gathers_exactly_the_tiles_prepare_tiles_cuts_and_releases_once():
+    from wellwatch.daemon.preprocess import prepare_tile_set
+
+    frame, _ = noisy_frame(shape=(300, 400))
+    other = (frame[::-1] // 2).copy()
+    tiles, origins, empty = prepare_tile_set([frame, other], contract(tile=64, stride=48))
+    patches, origins2, empty2 = prepare_tiles([frame, other], contract(tile=64, stride=48))
+    np.testing.assert_array_equal(origins, origins2)
+    np.testing.assert_array_equal(empty, empty2)
+    assert tiles.shape == patches.shape and 0 < len(tiles) < len(origins)
+    out = np.zeros((5, 2, 64, 64), np.float32)
+    tiles.gather(1, 4, out)
+    np.testing.assert_array_equal(out[:3], patches[1:4])
+    assert not out[3:].any()
+    released = []
+    tiles._release = lambda: released.append(1)
+    tiles.release()
+    tiles.release()
+    assert released == [1]
