@@ -37,6 +37,8 @@ class PatchBatcher:
     def add(self, item: Any, patches: np.ndarray, now: float) -> list[tuple[Any, np.ndarray]]:
         """Queue a frame's patches. A frame with none is finished at once and returned."""
         if len(patches) == 0:
+            if not isinstance(patches, np.ndarray):
+                patches.release()
             return [(item, np.zeros((0, 0), np.float32))]
         self._queue.append(_Pending(item, patches, now))
         self._waiting += len(patches)
@@ -53,19 +55,35 @@ class PatchBatcher:
         return max(0.0, self._queue[0].t_added + self.max_delay_s - now)
 
     def next_batch(self) -> tuple[np.ndarray, list[tuple[_Pending, int]]]:
-        """Take up to max_batch patches, oldest first. Returns the batch and who owns which rows."""
-        parts, owners, n = [], [], 0
+        """Take up to max_batch patches, oldest first. Returns the batch and who owns which rows.
+
+        A frame's patches are an array or a lazy tile source (`preprocess.TileSet`: `gather` copies
+        rows into the batch, `release` once all are taken); either way each row is copied once."""
+        spans, n = [], 0
         while self._queue and n < self.max_batch:
             p = self._queue[0]
             take = min(len(p.patches) - p.taken, self.max_batch - n)
-            parts.append(p.patches[p.taken:p.taken + take])
-            owners.append((p, take))
+            spans.append((p, p.taken, take))
             p.taken += take
             n += take
             if p.taken == len(p.patches):
                 self._queue.popleft()
         self._waiting -= n
-        return np.concatenate(parts) if len(parts) > 1 else parts[0], owners
+        first = spans[0][0].patches
+        if len(spans) == 1 and isinstance(first, np.ndarray):
+            p, start, take = spans[0]
+            return first[start:start + take], [(p, take)]  # a view: no copy at all
+        batch = np.empty((n, *first.shape[1:]), np.float32 if not isinstance(first, np.ndarray) else first.dtype)
+        row = 0
+        for p, start, take in spans:
+            if isinstance(p.patches, np.ndarray):
+                batch[row:row + take] = p.patches[start:start + take]
+            else:
+                p.patches.gather(start, start + take, batch[row:row + take])
+                if p.taken == len(p.patches):
+                    p.patches.release()
+            row += take
+        return batch, [(p, take) for p, _, take in spans]
 
     @staticmethod
     def distribute(scores: np.ndarray, owners: list[tuple[_Pending, int]]) -> list[tuple[Any, np.ndarray]]:

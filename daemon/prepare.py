@@ -18,7 +18,7 @@ import numpy as np
 
 from .contract import CellCrop, ModelContract
 from .crops import Cells
-from .preprocess import prepare_tiles
+from .preprocess import TileSet, prepare_tile_set, prepare_tiles
 from .segment import CellsAndCrops, ModelSegmenter, classical_cells
 from .segment_classical import ClassicalParams
 
@@ -29,7 +29,7 @@ RunClassical = Callable[[np.ndarray, ClassicalParams, CellCrop | None], CellsAnd
 @dataclass(eq=False)
 class PreparedFrame:
     shape: tuple[int, ...]
-    patches: np.ndarray       # live/dead inputs (N, C, t, t) of the non-empty tiles
+    patches: np.ndarray | TileSet  # live/dead inputs (N, C, t, t) of the non-empty tiles
     tile_origins: np.ndarray  # their top-left corners
     n_empty: int
     seg_input: tuple[np.ndarray, np.ndarray] | None = None  # segmentation network tiles, origins
@@ -43,18 +43,21 @@ class PreparedFrame:
 def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract, *, segmentation: str = "none",
                   classical: ClassicalParams = ClassicalParams(), seg_model: ModelSegmenter | None = None,
                   crop: CellCrop | None = None, run_classical: RunClassical = classical_cells,
-                  pixel_size_um: float | None = None) -> PreparedFrame:
+                  pixel_size_um: float | None = None, tiles_as_views: bool = False) -> PreparedFrame:
     """One decoded 2-D frame (or a field's channels in the model's order) -> its model inputs.
     `segmentation`: none, classical or model (needs `seg_model`), on the first channel; `crop`: a
     crop models' (cell type, per-cell live/dead) crop section, if one is used; `pixel_size_um`: the
     frame's, from its vendor metadata (None = unknown), for a segmentation model that rescales
-    frames to its own."""
+    frames to its own. `tiles_as_views`: the patches as a `TileSet` (copied once, into the batch)."""
     channels = image if isinstance(image, list) else [image]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:
         raise ValueError(f"the field's channel images differ in shape: {sorted(shapes)}")
     image = channels[0]
-    patches, origins, empty = prepare_tiles(channels, contract)
+    if tiles_as_views:
+        patches, origins, empty = prepare_tile_set(channels, contract)
+    else:
+        patches, origins, empty = prepare_tiles(channels, contract)
     prepared = PreparedFrame(image.shape, patches, origins[~empty], int(empty.sum()))
     if segmentation == "classical":
         t0 = time.perf_counter()

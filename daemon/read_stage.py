@@ -92,7 +92,7 @@ class ReadStage:
             prepared = prepare_frame(images, self.contract, segmentation=self.config.segmentation.method,
                                      classical=self.config.segmentation.classical, seg_model=self.seg_model,
                                      crop=self.crop, run_classical=self._classical_in_pool,
-                                     pixel_size_um=pixel_size_um)
+                                     pixel_size_um=pixel_size_um, tiles_as_views=True)
         except MACHINE_FAULTS as e:  # the machine, not the frame: try again, never a permanent quarantine
             log.warning("cannot prepare %s now (%s: %s); trying again later", job.rel, type(e).__name__, e)
             self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),

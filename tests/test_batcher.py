@@ -91,3 +91,25 @@ def test_no_patch_lost_or_duplicated_over_random_frames():
                 np.testing.assert_array_equal(finished[frame_id], frame_id * 1000 + np.arange(n))
             else:
                 assert len(finished[frame_id]) == 0
+
+
+def test_tile_sets_and_arrays_share_batches_each_row_copied_once_and_released_when_all_taken():
+    from wellwatch.daemon.preprocess import TileSet
+
+    released = []
+    planes = np.arange(2 * 4 * 6, dtype=np.float32).reshape(1, 8, 6)  # 1 channel, 8x6 px
+    origins = np.array([[0, 0], [0, 2], [4, 4], [6, 0]])  # four 2x2 tiles
+    tiles = TileSet(planes, origins, 2, release=lambda: released.append("tiles"))
+    b = PatchBatcher(max_batch=3, max_delay_s=1.0)
+    b.add("array", patches(1, 2), now=0.0)
+    b.add("tiles", tiles, now=0.0)
+    b.add("none", TileSet(planes, origins[:0], 2, release=lambda: released.append("none")), now=0.0)
+    assert released == ["none"]  # nothing to batch: given back at once
+    first, _ = b.next_batch()
+    assert first.shape == (3, 1, 2, 2) and released == ["none"]
+    np.testing.assert_array_equal(first[:2], patches(1, 2))
+    np.testing.assert_array_equal(first[2, 0], planes[0, 0:2, 0:2])
+    second, _ = b.next_batch()
+    assert released == ["none", "tiles"]
+    for row, (y, x) in zip(second, origins[1:]):
+        np.testing.assert_array_equal(row[0], planes[0, y:y + 2, x:x + 2])

@@ -159,7 +159,7 @@ def test_fast_median_equals_numpy_median_odd_even_ties_and_nan():
 
 
 def test_tile_set_gathers_exactly_the_tiles_prepare_tiles_cuts_and_releases_once():
-    from wellwatch.daemon.preprocess import prepare_tile_set
+    from wellwatch.daemon.preprocess import TileSet, prepare_tile_set
 
     frame, _ = noisy_frame(shape=(300, 400))
     other = (frame[::-1] // 2).copy()
@@ -173,7 +173,7 @@ def test_tile_set_gathers_exactly_the_tiles_prepare_tiles_cuts_and_releases_once
     np.testing.assert_array_equal(out[:3], patches[1:4])
     assert not out[3:].any()
     released = []
-    tiles._release = lambda: released.append(1)
+    tiles = TileSet(tiles.planes, tiles.origins, 64, release=lambda: released.append(1))
     tiles.release()
     tiles.release()
     assert released == [1]
