@@ -93,6 +93,7 @@ class BatchingConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     read_workers: int = field(default=2, metadata=between(1, 256))
+    prepare_workers: int = field(default=0, metadata=between(0, 256))  # 0 = prepare in the read threads
     queue_size: int = field(default=64, metadata=between(1, 100000))
     max_retries: int = field(default=3, metadata=between(0, 100))
     retry_delay_s: float = field(default=1.0, metadata=between(0.0, 3600.0))

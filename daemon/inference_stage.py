@@ -139,6 +139,9 @@ class InferenceStage:
             batcher = lane.batcher
             while batcher.due(time.monotonic()) or (flush and batcher.waiting_patches):
                 batch, owners = batcher.next_batch()
+                # how long the oldest patch of the batch waited for it (max_delay_ms bounds it when idle)
+                self.metrics.stage_seconds.labels("batch_wait").observe(
+                    time.monotonic() - min(p.t_added for p, _ in owners))
                 t0 = time.perf_counter()
                 outputs = lane.backend.infer(batch)
                 self.metrics.stage_seconds.labels(lane.stage).observe(time.perf_counter() - t0)

@@ -37,8 +37,11 @@ class DaemonMetrics:
                                    "1 while the acquisition folder is reachable", registry=registry)
         self.pool_rebuilds = Counter("wellwatch_segmentation_pool_rebuilds", "Segmentation process pools "
                                      "replaced after a worker died", registry=registry)
+        self.prepare_pool_rebuilds = Counter("wellwatch_prepare_pool_rebuilds", "Preparation process pools "
+                                             "(pipeline.prepare_workers) replaced after a worker died",
+                                             registry=registry)
         for outcome in ("processed", "quarantined", "duplicate", "unmatched_name", "other_channel", "retried",
-                        "channel_missing", "deferred"):
+                        "channel_missing", "deferred", "worker_died"):
             self.frames.labels(outcome)
         for call in ("live", "dead", "empty"):
             self.tiles.labels(call)

@@ -223,6 +223,7 @@ class Pipeline:
                 t.join()
         else:  # a stage died: do not wait on queues it no longer drains; the journal is consistent
             self.reader.shutdown(wait=False)
+        self.reader.close()
         if self.seg_pool is not None:
             self.seg_pool.shutdown()
         self.publisher.stop()

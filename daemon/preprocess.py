@@ -180,7 +180,7 @@ class TileSet:
     def release(self) -> None:
         """The planes are no longer needed (every tile is in a batch, or the frame was dropped)."""
         release, self._release = self._release, None
-        self.planes = self.planes[:, :0, :0]
+        self.planes = np.zeros((self.planes.shape[0], 0, 0), np.float32)  # no view of a buffer given back
         if release is not None:
             release()
 

@@ -108,9 +108,11 @@ class Publisher(threading.Thread):
                     if item is _STOP:
                         stopping = True
                         break
+                    t0 = time.perf_counter()
                     for m in item:
                         self._send(m)
                         sent_upto = m.seq
+                    self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - t0)
             except queue.Empty:
                 pass
             if sent_upto:

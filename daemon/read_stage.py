@@ -35,7 +35,8 @@ from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .multichannel_tiff import decode_channels, pick_channels
 from .nd2_reader import Nd2Tracker, read_nd2_frame, select_channels
-from .prepare import prepare_frame
+from .prepare import PreparedFrame, prepare_frame
+from .prepare_pool import PreparePool, WorkerDied
 from .reader import check_file_size, decode_frame
 from .segment import ModelSegmenter, SegmentationPool
 
@@ -60,6 +61,18 @@ class ReadStage:
         self.channels = tuple(config.channels.label_free)  # the file channels, in the model's order
         self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
+        # tiles only, one file per frame: preparation can run in processes (pipeline.prepare_workers)
+        tiles_only = config.segmentation.method == "none" and contract.tiling is not None
+        self.prepare_pool = (PreparePool(config.pipeline.prepare_workers, contract, config.limits,
+                                         slots=2 * config.pipeline.queue_size + config.pipeline.read_workers,
+                                         on_rebuild=metrics.prepare_pool_rebuilds.inc)
+                             if config.pipeline.prepare_workers and tiles_only else None)
+
+    def worker_pids(self) -> dict[str, int]:
+        """The preparation processes, by label (empty when preparation runs in these threads)."""
+        if self.prepare_pool is None:
+            return {}
+        return {f"prepare_process_{i}": pid for i, pid in enumerate(self.prepare_pool.pids())}
 
     def submit(self, job: FrameJob) -> None:
         """Hand a job to a worker; blocks while queue_size frames are in flight (back-pressure)."""
@@ -70,6 +83,11 @@ class ReadStage:
 
     def shutdown(self, wait: bool) -> None:
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    def close(self) -> None:
+        """After the inference stage has drained: stop the preparation processes, free their buffers."""
+        if self.prepare_pool is not None:
+            self.prepare_pool.shutdown()
 
     def _guarded(self, job: FrameJob) -> None:
         try:
@@ -82,6 +100,9 @@ class ReadStage:
 
     def run(self, job: FrameJob) -> None:
         t0 = time.perf_counter()
+        if self.prepare_pool is not None and job.nd2_index is None and self.join is None:
+            self._run_in_pool(job, t0)
+            return
         loaded = self._load_nd2(job) if job.nd2_index is not None else self._load_file(job)
         if loaded is None:
             return  # failed, a duplicate, gone, or a channel waiting for the rest of its field
@@ -105,7 +126,11 @@ class ReadStage:
             for member, member_sha in members:  # the field's other channel files share its fate
                 self.failed(FailedFrame(member, member_sha, f"channel of {job.rel}, which {reason}"))
             return
-        t2 = time.perf_counter()
+        self._hand_on(job, sha, prepared, members, pixel_size_um, t0, t1, time.perf_counter())
+
+    def _hand_on(self, job: FrameJob, sha: str, prepared: PreparedFrame, members: tuple,
+                 pixel_size_um: float | None, t0: float, t1: float, t2: float) -> None:
+        """Record the stage times and put the frame's work on the inference queue (back-pressure)."""
         self.metrics.stage_seconds.labels("read").observe(t1 - t0)
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
         if prepared.segment_s is not None:
@@ -119,10 +144,37 @@ class ReadStage:
             except queue.Full:
                 continue
 
-    def _load_file(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
-        limits = self.config.limits
+    def _run_in_pool(self, job: FrameJob, t0: float) -> None:
+        """Prepare a frame in a worker process (`prepare_pool`): only its bytes are read here."""
+        read = self._read_bytes(job)
+        if read is None:
+            return
+        data, sha = read
+        t1 = time.perf_counter()
         try:
-            check_file_size(job.path, job.size, limits)  # before reading a byte
+            out = self.prepare_pool.prepare(job.path, data, self.stop_event)
+        except FrameReadError as e:
+            self.fail(job, sha, e)
+            return
+        except WorkerDied as e:
+            self.metrics.frames.labels("worker_died").inc()
+            self.fail(job, sha, FrameReadError(job.path, f"{e} (attempt {job.attempt + 1})"))
+            return
+        except MACHINE_FAULTS as e:
+            self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
+                      machine=True)
+            return
+        if out is None:  # stopping: the frame stays for the next start
+            self.ledger.release(job.rel)
+            return
+        tiles, origins, empty = out
+        prepared = PreparedFrame(tiles.planes.shape[1:], tiles, origins[~empty], int(empty.sum()))
+        self._hand_on(job, sha, prepared, (), None, t0, t1, time.perf_counter())
+
+    def _read_bytes(self, job: FrameJob) -> tuple[bytes, str] | None:
+        """The file's bytes and their sha256, unless it failed, vanished or is a duplicate."""
+        try:
+            check_file_size(job.path, job.size, self.config.limits)  # before reading a byte
         except FrameReadError as e:
             self.fail(job, "", e)
             return None
@@ -138,6 +190,14 @@ class ReadStage:
         sha = hashlib.sha256(data).hexdigest()  # the bytes are in memory for decoding anyway
         if self._duplicate(job, sha):
             return None
+        return data, sha
+
+    def _load_file(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
+        limits = self.config.limits
+        read = self._read_bytes(job)
+        if read is None:
+            return None
+        data, sha = read
         try:
             if self.join is not None and not job.meta.channel:  # one file holds the field's channels
                 return job, sha, pick_channels(job.path, decode_channels(job.path, data), self.channels), ()

@@ -7,6 +7,10 @@
    file's last write to its frame message being published (p50, p99);
 3. model only: the same patches through the same ONNX session in a tight loop of full batches;
 4. naive: one file at a time, read, tile, infer each patch with a batch of 1.
+
+Before them, preparation alone (decode, normalise, tile + empty filter) in ms per megapixel, and
+during the burst the CPU seconds of each daemon thread and preparation process
+(`bench_prepare.py`): where the cores go.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .bench_prepare import CpuSampler, preparation_ms_per_mpx
 from .client import follow
 from .daemon.backend import OnnxBackend
 from .daemon.preprocess import prepare_tiles
@@ -57,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--settle-s", type=float, default=0.1, help="watch.settle_s (the daemon's default is 0.3)")
     p.add_argument("--completeness", default="structure", choices=["structure", "settle"],
                    help="watch.completeness: prove TIFFs complete by structure, or always wait settle_s")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only time preparation (decode, normalise, tile + empty filter) in ms per megapixel")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_bench)
     targets = p.add_subparsers(dest="bench_target", metavar="{segment}")
@@ -99,7 +106,7 @@ class Collector(threading.Thread):
     """Subscribes before frames are written and records every frame message."""
 
     def __init__(self, config):
-        super().__init__(daemon=True)
+        super().__init__(daemon=True, name="collector")
         self.config, self.frames, self.ready = config, [], threading.Event()
         self.stop_flag = threading.Event()
 
@@ -134,20 +141,33 @@ def run_bench(args: argparse.Namespace) -> int:
                                                        "segmentation.method": args.segmentation,
                                                        "segmentation.workers": args.segmentation_workers})
     _say(args, f"bench: {n} simulated {spec.size}x{spec.size} frames per phase, in {work}")
+    burst_files = render_files(spec)
+    if args.prepare_only:
+        from .daemon.service import bundled_demo_model
+
+        contract = OnnxBackend(config.models.live_dead.path or bundled_demo_model(), "cpu").contract
+        result = {"frames": n, "frame_size": spec.size, "model": contract.name,
+                  "prepare_ms_per_mpx": preparation_ms_per_mpx(burst_files[:16], contract)}
+        print(json.dumps(result) if args.json else result)
+        return 0
     running = start_daemon(config)
     backend = running.daemon.backend
+    _say(args, "[0/4] preparation alone, ms per megapixel ...")
+    prepare_ms = preparation_ms_per_mpx(burst_files[:16], backend.contract)
     collector = Collector(config)
     collector.start()
     collector.ready.wait(10)
 
-    burst_files = render_files(spec)
     steady_spec = replace(spec, plate_name="bench-steady", seed=4)
     steady_files = render_files(steady_spec)
     _say(args, "[1/4] end to end, burst ...")
     data = work / "acquisition" / "data"
+    cpu = CpuSampler(running.daemon.pipeline.reader.worker_pids())
+    cpu.start()
     t0 = time.time()
     write_files(burst_files, data / "burst")
     collector.wait_for(n, timeout=600)
+    burst_cpu = cpu.stop()
     burst_s = collector.frames[n - 1][0] - t0
     patches_scored = sum(m["counts"]["live"] + m["counts"]["dead"] for _, m in collector.frames[:n])
     e2e_fps = n / burst_s
@@ -181,7 +201,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "staged_outside": args.stage_outside, "provider": backend.provider, "max_batch": args.max_batch,
         "model": backend.contract.name, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "segmentation": running.daemon.pipeline.segmentation_name,
-        "stage_mean_ms": stages,
+        "stage_mean_ms": stages, "prepare_ms_per_mpx": prepare_ms, "burst_cpu": burst_cpu,
+        "prepare_workers": config.pipeline.prepare_workers,
     }
     result["e2e_vs_model_only"] = result["e2e_patches_per_s"] / result["model_only_patches_per_s"]
     result["e2e_vs_naive"] = e2e_fps / naive_fps
@@ -236,5 +257,9 @@ def print_table(r: dict) -> None:
              "renamed in the folder: no settle wait") + f"; settle_s = {r['settle_s'] * 1000:.0f} ms)")
     print("  mean ms per call by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stage_mean_ms"].items())
           + " (read/prepare per frame, infer per batch, commit per group)")
+    print("  preparation alone, ms per megapixel: " + ", ".join(f"{k} {v:.2f}" for k, v in r["prepare_ms_per_mpx"].items()))
+    c = r["burst_cpu"]
+    print(f"  CPU during the burst ({c['wall_s']:.2f} s, {c['cores_busy']:.2f} cores busy; prepare_workers "
+          f"{r['prepare_workers']}): " + ", ".join(f"{k} {v:.2f} s" for k, v in c["cpu_s"].items()))
     print(f"  ratios: end to end / model only = {r['e2e_vs_model_only']:.2f}; "
           f"end to end / naive = {r['e2e_vs_naive']:.1f}x")

@@ -1,0 +1,142 @@
+"""Preparation in worker processes over shared memory (pipeline.prepare_workers): the same tiles as in
+the read threads, buffers given back, bad frames refused, and a killed worker loses no frame and
+counts none twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.daemon.errors import FrameReadError
+from wellwatch.daemon.prepare_pool import PreparePool, WorkerDied
+from wellwatch.daemon.preprocess import prepare_tiles
+from wellwatch.daemon.reader import FrameLimits, decode_frame
+from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.simulator.plate import iter_fields
+from wellwatch.simulator.spec import SimulationSpec
+from wellwatch.simulator.writer import tiff_bytes, write_plate
+
+
+def plate(**kw) -> SimulationSpec:
+    base = dict(wells=("A1", "A6", "B2"), fields=2, timepoints=2, size=256, cells_per_field=12,
+                channels=("BF",), treatment="dose_series", plate_name="p1", seed=7, write_mode="rename")
+    base.update(kw)
+    return SimulationSpec(**base)
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return OnnxBackend(bundled_demo_model(), "cpu", warmup=False).contract
+
+
+@pytest.fixture
+def pool(contract):
+    p = PreparePool(1, contract, FrameLimits(), slots=2)
+    yield p
+    p.shutdown()
+
+
+def test_processes_prepare_exactly_the_tiles_of_the_read_threads_and_give_buffers_back(pool, contract):
+    stop = threading.Event()
+    for size in (256, 384, 256):  # the second frame is bigger: its buffer grows
+        image = next(iter_fields(plate(size=size))).images["BF"]
+        tiles, origins, empty = pool.prepare("f.tif", tiff_bytes(image), stop)
+        patches, origins2, empty2 = prepare_tiles([decode_frame("f.tif", tiff_bytes(image))], contract)
+        np.testing.assert_array_equal(origins, origins2)
+        np.testing.assert_array_equal(empty, empty2)
+        np.testing.assert_array_equal(tiles.to_array(), patches)
+        assert pool.buffers.in_use == 1
+        tiles.release()
+        assert pool.buffers.in_use == 0
+
+
+def test_a_damaged_file_is_refused_with_its_reason_and_its_buffer_given_back(pool):
+    with pytest.raises(FrameReadError, match="bad.tif: TIFF has no pages"):
+        pool.prepare("bad.tif", b"II*\x00" + b"\x00" * 100, threading.Event())
+    assert pool.buffers.in_use == 0
+
+
+def test_all_buffers_in_use_blocks_until_one_is_given_back_or_stop(pool):
+    image = tiff_bytes(next(iter_fields(plate())).images["BF"])
+    stop = threading.Event()
+    held = [pool.prepare("f.tif", image, stop)[0] for _ in range(2)]  # both slots
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    assert pool.prepare("f.tif", image, stop) is None  # waited, then stopped
+    assert time.monotonic() - t0 >= 0.15
+    held[0].release()
+    assert pool.prepare("f.tif", image, threading.Event()) is not None
+
+
+def test_a_killed_worker_fails_only_its_frame_with_worker_died_and_the_pool_is_replaced(pool):
+    image = tiff_bytes(next(iter_fields(plate())).images["BF"])
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(WorkerDied):
+        pool.prepare("f.tif", image, threading.Event())
+    assert pool.rebuilds == 1 and pool.buffers.in_use == 0
+    tiles, _, _ = pool.prepare("f.tif", image, threading.Event())  # the new pool works
+    assert len(tiles) > 0
+
+
+def frame_rows(config) -> list[tuple]:
+    with sqlite3.connect(config.journal.path) as db:
+        return db.execute("SELECT path, state, live, dead, empty FROM frames ORDER BY path").fetchall()
+
+
+def wait_done(config, n: int, timeout: float = 60) -> list[tuple]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = frame_rows(config)
+        if sum(r[1] == "done" for r in rows) >= n:
+            return rows
+        time.sleep(0.05)
+    return frame_rows(config)
+
+
+def test_daemon_with_prepare_processes_counts_as_in_threads_and_survives_killed_workers(run_daemon, tmp_path):
+    """Workers are SIGKILLed while frames arrive: every frame is journaled once, done, with the
+    counts the in-thread daemon gives; the frames the dead workers held were retried."""
+    spec = plate(interval_s=0.02)
+    n = len(spec.wells) * spec.fields * spec.timepoints
+    reference_dir = tmp_path / "threads"
+    reference_dir.mkdir()
+    from wellwatch.harness import local_config, start_daemon
+
+    ref_config = local_config(reference_dir, spec, **{"pipeline.prepare_workers": 0})
+    ref = start_daemon(ref_config)
+    try:
+        write_plate(spec, reference_dir / "acquisition")
+        reference = wait_done(ref_config, n)
+    finally:
+        ref.stop()
+    assert len(reference) == n
+
+    config, daemon = run_daemon(spec, **{"pipeline.prepare_workers": 1, "pipeline.retry_delay_s": 0.05})
+    reader = daemon.daemon.pipeline.reader
+    writer = threading.Thread(target=write_plate, args=(spec, tmp_path / "acquisition"))
+    writer.start()
+    killed: set[int] = set()
+    while writer.is_alive() and len(killed) < 3:  # kill each new worker once, mid-plate
+        time.sleep(0.05)
+        for pid in set(reader.worker_pids().values()) - killed:
+            killed.add(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # already gone
+                pass
+    writer.join()
+    rows = wait_done(config, n)
+    registry = daemon.daemon.registry
+    died = registry.get_sample_value("wellwatch_frames_total", {"outcome": "worker_died"})
+    rebuilds = registry.get_sample_value("wellwatch_prepare_pool_rebuilds_total")
+    assert killed and died >= 1 and rebuilds >= 1
+    assert len(rows) == n == len({r[0] for r in rows})  # each frame journaled once
+    assert rows == reference  # all done, with the same live/dead/empty counts as in the threads
