@@ -28,20 +28,28 @@ def normalise_frame(frame: np.ndarray, norm: Normalisation, out: np.ndarray | No
         out[...] = result
         return out
     x = np.empty(frame.shape, np.float32) if out is None else out
+    offset, scale = normalisation_affine(frame, norm)
     np.copyto(x, frame, casting="same_kind" if frame.dtype.kind == "f" else "safe")
+    np.subtract(x, np.float32(offset), out=x)  # (x - offset) * scale, rounded as the plain expression
+    np.multiply(x, np.float32(scale), out=x)
+    return x
+
+
+def normalisation_affine(frame: np.ndarray, norm: Normalisation) -> tuple[float, float]:
+    """(offset, scale) with normalised = (x - offset) * scale, for the methods that are one affine
+    map per frame (robust_zscore, fixed, percentile), from the strided subsample."""
+    if norm.method == "fixed":
+        return float(norm.params["mean"]), 1.0 / norm.params["std"]
+    if norm.method not in ("robust_zscore", "percentile"):
+        raise ValueError(f"unknown normalisation {norm.method!r}")
+    sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32)  # a copy: worked on in place
     if norm.method == "robust_zscore":
-        sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32)
         centre = float(median(sample))
         np.subtract(sample, np.float32(centre), out=sample)
         sigma = _MAD_TO_SIGMA * float(median(np.abs(sample, out=sample)))
-        return _shift_scale(x, centre, 1.0 / max(sigma, 1e-6))
-    if norm.method == "fixed":
-        return _shift_scale(x, norm.params["mean"], 1.0 / norm.params["std"])
-    if norm.method == "percentile":
-        sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32)
-        lo, hi = np.percentile(sample, [norm.params["low"], norm.params["high"]])
-        return _shift_scale(x, lo, 1.0 / max(float(hi - lo), 1e-6))
-    raise ValueError(f"unknown normalisation {norm.method!r}")
+        return centre, 1.0 / max(sigma, 1e-6)
+    lo, hi = np.percentile(sample, [norm.params["low"], norm.params["high"]])
+    return float(lo), 1.0 / max(float(hi - lo), 1e-6)
 
 
 def median(values: np.ndarray) -> np.floating:
@@ -55,13 +63,6 @@ def median(values: np.ndarray) -> np.floating:
     if len(flat) % 2:
         return part[k]
     return np.mean(np.array([part[:k].max(), part[k]], dtype=flat.dtype))
-
-
-def _shift_scale(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
-    """(x - shift) * scale in float32, in place: the same rounding as the expression, no temporaries."""
-    np.subtract(x, np.float32(shift), out=x)
-    np.multiply(x, np.float32(scale), out=x)
-    return x
 
 
 def smooth_background(x: np.ndarray, sigma: float) -> np.ndarray:

@@ -62,7 +62,8 @@ class ReadStage:
         self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
         # tiles only, one file per frame: preparation can run in processes (pipeline.prepare_workers)
-        tiles_only = config.segmentation.method == "none" and contract.tiling is not None
+        tiles_only = (config.segmentation.method == "none" and contract.tiling is not None
+                      and not getattr(contract, "normalisation_in_graph", False))
         self.prepare_pool = (PreparePool(config.pipeline.prepare_workers, contract, config.limits,
                                          slots=2 * config.pipeline.queue_size + config.pipeline.read_workers,
                                          on_rebuild=metrics.prepare_pool_rebuilds.inc)

@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--max-delay-ms", type=float, default=20.0)
     p.add_argument("--read-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--prepare-workers", type=int, default=0,
+                   help="pipeline.prepare_workers: preparation processes (0 = in the read threads, the default)")
     p.add_argument("--naive-frames", type=int, default=8, help="frames for the naive loop")
     p.add_argument("--segmentation", default="none", choices=["none", "classical", "model"],
                    help="also segment every frame (per-cell counts) with this method; the end-to-end figures "
@@ -135,6 +137,7 @@ def run_bench(args: argparse.Namespace) -> int:
     config = local_config(work, spec, args.model, **{"batching.max_batch": args.max_batch,
                                                        "batching.max_delay_ms": args.max_delay_ms,
                                                        "pipeline.read_workers": args.read_workers,
+                                                       "pipeline.prepare_workers": args.prepare_workers,
                                                        "watch.reconcile_s": 5.0,
                                                        "watch.settle_s": args.settle_s,
                                                        "watch.completeness": args.completeness,
