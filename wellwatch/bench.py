@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .bench_models import resolve_model
 from .bench_prepare import CpuSampler, preparation_ms_per_mpx
 from .client import follow
 from .daemon.backend import OnnxBackend
@@ -45,7 +46,10 @@ def register(sub) -> None:
     p.add_argument("--fields", type=int, default=2)
     p.add_argument("--timepoints", type=int, default=2)
     p.add_argument("--size", type=int, default=1024, help="frame edge in px (default 1024)")
-    p.add_argument("--model", default="", help="ONNX model (default: the bundled demo model)")
+    p.add_argument("--model", default="",
+                   help="live/dead model: an ONNX path, 'demo' (the bundled demo model, the default) or 'resnet18' "
+                        "(ResNet-18 on 224 px tiles, random weights, built and exported by the project's own tools "
+                        "into ~/.cache/wellwatch/bench-models the first time; needs the train extra then)")
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--max-delay-ms", type=float, default=20.0)
     p.add_argument("--read-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
@@ -133,8 +137,9 @@ def run_bench(args: argparse.Namespace) -> int:
                           size=args.size, channels=("BF",), write_mode="rename", treatment="dose_series",
                           plate_name="bench-burst", seed=3)
     n = len(spec.wells) * spec.fields * spec.timepoints
+    model = resolve_model(args.model, lambda text: _say(args, text))
     work = Path(tempfile.mkdtemp(prefix="wellwatch-bench-"))
-    config = local_config(work, spec, args.model, **{"batching.max_batch": args.max_batch,
+    config = local_config(work, spec, model, **{"batching.max_batch": args.max_batch,
                                                        "batching.max_delay_ms": args.max_delay_ms,
                                                        "pipeline.read_workers": args.read_workers,
                                                        "pipeline.prepare_workers": args.prepare_workers,
@@ -165,7 +170,7 @@ def run_bench(args: argparse.Namespace) -> int:
     steady_files = render_files(steady_spec)
     _say(args, "[1/4] end to end, burst ...")
     data = work / "acquisition" / "data"
-    cpu = CpuSampler(running.daemon.pipeline.reader.worker_pids())
+    cpu = CpuSampler(worker_pids(running.daemon.pipeline))
     cpu.start()
     t0 = time.time()
     write_files(burst_files, data / "burst")
@@ -189,6 +194,11 @@ def run_bench(args: argparse.Namespace) -> int:
     images = [tifffile.imread(f) for f in files[:n]]
     patches = np.concatenate([prepare_tiles([im], backend.contract)[0] for im in images])
     model_s = _time_model(backend, patches, args.max_batch)
+    seg_model = running.daemon.pipeline.seg_model
+    seg_s = 0.0
+    if seg_model is not None:  # the segmentation network's tiles too: both networks are the model's share
+        seg_tiles = np.concatenate([seg_model.prepare(im)[0] for im in images])
+        seg_s = _time_model(seg_model.backend, seg_tiles, config.segmentation.max_batch)
 
     _say(args, "[4/4] naive loop: one file at a time, batch of 1 ...")
     naive_fps = _naive(config, files[:args.naive_frames], backend)
@@ -197,6 +207,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "frames": n, "frame_size": spec.size, "patches": int(patches_scored),
         "e2e_frames_per_s": e2e_fps, "e2e_patches_per_s": patches_scored / burst_s,
         "model_only_patches_per_s": len(patches) / model_s,
+        "model_only_frames_per_s": len(images) / (model_s + seg_s),
+        "segmentation_model_s_per_frame": seg_s / len(images),
         "naive_frames_per_s": naive_fps,
         "latency_p50_s": float(np.percentile(latencies, 50)), "latency_p99_s": float(np.percentile(latencies, 99)),
         "latency_max_s": float(latencies.max()), "steady_rate_frames_per_s": 1.0 / steady_interval,
@@ -207,13 +219,23 @@ def run_bench(args: argparse.Namespace) -> int:
         "stage_mean_ms": stages, "prepare_ms_per_mpx": prepare_ms, "burst_cpu": burst_cpu,
         "prepare_workers": config.pipeline.prepare_workers,
     }
-    result["e2e_vs_model_only"] = result["e2e_patches_per_s"] / result["model_only_patches_per_s"]
+    # frames/s against frames/s: with a segmentation network, model only is both networks' time
+    result["e2e_vs_model_only"] = e2e_fps / result["model_only_frames_per_s"]
     result["e2e_vs_naive"] = e2e_fps / naive_fps
     if args.json:
         print(json.dumps(result))
     else:
         print_table(result)
     return 0
+
+
+def worker_pids(pipeline) -> dict[str, int]:
+    """The daemon's worker processes: preparation (pipeline.prepare_workers) and segmentation."""
+    pids = pipeline.reader.worker_pids()
+    if pipeline.seg_pool is not None:
+        processes = getattr(pipeline.seg_pool.executor, "_processes", None) or {}
+        pids.update({f"segment_process_{i}": p.pid for i, p in enumerate(list(processes.values()))})
+    return pids
 
 
 def stage_means_ms(registry) -> dict[str, float]:
@@ -251,8 +273,12 @@ def print_table(r: dict) -> None:
           f"model {r['model']!r} on {r['provider']} ({r['machine']})"
           + (f", segmentation: {r['segmentation']}" if r["segmentation"] else ""))
     print(f"  end to end (burst)      {r['e2e_frames_per_s']:8.1f} frames/s  {r['e2e_patches_per_s']:9.0f} patches/s")
-    print(f"  model only (batch {r['max_batch']:<4}) {'':15}{r['model_only_patches_per_s']:9.0f} patches/s")
-    print(f"  naive (1 file, batch 1) {r['naive_frames_per_s']:8.1f} frames/s")
+    print(f"  model only (batch {r['max_batch']:<4}) {r['model_only_frames_per_s']:8.1f} frames/s  "
+          f"{r['model_only_patches_per_s']:9.0f} patches/s"
+          + (f" (+ segmentation network {1000 * r['segmentation_model_s_per_frame']:.0f} ms/frame)"
+             if r["segmentation_model_s_per_frame"] else ""))
+    print(f"  naive (1 file, batch 1) {r['naive_frames_per_s']:8.1f} frames/s"
+          + (" (live/dead model only, no segmentation: not comparable)" if r["segmentation"] else ""))
     print(f"  latency file->published at {r['steady_rate_frames_per_s']:.1f} frames/s: p50 {r['latency_p50_s'] * 1000:.0f} ms, "
           f"p99 {r['latency_p99_s'] * 1000:.0f} ms, max {r['latency_max_s'] * 1000:.0f} ms "
           f"(completeness: {r['completeness']}; "
