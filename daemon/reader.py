@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,7 +55,8 @@ def read_frame(path: str, limits: FrameLimits = FrameLimits()) -> np.ndarray:
 
 
 def decode_frame(path: str, data: bytes, limits: FrameLimits = FrameLimits()) -> np.ndarray:
-    """Parse a whole TIFF from bytes already read (the pipeline hashes the same bytes)."""
+    """Parse a whole TIFF from bytes already read (the pipeline hashes the same bytes). An
+    uncompressed contiguous page comes back as a read-only view of `data` (`contiguous_pixels`)."""
     if not data:
         raise FrameReadError(path, "file is empty (0 bytes)")
     try:
@@ -69,13 +71,32 @@ def decode_frame(path: str, data: bytes, limits: FrameLimits = FrameLimits()) ->
                                            "(export z-stacks and channels as separate files)", retryable=False)
             page = tif.pages.first
             check_header(path, page.shape, page.dtype, limits)
-            image = page.asarray()
+            image = contiguous_pixels(page, data)
+            if image is None:
+                image = page.asarray()
     except FrameReadError:
         raise
     except Exception as e:  # tifffile raises many types (struct, zlib, ValueError...) on damaged input
         # A truncated or half-written TIFF lands here; waiting may let the writer finish.
         raise FrameReadError(path, f"not a readable TIFF ({type(e).__name__}: {e})") from None
     return check_frame(path, image)
+
+
+def contiguous_pixels(page, data: bytes) -> np.ndarray | None:
+    """An uncompressed page stored in one run, in native byte order, as a (read-only) view of the
+    file's bytes: no decode copy. None when the layout needs tifffile's decoder (compressed, tiled,
+    packed bits, another byte order, several samples, or a run that is not inside the bytes)."""
+    dtype = np.dtype(page.dtype)
+    if (not page.is_contiguous or page.compression != 1 or page.predictor != 1 or page.fillorder != 1
+            or page.is_tiled or page.samplesperpixel != 1 or page.bitspersample != 8 * dtype.itemsize):
+        return None
+    if dtype.itemsize > 1 and page.parent.byteorder != ("<" if sys.byteorder == "little" else ">"):
+        return None
+    count = int(np.prod(page.shape))
+    offset = int(page.dataoffsets[0])
+    if offset + count * dtype.itemsize > len(data) or sum(page.databytecounts) < count * dtype.itemsize:
+        return None
+    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(page.shape)
 
 
 def check_header(path: str, shape: tuple[int, ...], dtype: np.dtype, limits: FrameLimits) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,30 @@ def test_real_vendor_and_nis_files_read_as_2d():
     for path in sorted(p for f in folders for p in f.glob("*.tif")):
         image = read_frame(str(path))
         assert image.ndim == 2 and min(image.shape) >= 8, path.name
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},                                         # uint16, one strip, little endian: a view, no decode copy
+    {"rowsperstrip": 7},                        # many strips, still one contiguous run
+    {"dtype": np.uint8}, {"dtype": np.float32},
+    {"byteorder": ">"},                         # big endian: decoded by tifffile
+    {"compression": "zlib"},                    # compressed: decoded by tifffile
+    {"tile": (32, 32)},                         # tiled: decoded by tifffile
+])
+def test_decoded_pixels_are_the_same_whether_viewed_in_place_or_decoded(kwargs, tmp_path):
+    from wellwatch.daemon.reader import contiguous_pixels, decode_frame
+
+    kwargs = dict(kwargs)
+    dtype = kwargs.pop("dtype", np.uint16)
+    image = (np.random.default_rng(3).gamma(3, 40, size=(70, 96))).astype(dtype)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, image, **kwargs)
+    data = buf.getvalue()
+    decoded = decode_frame("x.tif", data)
+    np.testing.assert_array_equal(decoded, image)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        view = contiguous_pixels(tif.pages.first, data)
+    in_place = not kwargs.get("compression") and not kwargs.get("tile") and kwargs.get("byteorder") != ">"
+    assert (view is not None) == in_place
+    if in_place:
+        assert not decoded.flags.writeable and np.shares_memory(decoded, np.frombuffer(data, np.uint8))
