@@ -193,12 +193,15 @@ def run_bench(args: argparse.Namespace) -> int:
     files = sorted((data / "burst").glob("*.tif"))
     images = [tifffile.imread(f) for f in files[:n]]
     patches = np.concatenate([prepare_tiles([im], backend.contract)[0] for im in images])
+    model_cpu = CpuSampler()
+    model_cpu.start()
     model_s = _time_model(backend, patches, args.max_batch)
     seg_model = running.daemon.pipeline.seg_model
     seg_s = 0.0
     if seg_model is not None:  # the segmentation network's tiles too: both networks are the model's share
         seg_tiles = np.concatenate([seg_model.prepare(im)[0] for im in images])
         seg_s = _time_model(seg_model.backend, seg_tiles, config.segmentation.max_batch)
+    model_cpu_s = sum(model_cpu.stop()["cpu_s"].values())
 
     _say(args, "[4/4] naive loop: one file at a time, batch of 1 ...")
     naive_fps = _naive(config, files[:args.naive_frames], backend)
@@ -221,6 +224,12 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     # frames/s against frames/s: with a segmentation network, model only is both networks' time
     result["e2e_vs_model_only"] = e2e_fps / result["model_only_frames_per_s"]
+    # the same comparison in CPU seconds per frame, which other load on a shared machine disturbs
+    # less than wall time: the daemon's threads and processes (not the bench's writer and subscriber)
+    daemon_cpu_s = sum(v for k, v in burst_cpu["cpu_s"].items() if k not in ("MainThread", "collector"))
+    result["cpu_ms_per_frame"] = {"end_to_end_daemon": round(1000 * daemon_cpu_s / n, 2),
+                                  "model_only": round(1000 * model_cpu_s / len(images), 2)}
+    result["model_only_cpu_share"] = model_cpu_s / len(images) / (daemon_cpu_s / n)
     result["e2e_vs_naive"] = e2e_fps / naive_fps
     if args.json:
         print(json.dumps(result))
@@ -290,5 +299,7 @@ def print_table(r: dict) -> None:
     c = r["burst_cpu"]
     print(f"  CPU during the burst ({c['wall_s']:.2f} s, {c['cores_busy']:.2f} cores busy; prepare_workers "
           f"{r['prepare_workers']}): " + ", ".join(f"{k} {v:.2f} s" for k, v in c["cpu_s"].items()))
+    print(f"  CPU ms per frame: daemon end to end {r['cpu_ms_per_frame']['end_to_end_daemon']:.1f}, "
+          f"model only {r['cpu_ms_per_frame']['model_only']:.1f} (the model's share: {r['model_only_cpu_share']:.2f})")
     print(f"  ratios: end to end / model only = {r['e2e_vs_model_only']:.2f}; "
           f"end to end / naive = {r['e2e_vs_naive']:.1f}x")
