@@ -7,7 +7,9 @@ writes the normalised planes straight into a shared-memory output buffer; only s
 shared planes into its batch (a `TileSet`) and hands the buffer back to the ring.
 
 Buffers come from a ring (`SharedBuffers`) of at most `slots` pairs, created on first use and grown
-when a bigger frame arrives; a read thread that finds none free waits (back-pressure).
+when a bigger frame arrives; a read thread that finds none free prepares that frame itself (so a
+batcher waiting for more patches can never stall the ring). The ring bounds the shared memory: slots x (file bytes + 4 bytes per pixel), pages reserved when a buffer is
+made, so that a full /dev/shm is an error for that frame (retried later), never a crash.
 
 A worker that dies (the OOM killer, a crash in a native decoder) breaks the executor; it is replaced,
 and the frames it held get `WorkerDied`: the read stage retries them like a damaged file (and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -54,7 +57,17 @@ class _Segment:
     def ensure(self, nbytes: int) -> None:
         if nbytes > self.capacity:
             self.close()
-            self.shm = shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
+            shm = shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
+            try:  # reserve the pages now: a full /dev/shm is an OSError here, not a SIGBUS on first write
+                os.posix_fallocate(shm._fd, 0, shm.size)
+            except OSError as e:
+                shm.close()
+                shm.unlink()
+                raise OSError(e.errno, f"cannot reserve {nbytes / 1e6:.0f} MB of shared memory for a frame "
+                                       f"({e.strerror}); is /dev/shm too small? set pipeline.prepare_workers = 0") from None
+            except AttributeError:  # no posix_fallocate on this platform
+                pass
+            self.shm = shm
 
     def close(self) -> None:
         if self.shm is None:
@@ -80,40 +93,39 @@ class SharedBuffers:
         self._free: list[Slot] = []
         self._made = 0
         self._slots = slots
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
         self._all: list[Slot] = []
 
-    def acquire(self, stop: threading.Event) -> Slot | None:
-        with self._cond:
-            while not self._free and self._made >= self._slots:
-                if stop.is_set() or self._closed:
-                    return None
-                self._cond.wait(0.1)
+    def acquire(self) -> Slot | None:
+        """A free slot, a new one while fewer than `slots` exist, else None (all busy)."""
+        with self._lock:
+            if self._closed:
+                return None
             if self._free:
                 return self._free.pop()
+            if self._made >= self._slots:
+                return None
             self._made += 1
             slot = Slot(_Segment(), _Segment())
             self._all.append(slot)
             return slot
 
     def release(self, slot: Slot) -> None:
-        with self._cond:
+        with self._lock:
             self._free.append(slot)
-            self._cond.notify()
 
     @property
     def in_use(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._made - len(self._free)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             for slot in self._all:
                 slot.data.close()
                 slot.planes.close()
-            self._cond.notify_all()
 
 
 # --- the worker side ------------------------------------------------------------------------------
@@ -161,7 +173,6 @@ def prepare_shared(path: str, data_name: str, nbytes: int, planes_name: str | No
 
 
 def _ready() -> int:
-    import os
     return os.getpid()
 
 
@@ -198,12 +209,11 @@ class PreparePool:
     def pids(self) -> list[int]:
         return [p.pid for p in list((getattr(self.executor, "_processes", None) or {}).values())]
 
-    def prepare(self, path: str, data: bytes,
-                stop: threading.Event) -> tuple[TileSet, np.ndarray, np.ndarray] | None:
+    def prepare(self, path: str, data: bytes) -> tuple[TileSet, np.ndarray, np.ndarray] | None:
         """The file's bytes -> (its kept tiles over a shared buffer, all origins, empty mask); None
-        when stopping. Raises
-        FrameReadError for a bad frame, WorkerDied when the process preparing it died."""
-        slot = self.buffers.acquire(stop)
+        when every buffer is busy (the caller prepares the frame itself). Raises FrameReadError for
+        a bad frame, WorkerDied when the process preparing it died."""
+        slot = self.buffers.acquire()
         if slot is None:
             return None
         try:

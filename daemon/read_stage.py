@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 MACHINE_FAULTS = (MemoryError, OSError, BrokenProcessPool)
 
 
+def prepare_slots(cfg) -> int:
+    """Shared buffers for the process pool: every worker and read thread busy, and as many frames
+    again waiting in the queue or the batcher; fewer than queue_size, to bound the memory."""
+    return min(cfg.queue_size, 2 * (cfg.read_workers + cfg.prepare_workers) + 4)
+
+
 class ReadStage:
     def __init__(self, config: Config, contract: ModelContract, ledger: FrameLedger, metrics: DaemonMetrics,
                  retries: RetrySchedule, prepared: queue.Queue, failed: Callable[[FailedFrame], None],
@@ -65,7 +71,7 @@ class ReadStage:
         tiles_only = (config.segmentation.method == "none" and contract.tiling is not None
                       and not getattr(contract, "normalisation_in_graph", False))
         self.prepare_pool = (PreparePool(config.pipeline.prepare_workers, contract, config.limits,
-                                         slots=2 * config.pipeline.queue_size + config.pipeline.read_workers,
+                                         slots=prepare_slots(config.pipeline),
                                          on_rebuild=metrics.prepare_pool_rebuilds.inc)
                              if config.pipeline.prepare_workers and tiles_only else None)
 
@@ -102,9 +108,19 @@ class ReadStage:
     def run(self, job: FrameJob) -> None:
         t0 = time.perf_counter()
         if self.prepare_pool is not None and job.nd2_index is None and self.join is None:
-            self._run_in_pool(job, t0)
-            return
-        loaded = self._load_nd2(job) if job.nd2_index is not None else self._load_file(job)
+            read = self._read_bytes(job)
+            if read is None:
+                return
+            data, sha = read
+            if self._prepare_in_pool(job, sha, data, t0, time.perf_counter()):
+                return
+            try:  # every shared buffer is busy: this thread prepares the frame
+                loaded = job, sha, [decode_frame(job.path, data, self.config.limits)], ()
+            except FrameReadError as e:
+                self.fail(job, sha, e)
+                return
+        else:
+            loaded = self._load_nd2(job) if job.nd2_index is not None else self._load_file(job)
         if loaded is None:
             return  # failed, a duplicate, gone, or a channel waiting for the rest of its field
         job, sha, images, members = loaded
@@ -145,32 +161,28 @@ class ReadStage:
             except queue.Full:
                 continue
 
-    def _run_in_pool(self, job: FrameJob, t0: float) -> None:
-        """Prepare a frame in a worker process (`prepare_pool`): only its bytes are read here."""
-        read = self._read_bytes(job)
-        if read is None:
-            return
-        data, sha = read
-        t1 = time.perf_counter()
+    def _prepare_in_pool(self, job: FrameJob, sha: str, data: bytes, t0: float, t1: float) -> bool:
+        """Prepare a frame in a worker process (`prepare_pool`); False when every shared buffer is
+        busy (then this thread prepares it), True when the frame was handed on or failed."""
         try:
-            out = self.prepare_pool.prepare(job.path, data, self.stop_event)
+            out = self.prepare_pool.prepare(job.path, data)
         except FrameReadError as e:
             self.fail(job, sha, e)
-            return
+            return True
         except WorkerDied as e:
             self.metrics.frames.labels("worker_died").inc()
             self.fail(job, sha, FrameReadError(job.path, f"{e} (attempt {job.attempt + 1})"))
-            return
+            return True
         except MACHINE_FAULTS as e:
             self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
                       machine=True)
-            return
-        if out is None:  # stopping: the frame stays for the next start
-            self.ledger.release(job.rel)
-            return
+            return True
+        if out is None:
+            return False
         tiles, origins, empty = out
         prepared = PreparedFrame(tiles.planes.shape[1:], tiles, origins[~empty], int(empty.sum()))
         self._hand_on(job, sha, prepared, (), None, t0, t1, time.perf_counter())
+        return True
 
     def _read_bytes(self, job: FrameJob) -> tuple[bytes, str] | None:
         """The file's bytes and their sha256, unless it failed, vanished or is a duplicate."""

@@ -44,10 +44,9 @@ def pool(contract):
 
 
 def test_processes_prepare_exactly_the_tiles_of_the_read_threads_and_give_buffers_back(pool, contract):
-    stop = threading.Event()
     for size in (256, 384, 256):  # the second frame is bigger: its buffer grows
         image = next(iter_fields(plate(size=size))).images["BF"]
-        tiles, origins, empty = pool.prepare("f.tif", tiff_bytes(image), stop)
+        tiles, origins, empty = pool.prepare("f.tif", tiff_bytes(image))
         patches, origins2, empty2 = prepare_tiles([decode_frame("f.tif", tiff_bytes(image))], contract)
         np.testing.assert_array_equal(origins, origins2)
         np.testing.assert_array_equal(empty, empty2)
@@ -59,20 +58,16 @@ def test_processes_prepare_exactly_the_tiles_of_the_read_threads_and_give_buffer
 
 def test_a_damaged_file_is_refused_with_its_reason_and_its_buffer_given_back(pool):
     with pytest.raises(FrameReadError, match="bad.tif: TIFF has no pages"):
-        pool.prepare("bad.tif", b"II*\x00" + b"\x00" * 100, threading.Event())
+        pool.prepare("bad.tif", b"II*\x00" + b"\x00" * 100)
     assert pool.buffers.in_use == 0
 
 
-def test_all_buffers_in_use_blocks_until_one_is_given_back_or_stop(pool):
+def test_all_buffers_in_use_gives_none_so_the_caller_prepares_the_frame_itself(pool):
     image = tiff_bytes(next(iter_fields(plate())).images["BF"])
-    stop = threading.Event()
-    held = [pool.prepare("f.tif", image, stop)[0] for _ in range(2)]  # both slots
-    threading.Timer(0.2, stop.set).start()
-    t0 = time.monotonic()
-    assert pool.prepare("f.tif", image, stop) is None  # waited, then stopped
-    assert time.monotonic() - t0 >= 0.15
+    held = [pool.prepare("f.tif", image)[0] for _ in range(2)]  # both slots
+    assert pool.prepare("f.tif", image) is None and pool.buffers.in_use == 2
     held[0].release()
-    assert pool.prepare("f.tif", image, threading.Event()) is not None
+    assert pool.prepare("f.tif", image) is not None
 
 
 def test_a_killed_worker_fails_only_its_frame_with_worker_died_and_the_pool_is_replaced(pool):
@@ -80,9 +75,9 @@ def test_a_killed_worker_fails_only_its_frame_with_worker_died_and_the_pool_is_r
     os.kill(pool.pids()[0], signal.SIGKILL)
     time.sleep(0.2)
     with pytest.raises(WorkerDied):
-        pool.prepare("f.tif", image, threading.Event())
+        pool.prepare("f.tif", image)
     assert pool.rebuilds == 1 and pool.buffers.in_use == 0
-    tiles, _, _ = pool.prepare("f.tif", image, threading.Event())  # the new pool works
+    tiles, _, _ = pool.prepare("f.tif", image)  # the new pool works
     assert len(tiles) > 0
 
 
@@ -101,22 +96,26 @@ def wait_done(config, n: int, timeout: float = 60) -> list[tuple]:
     return frame_rows(config)
 
 
+def in_threads(spec: SimulationSpec, folder) -> list[tuple]:
+    """The journal rows of the plate prepared in the read threads (prepare_workers = 0)."""
+    from wellwatch.harness import local_config, start_daemon
+
+    folder.mkdir()
+    config = local_config(folder, spec, **{"pipeline.prepare_workers": 0})
+    daemon = start_daemon(config)
+    try:
+        write_plate(spec, folder / "acquisition")
+        return wait_done(config, len(spec.wells) * spec.fields * spec.timepoints)
+    finally:
+        daemon.stop()
+
+
 def test_daemon_with_prepare_processes_counts_as_in_threads_and_survives_killed_workers(run_daemon, tmp_path):
     """Workers are SIGKILLed while frames arrive: every frame is journaled once, done, with the
     counts the in-thread daemon gives; the frames the dead workers held were retried."""
     spec = plate(interval_s=0.02)
     n = len(spec.wells) * spec.fields * spec.timepoints
-    reference_dir = tmp_path / "threads"
-    reference_dir.mkdir()
-    from wellwatch.harness import local_config, start_daemon
-
-    ref_config = local_config(reference_dir, spec, **{"pipeline.prepare_workers": 0})
-    ref = start_daemon(ref_config)
-    try:
-        write_plate(spec, reference_dir / "acquisition")
-        reference = wait_done(ref_config, n)
-    finally:
-        ref.stop()
+    reference = in_threads(spec, tmp_path / "threads")
     assert len(reference) == n
 
     config, daemon = run_daemon(spec, **{"pipeline.prepare_workers": 1, "pipeline.retry_delay_s": 0.05})
@@ -140,3 +139,15 @@ def test_daemon_with_prepare_processes_counts_as_in_threads_and_survives_killed_
     assert killed and died >= 1 and rebuilds >= 1
     assert len(rows) == n == len({r[0] for r in rows})  # each frame journaled once
     assert rows == reference  # all done, with the same live/dead/empty counts as in the threads
+
+
+def test_frames_beyond_the_shared_buffers_are_prepared_in_the_threads_with_the_same_counts(run_daemon, tmp_path):
+    spec = plate()
+    n = len(spec.wells) * spec.fields * spec.timepoints
+    reference = in_threads(spec, tmp_path / "threads")
+    # queue_size 2 -> 2 shared buffers for a burst of 12 frames: most find them busy
+    config, daemon = run_daemon(spec, **{"pipeline.prepare_workers": 1, "pipeline.queue_size": 2,
+                                         "batching.max_delay_ms": 200.0})
+    write_plate(spec, tmp_path / "acquisition")
+    assert wait_done(config, n) == reference
+    assert daemon.daemon.pipeline.reader.prepare_pool.buffers.in_use == 0  # all given back
