@@ -9,7 +9,7 @@ shared planes into its batch (a `TileSet`) and hands the buffer back to the ring
 Buffers come from a ring (`SharedBuffers`) of at most `slots` pairs, created on first use and grown
 when a bigger frame arrives; a read thread that finds none free prepares that frame itself (so a
 batcher waiting for more patches can never stall the ring). The ring bounds the shared memory: slots x (file bytes + 4 bytes per pixel), pages reserved when a buffer is
-made, so that a full /dev/shm is an error for that frame (retried later), never a crash.
+made, so that a full /dev/shm (a container's 64 MB) sends frames to the threads, never a SIGBUS.
 
 A worker that dies (the OOM killer, a crash in a native decoder) breaks the executor; it is replaced,
 and the frames it held get `WorkerDied`: the read stage retries them like a damaged file (and
@@ -64,7 +64,7 @@ class _Segment:
                 shm.close()
                 shm.unlink()
                 raise OSError(e.errno, f"cannot reserve {nbytes / 1e6:.0f} MB of shared memory for a frame "
-                                       f"({e.strerror}); is /dev/shm too small? set pipeline.prepare_workers = 0") from None
+                                       f"({e.strerror}); is /dev/shm too small?") from None
             except AttributeError:  # no posix_fallocate on this platform
                 pass
             self.shm = shm
@@ -188,6 +188,7 @@ class PreparePool:
         self.buffers = SharedBuffers(slots)
         self.on_rebuild = on_rebuild or (lambda: None)
         self.rebuilds = 0
+        self._short_warned = False
         self._context = multiprocessing.get_context("spawn")  # fork is unsafe beside the daemon's threads
         self._lock = threading.Lock()
         self.executor = self._start()
@@ -217,14 +218,18 @@ class PreparePool:
         if slot is None:
             return None
         try:
-            slot.data.ensure(len(data))
+            if not self._reserve(slot.data, len(data)):
+                self.buffers.release(slot)
+                return None
             slot.data.shm.buf[:len(data)] = data
             while True:
                 planes = slot.planes.shm.name if slot.planes.shm is not None else None
                 result = self._run(prepare_shared, path, slot.data.shm.name, len(data), planes, slot.planes.capacity)
                 if result[0] != "grow":
                     break
-                slot.planes.ensure(result[1])
+                if not self._reserve(slot.planes, result[1]):
+                    self.buffers.release(slot)
+                    return None
             if result[0] == "error":
                 raise FrameReadError(path, result[1], retryable=result[2])
         except BaseException:
@@ -234,6 +239,17 @@ class PreparePool:
         view = np.ndarray((1, *shape), np.float32, buffer=slot.planes.shm.buf)
         return TileSet(view, origins[~empty], self.contract.tiling.tile_size,
                        release=lambda: self.buffers.release(slot)), origins, empty
+
+    def _reserve(self, segment: _Segment, nbytes: int) -> bool:
+        """Grow a buffer; False (the frame is prepared in its thread) when shared memory is short."""
+        try:
+            segment.ensure(nbytes)
+            return True
+        except OSError as e:
+            if not self._short_warned:
+                log.warning("%s; frames that do not fit are prepared in the read threads", e)
+                self._short_warned = True
+            return False
 
     def _run(self, fn, *args):
         executor = self.executor

@@ -151,3 +151,17 @@ def test_frames_beyond_the_shared_buffers_are_prepared_in_the_threads_with_the_s
     write_plate(spec, tmp_path / "acquisition")
     assert wait_done(config, n) == reference
     assert daemon.daemon.pipeline.reader.prepare_pool.buffers.in_use == 0  # all given back
+
+
+def test_shared_memory_too_short_sends_the_frame_to_the_thread_with_one_warning(pool, monkeypatch, caplog):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    image = tiff_bytes(next(iter_fields(plate())).images["BF"])
+    assert pool.prepare("f.tif", image) is None and pool.prepare("f.tif", image) is None
+    assert pool.buffers.in_use == 0
+    warnings = [r.message for r in caplog.records if "shared memory" in r.getMessage()]
+    assert len(warnings) == 1 and "is /dev/shm too small?" in caplog.text
