@@ -260,12 +260,20 @@ class Pipeline:
                 msg = self.prepared.get(timeout=0.05 if wait is None else min(wait, 0.05))
             except queue.Empty:
                 msg = None
-            if msg is _STOP:
-                stage.drain()
-                self.to_commit.put(_STOP)
-                return
-            if msg is not None:
+            # every frame already prepared joins before the next batch (up to a full one): after a
+            # long batch they are all overdue, and admitting one at a time ran a batch per frame
+            while msg is not None:
+                if msg is _STOP:
+                    stage.drain()
+                    self.to_commit.put(_STOP)
+                    return
                 stage.admit(msg)
+                if stage.waiting >= cfg.max_batch:
+                    break
+                try:
+                    msg = self.prepared.get_nowait()
+                except queue.Empty:
+                    msg = None
             stage.take_returned()
             self.metrics.queue_depth.labels("prepared").set(self.prepared.qsize())
             self.metrics.queue_depth.labels("batch_patches").set(stage.waiting)

@@ -247,3 +247,24 @@ def test_reconcile_scans_do_not_hand_out_frames_already_in_flight(tmp_path):
     finally:
         assert running.stop() == 0
     assert reads == frames_of(spec) and duplicates == 0
+
+
+def test_frames_prepared_during_a_long_batch_share_the_next_batch(tmp_path):
+    """While a batch runs, frames pile up prepared; they must be pooled into the next batches, not
+    run one frame per batch because each is already overdue when admitted (it cost ResNet-18 30%)."""
+    from wellwatch.harness import local_config, start_daemon
+
+    spec = small_plate(channels=("BF",))  # 16 frames written at once
+    config = local_config(tmp_path, spec, **{"batching.max_delay_ms": 5.0})
+    running = start_daemon(config, backend=SlowBackend(0.3))
+    try:
+        from tests.conftest import StreamRecorder
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(15)
+        write_plate(spec, tmp_path / "acquisition")
+        rec.wait_frames(frames_of(spec), timeout=120)
+        batches = running.daemon.registry.get_sample_value("wellwatch_batch_size_patches_count")
+    finally:
+        assert running.stop() == 0
+    assert batches <= frames_of(spec) // 3, f"{batches} batches for {frames_of(spec)} frames"
