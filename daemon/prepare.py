@@ -19,6 +19,7 @@ import numpy as np
 from .contract import CellCrop, ModelContract
 from .crops import Cells
 from .preprocess import prepare_tiles
+from .raw_tiles import prepare_raw_tiles
 from .segment import CellsAndCrops, ModelSegmenter, classical_cells
 from .segment_classical import ClassicalParams
 
@@ -54,7 +55,8 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
     if len(shapes) != 1:
         raise ValueError(f"the field's channel images differ in shape: {sorted(shapes)}")
     image = channels[0]
-    patches, origins, empty = prepare_tiles(channels, contract)
+    tiles = prepare_raw_tiles if contract.normalisation_in_graph else prepare_tiles  # the graph normalises
+    patches, origins, empty = tiles(channels, contract)
     prepared = PreparedFrame(image.shape, patches, origins[~empty], int(empty.sum()))
     if segmentation == "classical":
         t0 = time.perf_counter()

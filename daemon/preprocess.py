@@ -17,20 +17,27 @@ _STATS_STEP = 4  # frame statistics from every 4th pixel in each axis: 16x less 
 def normalise_frame(frame: np.ndarray, norm: Normalisation) -> np.ndarray:
     """Return float32, normalised as the contract says."""
     x = frame.astype(np.float32, copy=False)
-    sample = x[::_STATS_STEP, ::_STATS_STEP]
+    if norm.method == "flatfield":
+        return flatfield_normalise(x, float(norm.params["sigma"]))
+    offset, scale = normalisation_affine(x, norm)
+    return (x - np.float32(offset)) * np.float32(scale)
+
+
+def normalisation_affine(frame: np.ndarray, norm: Normalisation) -> tuple[float, float]:
+    """(offset, scale) with normalised = (x - offset) * scale, for the methods that are one affine map
+    per frame (robust_zscore, fixed, percentile); a model with the normalisation in its graph gets
+    these two numbers per tile and channel (daemon/raw_tiles.py)."""
+    if norm.method == "fixed":
+        return float(norm.params["mean"]), 1.0 / norm.params["std"]
+    sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32, copy=False)
     if norm.method == "robust_zscore":
         centre = float(np.median(sample))
         sigma = _MAD_TO_SIGMA * float(np.median(np.abs(sample - centre)))
-        scale = 1.0 / max(sigma, 1e-6)
-        return (x - centre) * np.float32(scale)
-    if norm.method == "fixed":
-        return (x - np.float32(norm.params["mean"])) * np.float32(1.0 / norm.params["std"])
+        return centre, 1.0 / max(sigma, 1e-6)
     if norm.method == "percentile":
         lo, hi = np.percentile(sample, [norm.params["low"], norm.params["high"]])
-        return (x - np.float32(lo)) * np.float32(1.0 / max(float(hi - lo), 1e-6))
-    if norm.method == "flatfield":
-        return flatfield_normalise(x, float(norm.params["sigma"]))
-    raise ValueError(f"unknown normalisation {norm.method!r}")
+        return float(lo), 1.0 / max(float(hi - lo), 1e-6)
+    raise ValueError(f"normalisation {norm.method!r} is not one affine map per frame")
 
 
 def smooth_background(x: np.ndarray, sigma: float) -> np.ndarray:
