@@ -77,3 +77,54 @@ def with_normalisation_in_graph(model: str | Path, out: str | Path) -> ModelCont
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
     return raw_contract
+
+
+def in_graph_parity(model: str | Path, raw_model: str | Path, images: list[Path]) -> dict:
+    """The raw model on the daemon's raw tiles against the model on the daemon's normalised tiles, on
+    real frames: largest output difference, tiles compared, and whether the empty filter agreed."""
+    import numpy as np
+
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.daemon.prepare import prepare_frame
+    from wellwatch.daemon.reader import read_frame
+
+    reference, raw = (OnnxBackend(m, device="cpu", warmup=False) for m in (model, raw_model))
+    worst, tiles, same_empty = 0.0, 0, True
+    for image in images:
+        frame = read_frame(str(image))
+        ours, theirs = prepare_frame(frame, raw.contract), prepare_frame(frame, reference.contract)
+        same_empty &= ours.n_empty == theirs.n_empty
+        if len(ours.patches) and ours.n_empty == theirs.n_empty:
+            worst = max(worst, float(np.abs(raw.infer(ours.patches) - reference.infer(theirs.patches)).max()))
+        tiles += len(ours.patches)
+    return {"against": f"{Path(model).name} on the daemon's normalised tiles (CPU)", "frames": [str(i) for i in images],
+            "tiles": tiles, "max_abs_diff": worst, "same_empty_tiles": same_empty}
+
+
+def export_in_graph(model: str | Path, out: str | Path | None = None, images: list[Path] | None = None,
+                    atol: float = 1e-5) -> tuple[Path, dict]:
+    """Write MODEL.raw.onnx (+ manifest) and prove it equal to MODEL on real frames (within `atol`)."""
+    from .manifest import write_manifest
+    from .parity_inputs import default_real_images
+
+    out = Path(out) if out else raw_path(model)
+    images = default_real_images() if images is None else images
+    if not images:
+        raise ExportError("no real frames for the parity check: give --parity-image PATH "
+                          "(../shared/data is absent here)")
+    staged = out.with_name(out.name + ".partial")
+    try:
+        contract = with_normalisation_in_graph(model, staged)
+        parity = {**in_graph_parity(model, staged, images), "atol": atol}
+        if parity["max_abs_diff"] > atol or not parity["same_empty_tiles"]:
+            raise ExportError(f"{out}: the in-graph normalisation differs from the daemon's: largest difference "
+                              f"{parity['max_abs_diff']:.3g} (atol {atol:g}), same empty tiles: "
+                              f"{parity['same_empty_tiles']}")
+        staged.replace(out)
+    finally:
+        staged.unlink(missing_ok=True)
+    from wellwatch.daemon.contract import file_sha256
+
+    write_manifest(out, contract, precision="float32", parity=parity,
+                   source={"model": str(model), "sha256": file_sha256(model)})
+    return out, parity

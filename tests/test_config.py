@@ -36,7 +36,9 @@ def test_no_file_gives_defaults_with_paths_relative_to_the_working_folder():
     config = load_config(None)
     assert config.watch.root == str(Path.cwd() / Config().watch.root)
     assert config.journal.path == str(Path.cwd() / Config().journal.path)
-    assert dataclasses.replace(config, watch=Config().watch, journal=Config().journal) == Config()
+    assert config.inference.tensorrt.engine_cache_dir == str(Path.cwd() / Config().inference.tensorrt.engine_cache_dir)
+    assert dataclasses.replace(config, watch=Config().watch, journal=Config().journal,
+                               inference=Config().inference) == Config()
 
 
 @pytest.mark.parametrize("text, key, why", [
