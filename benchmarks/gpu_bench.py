@@ -34,27 +34,27 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def variants(work: Path, name: str, gpu: bool) -> dict[str, Path]:
-    """float32, float16 twin (GPU only) and raw-input model, as files in `work`."""
+def variants(work: Path, name: str, gpu: bool) -> dict[str, tuple[Path, str]]:
+    """Variant -> (model file, inference.precision): float32, its float16 twin (GPU only; the backend
+    finds NAME.fp16.onnx beside NAME.onnx), the raw-input model and its twin, as files in `work`."""
     from wellwatch.daemon.backend import OnnxBackend, fp16_twin
 
     fp32 = work / f"{name}.onnx"
     shutil.copy(MODELS / f"{name}.onnx", fp32)
-    out = {"fp32": fp32}
+    out = {"fp32": (fp32, "fp32")}
     try:  # both need the onnx package (the train extra); without it only the float32 model is measured
         from wellwatch.export.fp16 import write_fp16
         from wellwatch.export.in_graph import raw_path, with_normalisation_in_graph
 
         raw_dir = work / "raw"
         raw_dir.mkdir(exist_ok=True)
-        out["raw"] = raw_path(raw_dir / fp32.name)
-        with_normalisation_in_graph(fp32, out["raw"])
+        raw = raw_path(raw_dir / fp32.name)
+        with_normalisation_in_graph(fp32, raw)
+        out["raw"] = (raw, "fp32")
         if gpu:
-            contract = OnnxBackend(fp32, device="cpu", warmup=False).contract
-            write_fp16(fp32, contract, fp16_twin(fp32))
-            out["fp16"] = fp16_twin(fp32)
-            write_fp16(out["raw"], OnnxBackend(out["raw"], device="cpu", warmup=False).contract, fp16_twin(out["raw"]))
-            out["raw_fp16"] = fp16_twin(out["raw"])
+            for variant, model in (("fp16", fp32), ("raw_fp16", raw)):
+                write_fp16(model, OnnxBackend(model, device="cpu", warmup=False).contract, fp16_twin(model))
+                out[variant] = (model, "fp16")
     except ImportError as e:
         say(f"gpu_bench: {e.name} is not installed: float16 and in-graph variants skipped")
     return out
@@ -85,25 +85,32 @@ def ms(seconds) -> float:
     return round(1000 * float(seconds), 3)
 
 
-def timed(fn, seconds: float, min_runs: int = 5) -> np.ndarray:
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < min_runs:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return np.array(times)
+def interleaved(fns: dict[str, callable], seconds: float, min_runs: int = 5) -> dict[str, np.ndarray]:
+    """Each function's run times, the functions taking turns: on a shared machine a load change then
+    hits every variant alike instead of whichever ran during it."""
+    times = {k: [] for k in fns}
+    end = time.perf_counter() + seconds * len(fns)
+    while time.perf_counter() < end or min(map(len, times.values())) < min_runs:
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: np.array(v) for k, v in times.items()}
 
 
-def model_only(backend, batches: list[int], seconds: float) -> dict:
+def model_only(backends: dict, batches: list[int], seconds: float) -> dict:
+    """patches/s and p50/p99 per batch of each variant, at each fixed batch size (no padding)."""
     rng = np.random.default_rng(0)
-    rows = {}
+    rows = {k: {} for k in backends}
     for b in batches:
-        x = inputs_for(backend, b, rng)
-        for _ in range(3):
-            backend.infer(x)
-        t = timed(lambda: backend.infer(x), seconds)
-        rows[str(b)] = {"patches_per_s": round(b * len(t) / t.sum()), "p50_ms": ms(np.median(t)),
-                        "p99_ms": ms(np.percentile(t, 99)), "runs": len(t)}
+        inputs = {k: inputs_for(be, b, rng) for k, be in backends.items()}
+        for k, be in backends.items():
+            for _ in range(3):
+                be.infer(inputs[k])
+        times = interleaved({k: (lambda be=be, x=inputs[k]: be.infer(x)) for k, be in backends.items()}, seconds)
+        for k, t in times.items():
+            rows[k][str(b)] = {"patches_per_s": round(b * len(t) / float(t.sum())), "p50_ms": ms(np.median(t)),
+                               "p99_ms": ms(np.percentile(t, 99)), "runs": len(t)}
     return rows
 
 
@@ -114,9 +121,9 @@ def padding(bound, plain, sizes: list[int], seconds: float) -> dict:
     for n in sizes:
         x = inputs_for(plain, n, rng)
         diff = float(np.abs(bound.infer(x) - plain.infer(x)).max())
-        tb, tp = timed(lambda: bound.infer(x), seconds), timed(lambda: plain.infer(x), seconds)
+        t = interleaved({"padded": lambda: bound.infer(x), "unpadded": lambda: plain.infer(x)}, seconds)
         rows[str(n)] = {"padded_to": bound.bound.bucket_for(n), "max_abs_diff": diff,
-                        "padded_ms": ms(np.median(tb)), "unpadded_ms": ms(np.median(tp))}
+                        "padded_ms": ms(np.median(t["padded"])), "unpadded_ms": ms(np.median(t["unpadded"]))}
     return rows
 
 
@@ -133,25 +140,51 @@ def frames_2048(count: int) -> tuple[list[np.ndarray], str]:
     return [rng.integers(1000, 3000, (2048, 2048), dtype=np.uint16) for _ in range(count)], "uniform noise frames"
 
 
-def per_frame(backend, frames: list[np.ndarray], repeats: int) -> dict:
-    """Prepare (the daemon's prepare_frame) + infer in batches of the largest fixed size, per frame."""
+def per_frame(backends: dict, frames: list[np.ndarray], repeats: int) -> dict:
+    """Prepare (the daemon's prepare_frame) + infer in batches of the largest fixed size, per frame;
+    the variants take turns on each frame."""
     from wellwatch.daemon.prepare import prepare_frame
 
-    largest = backend.buckets[-1]
-    prep, infer, total = [], [], []
-    backend.infer(prepare_frame(frames[0], backend.contract).patches[:largest])
+    stats = {k: {"prepare": [], "infer": [], "total": [], "tiles": 0} for k in backends}
+    for be in backends.values():  # warm
+        be.infer(prepare_frame(frames[0], be.contract).patches[:be.buckets[-1]])
     for _ in range(repeats):
         for f in frames:
-            t0 = time.perf_counter()
-            patches = prepare_frame(f, backend.contract).patches
-            t1 = time.perf_counter()
-            for i in range(0, len(patches), largest):
-                backend.infer(patches[i:i + largest])
-            t2 = time.perf_counter()
-            prep.append(t1 - t0), infer.append(t2 - t1), total.append(t2 - t0)
-    t = np.array(total)
-    return {"prepare_ms": ms(np.median(prep)), "infer_ms": ms(np.median(infer)), "total_ms": ms(np.median(t)),
-            "p99_ms": ms(np.percentile(t, 99)), "frames_per_s": round(len(t) / float(t.sum()), 2), "tiles_per_frame": int(len(patches)), "frames": len(t)}
+            for k, be in backends.items():
+                largest = be.buckets[-1]
+                t0 = time.perf_counter()
+                patches = prepare_frame(f, be.contract).patches
+                t1 = time.perf_counter()
+                for i in range(0, len(patches), largest):
+                    be.infer(patches[i:i + largest])
+                t2 = time.perf_counter()
+                st = stats[k]
+                st["prepare"].append(t1 - t0), st["infer"].append(t2 - t1), st["total"].append(t2 - t0)
+                st["tiles"] = len(patches)
+    out = {}
+    for k, st in stats.items():
+        t = np.array(st["total"])
+        out[k] = {"prepare_ms": ms(np.median(st["prepare"])), "infer_ms": ms(np.median(st["infer"])),
+                  "total_ms": ms(np.median(t)), "p99_ms": ms(np.percentile(t, 99)),
+                  "frames_per_s": round(len(t) / float(t.sum()), 2), "tiles_per_frame": st["tiles"], "frames": len(t)}
+    return out
+
+
+def fp16_agreement(fp32, fp16, frames: list[np.ndarray]) -> dict:
+    """The float16 twin against the float32 model on the real frames' tiles: its parity, measured
+    where it runs (on a GPU, float16 arithmetic)."""
+    from wellwatch.daemon.prepare import prepare_frame
+
+    a, b = [], []
+    for f in frames:
+        patches = prepare_frame(f, fp32.contract).patches
+        for i in range(0, len(patches), fp32.buckets[-1]):
+            a.append(fp32.infer(patches[i:i + fp32.buckets[-1]]))
+            b.append(fp16.infer(patches[i:i + fp32.buckets[-1]]))
+    a, b = np.concatenate(a), np.concatenate(b)
+    k, threshold = fp32.contract.positive_index, fp32.contract.decision_threshold
+    return {"tiles": len(a), "max_abs_diff": float(np.abs(a - b).max()),
+            "decisions_changed": int(((a[:, k] >= threshold) != (b[:, k] >= threshold)).sum())}
 
 
 def main() -> int:
@@ -182,28 +215,38 @@ def main() -> int:
     try:
         for name in args.models.split(","):
             files = variants(work, name, gpu)
-            entry = result["models"][name] = {"model_only": {}, "per_2048_frame": {}}
-            for variant, path in files.items():
-                precision = "fp16" if variant.endswith("fp16") else "fp32"
+            entry = result["models"][name] = {}
+            backends = {}
+            for variant, (path, precision) in files.items():
                 for binding in ("off", "on"):
                     backend = backend_for(path, args.provider, precision, binding, batches, args.threads)
                     result["provider"] = backend.provider
-                    key = f"{variant}, io_binding {binding}" + (", pinned" if backend.pinned else "")
-                    entry["model_only"][key] = model_only(backend, batches, args.seconds)
-                    best = max(entry["model_only"][key].values(), key=lambda r: r["patches_per_s"])
-                    say(f"  {name} {key}: best {best['patches_per_s']} patches/s")
-                    entry["per_2048_frame"][key] = per_frame(backend, frames, args.repeats)
-                    say(f"  {name} {key}: {entry['per_2048_frame'][key]}")
-                    if variant == "fp32" and binding == "on":
-                        plain = backend_for(path, args.provider, precision, "off", batches, args.threads)
-                        entry["padding"] = padding(backend, plain, [3, 17, 100, 200], args.seconds / 4)
-                        say(f"  {name} padding: {entry['padding']}")
-                    backend.close()
+                    backends[f"{variant}, io_binding {binding}" + (", pinned" if backend.pinned else "")] = backend
+            say(f"  {name}: {len(backends)} variants: {', '.join(backends)}")
+            entry["model_only"] = model_only(backends, batches, args.seconds)
+            for k, rows in entry["model_only"].items():
+                best = max(rows.values(), key=lambda r: r["patches_per_s"])
+                say(f"  {name} {k}: model only, best {best['patches_per_s']} patches/s")
+            entry["per_2048_frame"] = per_frame(backends, frames, args.repeats)
+            for k, row in entry["per_2048_frame"].items():
+                say(f"  {name} {k}: per 2048 frame {row}")
+            plain, bound = (next(be for k, be in backends.items() if k.startswith(f"fp32, io_binding {b}"))
+                            for b in ("off", "on"))
+            entry["padding"] = padding(bound, plain, [3, 17, 100, 200], args.seconds / 2)
+            say(f"  {name} padding: {entry['padding']}")
+            fp16 = next((be for k, be in backends.items() if k.startswith("fp16, io_binding on")), None)
+            if fp16 is not None:
+                entry["fp16_vs_fp32"] = fp16_agreement(bound, fp16, frames)
+                say(f"  {name} fp16 vs fp32: {entry['fp16_vs_fp32']}")
+            for be in backends.values():
+                be.close()
             if args.tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
-                backend = backend_for(files["fp32"], args.provider, "fp32", "on", batches, args.threads, trt=True,
-                                      cache=work / "trt")
-                entry["model_only"][f"fp32 TensorRT ({backend.provider})"] = model_only(backend, batches, args.seconds)
-                say(f"  {name} TensorRT: {entry['model_only'][f'fp32 TensorRT ({backend.provider})']}")
+                trt = backend_for(files["fp32"][0], args.provider, "fp32", "on", batches, args.threads, trt=True,
+                                  cache=work / "trt")
+                entry["tensorrt"] = {"provider": trt.provider,
+                                     **model_only({"trt": trt}, batches, args.seconds)["trt"]}
+                say(f"  {name} TensorRT: {entry['tensorrt']}")
+                trt.close()
     except ProviderError as e:
         say(f"gpu_bench: {e}; nothing measured")
         return 3

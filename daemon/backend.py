@@ -9,6 +9,7 @@ through I/O binding on fixed, warmed batch sizes with pinned host buffers (bound
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -65,6 +66,22 @@ def fp16_twin(path: str | Path) -> Path:
     return path.with_name(stem + FP16_SUFFIX)
 
 
+def export_parity(model: str | Path) -> str:
+    """The export's parity check of `model` in words, from the manifest beside it ('' without one):
+    for a float16 twin, the tolerance it was held to against PyTorch and what it reached."""
+    try:
+        doc = json.loads(Path(f"{model}.manifest.json").read_text())
+        p = doc["parity"]
+        text = (f"max |diff| {p['max_abs_diff']:.3g} vs {p.get('against', 'PyTorch')} within atol {p['atol']:g} "
+                f"rtol {p['rtol']:g} on {p.get('provider', '?')}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    decisions = doc.get("decisions")
+    if isinstance(decisions, dict) and "disagreements" in decisions:
+        text += f", {decisions['disagreements']} of {decisions.get('samples', '?')} decisions changed"
+    return text
+
+
 class OnnxBackend:
     def __init__(self, path: str | Path, device: str = "auto", require_gpu: bool = False,
                  max_batch: int = 256, intra_op_threads: int = 0, warmup: bool = True,
@@ -76,10 +93,13 @@ class OnnxBackend:
         self.requested_path = str(path)
         if not Path(path).is_file():
             raise ContractError(str(path), "file does not exist")
-        self.buckets = list(cfg.batch_sizes) or batch_buckets(max_batch)
+        # the configured sizes below this model's largest batch, and that largest batch itself
+        self.buckets = ([b for b in cfg.batch_sizes if b < max_batch] + [max_batch] if cfg.batch_sizes
+                        else batch_buckets(max_batch))
         self.path, self.session, self.provider, self.requested = self._open_preferred(Path(path))
         self.sha256 = file_sha256(self.path)
         self.precision = self._metadata().get(PRECISION_KEY, "float32")
+        self.parity = export_parity(self.path)
         if cfg.require_gpu and not is_gpu(self.provider):
             raise ProviderError(
                 f"inference.require_gpu is true but ONNX Runtime gave {self.provider} "
@@ -269,5 +289,6 @@ class OnnxBackend:
         return (f"model {c.name!r} ({Path(self.path).name}, sha256 {self.sha256[:12]}) task={c.task} "
                 f"input={len(c.channels)}x{c.height}x{c.width}{' raw uint16 (normalised in graph)' if c.normalisation_in_graph else ''} "
                 f"provider={self.provider} (asked for {', '.join(self.requested)}) precision={self.precision} "
-                f"{binding}, batch sizes {self.buckets}")
+                f"{binding}, batch sizes {self.buckets}"
+                + (f"; export parity {self.parity}" if self.parity and self.precision != "float32" else ""))
 

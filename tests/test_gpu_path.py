@@ -107,8 +107,8 @@ def real_tiles(contract, n_frames: int = 2) -> np.ndarray:
 
 def test_io_binding_with_padding_gives_the_unpadded_outputs_on_real_tiles():
     plain = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False)
-    bound = OnnxBackend(bundled_demo_model(), inference=InferenceConfig(device="cpu", io_binding="on",
-                                                                        batch_sizes=(1, 8, 64)))
+    bound = OnnxBackend(bundled_demo_model(), max_batch=64, inference=InferenceConfig(
+        device="cpu", io_binding="on", batch_sizes=(1, 8, 64, 256)))  # sizes above the model's max_batch: unused
     assert bound.io_binding and bound.pad_to_buckets and not bound.pinned and bound.buckets == [1, 8, 64]
     tiles = real_tiles(plain.contract)
     assert len(tiles) > 200
@@ -243,3 +243,20 @@ def test_the_daemon_serves_a_raw_model_with_the_counts_of_the_float_model(tmp_pa
         counts[name] = sorted((f["well"], f["counts"]["live"], f["counts"]["dead"], f["counts"]["empty"])
                               for f in frames)
     assert counts["raw"] == counts["float"] and sum(c[1] + c[2] for c in counts["raw"]) > 0
+
+
+def test_export_raw_command_checks_real_frames_and_writes_the_manifest(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    import json
+
+    from wellwatch.cli import main
+    from wellwatch.daemon.contract import file_sha256
+
+    out = tmp_path / "demo.raw.onnx"
+    frame = shared_data("usiigaci-phase", "set5", "raw.tif")
+    assert main(["export-raw", str(bundled_demo_model()), "--out", str(out), "--parity-image", str(frame)]) == 0
+    assert "largest difference 0" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "demo.raw.onnx.manifest.json").read_text())
+    assert manifest["sha256"] == file_sha256(out) and manifest["contract"]["normalisation_in_graph"] is True
+    assert manifest["parity"]["tiles"] > 100 and manifest["parity"]["same_empty_tiles"] is True
+    assert OnnxBackend(out, device="cpu", warmup=False).contract.normalisation_in_graph
