@@ -9,6 +9,8 @@ through I/O binding on fixed, warmed batch sizes with pinned host buffers (bound
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
@@ -175,10 +177,20 @@ class OnnxBackend:
 
     @staticmethod
     def _session(ort, path: Path, options, providers):
+        # when a provider raises (TensorRT without its libraries), ORT's Python wrapper prints a banner
+        # on stdout and retries without it; stdout may carry a program's JSON, so the banner becomes one
+        # log line (and the provider really got is reported by the caller)
+        printed = io.StringIO()
         try:
-            return ort.InferenceSession(str(path), options, providers=providers)
+            with contextlib.redirect_stdout(printed):
+                session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # ORT raises its own exception types for bad graphs
             raise ContractError(str(path), f"ONNX Runtime cannot load it ({e})") from None
+        error = next((line for line in printed.getvalue().splitlines() if line.startswith("EP Error ")), "")
+        if error:
+            log.warning("%s: %s; ONNX Runtime retried without that provider", path.name,
+                        error.split(" when using ")[0][:300])
+        return session
 
     def _read_contract(self, session, path: Path) -> None:
         try:

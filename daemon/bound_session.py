@@ -62,8 +62,11 @@ class BoundSession:
         self.session.run_with_iobinding(bucket.binding)
         return bucket.output[:n].copy()
 
+    def __del__(self) -> None:  # registered memory must be unregistered before numpy frees it
+        self.close()
+
     def close(self) -> None:
-        if self.pinned:
+        if self.pinned and self.buckets:
             for bucket in self.buckets.values():
                 for array in (*bucket.inputs.values(), bucket.output):
                     pinned.unpin(array)

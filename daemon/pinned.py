@@ -26,7 +26,8 @@ def cuda_runtime() -> ctypes.CDLL | None:
     global _cudart
     if _cudart is not False:
         return _cudart
-    wheels = [p for base in sys.path for p in sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "lib", "libcudart.so*")))]
+    wheels = [p for base in sys.path for pattern in ("cu*", "cuda_runtime")
+              for p in sorted(glob.glob(os.path.join(base, "nvidia", pattern, "lib", "libcudart.so*")))]
     for name in (*_SONAMES, *wheels):
         try:
             _cudart = ctypes.CDLL(name)

@@ -98,6 +98,19 @@ def test_the_provider_really_got_is_reported_and_a_required_gpu_refused(caplog):
         OnnxBackend(bundled_demo_model(), require_gpu=True, warmup=False)
 
 
+@pytest.mark.skipif(not NO_GPU, reason="CUDA works here: the fallback cannot be seen")
+def test_a_tensorrt_provider_that_cannot_load_falls_back_with_one_line_and_a_clean_stdout(tmp_path, capsys, caplog):
+    import onnxruntime as ort
+
+    if TENSORRT not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no TensorRT provider")
+    cfg = InferenceConfig(tensorrt=TensorrtConfig(enable=True, engine_cache_dir=str(tmp_path)), warmup=False)
+    backend = OnnxBackend(bundled_demo_model(), inference=cfg)
+    assert backend.requested == [TENSORRT, CUDA, CPU] and backend.provider == CPU
+    assert capsys.readouterr().out == ""  # ORT's fallback banner would corrupt a --json output
+    assert any("TensorrtExecutionProvider was requested" in r.getMessage() for r in caplog.records)
+
+
 # --- I/O binding on fixed batch sizes ------------------------------------------------------
 
 def real_tiles(contract, n_frames: int = 2) -> np.ndarray:
