@@ -6,10 +6,12 @@
 # there already (pip is tried once, briefly, if they are not). Steps, each under its own timeout:
 # 1. model only and per 2048x2048 frame (benchmarks/gpu_bench.py): float32, float16 twin and
 #    normalisation-in-graph variants, with and without I/O binding (pinned host buffers), fixed
-#    batch sizes warmed first, the padding check; TensorRT too when ONNX Runtime has it;
-# 2. end to end: `wellwatch bench` on 2048x2048 frames (burst frames/s, latency p50/p99 at 3
+#    batch sizes warmed first, the padding check, float16 against float32 on real tiles;
+# 2. TensorRT (float32 models, engine cache) when ONNX Runtime has it;
+# 3, 4. end to end: `wellwatch bench` on 2048x2048 frames (burst frames/s, latency p50/p99 at 3
 #    frames/s moved in from outside the watched folder), float32 then the float16 twin.
-# Figures go to OUT_DIR/gpu-model-only.json, gpu-e2e-fp32.json, gpu-e2e-fp16.json, env.txt. Without
+# Figures go to OUT_DIR/gpu-model-only.json, gpu-tensorrt.json, gpu-e2e-fp32.json, gpu-e2e-fp16.json
+# and env.txt; worst case about 10 minutes (the steps' timeouts), typically 5-6. Without
 # a GPU (or when ONNX Runtime cannot use it) it says why in one line, writes OUT_DIR/NO_GPU and
 # exits 0: nothing measured on a CPU is ever written as a GPU figure.
 set -uo pipefail
@@ -77,23 +79,28 @@ print(f"CUDA provider loads; pinned host memory: {pin(np.zeros(1 << 20, np.uint8
 PYEOF
 cat "$OUT_DIR/env.txt" >&2
 
-TRT=""
-"$PY" -c "import onnxruntime as o, sys; sys.exit('TensorrtExecutionProvider' not in o.get_available_providers())" \
-    && TRT="--tensorrt"
-echo "[1/3] model only and per 2048x2048 frame (about 3 minutes) ..." >&2
-timeout 300 "$PY" benchmarks/gpu_bench.py --provider cuda $TRT --seconds 1.5 --frames 2 --repeats 3 \
+echo "[1/4] model only and per 2048x2048 frame (2-3 minutes) ..." >&2
+timeout 240 "$PY" benchmarks/gpu_bench.py --provider cuda --seconds 1 --frames 2 --repeats 3 \
     --out "$OUT_DIR/gpu-model-only.json" >/dev/null
 rc=$?
 [ $rc -eq 3 ] && no_gpu "ONNX Runtime cannot use the GPU (see the line above)"
 [ $rc -ne 0 ] && echo "gpu.sh: model-only step failed (exit $rc); going on" >&2
 
+if "$PY" -c "import onnxruntime as o, sys; sys.exit('TensorrtExecutionProvider' not in o.get_available_providers())"; then
+    echo "[2/4] TensorRT, float32 models (engine builds: 1-2 minutes) ..." >&2
+    timeout 150 "$PY" benchmarks/gpu_bench.py --provider cuda --tensorrt-only --seconds 1 \
+        --out "$OUT_DIR/gpu-tensorrt.json" >/dev/null || echo "gpu.sh: TensorRT step failed or timed out" >&2
+else
+    echo "[2/4] this onnxruntime has no TensorRT provider; skipped" >&2
+fi
+
 E2E="--json --size 2048 --wells 12 --fields 2 --timepoints 2 --steady-rate 3 --stage-outside --settle-s 0.3 --naive-frames 4"
 MODELS=$(mktemp -d)
 cp wellwatch/models/demo-live-dead.onnx "$MODELS/"
-echo "[2/3] end to end, float32, 2048x2048 frames (about 1 minute) ..." >&2
-timeout 150 "$PY" -m wellwatch bench $E2E --model "$MODELS/demo-live-dead.onnx" >"$OUT_DIR/gpu-e2e-fp32.json" \
+echo "[3/4] end to end, float32, 2048x2048 frames (about 1 minute) ..." >&2
+timeout 120 "$PY" -m wellwatch bench $E2E --model "$MODELS/demo-live-dead.onnx" >"$OUT_DIR/gpu-e2e-fp32.json" \
     || echo "gpu.sh: end-to-end float32 step failed" >&2
-echo "[3/3] end to end, the float16 twin (inference.precision = auto picks it on a GPU) ..." >&2
+echo "[4/4] end to end, the float16 twin (inference.precision = auto picks it on a GPU) ..." >&2
 if "$PY" - "$MODELS/demo-live-dead.onnx" <<'PYEOF'
 import sys
 from wellwatch.daemon.backend import OnnxBackend, fp16_twin
@@ -102,7 +109,7 @@ m = sys.argv[1]
 write_fp16(m, OnnxBackend(m, device="cpu", warmup=False).contract, fp16_twin(m))
 PYEOF
 then
-    timeout 150 "$PY" -m wellwatch bench $E2E --model "$MODELS/demo-live-dead.onnx" >"$OUT_DIR/gpu-e2e-fp16.json" \
+    timeout 120 "$PY" -m wellwatch bench $E2E --model "$MODELS/demo-live-dead.onnx" >"$OUT_DIR/gpu-e2e-fp16.json" \
         || echo "gpu.sh: end-to-end float16 step failed" >&2
 else
     echo "gpu.sh: no float16 twin could be made (onnx missing?); step skipped" >&2

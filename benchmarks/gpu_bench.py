@@ -187,11 +187,34 @@ def fp16_agreement(fp32, fp16, frames: list[np.ndarray]) -> dict:
             "decisions_changed": int(((a[:, k] >= threshold) != (b[:, k] >= threshold)).sum())}
 
 
+def measure_variants(entry: dict, name: str, backends: dict, frames: list, batches: list[int], args) -> None:
+    """Model only, per 2048 frame, padding and float16 agreement of one model's variants."""
+    entry["model_only"] = model_only(backends, batches, args.seconds)
+    for k, rows in entry["model_only"].items():
+        best = max(rows.values(), key=lambda r: r["patches_per_s"])
+        say(f"  {name} {k}: model only, best {best['patches_per_s']} patches/s")
+    entry["per_2048_frame"] = per_frame(backends, frames, args.repeats)
+    for k, row in entry["per_2048_frame"].items():
+        say(f"  {name} {k}: per 2048 frame {row}")
+    plain, bound = (next(be for k, be in backends.items() if k.startswith(f"fp32, io_binding {b}"))
+                    for b in ("off", "on"))
+    sizes = [n for n in (3, 17, 100, 200) if n < bound.buckets[-1]]
+    entry["padding"] = padding(bound, plain, sizes, args.seconds / 2)
+    say(f"  {name} padding: {entry['padding']}")
+    fp16 = next((be for k, be in backends.items() if k.startswith("fp16, io_binding on")), None)
+    if fp16 is not None:
+        entry["fp16_vs_fp32"] = fp16_agreement(bound, fp16, frames)
+        say(f"  {name} fp16 vs fp32: {entry['fp16_vs_fp32']}")
+    for be in backends.values():
+        be.close()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--provider", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--tensorrt", action="store_true", help="also the TensorRT provider (engine build: minutes)")
+    p.add_argument("--tensorrt-only", action="store_true", help="only the float32 models on TensorRT")
     p.add_argument("--models", default="demo-live-dead,ldc-live-dead")
     p.add_argument("--batches", default="1,16,64,256")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per model, variant and batch size")
@@ -214,32 +237,21 @@ def main() -> int:
               "models": {}}
     try:
         for name in args.models.split(","):
-            files = variants(work, name, gpu)
+            files = variants(work, name, gpu and not args.tensorrt_only)
+            if args.tensorrt_only:
+                files = {"fp32": files["fp32"]}
+                args.tensorrt = True
             entry = result["models"][name] = {}
             backends = {}
-            for variant, (path, precision) in files.items():
+            for variant, (path, precision) in ([] if args.tensorrt_only else files.items()):
                 for binding in ("off", "on"):
                     backend = backend_for(path, args.provider, precision, binding, batches, args.threads)
                     result["provider"] = backend.provider
                     backends[f"{variant}, io_binding {binding}" + (", pinned" if backend.pinned else "")] = backend
-            say(f"  {name}: {len(backends)} variants: {', '.join(backends)}")
-            entry["model_only"] = model_only(backends, batches, args.seconds)
-            for k, rows in entry["model_only"].items():
-                best = max(rows.values(), key=lambda r: r["patches_per_s"])
-                say(f"  {name} {k}: model only, best {best['patches_per_s']} patches/s")
-            entry["per_2048_frame"] = per_frame(backends, frames, args.repeats)
-            for k, row in entry["per_2048_frame"].items():
-                say(f"  {name} {k}: per 2048 frame {row}")
-            plain, bound = (next(be for k, be in backends.items() if k.startswith(f"fp32, io_binding {b}"))
-                            for b in ("off", "on"))
-            entry["padding"] = padding(bound, plain, [3, 17, 100, 200], args.seconds / 2)
-            say(f"  {name} padding: {entry['padding']}")
-            fp16 = next((be for k, be in backends.items() if k.startswith("fp16, io_binding on")), None)
-            if fp16 is not None:
-                entry["fp16_vs_fp32"] = fp16_agreement(bound, fp16, frames)
-                say(f"  {name} fp16 vs fp32: {entry['fp16_vs_fp32']}")
-            for be in backends.values():
-                be.close()
+            if backends:
+                say(f"  {name}: {len(backends)} variants: {', '.join(backends)}")
+            if backends:
+                measure_variants(entry, name, backends, frames, batches, args)
             if args.tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
                 trt = backend_for(files["fp32"][0], args.provider, "fp32", "on", batches, args.threads, trt=True,
                                   cache=work / "trt")
