@@ -92,7 +92,6 @@ class OnnxBackend:
         cfg = inference or InferenceConfig(device=device, require_gpu=require_gpu,
                                            intra_op_threads=intra_op_threads, warmup=warmup)
         self.inference = cfg
-        self.requested_path = str(path)
         if not Path(path).is_file():
             raise ContractError(str(path), "file does not exist")
         # the configured sizes below this model's largest batch, and that largest batch itself
