@@ -77,11 +77,35 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class CudaConfig:
+    """The CUDA provider's options, passed to ONNX Runtime as they are named there."""
+    device_id: int = field(default=0, metadata=between(0, 64))
+    cudnn_conv_algo_search: str = field(default="EXHAUSTIVE", metadata=choice("EXHAUSTIVE", "HEURISTIC", "DEFAULT"))
+    arena_extend_strategy: str = field(default="kSameAsRequested",
+                                       metadata=choice("kNextPowerOfTwo", "kSameAsRequested"))
+    gpu_mem_limit_mb: int = field(default=0, metadata=between(0, 10**7))  # 0 = no limit
+    do_copy_in_default_stream: bool = True
+
+
+@dataclass(frozen=True)
+class TensorrtConfig:
+    """The TensorRT provider, tried before CUDA when `enable` and ONNX Runtime has it."""
+    enable: bool = False
+    engine_cache_dir: str = "trt-engines"  # engines built once per model, batch size range and GPU
+    fp16: bool = False                     # TensorRT may run float32 models' layers in float16
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
     require_gpu: bool = False
     intra_op_threads: int = field(default=0, metadata=between(0, 1024))
     warmup: bool = True
+    precision: str = field(default="auto", metadata=choice("auto", "fp32", "fp16"))
+    io_binding: str = field(default="auto", metadata=choice("auto", "on", "off"))
+    batch_sizes: tuple[int, ...] = ()  # fixed batch shapes, warmed at start; () = powers of two to max_batch
+    cuda: CudaConfig = CudaConfig()
+    tensorrt: TensorrtConfig = TensorrtConfig()
 
 
 @dataclass(frozen=True)
@@ -195,7 +219,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
         plate=dataclasses.replace(config.plate, map=resolve(config.plate.map)),
-        journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)))
+        journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)),
+        inference=dataclasses.replace(config.inference, tensorrt=dataclasses.replace(
+            config.inference.tensorrt, engine_cache_dir=resolve(config.inference.tensorrt.engine_cache_dir))))
 
 
 def _check_cross_keys(config: Config) -> None:
@@ -219,6 +245,7 @@ def _check_cross_keys(config: Config) -> None:
                           "only used with watch.naming = 'regex'; remove it or set naming = 'regex'")
     if config.inference.require_gpu and config.inference.device == "cpu":
         raise ConfigError("inference.require_gpu", True, "cannot require a GPU with inference.device = 'cpu'")
+    _check_inference(config.inference, config.batching.max_batch)
     for key, endpoint in (("publish.endpoint", config.publish.endpoint),
                           ("publish.snapshot_endpoint", config.publish.snapshot_endpoint)):
         if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
@@ -237,3 +264,20 @@ def _check_cross_keys(config: Config) -> None:
     if config.publish.endpoint == config.publish.snapshot_endpoint:
         raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
                           "must differ from publish.endpoint")
+
+
+def _check_inference(inference: InferenceConfig, max_batch: int) -> None:
+    sizes = inference.batch_sizes
+    if any(b < 1 or b > max_batch for b in sizes) or list(sizes) != sorted(set(sizes)):
+        raise ConfigError("inference.batch_sizes", list(sizes),
+                          f"strictly ascending batch sizes in 1..batching.max_batch ({max_batch}), or [] for "
+                          "powers of two up to max_batch")
+    if inference.device == "cpu":
+        if inference.precision == "fp16":
+            raise ConfigError("inference.precision", "fp16", "float16 models are for GPUs; with inference.device = "
+                                                             "'cpu' use auto or fp32")
+        if inference.tensorrt.enable:
+            raise ConfigError("inference.tensorrt.enable", True, "TensorRT needs a GPU; inference.device is 'cpu'")
+    if inference.tensorrt.enable and not inference.tensorrt.engine_cache_dir:
+        raise ConfigError("inference.tensorrt.engine_cache_dir", "", "a folder for built engines is required "
+                                                                      "(building one takes minutes)")

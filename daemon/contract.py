@@ -39,6 +39,12 @@ OUTPUTS = ("probabilities", "logits")
 SEGMENTATION_MAPS = ("background", "interior", "boundary", "distance")
 STITCHES = ("blend",)
 SEEDS = ("distance", "interior")
+# Normalisations that are x * scale + offset per frame and channel: they can run inside the graph.
+AFFINE_NORMALISATIONS = ("robust_zscore", "fixed", "percentile")
+# A model with the normalisation in its graph (`normalisation_in_graph`) takes raw uint16 tiles in its
+# input_name and, in this second input, each tile's (offset, scale) per channel, shape (N, C, 2):
+# the daemon computes the frame statistics (a subsample), the graph does the per-pixel arithmetic.
+AFFINE_INPUT = "normalisation"
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class ModelContract:
     contract_version: int = CONTRACT_VERSION
     segmentation: Segmentation | None = None
     crop: CellCrop | None = None
+    normalisation_in_graph: bool = False  # input is raw uint16 tiles + AFFINE_INPUT (see above)
 
     @property
     def positive_index(self) -> int:
@@ -132,6 +139,8 @@ class ModelContract:
         doc["classes"], doc["channels"] = list(self.classes), list(self.channels)
         if self.crop is None:
             del doc["crop"]
+        if not self.normalisation_in_graph:
+            del doc["normalisation_in_graph"]  # contracts without it stay as they were
         if self.segmentation is None:
             del doc["segmentation"]  # classifier contracts stay as they were
         else:
@@ -171,6 +180,7 @@ class ModelContract:
                 segmentation=Segmentation(**{**seg, "maps": tuple(seg.get("maps", SEGMENTATION_MAPS))})
                 if seg else None,
                 crop=CellCrop(**doc["crop"]) if doc.get("crop") else None,
+                normalisation_in_graph=doc.get("normalisation_in_graph", False),
             )
         except KeyError as e:
             raise ContractError(source, f"contract lacks the field {e.args[0]!r}") from None
@@ -225,10 +235,21 @@ class ModelContract:
             self._validate_crop(bad)
         elif self.normalisation.method == "mask_mean":
             raise bad("normalisation 'mask_mean' is for single-cell crops; the contract has no crop section")
+        if self.normalisation_in_graph is not False:
+            self._validate_in_graph(bad)
         if self.task == "segmentation":
             self._validate_segmentation(bad)
         elif self.segmentation is not None:
             raise bad(f"a {self.task} model has no segmentation section")
+
+    def _validate_in_graph(self, bad) -> None:
+        if self.normalisation_in_graph is not True:
+            raise bad(f"normalisation_in_graph {self.normalisation_in_graph!r} must be true or false")
+        if self.task != "live_dead" or self.tiling is None:
+            raise bad("normalisation_in_graph is for tile live_dead models only")
+        if self.normalisation.method not in AFFINE_NORMALISATIONS:
+            raise bad(f"normalisation {self.normalisation.method!r} cannot run in the graph; allowed there: "
+                      f"{', '.join(AFFINE_NORMALISATIONS)}")
 
     def _validate_crop(self, bad) -> None:
         c = self.crop

@@ -19,6 +19,7 @@ import numpy as np
 from .contract import CellCrop, ModelContract
 from .crops import Cells
 from .preprocess import TileSet, prepare_tile_set, prepare_tiles
+from .raw_tiles import prepare_raw_tiles
 from .segment import CellsAndCrops, ModelSegmenter, classical_cells
 from .segment_classical import ClassicalParams
 
@@ -54,7 +55,9 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
     if len(shapes) != 1:
         raise ValueError(f"the field's channel images differ in shape: {sorted(shapes)}")
     image = channels[0]
-    if tiles_as_views:
+    if contract.normalisation_in_graph:  # the graph normalises: raw uint16 tiles and their affine maps
+        patches, origins, empty = prepare_raw_tiles(channels, contract)
+    elif tiles_as_views:
         patches, origins, empty = prepare_tile_set(channels, contract)
     else:
         patches, origins, empty = prepare_tiles(channels, contract)

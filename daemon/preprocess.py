@@ -37,9 +37,12 @@ def normalise_frame(frame: np.ndarray, norm: Normalisation, out: np.ndarray | No
 
 def normalisation_affine(frame: np.ndarray, norm: Normalisation) -> tuple[float, float]:
     """(offset, scale) with normalised = (x - offset) * scale, for the methods that are one affine
-    map per frame (robust_zscore, fixed, percentile), from the strided subsample."""
+    map per frame (robust_zscore, fixed, percentile), from the strided subsample; a model with the
+    normalisation in its graph gets these two numbers per tile and channel (daemon/raw_tiles.py)."""
     if norm.method == "fixed":
         return float(norm.params["mean"]), 1.0 / norm.params["std"]
+    if norm.method == "flatfield":
+        raise ValueError(f"normalisation {norm.method!r} is not one affine map per frame")
     if norm.method not in ("robust_zscore", "percentile"):
         raise ValueError(f"unknown normalisation {norm.method!r}")
     sample = frame[::_STATS_STEP, ::_STATS_STEP].astype(np.float32)  # a copy: worked on in place

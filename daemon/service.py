@@ -30,14 +30,16 @@ def bundled_demo_model() -> Path:
 
 def open_slot(slot: str, path: str, task: str, max_batch: int, config: Config, metrics: DaemonMetrics) -> OnnxBackend:
     """Load the model of [models.<slot>], check its task, and report it (log line and metrics)."""
-    backend = OnnxBackend(path, config.inference.device, config.inference.require_gpu, max_batch,
-                          config.inference.intra_op_threads, config.inference.warmup)
+    backend = OnnxBackend(path, max_batch=max_batch, inference=config.inference)
     if backend.contract.task != task:
         raise StartupError(f"models.{slot}.path {path}: the model's task is {backend.contract.task!r}, not {task!r}")
     log.info("%s: %s", slot, backend.describe())
     metrics.provider.labels(slot, backend.provider).set(1)
     metrics.model.labels(slot).info({"name": backend.contract.name, "sha256": backend.sha256,
-                                     "path": backend.path, "provider": backend.provider})
+                                     "path": backend.path, "provider": backend.provider,
+                                     "precision": backend.precision, "io_binding": str(backend.io_binding).lower(),
+                                     "pinned": str(backend.pinned).lower(),
+                                     "batch_sizes": ",".join(map(str, backend.buckets))})
     return backend
 
 

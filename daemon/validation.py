@@ -92,6 +92,12 @@ def coerce(key: str, value: Any, hint: Any, exact: bool = False) -> Any:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(key, value, "expected a non-empty string or list of non-empty strings")
         return tuple(value)
+    if hint == tuple[int, ...]:
+        if exact and isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(key, value, "expected a list of integers")
+        return tuple(value)
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 

@@ -34,6 +34,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_raw(args: argparse.Namespace) -> int:
+    from .in_graph import export_in_graph
+
+    out, parity = export_in_graph(args.model, args.out, args.parity_image, args.atol)
+    print(f"wrote {out}: raw uint16 tiles in, the normalisation in the graph; {parity['tiles']} real tiles from "
+          f"{len(parity['frames'])} frames, largest difference {parity['max_abs_diff']:.3g} (atol {args.atol:g})")
+    return 0
+
+
 def register(subparsers) -> None:
     d = Tolerances()
     p = subparsers.add_parser(
@@ -59,6 +68,19 @@ def register(subparsers) -> None:
                         f"decision boundary (default {d.decision_margin:g})")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser(
+        "export-raw", help="MODEL.onnx -> MODEL.raw.onnx: the normalisation inside the graph, raw uint16 tiles in",
+        description="Prepend the contract's normalisation (Cast uint16 -> float32, (x - offset) * scale with each "
+                    "tile's per-frame offset and scale as a second input) to an exported tile live_dead model, so "
+                    "the daemon cuts uint16 tiles and each crosses to the GPU once at half the bytes. Checked "
+                    "against the model on the daemon's own normalised tiles of real frames; writes its manifest.")
+    p.add_argument("model", help="an exported tile live_dead model (robust_zscore, percentile or fixed normalisation)")
+    p.add_argument("--out", help="default: MODEL.raw.onnx beside it")
+    p.add_argument("--parity-image", action="append", metavar="PATH",
+                   help="a real frame (TIFF) for the parity check (repeatable; default: the shared real images)")
+    p.add_argument("--atol", type=float, default=1e-5, help="largest output difference allowed (default 1e-5)")
+    p.set_defaults(func=cmd_export_raw)
 
     p = subparsers.add_parser(
         "inspect", help="print a model's contract and verify its sha256",

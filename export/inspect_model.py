@@ -95,12 +95,15 @@ def format_info(info: ModelInfo) -> str:
                     f"cells of {c.crop.min_area}..{c.crop.max_area or 'any'} px")
     rows = [
         ("file", str(info.path)), ("sha256", f"{info.sha256} ({hash_line})"), ("size", f"{info.size} bytes"),
-        ("precision", f"{info.precision} (input and output float32)"), ("graph", graph),
+        ("precision", f"{info.precision} (" + ("raw uint16 input, float32 output" if c.normalisation_in_graph
+                                               else "input and output float32") + ")"), ("graph", graph),
         ("contract", f"version {c.contract_version}"), ("name", c.name), ("task", c.task),
         ("classes", f"{', '.join(c.classes)} (output order; positive: {c.positive_class})"),
         ("output", c.output), ("input", f"{c.input_name!r} N x {len(c.channels)} x {c.height} x {c.width} {c.layout}; "
                                          f"channels: {', '.join(c.channels)}"),
-        ("normalisation", f"{c.normalisation.method} ({_kv(c.normalisation.params)})"), ("geometry", geometry),
+        ("normalisation", f"{c.normalisation.method} ({_kv(c.normalisation.params)})"
+                          + (", inside the graph (the daemon passes each tile's offset and scale)"
+                             if c.normalisation_in_graph else "")), ("geometry", geometry),
         ("empty filter", f"{c.empty_filter.method} ({_kv(c.empty_filter.params)})"),
         ("threshold", f"{c.decision_threshold:g} on p({c.positive_class})"),
         ("trained on", json.dumps(c.trained_on, sort_keys=True)),

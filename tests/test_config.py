@@ -25,15 +25,20 @@ def test_documented_config_equals_the_defaults():
     base = REPO_CONFIG.resolve().parent
     assert config.watch.root == str(base / default.watch.root)
     assert config.journal.path == str(base / default.journal.path)
+    assert config.inference.tensorrt.engine_cache_dir == str(base / default.inference.tensorrt.engine_cache_dir)
     assert dataclasses.replace(config, watch=dataclasses.replace(config.watch, root=default.watch.root),
-                               journal=default.journal) == default
+                               journal=default.journal, inference=default.inference) == default
+    trt = dataclasses.replace(config.inference.tensorrt, engine_cache_dir=default.inference.tensorrt.engine_cache_dir)
+    assert dataclasses.replace(config.inference, tensorrt=trt) == default.inference
 
 
 def test_no_file_gives_defaults_with_paths_relative_to_the_working_folder():
     config = load_config(None)
     assert config.watch.root == str(Path.cwd() / Config().watch.root)
     assert config.journal.path == str(Path.cwd() / Config().journal.path)
-    assert dataclasses.replace(config, watch=Config().watch, journal=Config().journal) == Config()
+    assert config.inference.tensorrt.engine_cache_dir == str(Path.cwd() / Config().inference.tensorrt.engine_cache_dir)
+    assert dataclasses.replace(config, watch=Config().watch, journal=Config().journal,
+                               inference=Config().inference) == Config()
 
 
 @pytest.mark.parametrize("text, key, why", [
