@@ -1,6 +1,7 @@
 """Wires the stages together: the one place that knows about threads and queues.
 
-    discovery -> gate thread (gate_stage) -> read workers (read_stage; prepare.prepare_frame)
+    discovery -> gate thread (gate_stage) -> read workers (read_stage; prepare.prepare_frame, or
+                 with pipeline.prepare_workers the process pool over shared memory: prepare_pool)
               -> inference thread (inference_stage: pooled batches per model lane)
               -> commit thread (commit: aggregate + journal + outbox, one transaction per group)
               -> publisher thread (publish: ZeroMQ PUB + snapshot ROUTER)

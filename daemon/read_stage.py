@@ -69,7 +69,7 @@ class ReadStage:
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
         # tiles only, one file per frame: preparation can run in processes (pipeline.prepare_workers)
         tiles_only = (config.segmentation.method == "none" and contract.tiling is not None
-                      and not getattr(contract, "normalisation_in_graph", False))
+                      and len(self.channels) == 1 and not contract.normalisation_in_graph)
         self.prepare_pool = (PreparePool(config.pipeline.prepare_workers, contract, config.limits,
                                          slots=prepare_slots(config.pipeline),
                                          on_rebuild=metrics.prepare_pool_rebuilds.inc)
