@@ -8,7 +8,7 @@
 3. model only: the same patches through the same ONNX session in a tight loop of full batches;
 4. naive: one file at a time, read, tile, infer each patch with a batch of 1.
 
-Before them, preparation alone (decode, normalise, tile + empty filter) in ms per megapixel, and
+Before them, preparation alone (decode, normalise, tile, empty filter) in ms per megapixel, and
 during the burst the CPU seconds of each daemon thread and preparation process
 (`bench_prepare.py`): where the cores go.
 """
@@ -69,7 +69,7 @@ def register(sub) -> None:
     p.add_argument("--completeness", default="structure", choices=["structure", "settle"],
                    help="watch.completeness: prove TIFFs complete by structure, or always wait settle_s")
     p.add_argument("--prepare-only", action="store_true",
-                   help="only time preparation (decode, normalise, tile + empty filter) in ms per megapixel")
+                   help="only time preparation (decode, normalise, tile, empty filter) in ms per megapixel")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_bench)
     targets = p.add_subparsers(dest="bench_target", metavar="{segment}")
