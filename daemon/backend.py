@@ -149,6 +149,8 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.inference.intra_op_threads:
             options.intra_op_num_threads = self.inference.intra_op_threads
+        if not self.inference.spin_wait:  # idle ORT threads sleep, not spin: the CPU goes to preparation
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         trt = self.inference.tensorrt.enable and self.inference.device != "cpu" and TENSORRT in available
         if trt:  # TensorRT's shape profile needs the contract's input shapes before its session exists

@@ -100,6 +100,7 @@ class InferenceConfig:
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
     require_gpu: bool = False
     intra_op_threads: int = field(default=0, metadata=between(0, 1024))
+    spin_wait: bool = False  # ONNX Runtime's threads spin between runs (costs the CPU preparation needs)
     warmup: bool = True
     precision: str = field(default="auto", metadata=choice("auto", "fp32", "fp16"))
     io_binding: str = field(default="auto", metadata=choice("auto", "on", "off"))

@@ -55,6 +55,7 @@ def test_no_file_gives_defaults_with_paths_relative_to_the_working_folder():
     ("[metrics]\nport = 70000\n", "metrics.port", "allowed range"),
     ("[watch]\nsettle_s = -0.1\n", "watch.settle_s", "allowed range"),
     ("[pipeline]\nprepare_workers = -1\n", "pipeline.prepare_workers", "allowed range"),
+    ("[inference]\nspin_wait = 1\n", "inference.spin_wait", "expected true or false"),
     ("[plate]\nformat = 100\n", "plate.format", "allowed: 6, 12, 24, 48, 96, 384, 1536"),
     ("[watch]\nobserver = 'inotify'\n", "watch.observer", "allowed: native, polling"),
     ("[watch]\ncompleteness = 'eager'\n", "watch.completeness", "allowed: structure, settle"),

@@ -177,3 +177,4 @@ def test_tile_set_gathers_exactly_the_tiles_prepare_tiles_cuts_and_releases_once
     tiles.release()
     tiles.release()
     assert released == [1]
+

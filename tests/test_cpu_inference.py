@@ -1,0 +1,20 @@
+"""ONNX Runtime on the CPU: its idle threads sleep between runs unless inference.spin_wait."""
+
+from __future__ import annotations
+
+from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.daemon.config import InferenceConfig
+from wellwatch.daemon.service import bundled_demo_model
+
+
+def allow_spinning(cfg: InferenceConfig) -> str | None:
+    options = OnnxBackend(bundled_demo_model(), inference=cfg).session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: ONNX Runtime's default, which spins
+        return None
+
+
+def test_threads_sleep_between_runs_by_default_and_spin_only_when_asked():
+    assert allow_spinning(InferenceConfig(device="cpu", warmup=False)) == "0"
+    assert allow_spinning(InferenceConfig(device="cpu", warmup=False, spin_wait=True)) is None
