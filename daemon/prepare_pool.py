@@ -8,8 +8,9 @@ shared planes into its batch (a `TileSet`) and hands the buffer back to the ring
 
 Buffers come from a ring (`SharedBuffers`) of at most `slots` pairs, created on first use and grown
 when a bigger frame arrives; a read thread that finds none free prepares that frame itself (so a
-batcher waiting for more patches can never stall the ring). The ring bounds the shared memory: slots x (file bytes + 4 bytes per pixel), pages reserved when a buffer is
-made, so that a full /dev/shm (a container's 64 MB) sends frames to the threads, never a SIGBUS.
+batcher waiting for more patches can never stall the ring). The ring bounds the shared memory:
+slots x (file bytes + 4 bytes per pixel), pages reserved when a buffer is made, so that a full
+/dev/shm (a container's 64 MB) sends frames to the threads, never a SIGBUS.
 
 A worker that dies (the OOM killer, a crash in a native decoder) breaks the executor; it is replaced,
 and the frames it held get `WorkerDied`: the read stage retries them like a damaged file (and
@@ -143,7 +144,7 @@ def _init_worker(contract: ModelContract, limits: FrameLimits) -> None:
 def _attach(name: str) -> shared_memory.SharedMemory:
     shm = _attached.get(name)
     if shm is None:
-        if len(_attached) > 512:  # segments replaced by bigger ones: drop the old mappings
+        if len(_attached) > 64:  # more than the ring holds: some were replaced by bigger ones
             for old in _attached.values():
                 old.close()
             _attached.clear()
@@ -164,11 +165,9 @@ def prepare_shared(path: str, data_name: str, nbytes: int, planes_name: str | No
         return "grow", need
     planes = np.ndarray((1, *image.shape), np.float32, buffer=_attach(planes_name).buf)
     try:
-        tiles, origins, empty = prepare_tile_set([image], _contract, planes=planes)
+        _, origins, empty = prepare_tile_set([image], _contract, planes=planes)
     except Exception as e:  # noqa: BLE001 - a frame the model cannot take; the read stage quarantines it
         return "error", f"cannot be prepared for the model ({type(e).__name__}: {e})", False
-    finally:
-        del planes
     return "ok", image.shape, origins, empty
 
 
