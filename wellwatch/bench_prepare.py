@@ -33,12 +33,14 @@ def preparation_ms_per_mpx(files: list[tuple[str, bytes]], contract: ModelContra
     normed = [normalise_frame(im, norm) for im in images]
     tiles = [cut_tiles(n, tile_origins(n.shape, tiling), tiling.tile_size) for n in normed]
 
+    # each result dropped before the next call, as in the daemon: holding them all would time the
+    # kernel's first touch of fresh pages instead of the work
     stages = {
-        "decode": lambda: [decode_frame(name, data) for name, data in files],
-        "normalise": lambda: [normalise_frame(im, norm) for im in images],
-        "tile": lambda: [cut_tiles(n, tile_origins(n.shape, tiling), tiling.tile_size) for n in normed],
-        "empty_filter": lambda: [empty_mask(t, qc) for t in tiles],
-        "prepare_tiles": lambda: [prepare_tiles([im], contract) for im in images],
+        "decode": lambda: _each(files, lambda f: decode_frame(*f)),
+        "normalise": lambda: _each(images, lambda im: normalise_frame(im, norm)),
+        "tile": lambda: _each(normed, lambda n: cut_tiles(n, tile_origins(n.shape, tiling), tiling.tile_size)),
+        "empty_filter": lambda: _each(tiles, lambda t: empty_mask(t, qc)),
+        "prepare_tiles": lambda: _each(images, lambda im: prepare_tiles([im], contract)),
     }
     out = {}
     for name, run in stages.items():
@@ -50,6 +52,11 @@ def preparation_ms_per_mpx(files: list[tuple[str, bytes]], contract: ModelContra
         out[name] = round(1000 * best / mpx, 3)
     out["decode_and_prepare"] = round(out["decode"] + out["prepare_tiles"], 3)
     return out
+
+
+def _each(items, fn) -> None:
+    for item in items:
+        fn(item)
 
 
 def _cpu_s(stat_path: str) -> float | None:
