@@ -51,6 +51,18 @@ class PlateConfig:
 class ChannelsConfig:
     label_free: tuple[str, ...] = ("BF",)
     missing_after_s: float = field(default=60.0, metadata=between(0.0, 86400.0))
+    # segment on this file channel (e.g. a nuclear stain "LIVE") instead of the first label-free one;
+    # crops are still cut from the label-free channel. "" = the first label-free channel.
+    segment_on: str = ""
+
+    def files(self) -> tuple[str, ...]:
+        """Every file channel a field needs: the model's, in its order, then the segmentation channel."""
+        extra = (self.segment_on,) if self.segment_on and self.segment_on not in self.label_free else ()
+        return tuple(self.label_free) + extra
+
+    def segment_index(self) -> int:
+        """Which of `files()` segmentation runs on."""
+        return self.files().index(self.segment_on) if self.segment_on else 0
 
 
 @dataclass(frozen=True)
@@ -260,6 +272,10 @@ def _check_cross_keys(config: Config) -> None:
     if config.models.cell_live_dead.path and config.segmentation.method == "none":
         raise ConfigError("models.cell_live_dead.path", config.models.cell_live_dead.path,
                           "per-cell live/dead calls need segmented cells: set segmentation.method to classical "
+                          "or model")
+    if config.channels.segment_on and config.segmentation.method == "none":
+        raise ConfigError("channels.segment_on", config.channels.segment_on,
+                          "names the channel to segment, but segmentation.method = 'none': set it to classical "
                           "or model")
     config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
     if config.publish.endpoint == config.publish.snapshot_endpoint:

@@ -104,8 +104,7 @@ class GateStage:
             return None
         # a name without a channel holds the one channel (NIS-Elements without the c dimension),
         # or with a multi-channel model all of them, in its pages
-        label_free = self.config.channels.label_free
-        if meta.channel and meta.channel not in label_free:
+        if meta.channel and meta.channel not in self.config.channels.files():
             self._ignored.add(path)
             self.metrics.frames.labels("other_channel").inc()
             return None

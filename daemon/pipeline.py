@@ -108,7 +108,7 @@ class Pipeline:
         recovered = recover(self.journal_path, self.ledger, aggregate)
         self.aggregate = aggregate
         self.nd2 = Nd2Tracker(recovered.nd2_frames, config.plate.format)
-        channels = tuple(config.channels.label_free)
+        channels = config.channels.files()  # the model's channels, then the one segmented on, if another
         self.join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
         self._unsent = recovered.unsent
         dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None

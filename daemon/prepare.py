@@ -23,8 +23,8 @@ from .raw_tiles import prepare_raw_tiles
 from .segment import CellsAndCrops, ModelSegmenter, classical_cells
 from .segment_classical import ClassicalParams
 
-# (frame, params, crop) -> (cells, crops, kept index); the daemon passes its process pool's
-RunClassical = Callable[[np.ndarray, ClassicalParams, CellCrop | None], CellsAndCrops]
+# (frame, params, crop, crop_from) -> (cells, crops, kept index); the daemon passes its process pool's
+RunClassical = Callable[[np.ndarray, ClassicalParams, CellCrop | None, np.ndarray | None], CellsAndCrops]
 
 
 @dataclass(eq=False)
@@ -44,12 +44,15 @@ class PreparedFrame:
 def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract, *, segmentation: str = "none",
                   classical: ClassicalParams = ClassicalParams(), seg_model: ModelSegmenter | None = None,
                   crop: CellCrop | None = None, run_classical: RunClassical = classical_cells,
-                  pixel_size_um: float | None = None, tiles_as_views: bool = False) -> PreparedFrame:
+                  pixel_size_um: float | None = None, tiles_as_views: bool = False,
+                  segment_image: np.ndarray | None = None) -> PreparedFrame:
     """One decoded 2-D frame (or a field's channels in the model's order) -> its model inputs.
     `segmentation`: none, classical or model (needs `seg_model`), on the first channel; `crop`: a
     crop models' (cell type, per-cell live/dead) crop section, if one is used; `pixel_size_um`: the
     frame's, from its vendor metadata (None = unknown), for a segmentation model that rescales
-    frames to its own. `tiles_as_views`: the patches as a `TileSet` (copied once, into the batch)."""
+    frames to its own. `tiles_as_views`: the patches as a `TileSet` (copied once, into the batch).
+    `segment_image`: segment this image (e.g. a nuclear stain) instead of the first channel; crops
+    are still cut from the first channel."""
     channels = image if isinstance(image, list) else [image]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:
@@ -62,14 +65,17 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
     else:
         patches, origins, empty = prepare_tiles(channels, contract)
     prepared = PreparedFrame(image.shape, patches, origins[~empty], int(empty.sum()))
+    if segment_image is not None and segment_image.shape != image.shape:
+        raise ValueError(f"the segmentation channel's image is {segment_image.shape}, the model's {image.shape}")
+    to_segment = image if segment_image is None else segment_image
     if segmentation == "classical":
         t0 = time.perf_counter()
-        prepared.cells, prepared.crops, prepared.crop_keep = run_classical(image, classical, crop)
+        prepared.cells, prepared.crops, prepared.crop_keep = run_classical(to_segment, classical, crop, image)
         prepared.segment_s = time.perf_counter() - t0
     elif segmentation == "model":
         if seg_model is None:
             raise ValueError("prepare_frame: segmentation = 'model' needs seg_model")
-        prepared.seg_input = seg_model.prepare(image, pixel_size_um)
+        prepared.seg_input = seg_model.prepare(to_segment, pixel_size_um)
         if crop is not None:
             prepared.image = image  # the crops are cut once the network's cells are known
     elif segmentation != "none":

@@ -64,7 +64,9 @@ class ReadStage:
         self.stop_event, self.is_fatal, self.on_bug = stop_event, is_fatal, on_bug
         self.seg_model, self.seg_pool, self.crop = seg_model, seg_pool, crop
         self.join, self.nd2, self.pixel_size = join, nd2, pixel_size
-        self.channels = tuple(config.channels.label_free)  # the file channels, in the model's order
+        self.channels = config.channels.files()  # the file channels: the model's, in its order, then segment_on
+        self.model_channels = len(config.channels.label_free)
+        self.segment_index = config.channels.segment_index()
         self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
         self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
         # tiles only, one file per frame: preparation can run in processes (pipeline.prepare_workers)
@@ -127,10 +129,12 @@ class ReadStage:
         t1 = time.perf_counter()
         pixel_size_um = self.pixel_size(job)
         try:
-            prepared = prepare_frame(images, self.contract, segmentation=self.config.segmentation.method,
+            segment_image = images[self.segment_index] if self.segment_index else None
+            prepared = prepare_frame(images[:self.model_channels], self.contract,
+                                     segmentation=self.config.segmentation.method,
                                      classical=self.config.segmentation.classical, seg_model=self.seg_model,
                                      crop=self.crop, run_classical=self._classical_in_pool,
-                                     pixel_size_um=pixel_size_um, tiles_as_views=True)
+                                     pixel_size_um=pixel_size_um, tiles_as_views=True, segment_image=segment_image)
         except MACHINE_FAULTS as e:  # the machine, not the frame: try again, never a permanent quarantine
             log.warning("cannot prepare %s now (%s: %s); trying again later", job.rel, type(e).__name__, e)
             self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
@@ -152,7 +156,8 @@ class ReadStage:
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
         if prepared.segment_s is not None:
             self.metrics.stage_seconds.labels("segment").observe(prepared.segment_s)
-        work = FrameWork.of(job, sha, prepared, time.monotonic(), members=members, channels=self.channels,
+        work = FrameWork.of(job, sha, prepared, time.monotonic(), members=members,
+                            channels=self.channels[:self.model_channels],
                             pixel_size_um=pixel_size_um)
         while not self.is_fatal():  # bounded queue: back-pressure, unless the inference stage died
             try:
@@ -248,8 +253,8 @@ class ReadStage:
             return True
         return False
 
-    def _classical_in_pool(self, image: np.ndarray, params, crop):
-        return self.seg_pool.classical(image, params, crop).result()
+    def _classical_in_pool(self, image: np.ndarray, params, crop, crop_from=None):
+        return self.seg_pool.classical(image, params, crop, crop_from).result()
 
     def fail(self, job: FrameJob, sha: str, error: FrameReadError, machine: bool = False) -> None:
         """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame.

@@ -119,8 +119,11 @@ def _cells_and_crops(labels: np.ndarray, frame: np.ndarray | None, crop: CellCro
     return cells, crops, keep
 
 
-def classical_cells(frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None) -> CellsAndCrops:
-    return _cells_and_crops(segment_classical(frame, params), frame, crop)
+def classical_cells(frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None,
+                    crop_from: np.ndarray | None = None) -> CellsAndCrops:
+    """Cells segmented on `frame`; crops cut from `crop_from` (default `frame`), e.g. the label-free
+    channel when `frame` is a nuclear stain."""
+    return _cells_and_crops(segment_classical(frame, params), frame if crop_from is None else crop_from, crop)
 
 
 def model_cells(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
@@ -166,9 +169,10 @@ class SegmentationPool:
         for f in [self.submit(int, 0) for _ in range(self.workers)]:
             f.result()  # start the workers now, not on the first frame (a death here is retried too)
 
-    def classical(self, frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None) -> Future:
+    def classical(self, frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None,
+                  crop_from: np.ndarray | None = None) -> Future:
         """-> (Cells, crops or None, kept index or None); crops when a cell-type model needs them."""
-        return self.submit(classical_cells, frame, params, crop)
+        return self.submit(classical_cells, frame, params, crop, crop_from)
 
     def finish(self, outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
                frame: np.ndarray | None = None, crop: CellCrop | None = None,

@@ -23,9 +23,9 @@ def config_for_root(config: Config, root: str) -> Config:
 
 def list_frames(roots: list[str], config: Config) -> tuple[list[dict], list[str]]:
     """-> (frame rows: root, abspath, path, plate, well, field, timepoint, z, channel; names skipped with why)."""
-    if len(config.channels.label_free) > 1:
-        raise ValueError(f"reprocess: channels.label_free {list(config.channels.label_free)}: multi-channel "
-                         "fields are not reprocessed yet; give a one-channel model's channel")
+    if len(config.channels.files()) > 1:
+        raise ValueError(f"reprocess: channels {list(config.channels.files())} (label_free, segment_on): "
+                         "multi-channel fields are not reprocessed yet; give a one-channel model's channel")
     frames, skipped = [], []
     for given in roots:
         if not os.path.isdir(given):
