@@ -226,45 +226,40 @@ class SlowBackend:
         return self.inner.infer(batch)
 
 
-def test_reconcile_scans_do_not_hand_out_frames_already_in_flight(tmp_path):
-    """Scans find files that events already delivered; a frame still on its way must not be read
-    and scored a second time (it would be caught as a duplicate at commit, after costing a model run)."""
+def _plate_through_a_slow_model(tmp_path, spec, overrides: dict, samples: dict) -> dict:
+    """Write `spec`'s plate under a daemon whose model takes 0.3 s per batch; -> the registry's
+    values of `samples` {key: (metric name, labels)} once every frame was published."""
+    from tests.conftest import StreamRecorder
     from wellwatch.harness import local_config, start_daemon
 
-    spec = small_plate()
-    config = local_config(tmp_path, spec, **{"watch.reconcile_s": 0.2, "batching.max_batch": 4})
+    config = local_config(tmp_path, spec, **overrides)
     running = start_daemon(config, backend=SlowBackend(0.3))
     try:
-        from tests.conftest import StreamRecorder
         rec = StreamRecorder(config)
         rec.start()
         assert rec.connected.wait(15)
         write_plate(spec, tmp_path / "acquisition")
         rec.wait_frames(frames_of(spec), timeout=120)
         registry = running.daemon.registry
-        reads = registry.get_sample_value("wellwatch_stage_seconds_count", {"stage": "read"})
-        duplicates = registry.get_sample_value("wellwatch_frames_total", {"outcome": "duplicate"}) or 0
+        return {k: registry.get_sample_value(name, labels) for k, (name, labels) in samples.items()}
     finally:
         assert running.stop() == 0
-    assert reads == frames_of(spec) and duplicates == 0
+
+
+def test_reconcile_scans_do_not_hand_out_frames_already_in_flight(tmp_path):
+    """Scans find files that events already delivered; a frame still on its way must not be read
+    and scored a second time (it would be caught as a duplicate at commit, after costing a model run)."""
+    spec = small_plate()
+    got = _plate_through_a_slow_model(tmp_path, spec, {"watch.reconcile_s": 0.2, "batching.max_batch": 4},
+                                      {"reads": ("wellwatch_stage_seconds_count", {"stage": "read"}),
+                                       "duplicates": ("wellwatch_frames_total", {"outcome": "duplicate"})})
+    assert got["reads"] == frames_of(spec) and (got["duplicates"] or 0) == 0
 
 
 def test_frames_prepared_during_a_long_batch_share_the_next_batch(tmp_path):
     """While a batch runs, frames pile up prepared; they must be pooled into the next batches, not
     run one frame per batch because each is already overdue when admitted (it cost ResNet-18 30%)."""
-    from wellwatch.harness import local_config, start_daemon
-
     spec = small_plate(channels=("BF",))  # 16 frames written at once
-    config = local_config(tmp_path, spec, **{"batching.max_delay_ms": 5.0})
-    running = start_daemon(config, backend=SlowBackend(0.3))
-    try:
-        from tests.conftest import StreamRecorder
-        rec = StreamRecorder(config)
-        rec.start()
-        assert rec.connected.wait(15)
-        write_plate(spec, tmp_path / "acquisition")
-        rec.wait_frames(frames_of(spec), timeout=120)
-        batches = running.daemon.registry.get_sample_value("wellwatch_batch_size_patches_count")
-    finally:
-        assert running.stop() == 0
+    batches = _plate_through_a_slow_model(tmp_path, spec, {"batching.max_delay_ms": 5.0},
+                                          {"n": ("wellwatch_batch_size_patches_count", {})})["n"]
     assert batches <= frames_of(spec) // 3, f"{batches} batches for {frames_of(spec)} frames"
