@@ -25,10 +25,11 @@ SIMULATED = {"foreground": "texture", "texture_window": 5, "threshold_factor": 0
 COMPARED = ("path", "sha256", "state", "live", "dead", "empty", "cells", "cell_live", "cell_dead")
 
 
-def counted_by_daemon(tmp, segmentation: dict):
+def counted_by_daemon(tmp, segmentation: dict, cell_scale: float = 1.0):
     """A plate the daemon has counted: its config and journal rows."""
     spec = SimulationSpec(wells=("A1", "A6", "B3"), fields=2, timepoints=1, size=256, cells_per_field=15,
-                          channels=("BF", "PI"), treatment="dose_series", plate_name="p1", seed=8)
+                          channels=("BF", "PI"), treatment="dose_series", plate_name="p1", seed=8,
+                          cell_scale=cell_scale)
     config = local_config(tmp, spec, **{"segmentation.workers": 1, "inference.device": "cpu", **segmentation})
     write_plate(spec, tmp / "acquisition")
     (tmp / "acquisition" / "data" / "A1--W00001--P00009--Z00000--T00000--BF.tif").write_bytes(b"not a tiff")
@@ -75,7 +76,8 @@ def test_local_engine_equals_the_daemon_per_frame(daemon_run):
 
 
 def test_local_engine_equals_the_daemon_with_a_segmentation_network(tmp_path):
-    config, journal = counted_by_daemon(tmp_path, {"segmentation.method": "model"})
+    # cells the size the bundled phase-contrast model segments (its smallest kept cell is 600 px)
+    config, journal = counted_by_daemon(tmp_path, {"segmentation.method": "model"}, cell_scale=2.5)
     result = reprocess([config.watch.root], config, engine="local", batch_frames=4)
     assert per_frame(result.frames) == journal
     assert any(r["cells"] for r in journal)
