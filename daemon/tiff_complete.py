@@ -9,7 +9,11 @@ there yet (IFD written last), or a strip points past the end (IFD written first,
 What structure cannot prove: that bytes inside the file are final. A pre-allocated file (zeros to
 its full size, then filled in place) whose header and IFDs are already written looks complete;
 the gate therefore trusts this proof only for a file that is new or growing, never for one whose
-mtime moves at a constant size (see gate.CompletenessGate). Nor can it tell a multi-page
+mtime moves at a constant size (see gate.CompletenessGate). The gate can first see such a file
+just after the zeros and the header landed (empty, then full size: "grown"), so the proof also
+asks that the last bytes of the strip placed last in the file are not all zero: a writer
+filling in order writes them last (tiled files are not checked: edge tiles end in padding). A finished image whose last block ends in zeros then waits for
+the settle time, which is safe (only later, never early). Nor can it tell a multi-page
 stack appended page by page from a finished shorter one: after each page the file is a valid TIFF
 (README, "When a file is complete": use rename or watch.completeness = "settle" for such writers).
 """
@@ -21,6 +25,7 @@ import os
 import struct
 
 MAX_IFDS = 100_000  # a longer chain is a loop or garbage: not provable, the settle time decides
+TAIL_BYTES = 16  # the last bytes of the last data block: not all zero (8 uint16 pixels; smaller catches more)
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _INT_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
@@ -67,12 +72,17 @@ def _check(fd: int, size: int) -> bool:
     else:
         return False
     seen: set[int] = set()
+    last_block = (0, 0)  # (offset, byte count) of the image data placed last in the file
     while ifd:
         if ifd in seen or len(seen) >= MAX_IFDS:
             return False
         seen.add(ifd)
         tags, ifd = _read_ifd(fd, ifd, size, order, big)
-        _check_image_data(tags, size)
+        last_block = max(last_block, _check_image_data(tags, size))
+    offset, count = last_block
+    tail = min(count, TAIL_BYTES)
+    if tail and not any(_read(fd, offset + count - tail, tail, size)):
+        raise _Incomplete  # zeros where the last pixels go: pre-allocated and not filled yet (or dark)
     return bool(seen)
 
 
@@ -105,7 +115,8 @@ def _read_ifd(fd: int, at: int, size: int, order: str, big: bool) -> tuple[dict[
     return tags, next_ifd
 
 
-def _check_image_data(tags: dict[int, tuple[int, ...]], size: int) -> None:
+def _check_image_data(tags: dict[int, tuple[int, ...]], size: int) -> tuple[int, int]:
+    """Raises _Incomplete unless every block is inside the file; -> (offset, count) of the last block."""
     def one(tag: int, default: int | None = None) -> int:
         if tags.get(tag):
             return tags[tag][0]
@@ -135,3 +146,6 @@ def _check_image_data(tags: dict[int, tuple[int, ...]], size: int) -> None:
         bits_per_pixel = sum(tags.get(BITS, (1,))[:samples]) if len(tags.get(BITS, ())) > 1 else one(BITS, 1) * samples
         if sum(counts) * 8 < pixels * bits_per_pixel:
             raise _Incomplete
+    if TILE_OFFSETS in tags:
+        return 0, 0  # edge tiles end in padding zeros: their tail says nothing about the writer
+    return max(zip(offsets, counts))

@@ -73,7 +73,8 @@ def test_preallocated_files_filled_in_place_are_never_read_early(run_daemon, rec
     """Zeros to the final size, then header, IFD and pixels in place: the structure is valid long
     before the pixels are, so only the settle time may release these files."""
     spec = small_plate(wells=("A1", "A2"), fields=2, timepoints=1, write_mode="preallocate", chunk_pause_s=0.03)
-    config, _ = run_daemon(spec)
+    # a settle time well above the writer's pauses even when CI's load stalls it (0.1 s was not)
+    config, _ = run_daemon(spec, **{"watch.settle_s": 0.5})
     assert config.watch.completeness == "structure"
     rec = recorder_for(config)
     write_plate(spec, tmp_path / "acquisition")

@@ -134,6 +134,32 @@ def test_preallocated_file_filled_in_place_waits_for_the_settle_time(tmp_path):
     assert path.read_bytes() == data and ready.size == len(data)
 
 
+def test_preallocated_file_first_seen_full_with_its_header_written_is_not_proven(tmp_path):
+    """The race the settle rule alone misses: the gate's first look at full size comes after the
+    zeros and the header both landed (it saw the file empty before: "grown")."""
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, IMAGE[0], photometric="minisblack")  # one page: header, IFD, then the pixels
+    data = path.read_bytes()
+    path.write_bytes(b"")
+    gate = structure_gate(settle_polls=50)
+    gate.offer(str(path))
+    assert gate.poll() == []  # empty: a writer that has only opened it
+    head = 2 * len(data) // 3
+    path.write_bytes(data[:head] + b"\x00" * (len(data) - head))  # zeros to full size; header, IFD, 2/3 of the pixels
+    os.utime(path, ns=(0, 10**9))
+    assert tiff_is_complete(str(path)) is False and gate.poll() == []
+    path.write_bytes(data)  # the last pixels land (an appending writer's file would look like this)
+    assert tiff_is_complete(str(path)) is True
+
+
+def test_a_finished_image_ending_in_zeros_is_left_to_the_settle_time(tmp_path):
+    image = IMAGE.copy()
+    image[-1, -1, -8:] = 0  # the last 8 pixels of the last page are black
+    path = tmp_path / "dark.tif"
+    tifffile.imwrite(path, image, photometric="minisblack")
+    assert tiff_is_complete(str(path)) is False  # not early, only later: the settle time decides
+
+
 def test_a_file_offered_as_unprovable_waits_for_the_settle_time(tmp_path):
     path = tmp_path / "a.tif"
     path.write_bytes(tiff_file(tmp_path))  # complete, but it may be a stack still gaining pages
