@@ -40,7 +40,8 @@ test-all: $(VENV)/.dev promtool chromium
 bench: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch bench
 
-# Segmentation quality and speed per method on the held-out Usiigaci sets 25-30 (../shared/data).
+# Segmentation quality and speed per method on Usiigaci sets 25-30 (../shared/data; the bundled
+# model trained on 25-29: `--sets 24,30` are the frames it never trained on).
 bench-segment: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch bench segment
 

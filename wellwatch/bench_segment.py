@@ -1,7 +1,8 @@
 """`wellwatch bench segment`: segmentation quality and speed on real annotated frames.
 
 For each method (classical: the tuned ClassicalParams defaults; model: a segmentation ONNX model)
-on image/mask pairs (default: the held-out Usiigaci phase-contrast sets 25-30):
+on image/mask pairs (default: Usiigaci phase-contrast sets 25-30, the first bundled model's test
+split; the bundled model now trains on 25-29, and the per-group lines say how many frames it saw):
 
 - quality: F1 and AP (= TP / (TP + FP + FN), the DSB 2018 / StarDist / Cellpose sense) at IoU 0.5
   and 0.75, one-to-one matching, summed over frames; mean absolute cell-count error per frame;
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"folder holding {DATASET}/setN/ (or the {DATASET} folder itself); "
                              "default: ../shared/data from the repository root")
     parser.add_argument("--sets", default="25-30",
-                        help="set numbers, e.g. 25-30 or 1-20,22 (default 25-30, the held-out test sets)")
+                        help="set numbers, e.g. 25-30 or 1-20,22 (default 25-30; the bundled model trained on 25-29, "
+                             "not on 24 or 30)")
     parser.add_argument("--methods", default="classical,model", help="comma-separated: classical, model")
     parser.add_argument("--model", default=None,
                         help="segmentation ONNX model (default: the bundled wellwatch/models/"
