@@ -11,9 +11,10 @@ its full size, then filled in place) whose header and IFDs are already written l
 the gate therefore trusts this proof only for a file that is new or growing, never for one whose
 mtime moves at a constant size (see gate.CompletenessGate). The gate can first see such a file
 just after the zeros and the header landed (empty, then full size: "grown"), so the proof also
-asks that the last bytes of the strip placed last in the file are not all zero: a writer
-filling in order writes them last (tiled files are not checked: edge tiles end in padding). A finished image whose last block ends in zeros then waits for
-the settle time, which is safe (only later, never early). Nor can it tell a multi-page
+asks that the last bytes of the strip placed last in the file are not all zero: a writer filling
+in order writes them last (tiled files are not checked: edge tiles end in padding). A finished
+image whose last strip ends in zeros then waits for the settle time, which is safe (only later,
+never early). Nor can it tell a multi-page
 stack appended page by page from a finished shorter one: after each page the file is a valid TIFF
 (README, "When a file is complete": use rename or watch.completeness = "settle" for such writers).
 """
@@ -25,7 +26,7 @@ import os
 import struct
 
 MAX_IFDS = 100_000  # a longer chain is a loop or garbage: not provable, the settle time decides
-TAIL_BYTES = 16  # the last bytes of the last data block: not all zero (8 uint16 pixels; smaller catches more)
+TAIL_BYTES = 16  # the last strip's last bytes must not all be zero (8 uint16 pixels; smaller catches more)
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _INT_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
