@@ -41,7 +41,7 @@ from wellwatch.daemon.crops import Cells, circular_mask, cells_of, cut_crops, pr
 from wellwatch.daemon.errors import WellwatchError
 from wellwatch.daemon.naming import FrameMeta
 
-from .dataset import Dataset
+from .dataset import Dataset, well_ids
 from .gmm import Mixture, fit_mixture
 from .livedead import files_by_field
 from .progress import Progress
@@ -349,7 +349,7 @@ def build_cell_dataset(fields: Iterable[CellField], segmenter, channels: Sequenc
     labels = label_by_marker(log_marker, t)
     ids, source = np.array(c.ids), np.array(c.source)
     well, plate = np.array(c.well), np.array(c.plate)
-    dish = np.char.add(np.char.add(plate.astype(str), "/"), well.astype(str))
+    dish = well_ids(plate, well)
     used = labels >= 0
     n_class = [int((labels == k).sum()) for k in (0, 1)]
     if min(n_class) == 0:

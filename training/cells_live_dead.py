@@ -30,7 +30,7 @@ from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation
 from wellwatch.daemon.crops import circular_mask, cut_crops
 
 from .cells import CellDatasetError, CellField, balance_per_group, checked_cells, collect_cells, marker_means
-from .dataset import Dataset
+from .dataset import Dataset, well_ids
 from .gmm import label_by_thresholds
 from .stain_labels import StainFit, StainFitError, estimate_background, fit_stain_mixture, stain_signal, to_log
 
@@ -136,7 +136,7 @@ def build_live_dead_cell_dataset(fields: Iterable[CellField], segmenter, channel
     t = fit.thresholds
     ids, source = np.array(c.ids), np.array(c.source)
     well, plate = np.array(c.well), np.array(c.plate)
-    dish = np.char.add(np.char.add(plate.astype(str), "/"), well.astype(str))
+    dish = well_ids(plate, well)
     used = labels >= 0
     n_class = [int((labels == k).sum()) for k in (0, 1)]
     if histogram:

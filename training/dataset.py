@@ -31,6 +31,11 @@ DATASET_FORMAT = 1
 NPZ, JSON = "dataset.npz", "dataset.json"
 
 
+def well_ids(plate: np.ndarray, well: np.ndarray) -> np.ndarray:
+    """'PLATE/WELL' per sample: a well (a dish) is one experiment, the unit of grouped splits."""
+    return np.char.add(np.char.add(np.asarray(plate).astype(str), "/"), np.asarray(well).astype(str))
+
+
 @dataclass
 class Dataset:
     x: np.ndarray
@@ -58,7 +63,7 @@ class Dataset:
         if by == "source":
             return self.source
         if by == "well":
-            return np.char.add(np.char.add(self.plate.astype(str), "/"), self.well.astype(str))
+            return well_ids(self.plate, self.well)
         if by == "plate":
             return self.plate
         raise ValueError(f"group {by!r}; allowed: source, well, plate")
