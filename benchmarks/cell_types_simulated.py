@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from cli_steps import steps  # benchmarks/, this script's folder
 from wellwatch.client import follow
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec
@@ -39,15 +38,7 @@ PLATE = ["--wells", "12", "--fields", "4", "--timepoints", "1", "--size", "512",
          "--cell-types", "lmpp,prob", "--type-mix", "series", "--channels", "BF,CD19"]
 
 
-def say(text: str) -> None:
-    print(f"[cell types] {text}", file=sys.stderr, flush=True)
-
-
-def wellwatch(*args: str) -> str:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "wellwatch", *args], check=True, capture_output=True, text=True)
-    say(f"wellwatch {args[0]} {args[1] if len(args) > 1 else ''}: {time.perf_counter() - t0:.0f} s")
-    return out.stdout
+say, wellwatch = steps("cell types")
 
 
 def run_daemon(work: Path, model: Path, plate: Path) -> dict:

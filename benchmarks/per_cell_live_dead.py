@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from cli_steps import steps  # benchmarks/, this script's folder
 from wellwatch.client import follow
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec
@@ -42,15 +41,7 @@ CALIBRATION = ["--wells", "12", "--fields", "4", "--timepoints", "1", "--treatme
 EVALUATION = SimulationSpec(fields=2, timepoints=3, treatment="dose_series", seed=21, channels=("BF", "PI"))
 
 
-def say(text: str) -> None:
-    print(f"[per-cell live/dead] {text}", file=sys.stderr, flush=True)
-
-
-def wellwatch(*args: str) -> str:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "wellwatch", *args], check=True, capture_output=True, text=True)
-    say(f"wellwatch {args[0]} {args[1] if len(args) > 1 else ''}: {time.perf_counter() - t0:.0f} s")
-    return out.stdout
+say, wellwatch = steps("per-cell live/dead")
 
 
 def train_crop_model(work: Path) -> tuple[Path, dict]:
