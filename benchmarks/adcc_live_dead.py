@@ -66,6 +66,10 @@ def main() -> int:
                                         "seconds")}, indent=1, default=float))
     print(f"dead fraction per experiment, model vs stain: mean abs. error {s['dead_fraction']['mae']:.3f}, "
           f"Pearson r {s['dead_fraction']['pearson_r']}")
+    parts = s["auc_parts"]
+    print(f"pooled AUC {parts['pooled_auc']:.3f}: scoring each tile by its experiment's stained dead fraction alone "
+          f"gives {parts['group_fraction_auc']:.3f}, by the model's mean over the experiment "
+          f"{parts['model_group_mean_auc']:.3f}; mean AUC within an experiment {parts['within_group_auc_mean']:.3f}")
     for g, v in s["dead_fraction"]["per_group"].items():
         print(f"  {g}: n {v['n']:>5}  dead fraction stain {v['fraction_labels']:.3f}  model "
               f"{v['fraction_model']:.3f}  AUC {v['auc'] if v['auc'] is None else round(v['auc'], 3)}")

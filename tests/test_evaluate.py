@@ -76,6 +76,17 @@ def test_report_files(trained, tmp_path):
     assert "![ROC curve](roc.png)" in report and "Pearson r" in report and f"{m['auc']:.4f}" in report
 
 
+def test_several_wells_get_fractions_and_the_within_well_auc(trained, tmp_path):
+    ds = load_dataset(trained / "test")
+    ds.well = np.array([f"A{int(s[3:]) % 4 + 1}" for s in ds.source])  # whole images per well
+    save_dataset(ds, tmp_path / "wells")
+    m = evaluate(trained / "run", tmp_path / "wells", tmp_path / "w", n_boot=100, tsne_max=0, gradcam_n=0)
+    assert len(m["per_well"]["per_group"]) == 4
+    parts = m["auc_parts"]
+    assert parts["pooled_auc"] == pytest.approx(m["auc"]) and parts["within_group_auc_mean"] > 0.9
+    assert "mean AUC within a well" in (tmp_path / "w" / "report.md").read_text()
+
+
 def test_own_dataset_is_evaluated_on_its_test_split_only(trained, tmp_path):
     m = evaluate(trained / "run", trained / "train", tmp_path / "own", n_boot=100, tsne_max=0, gradcam_n=2)
     split = json.loads((trained / "run" / "split.json").read_text())

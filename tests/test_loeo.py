@@ -63,6 +63,8 @@ def test_leave_one_experiment_out_scores_every_patch_out_of_its_group(tmp_path):
     assert [f["group"] for f in s["folds"]] == ["plate/A1", "plate/A2", "plate/A3"]
     assert s["auc"] > 0.9  # the spot is easy: held-out wells are scored right
     assert set(s["ci95"]) >= {"auc_ci95", "balanced_accuracy_ci95"}
+    assert s["auc_parts"]["pooled_auc"] == pytest.approx(s["auc"])
+    assert s["auc_parts"]["within_group_auc_mean"] > 0.8  # the spot is visible inside each well
     pg = s["dead_fraction"]["per_group"]
     assert [round(v["fraction_labels"], 3) for v in pg.values()] == [
         round(float(ds.y[ds.well == w].mean()), 3) for w in ("A1", "A2", "A3")]
@@ -71,3 +73,23 @@ def test_leave_one_experiment_out_scores_every_patch_out_of_its_group(tmp_path):
     assert (tmp_path / "dead_fraction.png").stat().st_size > 5000
     scores = np.load(tmp_path / "loeo_scores.npz")
     assert np.isfinite(scores["score"]).all() and len(scores["score"]) == len(ds)
+
+
+def test_pooled_auc_parts_separate_ranking_experiments_from_ranking_samples():
+    from wellwatch.training.fractions import pooled_auc_parts
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(["a", "b", "c"], 400)
+    y = rng.random(1200) < np.repeat([0.1, 0.5, 0.9], 400)
+    # scores that know only the experiment: no information inside one
+    blind = np.repeat([0.2, 0.5, 0.8], 400) + rng.normal(0, 0.01, 1200)
+    p = pooled_auc_parts(y, blind, groups)
+    assert p["pooled_auc"] > 0.75 and p["group_fraction_auc"] > 0.75
+    assert abs(p["pooled_auc"] - p["group_fraction_auc"]) < 0.03
+    assert abs(p["within_group_auc_mean"] - 0.5) < 0.1 and p["groups_with_both_classes"] == 3
+    # scores that rank cells inside each experiment and say nothing of its fraction
+    sharp = y + rng.normal(0, 0.3, 1200)
+    q = pooled_auc_parts(y, sharp, groups)
+    assert q["within_group_auc_mean"] > 0.95 and q["pooled_auc"] > 0.95
+    assert q["group_fraction_auc"] == pytest.approx(p["group_fraction_auc"])  # a property of the labels only
+

@@ -37,7 +37,7 @@ import numpy as np
 from wellwatch.daemon.contract import ModelContract
 
 from .dataset import Dataset, load_dataset
-from .fractions import group_fractions, plot_group_fractions
+from .fractions import group_fractions, plot_group_fractions, pooled_auc_parts
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold
 
@@ -413,6 +413,7 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
     if len(set(wells.tolist())) > 1:
         # the number a user reads off the daemon is a fraction per well: model against labels
         m["per_well"] = group_fractions(y, score, c.decision_threshold, wells)
+        m["auc_parts"] = pooled_auc_parts(y, score, wells)
         plot_group_fractions(m["per_well"], out / "per_well.png", f"{c.name}: per well",
                              what=f"{c.positive_class} fraction", truth="the labels")
         figures["per_well"] = "per_well.png"
@@ -484,6 +485,10 @@ def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str
         r = f", Pearson r {pw['pearson_r']:.3f}" if pw["pearson_r"] is not None else ""
         lines.append(f"| per-well {m['positive_class']} fraction, model vs labels | mean abs. error {pw['mae']:.3f}{r} "
                      f"over {len(pw['per_group'])} wells |")
+        parts = m["auc_parts"]
+        if parts["within_group_auc_mean"] is not None and parts["group_fraction_auc"] is not None:
+            lines.append(f"| mean AUC within a well / AUC of each well's labelled fraction alone | "
+                         f"{parts['within_group_auc_mean']:.4f} / {parts['group_fraction_auc']:.4f} |")
     lines += [f"| confusion (rows true {m['classes'][0]}/{m['classes'][1]}) | {cm[0]} / {cm[1]} |", "",
               f"CIs: {m['bootstrap']} (the {m['bootstrap_unit']} is the resampling unit).", ""]
     if b:

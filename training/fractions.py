@@ -57,3 +57,34 @@ def plot_group_fractions(fractions: dict[str, Any], path: Path, title: str, what
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def pooled_auc_parts(y: np.ndarray, score: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """How much of a pooled AUC only says which group (experiment) a sample came from.
+
+    - `group_fraction_auc`: every sample scored by its own group's true positive fraction. A model
+      that knows each experiment's dead fraction and nothing about single cells reaches this.
+    - `model_group_mean_auc`: every sample scored by the model's mean score over its group: the
+      share of the model's AUC that ranks experiments rather than samples.
+    - `within_group_auc_mean`: the mean of the per-group AUCs (groups holding both classes): how well
+      the model ranks samples inside one experiment, which a pooled AUC can hide.
+    """
+    y = np.asarray(y, bool)
+    score = np.asarray(score, float)
+    g = np.asarray(groups).astype(str)
+    names = sorted(set(g.tolist()))
+    fraction = np.empty(len(y))
+    mean_score = np.empty(len(y))
+    within = []
+    for name in names:
+        m = g == name
+        fraction[m] = y[m].mean()
+        mean_score[m] = score[m].mean()
+        if 0 < y[m].sum() < m.sum():
+            within.append(roc_auc(y[m], score[m]))
+    both = 0 < y.sum() < len(y)
+    return {"pooled_auc": roc_auc(y, score) if both else None,
+            "group_fraction_auc": roc_auc(y, fraction) if both else None,
+            "model_group_mean_auc": roc_auc(y, mean_score) if both else None,
+            "within_group_auc_mean": float(np.mean(within)) if within else None,
+            "groups_with_both_classes": len(within)}

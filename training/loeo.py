@@ -6,7 +6,10 @@ is no honest validation split for early stopping, and a held-out well must not c
 reports, over the out-of-experiment scores of every patch:
 - AUC and balanced accuracy with 95% CIs that resample whole experiments;
 - per experiment: AUC, balanced accuracy, and the dead fraction called by the model against the
-  stain's (the number a user reads off the daemon), with a plot.
+  stain's (the number a user reads off the daemon), with a plot;
+- how much of the pooled AUC only ranks experiments (`auc_parts`, `fractions.pooled_auc_parts`):
+  when experiments' dead fractions differ widely, knowing each experiment's fraction alone scores
+  a high pooled AUC, so the mean AUC within an experiment is reported beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .evaluate import bootstrap_ci
-from .fractions import group_fractions, plot_group_fractions
+from .fractions import group_fractions, plot_group_fractions, pooled_auc_parts
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold
 from .train import TrainConfig, predict_proba, train_classifier
@@ -58,7 +61,8 @@ def summarise(ds: Dataset, groups: np.ndarray, oof: np.ndarray, threshold: float
     pred = oof >= threshold
     return {"n": int(len(y)), "groups": len(set(groups.tolist())), "auc": roc_auc(y, oof),
             "balanced_accuracy": balanced_accuracy(y, pred), "ci95": bootstrap_ci(y, oof, pred, groups),
-            "threshold": threshold, "dead_fraction": group_fractions(y, oof, threshold, groups)}
+            "threshold": threshold, "dead_fraction": group_fractions(y, oof, threshold, groups),
+            "auc_parts": pooled_auc_parts(y, oof, groups)}
 
 
 def run(ds: Dataset, out: Path, cfg: TrainConfig, group_by: str = "well", title: str = "",
