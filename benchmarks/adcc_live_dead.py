@@ -9,7 +9,9 @@ give a `dataset cells --dead-stain` folder to evaluate the per-cell model the sa
 Builds the tile dataset with `dataset live-dead`'s defaults (labels from the dead stain: per-field
 background, log-scale mixture), then trains on 8 experiments and scores the 9th, for each of the 9.
 Prints AUC and balanced accuracy with 95% CIs over experiments, and per experiment the dead fraction
-the model calls against the stain's. Writes RUN/loeo.json, RUN/dead_fraction.png.
+the model calls against the stain's, and how much of the pooled AUC only ranks experiments.
+Writes RUN/loeo.json, RUN/dead_fraction.png and RUN/tiles_by_label.png (per experiment, random
+dead- and live-labelled tiles as the model sees them: what it has to tell apart).
 """
 
 from __future__ import annotations
@@ -27,6 +29,34 @@ from wellwatch.training.loeo import run
 from wellwatch.training.train import seed_defaults
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adcc-paired" / "data"
+
+
+def plot_tiles_by_label(ds, path: Path, per_class: int = 6, seed: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    dead = ds.classes.index("dead")
+    wells = sorted(set(ds.well.tolist()))
+    fig, axes = plt.subplots(len(wells), 2 * per_class, figsize=(2 * per_class * 0.9, len(wells) * 1.0),
+                             squeeze=False)
+    for row, well in zip(axes, wells):
+        for k, is_dead in enumerate((True, False)):
+            pool = np.flatnonzero((ds.well == well) & ((ds.y == dead) == is_dead))
+            for j, i in enumerate(rng.choice(pool, min(per_class, len(pool)), replace=False)):
+                ax = row[k * per_class + j]
+                ax.imshow(ds.x[i, 0], cmap="gray", vmin=-4, vmax=4)
+                ax.set_title(f"{well} {'dead' if is_dead else 'live'}", fontsize=6, color="tab:red" if is_dead else "k")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("bright-field tiles by stain label (left: dead, right: live), one row per experiment", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=64)
+    plt.close(fig)
+    return path
 
 
 def main() -> int:
@@ -58,6 +88,8 @@ def main() -> int:
         save_dataset(ds, ds_dir)
     ds = load_dataset(ds_dir)
     print(f"{len(ds)} labelled tiles {ds.counts()}, separation {ds.meta.get('separation')}", file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_tiles_by_label(ds, out / "tiles_by_label.png")
     cfg = seed_defaults(args.arch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         photometric=args.photometric)
     s = run(ds, out, cfg, "well", title=f"adcc-paired, leave one experiment out ({args.arch})",
