@@ -303,10 +303,12 @@ def test_bench_scores_by_group_count_trained_frames_and_print_the_contract_figur
     assert by_group["A"]["trained_on"] == 1 and by_group["B"]["trained_on"] == 0
     assert by_group["A"]["f1@0.5"] == pytest.approx(2 * 17 / (2 * 17 + 1)) and by_group["B"]["f1@0.5"] == 1.0
     logo = {"groups": {"B": {"images": ["set13"], "f1_iou50": 0.61, "f1_iou75": 0.2, "ap_iou50": 0.44,
-                             "ap_iou75": 0.1}}}
+                             "ap_iou75": 0.1}},
+            "recipe": {"augment": "basic", "base": 8, "steps": 400}}
     out = io.StringIO()
     print_groups({"grouping": "test", "methods": {"model": {"by_group": by_group,
                                                             "contract_metrics": {"leave_group_out": logo}}}}, out)
     text = out.getvalue()
     assert "1/2 frames trained on" in text and "0/1 frames trained on" in text
     assert "leave-group-out" in text and "F1@0.5 0.610" in text
+    assert "--augment basic, 8 wide, 400 steps" in text  # the figures say what compute they came from

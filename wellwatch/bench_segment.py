@@ -316,7 +316,10 @@ def print_groups(report: dict, out=sys.stdout) -> None:
                   f"AP@0.75 {g['ap@0.75']:.3f}  ({len(g['frames'])} frames{'; ' + seen if seen else ''})", file=out)
         logo = r.get("contract_metrics", {}).get("leave_group_out")
         if logo:
-            print("  the model's contract, leave-group-out (each group scored by a model trained without it):",
+            rec = logo.get("recipe", {})
+            how = (f"; recipe --augment {rec.get('augment')}, {rec.get('base')} wide, {rec.get('steps')} steps, which "
+                   "may be less compute than the model's own" if rec else "")
+            print(f"  the model's contract, leave-group-out (each group scored by a model trained without it{how}):",
                   file=out)
             for group, g in logo.get("groups", {}).items():
                 print(f"  {group}: F1@0.5 {g['f1_iou50']:.3f}  F1@0.75 {g['f1_iou75']:.3f}  "
