@@ -93,3 +93,16 @@ def test_pooled_auc_parts_separate_ranking_experiments_from_ranking_samples():
     assert q["within_group_auc_mean"] > 0.95 and q["pooled_auc"] > 0.95
     assert q["group_fraction_auc"] == pytest.approx(p["group_fraction_auc"])  # a property of the labels only
 
+
+
+def test_the_report_warns_when_a_pooled_auc_only_ranks_wells():
+    from wellwatch.training.evaluate import ranks_wells_not_samples
+    from wellwatch.training.fractions import pooled_auc_parts
+
+    rng = np.random.default_rng(2)
+    groups = np.repeat(["a", "b", "c"], 300)
+    y = rng.random(900) < np.repeat([0.1, 0.5, 0.9], 300)
+    blind = np.repeat([0.2, 0.5, 0.8], 300) + rng.normal(0, 0.01, 900)
+    assert ranks_wells_not_samples(pooled_auc_parts(y, blind, groups))
+    assert not ranks_wells_not_samples(pooled_auc_parts(y, y + rng.normal(0, 0.3, 900), groups))
+    assert not ranks_wells_not_samples(None)

@@ -423,6 +423,12 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
         plot_fluorescence(score, sub.fluorescence, y, m, out / "fluorescence.png")
         figures["fluorescence"] = "fluorescence.png"
     notes = []
+    if ranks_wells_not_samples(m.get("auc_parts")):
+        parts = m["auc_parts"]
+        notes.append(f"Most of this AUC ranks wells, not {m['positive_class']} and other samples inside a well: "
+                     f"inside one well the mean AUC is {parts['within_group_auc_mean']:.3f}, and scoring each sample "
+                     f"by its well's labelled fraction alone gives {parts['group_fraction_auc']:.3f}. Per-well "
+                     f"fractions may still be usable; per-sample calls are not.")
     if lm.torch_model is not None:
         import torch
 
@@ -454,6 +460,14 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
     log.info("evaluated %s on %d patches: AUC %.4f, balanced accuracy %.4f %s", lm.path, m["n"], m["auc"],
              m["balanced_accuracy"], m["balanced_accuracy_ci95"])
     return m
+
+
+def ranks_wells_not_samples(parts: dict[str, Any] | None, within_floor: float = 0.65, gap: float = 0.1) -> bool:
+    """A pooled AUC well above the within-well one, with the within-well one near chance: the model (or
+    the labels' spread between wells) separates wells, not samples."""
+    if not parts or parts["within_group_auc_mean"] is None or parts["pooled_auc"] is None:
+        return False
+    return parts["within_group_auc_mean"] < within_floor and parts["pooled_auc"] - parts["within_group_auc_mean"] >= gap
 
 
 def write_report(out: Path, m: dict[str, Any], c: ModelContract, notes: list[str]) -> Path:
