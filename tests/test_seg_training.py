@@ -101,3 +101,24 @@ def test_short_run_on_real_masks_trains_exports_and_serves(tmp_path):
     assert labels.shape == (1022, 1024) and labels.dtype == np.int32
     manifest = json.loads(manifest_path(tmp_path / "seg.onnx").read_text())
     assert manifest["contract"]["task"] == "segmentation" and manifest["sha256"] == backend.sha256
+
+
+def test_group_balanced_sampling_draws_each_acquisition_group_equally():
+    from wellwatch.training.seg_train import group_balanced_weights
+
+    names = [f"set{i}" for i in range(1, 11)]
+    groups = {n: ("A" if i < 8 else "C") for i, n in enumerate(names)}  # 8 frames of A, 2 of C
+    w = group_balanced_weights(names, groups)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[:8].sum() == pytest.approx(0.5) and w[8:].sum() == pytest.approx(0.5)
+    assert w[8] == pytest.approx(4 * w[0])  # a C frame is drawn 4x as often as an A frame
+    with pytest.raises(ValueError, match="no acquisition group for set11"):
+        group_balanced_weights(names + ["set11"], groups)
+
+
+def test_balance_groups_without_groups_is_refused(tmp_path):
+    from wellwatch.cli import main
+
+    with pytest.raises(SystemExit, match="--balance-groups needs --groups-from"):
+        main(["train", str(tmp_path), "--task", "segmentation", "--train-images", "set1", "--val-images", "set2",
+              "--balance-groups", "--out", str(tmp_path / "run")])

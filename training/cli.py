@@ -241,6 +241,11 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
         overrides["test"] = _names(args.test_images)
     if args.tta:
         overrides["tta"] = True
+    if args.balance_groups:
+        if not args.groups_from:
+            raise SystemExit("wellwatch train --task segmentation: --balance-groups needs --groups-from DIR "
+                             "(each image's acquisition group)")
+        overrides["balance_groups"] = True
     try:
         if args.leave_group_out:
             logo = json.loads(Path(args.leave_group_out).read_text())
@@ -434,6 +439,8 @@ def register(sub) -> None:
                           "the contract's metrics beside the validation scores")
     seg.add_argument("--groups-from", metavar="DIR",
                      help="record each image's acquisition group, from the NIS metadata of DIR/setN/raw.tif")
+    seg.add_argument("--balance-groups", action="store_true",
+                     help="draw training crops from each acquisition group (--groups-from) equally often")
     p.set_defaults(func=lambda a: cmd_train_segmentation(a) if a.task == "segmentation" else cmd_train(a))
 
     p = sub.add_parser("evaluate", help="metrics, plots and a report for a run or an exported ONNX model")

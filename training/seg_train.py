@@ -71,6 +71,7 @@ class SegTrainConfig:
     init: str = ""                   # start from this model (.pt or .onnx): fine-tuning
     tta: bool = False                # score with test-time augmentation
     groups: dict[str, str] = field(default_factory=dict)  # image -> acquisition group, for the record
+    balance_groups: bool = False     # draw crops from each acquisition group equally often (needs groups)
     # leave-group-out scores of this recipe (benchmarks/seg_leave_group_out.py), carried into the contract
     leave_group_out: dict = field(default_factory=dict)
 
@@ -111,11 +112,26 @@ def prepare(ds: MaskSet, contract: ModelContract, pixel_size_um: float = 0.0) ->
     return out
 
 
-def sample_batch(images: list[TrainImage], cfg: SegTrainConfig, contract: ModelContract, rng: np.random.Generator):
+def group_balanced_weights(names: list[str], groups: dict[str, str]) -> np.ndarray:
+    """P(drawing each training image) such that every acquisition group is drawn equally often: a
+    well with 23 frames must not teach the model its cells 10x as often as one with 2."""
+    missing = [n for n in names if n not in groups]
+    if missing:
+        raise ValueError(f"balance_groups: no acquisition group for {', '.join(missing[:5])} "
+                         f"(give --groups-from, or leave --balance-groups off)")
+    count = {g: sum(groups[n] == g for n in names) for g in set(groups[n] for n in names)}
+    w = np.array([1.0 / count[groups[n]] for n in names])
+    return w / w.sum()
+
+
+def sample_batch(images: list[TrainImage], cfg: SegTrainConfig, contract: ModelContract, rng: np.random.Generator,
+                 weights: np.ndarray | None = None):
     aug = AugmentConfig(cfg.augment, cfg.scale_min, cfg.scale_max)
     xs, cs, ds = [], [], []
     for _ in range(cfg.batch_size):
-        im = images[int(rng.integers(len(images)))]
+        # unweighted draws keep their old random stream, so earlier recipes give the same models
+        i = rng.integers(len(images)) if weights is None else rng.choice(len(images), p=weights)
+        im = images[int(i)]
         x, c, d = sample_crop(im, cfg.crop, contract.normalisation, aug, rng)
         xs.append(x), cs.append(c), ds.append(d)
     return (torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(cs)),
@@ -212,6 +228,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     options = ServeOptions(frame_pixel_size_um=cfg.pixel_size_um, tta=cfg.tta)
     contract = segmentation_contract(cfg, before, pixel_size_um=model_px)
     images = prepare(train_set, contract, cfg.pixel_size_um)
+    weights = group_balanced_weights(train_set.names, cfg.groups) if cfg.balance_groups else None
     if min(min(im.raw.shape) for im in images) < cfg.crop:
         raise ValueError(f"crop {cfg.crop} is larger than a training image at model resolution")
     if cfg.init:
@@ -235,7 +252,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         model.train()
         if cfg.init:
             _freeze_batchnorm(model)
-        x, c, d = sample_batch(images, cfg, contract, rng)
+        x, c, d = sample_batch(images, cfg, contract, rng, weights)
         loss = loss_fn(model(x), c, d)
         opt.zero_grad()
         loss.backward()
