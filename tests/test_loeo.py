@@ -94,7 +94,6 @@ def test_pooled_auc_parts_separate_ranking_experiments_from_ranking_samples():
     assert q["group_fraction_auc"] == pytest.approx(p["group_fraction_auc"])  # a property of the labels only
 
 
-
 def test_the_report_warns_when_a_pooled_auc_only_ranks_wells():
     from wellwatch.training.evaluate import ranks_wells_not_samples
     from wellwatch.training.fractions import pooled_auc_parts

@@ -425,7 +425,7 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
     notes = []
     if ranks_wells_not_samples(m.get("auc_parts")):
         parts = m["auc_parts"]
-        notes.append(f"Most of this AUC ranks wells, not {m['positive_class']} and other samples inside a well: "
+        notes.append(f"Most of this AUC ranks wells rather than samples inside a well: "
                      f"inside one well the mean AUC is {parts['within_group_auc_mean']:.3f}, and scoring each sample "
                      f"by its well's labelled fraction alone gives {parts['group_fraction_auc']:.3f}. Per-well "
                      f"fractions may still be usable; per-sample calls are not.")
