@@ -83,13 +83,13 @@ def test_pooled_auc_parts_separate_ranking_experiments_from_ranking_samples():
     y = rng.random(1200) < np.repeat([0.1, 0.5, 0.9], 400)
     # scores that know only the experiment: no information inside one
     blind = np.repeat([0.2, 0.5, 0.8], 400) + rng.normal(0, 0.01, 1200)
-    p = pooled_auc_parts(y, blind, groups)
+    p = pooled_auc_parts(y, blind, groups, group_fractions(y, blind, 0.5, groups))
     assert p["pooled_auc"] > 0.75 and p["group_fraction_auc"] > 0.75
     assert abs(p["pooled_auc"] - p["group_fraction_auc"]) < 0.03
     assert abs(p["within_group_auc_mean"] - 0.5) < 0.1 and p["groups_with_both_classes"] == 3
     # scores that rank cells inside each experiment and say nothing of its fraction
     sharp = y + rng.normal(0, 0.3, 1200)
-    q = pooled_auc_parts(y, sharp, groups)
+    q = pooled_auc_parts(y, sharp, groups, group_fractions(y, sharp, 0.5, groups))
     assert q["within_group_auc_mean"] > 0.95 and q["pooled_auc"] > 0.95
     assert q["group_fraction_auc"] == pytest.approx(p["group_fraction_auc"])  # a property of the labels only
 
@@ -102,6 +102,7 @@ def test_the_report_warns_when_a_pooled_auc_only_ranks_wells():
     groups = np.repeat(["a", "b", "c"], 300)
     y = rng.random(900) < np.repeat([0.1, 0.5, 0.9], 300)
     blind = np.repeat([0.2, 0.5, 0.8], 300) + rng.normal(0, 0.01, 900)
-    assert ranks_wells_not_samples(pooled_auc_parts(y, blind, groups))
-    assert not ranks_wells_not_samples(pooled_auc_parts(y, y + rng.normal(0, 0.3, 900), groups))
+    assert ranks_wells_not_samples(pooled_auc_parts(y, blind, groups, group_fractions(y, blind, 0.5, groups)))
+    sharp = y + rng.normal(0, 0.3, 900)
+    assert not ranks_wells_not_samples(pooled_auc_parts(y, sharp, groups, group_fractions(y, sharp, 0.5, groups)))
     assert not ranks_wells_not_samples(None)

@@ -413,7 +413,7 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
     if len(set(wells.tolist())) > 1:
         # the number a user reads off the daemon is a fraction per well: model against labels
         m["per_well"] = group_fractions(y, score, c.decision_threshold, wells)
-        m["auc_parts"] = pooled_auc_parts(y, score, wells)
+        m["auc_parts"] = pooled_auc_parts(y, score, wells, m["per_well"])
         plot_group_fractions(m["per_well"], out / "per_well.png", f"{c.name}: per well",
                              what=f"{c.positive_class} fraction", truth="the labels")
         figures["per_well"] = "per_well.png"

@@ -59,8 +59,9 @@ def plot_group_fractions(fractions: dict[str, Any], path: Path, title: str, what
     return path
 
 
-def pooled_auc_parts(y: np.ndarray, score: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """How much of a pooled AUC only says which group (experiment) a sample came from.
+def pooled_auc_parts(y: np.ndarray, score: np.ndarray, groups: np.ndarray, fractions: dict[str, Any]) -> dict[str, Any]:
+    """How much of a pooled AUC only says which group (experiment) a sample came from; `fractions` is
+    `group_fractions` of the same y, score and groups (its per-group figures are reused, not redone).
 
     - `group_fraction_auc`: every sample scored by its own group's true positive fraction. A model
       that knows each experiment's dead fraction and nothing about single cells reaches this.
@@ -70,18 +71,11 @@ def pooled_auc_parts(y: np.ndarray, score: np.ndarray, groups: np.ndarray) -> di
       the model ranks samples inside one experiment, which a pooled AUC can hide.
     """
     y = np.asarray(y, bool)
-    score = np.asarray(score, float)
-    g = np.asarray(groups).astype(str)
-    names = sorted(set(g.tolist()))
-    fraction = np.empty(len(y))
-    mean_score = np.empty(len(y))
-    within = []
-    for name in names:
-        m = g == name
-        fraction[m] = y[m].mean()
-        mean_score[m] = score[m].mean()
-        if 0 < y[m].sum() < m.sum():
-            within.append(roc_auc(y[m], score[m]))
+    per_group = fractions["per_group"]
+    names, which = np.unique(np.asarray(groups).astype(str), return_inverse=True)  # group_fractions' order
+    fraction = np.array([per_group[n]["fraction_labels"] for n in names])[which]
+    mean_score = np.array([per_group[n]["mean_score"] for n in names])[which]
+    within = [v["auc"] for v in per_group.values() if v["auc"] is not None]
     both = 0 < y.sum() < len(y)
     return {"pooled_auc": roc_auc(y, score) if both else None,
             "group_fraction_auc": roc_auc(y, fraction) if both else None,

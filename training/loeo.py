@@ -59,10 +59,11 @@ def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balan
 def summarise(ds: Dataset, groups: np.ndarray, oof: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     y = ds.y == ds.classes.index("dead")
     pred = oof >= threshold
+    fractions = group_fractions(y, oof, threshold, groups)
     return {"n": int(len(y)), "groups": len(set(groups.tolist())), "auc": roc_auc(y, oof),
             "balanced_accuracy": balanced_accuracy(y, pred), "ci95": bootstrap_ci(y, oof, pred, groups),
-            "threshold": threshold, "dead_fraction": group_fractions(y, oof, threshold, groups),
-            "auc_parts": pooled_auc_parts(y, oof, groups)}
+            "threshold": threshold, "dead_fraction": fractions,
+            "auc_parts": pooled_auc_parts(y, oof, groups, fractions)}
 
 
 def run(ds: Dataset, out: Path, cfg: TrainConfig, group_by: str = "well", title: str = "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def group_balanced_weights(names: list[str], groups: dict[str, str]) -> np.ndarr
     if missing:
         raise ValueError(f"balance_groups: no acquisition group for {', '.join(missing[:5])} "
                          f"(give --groups-from, or leave --balance-groups off)")
-    count = {g: sum(groups[n] == g for n in names) for g in set(groups[n] for n in names)}
+    count = Counter(groups[n] for n in names)
     w = np.array([1.0 / count[groups[n]] for n in names])
     return w / w.sum()
 
