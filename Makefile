@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model
+.PHONY: demo test test-all docs docs-serve docs-figures wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e ".[train,test,dashboard,results]"
+	$(PIP) install -e ".[train,test,dashboard,results,docs]"
 	touch $@
 
 # promtool (Debian's prometheus package) lints the daemon's /metrics in the tests.
@@ -27,14 +27,35 @@ chromium:
 demo: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch demo
 
-test: $(VENV)/.dev promtool chromium
+test: $(VENV)/.dev promtool chromium docs
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest
+
+# The documentation site (MkDocs Material) into site/; --strict: a broken link or anchor fails the build.
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+docs-serve: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# The documentation's figures, made from simulated plates so they never go stale: the dashboard mid-plate,
+# and an evaluation report of the demo model on a simulated stained plate (the commands docs/models/evaluation.md shows).
+FIGURE_WORK = build/docs-figures
+docs-figures: $(VENV)/.dev chromium
+	$(PY) docs/dashboard_screenshot.py --out docs/dashboard.png
+	rm -rf $(FIGURE_WORK) && mkdir -p $(FIGURE_WORK) docs/figures
+	$(VENV)/bin/wellwatch simulate $(FIGURE_WORK)/sim --wells 12 --fields 2 --timepoints 3 --interval-s 0 \
+		--channels BF,PI --treatment dose_series --seed 11 >/dev/null
+	$(VENV)/bin/wellwatch dataset live-dead $(FIGURE_WORK)/sim/data --naming scanr --label-free BF --fluorescence PI \
+		--tile 64 --stride 64 --out $(FIGURE_WORK)/ds >/dev/null
+	$(VENV)/bin/wellwatch evaluate wellwatch/models/demo-live-dead.onnx $(FIGURE_WORK)/ds --out $(FIGURE_WORK)/report >/dev/null
+	cp $(FIGURE_WORK)/report/per_well.png docs/figures/report-per-well.png
+	cp $(FIGURE_WORK)/report/fluorescence.png docs/figures/report-fluorescence.png
 
 # A built wheel in a fresh virtualenv outside the checkout: bundled models found, a short demo.
 wheel-smoke:
 	PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
-test-all: $(VENV)/.dev promtool chromium
+test-all: $(VENV)/.dev promtool chromium docs
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"
 
 bench: $(VENV)/.runtime
