@@ -75,7 +75,7 @@ demo-model: $(VENV)/.dev
 # score set 30 (well B) once (about 35 minutes on a 2-core CPU); then stamp into its contract the
 # training pixel size (0.8708 um/px, the frames' NIS dCalibration), each set's acquisition group and
 # the recipe's leave-group-out scores (segmentation-logo, if run). The "microscope" augmentation
-# scored lower on set 30 at 2000 steps; see README.
+# scored lower on set 30 at 2000 steps (docs/results: segmentation, leave one well out).
 SEG_TRAIN_SETS = set1-15,set17-23,set25-29
 SEG_DATA ?= ../shared/data/usiigaci-phase
 segmentation-model: $(VENV)/.dev
@@ -98,7 +98,7 @@ segmentation-logo: $(VENV)/.dev
 
 # Re-make the bundled bright-field live/dead crop model from the shared LDC images (../shared/data):
 # 5-fold cross-validation by image group (the figures its contract carries), then the final model
-# on every image. The defaults of `dataset voc` and `train` are the model's recipe (README "Training").
+# on every image. The defaults of `dataset voc` and `train` are the model's recipe (docs/models/training.md).
 LDC_DATA ?= ../shared/data/ldc-live-dead/images
 LDC_FITS ?= Bright-field cells in a counting chamber (LDC images, about 220 px square, 8-bit; living cells bright-centred, dead cells dark)
 ldc-model: $(VENV)/.dev
