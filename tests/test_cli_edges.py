@@ -141,3 +141,14 @@ def free() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_keys_into_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = wellwatch("keys", str(tmp_path / "afile"), "server")
+    assert_one_line_exit_2(proc, "afile: cannot make the key folder")
+
+
+def test_evaluate_a_model_that_does_not_exist(tmp_path):
+    proc = wellwatch("evaluate", str(tmp_path / "missing.onnx"), str(tmp_path), "--out", str(tmp_path / "rep"))
+    assert_one_line_exit_2(proc, "missing.onnx: no such run folder, checkpoint or .onnx file")

@@ -177,7 +177,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     import zmq.auth
 
-    os.makedirs(args.folder, exist_ok=True)
+    try:
+        os.makedirs(args.folder, exist_ok=True)
+    except OSError as e:  # a file of that name, no permission
+        raise UsageError(f"wellwatch keys: {args.folder}: cannot make the key folder ({e.strerror})") from None
     public, secret = zmq.auth.create_certificates(args.folder, args.name)
     os.chmod(secret, 0o600)
     print(f"public key: {public}\nsecret key: {secret} (keep private; mode 600)")
