@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 
 from .daemon.errors import UsageError, WellwatchError
 
@@ -152,6 +154,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
 
 def plate_layouts(target) -> list:
     """A folder's plates: every vendor layout file at the nearest depth, else its .nd2 files."""
+    import dataclasses
+
     from .daemon.layout import find_layout_files
     from .daemon.nd2_reader import nd2_contents, nd2_layout
 
@@ -308,11 +312,48 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console script (argv None: this process is the command) and in-process callers (argv given)."""
+    interrupted = threading.Event()
+    previous = _catch_sigint(interrupted, whole_process=argv is None)
     try:
         return _main(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:  # at any point, even while the command's modules are still importing
+    except BaseException as e:
+        # Ctrl-C at any point, even inside a C extension's import (numpy then raises an ImportError)
+        if not (interrupted.is_set() or isinstance(e, KeyboardInterrupt)):
+            raise
+        if argv is None:  # the whole process: do not wait for worker threads, nor be interrupted again
+            _exit_interrupted()
         print("wellwatch: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+_SWALLOWED_INTERRUPT_S = 3.0  # a library that swallowed the KeyboardInterrupt gets this long, then the process ends
+
+
+def _exit_interrupted() -> None:
+    print("wellwatch: interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _catch_sigint(interrupted: threading.Event, whole_process: bool):
+    """Ctrl-C raises KeyboardInterrupt as always, and is remembered (the handler it replaced is returned)."""
+    def on_sigint(signum, frame):
+        if whole_process and not interrupted.is_set():
+            watchdog = threading.Timer(_SWALLOWED_INTERRUPT_S, _exit_interrupted)
+            watchdog.daemon = True
+            watchdog.start()
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    return signal.signal(signal.SIGINT, on_sigint)
 
 
 def _main(argv: list[str]) -> int:
