@@ -207,7 +207,7 @@ LAZY_COMMANDS = {
     "train": ("wellwatch.training.cli", "train a classifier (or, with --task segmentation, a U-Net); writes "
                                         "RUN/best.pt"),
     "evaluate": ("wellwatch.training.cli", "metrics, plots and a report for a run or an exported ONNX model"),
-    "hub": ("wellwatch.scale.cli", "fan many daemons' streams into one, with a merged snapshot (see README)"),
+    "hub": ("wellwatch.scale.cli", "fan many daemons' streams into one, with a merged snapshot (see docs/operating/facility-scale.md)"),
     "reprocess": ("wellwatch.scale.cli", "re-run archived acquisitions with the daemon's stages -> Parquet"),
     "dashboard": ("wellwatch.dashboard.cli", "a web page beside the microscope: plate map, time courses, "
                                              "dose-response"),
