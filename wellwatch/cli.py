@@ -93,7 +93,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         options = ServeOptions(pixel_size, args.tta or config.segmentation.tta)
         segmenter = load_segmenter(args.model or config.models.segmentation.path, threads=args.threads,
-                                   options=options)
+                                   options=options, package=config.segmentation.package)
     frame = read_frame(args.image)
     t0 = time.perf_counter()
     labels = segmenter.segment(frame)
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="a TIFF frame")
     p.add_argument("--out", required=True, help="label image to write (TIFF, uint16; int32 above 65535 cells)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--model", help="segmentation ONNX model (default: the bundled phase-contrast model)")
+    how.add_argument("--model", help="segmentation ONNX model or BioImage.IO package (default: the bundled "
+                                      "phase-contrast model)")
     how.add_argument("--classical", action="store_true",
                      help="the classical pipeline with [segmentation.classical] of --config (or its defaults)")
     p.add_argument("--config", help="config.toml whose [segmentation] / [models.segmentation] to use")
