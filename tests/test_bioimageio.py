@@ -249,3 +249,42 @@ def test_the_daemon_serves_a_written_package_with_equal_counts(tmp_path):
     assert sum(c["live"] + c["dead"] for c in direct.values()) > 0
     assert direct_models == {"demo-live-dead": file_sha256(model)}
     assert packaged_models == {"bioimageio:demo-live-dead/0.1.0": file_sha256(model)}
+
+
+# --- the shared package as the daemon's nuclei segmenter on adcc-paired's LIVE channel -------------
+
+ADCC = SHARED_DATA / "adcc-paired" / "data"
+ADCC_FIELDS = ("A1--W00001--P00001", "A6--W00006--P00001")
+
+
+@needs_nuclei
+@pytest.mark.skipif(not ADCC.is_dir(), reason="../shared/data/adcc-paired absent")
+def test_the_daemon_segments_nuclei_on_the_live_channel_with_the_shared_package(tmp_path):
+    from .test_vendor_daemon import vendor_config
+
+    root = tmp_path / "watched"
+    root.mkdir()
+    config = vendor_config(tmp_path, root, "scanr", "BF", **{
+        "channels.segment_on": "LIVE", "segmentation.method": "model", "segmentation.workers": 1,
+        "models.segmentation.path": str(NUCLEI), "inference.device": "cpu"})
+    from wellwatch.harness import start_daemon
+
+    from .conftest import StreamRecorder
+
+    daemon = start_daemon(config)
+    try:
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(30)
+        for f in ADCC_FIELDS:
+            for c in ("BF", "PI", "LIVE"):
+                shutil.copy(ADCC / f"{f}--Z00000--T00000--{c}.tif", root)
+        frames = rec.wait_frames(len(ADCC_FIELDS))
+    finally:
+        daemon.stop()
+    segmenter = load_segmenter(str(NUCLEI), device="cpu")
+    for f in frames:
+        live = tifffile.imread(ADCC / f["path"].replace("--BF.tif", "--LIVE.tif"))
+        assert f["cells"] == int(segmenter.segment(live).max()) > 20  # the LIVE nuclei, as the package segments them
+        identity = read_package(NUCLEI).identity
+        assert f["models"][identity] == read_package(NUCLEI).weights_sha256
