@@ -288,3 +288,36 @@ def test_the_daemon_segments_nuclei_on_the_live_channel_with_the_shared_package(
         assert f["cells"] == int(segmenter.segment(live).max()) > 20  # the LIVE nuclei, as the package segments them
         identity = read_package(NUCLEI).identity
         assert f["models"][identity] == read_package(NUCLEI).weights_sha256
+
+
+def test_export_with_bioimageio_writes_a_package_of_the_trained_model(tmp_path):
+    """`wellwatch export RUN/best.pt --out M.onnx --bioimageio PKG`: the freshly exported model, packaged."""
+    pytest.importorskip("torch")
+    from .test_export import NO_IMAGES, make_checkpoint  # noqa: F401
+
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    pkg = tmp_path / "pkg"
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--no-real-images",
+                 "--bioimageio", str(pkg), "--bioimageio-frame", str(simulated_frame(tmp_path))]) == 0
+    package = read_package(pkg)
+    assert package.weights_sha256 == file_sha256(tmp_path / "m.onnx") and package.kind == "classification"
+    assert open_package(str(pkg), "live_dead", CPU).deviation.mismatched == 0
+    readme = (pkg / "README.md").read_text()
+    assert "synthetic blobs" in readme and '"auc": 0.9' in readme  # the contract's training data and metrics
+
+
+def test_a_configured_package_without_the_extra_is_refused_naming_the_extra(tmp_path):
+    """A runtime without bioimageio.spec: one line that names the extra to install."""
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "bioimageio.yaml").write_text("type: model\n")
+    code = ("import sys; sys.modules['bioimageio'] = None; sys.modules['bioimageio.spec'] = None\n"
+            "from wellwatch.cli import main\n"
+            f"sys.exit(main(['check-package', {str(pkg)!r}, '--device', 'cpu']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    errors = [ln for ln in run.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and str(pkg) in errors[0] and "pip install 'wellwatch[bioimageio]'" in errors[0]
