@@ -26,7 +26,7 @@ from wellwatch.daemon.errors import ConfigError  # noqa: E402
 from wellwatch.daemon.package_backend import PackageBackend  # noqa: E402
 from wellwatch.daemon.package_loading import open_package  # noqa: E402
 from wellwatch.daemon.package_ops import apply_ops  # noqa: E402
-from wellwatch.daemon.package_segment import PackageParams, labels_from_map  # noqa: E402
+from wellwatch.daemon.package_segment import PackageParams, PackageServing, labels_from_map, stitch_cores  # noqa: E402
 from wellwatch.daemon.segment import bundled_model, load_segmenter  # noqa: E402
 
 from .conftest import SHARED_DATA  # noqa: E402
@@ -127,7 +127,17 @@ def test_unsupported_processing_is_refused_by_name(tmp_path, caplog):
     edit_yaml(pkg, "      - id: sigmoid\n", "      - id: sigmoid\n      - id: scale_mean_variance\n"
                                           "        kwargs:\n          reference_tensor: raw\n")
     line = refusal(caplog, ["check-package", str(pkg), "--device", "cpu"])
-    assert str(pkg) in line and "scale_mean_variance" in line
+    assert str(pkg) in line and "unsupported processing 'scale_mean_variance'" in line
+
+
+@needs_nuclei
+def test_a_preprocessing_option_that_cannot_be_served_is_refused_by_name(tmp_path, caplog):
+    pkg = copy_package(tmp_path)
+    edit_yaml(pkg, "      - id: zero_mean_unit_variance\n        kwargs:\n",
+              "      - id: scale_range\n        kwargs:\n          reference_tensor: raw\n"
+              "          max_percentile: 99.8\n")
+    line = refusal(caplog, ["check-package", str(pkg), "--device", "cpu"])
+    assert str(pkg) in line and "unsupported processing 'scale_range' with a reference_tensor" in line
 
 
 @needs_nuclei
@@ -154,6 +164,16 @@ def test_threshold_and_distance_watershed_split_touching_disks():
     labels = labels_from_map(fg, PackageParams(min_distance=10, min_area=30))
     assert labels.max() == 3  # two touching disks split, the small one kept
     assert labels_from_map(fg, PackageParams(min_distance=10, min_area=300)).max() == 2  # the small one dropped
+
+
+def test_stitching_takes_each_pixel_from_a_tile_whose_core_covers_it():
+    serving = PackageServing("t", (64, 64), (8, 8), PackageParams())
+    origins = np.array([[0, 0], [0, 48]])  # overlap of 2 halos: columns 48..63
+    outputs = np.stack([np.full((1, 64, 64), 1.0, np.float32), np.full((1, 64, 64), 2.0, np.float32)])
+    stitched = stitch_cores(outputs, origins, (64, 112), serving)[0]
+    assert (stitched[:, :48] < 1.01).all() and (stitched[:, 64:] > 1.99).all()  # cores, and frame edges
+    core_rows = stitched[8:56]  # rows 0-7 and 56-63 are in both tiles' halos (the frame's own edges)
+    assert (core_rows[:, 48:56] < 1.01).all() and (core_rows[:, 56:64] > 1.99).all()  # the halos give way
 
 
 @needs_nuclei
