@@ -15,6 +15,7 @@ configured package is refused with a line that names the extra.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,17 +143,19 @@ def _first_error(e: Exception) -> str:
     return "; ".join(useful[:3])[:400]
 
 
+_unpacked: dict[str, Path] = {}  # zipped package -> the folder its files were unpacked to
+
+
 def _local(descr, file_descr, source: str, what: str) -> Path:
     """A package file as a local path, its sha256 checked against the description's (a zipped package's
-    files are unpacked beside the zip, into a folder named for it)."""
+    files are unpacked to a temporary folder: ONNX Runtime and numpy read files)."""
     from .contract import file_sha256
 
     rel = str(getattr(file_descr.source, "path", file_descr.source))
     if isinstance(descr.root, Path):
         path = descr.root / rel
     else:  # a zip: the library reads from it
-        folder = Path(source).with_suffix(".unpacked")
-        folder.mkdir(exist_ok=True)
+        folder = _unpacked.setdefault(source, Path(tempfile.mkdtemp(prefix="wellwatch-package-")))
         path = folder / Path(rel).name
         try:
             path.write_bytes(file_descr.get_reader().read())

@@ -234,17 +234,19 @@ def test_a_bundled_model_exports_to_a_valid_package_that_is_read_back_and_served
     assert served.contract.name.startswith("bioimageio:") and served.sha256 == original.sha256
     x = np.load(out / "test_input.npy")
     np.testing.assert_array_equal(served.infer(x), original.infer(x))
+    zipped = shutil.make_archive(str(tmp_path / "zipped"), "zip", out)  # a zipped package is read as well
+    assert open_package(zipped, task, CPU, max_batch=4).sha256 == original.sha256
 
 
-def _counts_through_daemon(workdir: Path, model: str) -> tuple[dict, dict]:
-    """(counts per frame path, the models map) of one daemon run on the simulated plate."""
+def _counts_through_daemon(workdir: Path, overrides: dict) -> tuple[dict, dict]:
+    """(counts and cells per frame path, the models map) of one daemon run on the simulated plate."""
     from wellwatch.harness import local_config, start_daemon
     from wellwatch.simulator.writer import write_plate
 
     from .conftest import StreamRecorder
 
     spec = simulated_plate()
-    config = local_config(workdir, spec, model=model)
+    config = local_config(workdir, spec, **{"inference.device": "cpu", "segmentation.workers": 1, **overrides})
     daemon = start_daemon(config)
     try:
         rec = StreamRecorder(config)
@@ -254,21 +256,30 @@ def _counts_through_daemon(workdir: Path, model: str) -> tuple[dict, dict]:
         frames = rec.wait_frames(len(spec.wells))
     finally:
         daemon.stop()
-    return {f["path"]: f["counts"] for f in frames}, frames[0]["models"]
+    return {f["path"]: (f["counts"], f.get("cells")) for f in frames}, frames[0]["models"]
 
 
-def test_the_daemon_serves_a_written_package_with_equal_counts(tmp_path):
-    """A package wellwatch wrote, in [models.live_dead] of a daemon on a simulated plate: the same
-    counts as the .onnx it holds, and the stream names the package (id, version, sha256)."""
-    model = bundled_model("demo-live-dead.onnx")
+# each bundled model in its slot: the .onnx, then the package wellwatch wrote of it
+SLOTS = {"demo-live-dead.onnx": lambda path: {"models.live_dead.path": path},
+         "phase-segmentation.onnx": lambda path: {"segmentation.method": "model", "models.segmentation.path": path},
+         "ldc-live-dead.onnx": lambda path: {"models.live_dead.path": path}}
+
+
+@pytest.mark.parametrize("model", sorted(SLOTS))
+def test_the_daemon_serves_a_written_package_with_equal_counts(tmp_path, model):
+    """A package wellwatch wrote, in its model's slot of a daemon on a simulated plate: the same counts
+    as the .onnx it holds, and the stream names the package (id, version) beside the weights' sha256."""
+    onnx = bundled_model(model)
     pkg = tmp_path / "pkg"
-    assert main(["export-bioimageio", str(model), "--out", str(pkg), "--frame", str(simulated_frame(tmp_path))]) == 0
-    direct, direct_models = _counts_through_daemon(tmp_path / "onnx", str(model))
-    packaged, packaged_models = _counts_through_daemon(tmp_path / "package", str(pkg))
+    assert main(["export-bioimageio", str(onnx), "--out", str(pkg), "--frame", str(simulated_frame(tmp_path))]) == 0
+    direct, direct_models = _counts_through_daemon(tmp_path / "onnx", SLOTS[model](str(onnx)))
+    packaged, packaged_models = _counts_through_daemon(tmp_path / "package", SLOTS[model](str(pkg)))
     assert packaged == direct and len(direct) == 2
-    assert sum(c["live"] + c["dead"] for c in direct.values()) > 0
-    assert direct_models == {"demo-live-dead": file_sha256(model)}
-    assert packaged_models == {"bioimageio:demo-live-dead/0.1.0": file_sha256(model)}
+    assert sum(c["live"] + c["dead"] for c, _ in direct.values()) > 0
+    name = OnnxBackend(onnx, device="cpu", warmup=False).contract.name
+    identity = f"bioimageio:{read_package(pkg).id}/0.1.0"
+    assert direct_models[name] == packaged_models[identity] == file_sha256(onnx)
+    assert name not in packaged_models and identity not in direct_models
 
 
 # --- the shared package as the daemon's nuclei segmenter on adcc-paired's LIVE channel -------------
@@ -310,18 +321,25 @@ def test_the_daemon_segments_nuclei_on_the_live_channel_with_the_shared_package(
         assert f["models"][identity] == read_package(NUCLEI).weights_sha256
 
 
-def test_export_with_bioimageio_writes_a_package_of_the_trained_model(tmp_path):
+@pytest.mark.parametrize("kind", ["tile", "crop"])
+def test_export_with_bioimageio_writes_a_package_of_the_trained_model(tmp_path, kind):
     """`wellwatch export RUN/best.pt --out M.onnx --bioimageio PKG`: the freshly exported model, packaged."""
     pytest.importorskip("torch")
-    from .test_export import NO_IMAGES, make_checkpoint  # noqa: F401
+    from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation
 
-    ckpt = make_checkpoint(tmp_path / "best.pt")
+    from .test_export import TILE, make_checkpoint, tiny_contract
+
+    contract = (tiny_contract() if kind == "tile" else
+                tiny_contract(task="cell_type", classes=("lmpp", "prob"), positive_class="prob", tiling=None,
+                              empty_filter=EmptyFilter("none"), normalisation=Normalisation("mask_mean"),
+                              crop=CellCrop(TILE, TILE / 3)))
+    ckpt = make_checkpoint(tmp_path / "best.pt", contract)
     pkg = tmp_path / "pkg"
     assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--no-real-images",
                  "--bioimageio", str(pkg), "--bioimageio-frame", str(simulated_frame(tmp_path))]) == 0
     package = read_package(pkg)
     assert package.weights_sha256 == file_sha256(tmp_path / "m.onnx") and package.kind == "classification"
-    assert open_package(str(pkg), "live_dead", CPU).deviation.mismatched == 0
+    assert open_package(str(pkg), contract.task, CPU).deviation.mismatched == 0
     readme = (pkg / "README.md").read_text()
     assert "synthetic blobs" in readme and '"auc": 0.9' in readme  # the contract's training data and metrics
 
