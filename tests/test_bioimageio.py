@@ -89,6 +89,16 @@ def test_the_shared_test_tensors_are_reproduced_through_the_daemon_backend():
     np.testing.assert_allclose(backend.infer(x), np.load(NUCLEI / "test_output.npy"), atol=1e-4, rtol=1e-3)
 
 
+@needs_nuclei
+def test_a_parameterised_input_size_gives_the_smallest_valid_tile(tmp_path):
+    pkg = copy_package(tmp_path)
+    edit_yaml(pkg, "      - size: 512\n        id: y\n", "      - size:\n          min: 128\n          step: 16\n"
+                                                       "        id: y\n")
+    spec = read_package(pkg).input
+    assert (spec.min_size["y"], spec.step["y"]) == (128, 16) and (spec.min_size["x"], spec.step["x"]) == (512, 0)
+    assert spec.valid_size("y", 500) == 512 and spec.valid_size("y", 10) == 128 and spec.valid_size("x", 100) == 512
+
+
 # --- refusals: one line, exit 2 -----------------------------------------------------------------
 
 @needs_nuclei
