@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bioimageio_package import is_package
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
@@ -282,6 +283,9 @@ def _check_cross_keys(config: Config) -> None:
                           "names the channel to segment, but segmentation.method = 'none': set it to classical "
                           "or model")
     config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
+    if config.segmentation.tta and config.segmentation.method == "model" and is_package(config.models.segmentation.path):
+        raise ConfigError("segmentation.tta", True, "test-time augmentation is for wellwatch segmentation models; "
+                                                    "models.segmentation.path is a BioImage.IO package: set tta = false")
     package = config.segmentation.package
     if package.max_area and package.min_area > package.max_area:
         raise ConfigError("segmentation.package.min_area", package.min_area,

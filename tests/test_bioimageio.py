@@ -201,6 +201,11 @@ def test_the_package_segments_a_frame_larger_than_its_tile_with_halo_overlap():
 
 
 def test_the_package_table_is_validated(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "bioimageio.yaml").write_text("type: model\n")
+    with pytest.raises(ConfigError, match="segmentation.tta"):
+        load_config(None, {"watch.root": str(tmp_path), "segmentation.method": "model", "segmentation.tta": True,
+                           "models.segmentation.path": str(tmp_path / "pkg")})
     with pytest.raises(ConfigError, match="segmentation.package.threshhold"):
         load_config(None, {"watch.root": str(tmp_path), "segmentation.package.threshhold": 0.5})
     with pytest.raises(ConfigError, match="segmentation.package.min_area"):
