@@ -140,7 +140,7 @@ def read_package(path: str | Path) -> Package:
 def _first_error(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("!", "|", "-", "=", "#"))] or lines or [type(e).__name__]
-    return "; ".join(useful[:3])[:400]
+    return "; ".join(ln.rstrip(":") for ln in useful[:3])[:400]
 
 
 _unpacked: dict[str, Path] = {}  # zipped package -> the folder its files were unpacked to

@@ -6,6 +6,8 @@ Two methods behind one small interface (`segment(frame) -> int32 labels`):
 - ModelSegmenter: a segmentation network with a contract (task "segmentation"), in three steps the
   daemon runs on different threads: `prepare` (reduce, normalise, tile), the network (the shared
   batched inference path), `finish` (blend the tiles' maps, seeded watershed).
+- PackageSegmenter (daemon/package_segment.py): a BioImage.IO segmentation package, the same three
+  steps with the package's own processing and halo, then threshold + distance-transform watershed.
 
 The CPU-heavy steps (classical segmentation, `finish`, and cutting single-cell crops for a
 cell-type model) are module-level functions so a process pool can run them on every core
