@@ -12,7 +12,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e ".[train,test,dashboard,results,docs]"
+	$(PIP) install -e ".[train,test,dashboard,results,docs,bioimageio]"
 	touch $@
 
 # promtool (Debian's prometheus package) lints the daemon's /metrics in the tests.

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bioimageio_package import is_package
 from .errors import ConfigError, NamingError
 from .naming import PRESETS, compile_user_pattern
 from .plate import PLATE_FORMATS, normalise_well
 from .reader import FrameLimits
+from .package_segment import PackageParams
 from .segment_classical import ClassicalParams
 from .validation import between, build, choice
 
@@ -75,6 +77,8 @@ class ModelsConfig:
     live_dead: ModelSlot = ModelSlot()
     segmentation: ModelSlot = ModelSlot()  # "" = the bundled phase-contrast model
     cell_type: ModelSlot = ModelSlot()     # "" = no cell types
+    # each path: an exported .onnx, or a BioImage.IO package (folder, bioimageio.yaml or .zip; needs the
+    # bioimageio extra): a segmentation package is served with [segmentation.package]
     cell_live_dead: ModelSlot = ModelSlot()  # a per-cell live/dead crop model; "" = tiles at centroids
 
 
@@ -86,6 +90,7 @@ class SegmentationConfig:
     max_batch: int = field(default=16, metadata=between(1, 4096))  # network tiles per batch
     tta: bool = False  # model method: also segment each tile flipped 3 ways and average (~4x the network's cost)
     classical: ClassicalParams = ClassicalParams()
+    package: PackageParams = PackageParams()  # a BioImage.IO package's map -> cells (models.segmentation.path)
 
 
 @dataclass(frozen=True)
@@ -286,6 +291,13 @@ def _check_cross_keys(config: Config) -> None:
                           "names the channel to segment, but segmentation.method = 'none': set it to classical "
                           "or model")
     config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
+    if config.segmentation.tta and config.segmentation.method == "model" and is_package(config.models.segmentation.path):
+        raise ConfigError("segmentation.tta", True, "test-time augmentation is for wellwatch segmentation models; "
+                                                    "models.segmentation.path is a BioImage.IO package: set tta = false")
+    package = config.segmentation.package
+    if package.max_area and package.min_area > package.max_area:
+        raise ConfigError("segmentation.package.min_area", package.min_area,
+                          f"allowed: at most segmentation.package.max_area ({package.max_area}), or max_area = 0")
     if config.publish.endpoint == config.publish.snapshot_endpoint:
         raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
                           "must differ from publish.endpoint")

@@ -57,7 +57,7 @@ from .publish import Publisher
 from .read_stage import ReadStage
 from .recovery import recover
 from .security import CurveServer
-from .segment import ModelSegmenter, SegmentationPool
+from .segment import SegmentationPool, model_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class Pipeline:
         self.metrics = metrics
         self.contract = backend.contract
         self.seg_method = config.segmentation.method
-        self.seg_model = (ModelSegmenter(segmentation_backend, ServeOptions(config.plate.pixel_size_um, config.segmentation.tta))
-                          if self.seg_method == "model" else None)
+        self.seg_model = (model_segmenter(segmentation_backend, ServeOptions(config.plate.pixel_size_um,
+                                                                             config.segmentation.tta),
+                                          config.segmentation.package)
+                          if self.seg_method == "model" and segmentation_backend is not None else None)
         if self.seg_method == "model" and segmentation_backend is None:
             raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
         self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend

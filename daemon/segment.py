@@ -6,6 +6,8 @@ Two methods behind one small interface (`segment(frame) -> int32 labels`):
 - ModelSegmenter: a segmentation network with a contract (task "segmentation"), in three steps the
   daemon runs on different threads: `prepare` (reduce, normalise, tile), the network (the shared
   batched inference path), `finish` (blend the tiles' maps, seeded watershed).
+- PackageSegmenter (daemon/package_segment.py): a BioImage.IO segmentation package, the same three
+  steps with the package's own processing and halo, then threshold + distance-transform watershed.
 
 The CPU-heavy steps (classical segmentation, `finish`, and cutting single-cell crops for a
 cell-type model) are module-level functions so a process pool can run them on every core
@@ -32,6 +34,7 @@ from .contract import CellCrop, ModelContract
 from .crops import cells_of, prepare_crops
 from .errors import ContractError
 from .segment_classical import ClassicalParams, segment_classical
+from .package_segment import PackageParams, PackageSegmenter, PackageServing, package_labels
 from .segment_maps import ServeOptions, labels_from_served, serve_tiles
 
 log = logging.getLogger(__name__)
@@ -94,16 +97,34 @@ class ModelSegmenter:
         return self.finish(self.backend.infer(tiles), origins, frame.shape)
 
 
+def model_segmenter(backend, options: ServeOptions = ServeOptions(),
+                    package: PackageParams = PackageParams()) -> "ModelSegmenter | PackageSegmenter":
+    """The segmenter for a loaded network: a BioImage.IO package's (PackageBackend), or a contract's."""
+    if hasattr(backend, "package"):
+        return PackageSegmenter(backend, package, options)
+    return ModelSegmenter(backend, options)
+
+
 def load_segmenter(model_path: str | None, classical: ClassicalParams | None = None, threads: int = 0,
-                   device: str = "cpu", options: ServeOptions = ServeOptions()) -> Segmenter:
-    """A model segmenter for `model_path` ("" = the bundled phase-contrast model), else classical."""
+                   device: str = "cpu", options: ServeOptions = ServeOptions(),
+                   package: PackageParams = PackageParams()) -> Segmenter:
+    """A model segmenter for `model_path` ("" = the bundled phase-contrast model; a BioImage.IO package
+    is served as one), else classical."""
     if model_path is None:
         return ClassicalSegmenter(classical or ClassicalParams())
     from .backend import OnnxBackend
+    from .bioimageio_package import is_package
+    from .config import InferenceConfig
 
     path = model_path or str(BUNDLED_SEGMENTATION_MODEL)
-    backend = OnnxBackend(path, device=device, intra_op_threads=threads, max_batch=16, warmup=False)
-    return ModelSegmenter(backend, options)
+    inference = InferenceConfig(device=device, intra_op_threads=threads, warmup=False)
+    if is_package(path):
+        from .package_loading import open_package
+
+        backend = open_package(path, "segmentation", inference)
+    else:
+        backend = OnnxBackend(path, max_batch=16, inference=inference)
+    return model_segmenter(backend, options, package)
 
 
 # --- the process pool: module-level functions, picklable arguments --------------------------
@@ -126,9 +147,11 @@ def classical_cells(frame: np.ndarray, params: ClassicalParams, crop: CellCrop |
     return _cells_and_crops(segment_classical(frame, params), frame if crop_from is None else crop_from, crop)
 
 
-def model_cells(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], contract: ModelContract,
-                frame: np.ndarray | None = None, crop: CellCrop | None = None,
-                options: ServeOptions = ServeOptions()) -> CellsAndCrops:
+def model_cells(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
+                contract: ModelContract | PackageServing, frame: np.ndarray | None = None,
+                crop: CellCrop | None = None, options: ServeOptions = ServeOptions()) -> CellsAndCrops:
+    if isinstance(contract, PackageServing):  # a BioImage.IO package's map: threshold + watershed
+        return _cells_and_crops(package_labels(outputs, origins, shape, contract), frame, crop)
     return _cells_and_crops(labels_from_served(outputs, origins, shape, contract, options), frame, crop)
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .backend import OnnxBackend
+from .bioimageio_package import is_package
 from .config import Config
 from .errors import StartupError
 from .metrics import DaemonMetrics
+from .package_loading import open_package
 from .pipeline import Pipeline
 from .segment import BUNDLED_SEGMENTATION_MODEL, bundled_model
 
@@ -30,7 +32,16 @@ def bundled_demo_model() -> Path:
 
 def open_slot(slot: str, path: str, task: str, max_batch: int, config: Config, metrics: DaemonMetrics) -> OnnxBackend:
     """Load the model of [models.<slot>], check its task, and report it (log line and metrics)."""
-    backend = OnnxBackend(path, max_batch=max_batch, inference=config.inference)
+    if is_package(path):
+        backend = open_package(path, task, config.inference, max_batch)
+        if not hasattr(backend, "contract"):  # a package made elsewhere: served by its description
+            log.info("%s: %s", slot, backend.describe())
+            metrics.provider.labels(slot, backend.provider).set(1)
+            metrics.model.labels(slot).info({"name": backend.name, "sha256": backend.sha256, "path": backend.path,
+                                             "provider": backend.provider})
+            return backend
+    else:
+        backend = OnnxBackend(path, max_batch=max_batch, inference=config.inference)
     if backend.contract.task != task:
         raise StartupError(f"models.{slot}.path {path}: the model's task is {backend.contract.task!r}, not {task!r}")
     log.info("%s: %s", slot, backend.describe())

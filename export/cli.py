@@ -20,6 +20,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_checkpoint(args.checkpoint, args.out, fp16=args.fp16, parity_images=images, tolerances=tol,
                                opset=args.opset)
     print(result.summary())
+    if args.bioimageio:
+        print(_write_bioimageio(args.out, args.bioimageio, args.bioimageio_frame, images).summary())
+    return 0
+
+
+def _write_bioimageio(model: str, out: str, frame: str | None, parity_images):
+    from wellwatch.daemon.errors import UsageError
+
+    from .bioimageio_export import write_package
+    from .parity_inputs import default_real_images
+
+    frame = frame or next(iter(parity_images or default_real_images()), None)
+    if frame is None:
+        raise UsageError("--bioimageio: give --bioimageio-frame PATH, a real frame (TIFF) of the kind the model "
+                         "serves, for the package's test tensors and cover")
+    return write_package(model, out, frame)
+
+
+def cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    print(_write_bioimageio(args.model, args.out, args.frame, None).summary())
+    return 0
+
+
+def cmd_check_package(args: argparse.Namespace) -> int:
+    from wellwatch.daemon.config import InferenceConfig
+    from wellwatch.daemon.package_loading import open_package
+
+    backend = open_package(args.package, args.task, InferenceConfig(device=args.device, warmup=False))
+    print(backend.describe() if hasattr(backend, "describe") else backend.package_identity)
     return 0
 
 
@@ -67,7 +96,35 @@ def register(subparsers) -> None:
                    help="float16 may call a sample differently only when the float32 score is this close to the "
                         f"decision boundary (default {d.decision_margin:g})")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--bioimageio", metavar="FOLDER",
+                   help="also write a BioImage.IO model package (format 0.5) of the exported model into FOLDER, "
+                        "validated by bioimageio.spec (needs the bioimageio extra)")
+    p.add_argument("--bioimageio-frame", metavar="PATH",
+                   help="the real frame the package's test tensors and cover are cut from (default: the first "
+                        "--parity-image, else the shared real image)")
     p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser(
+        "export-bioimageio", help="an exported MODEL.onnx -> a BioImage.IO model package (validated)",
+        description="Write a BioImage.IO model package (format 0.5) for an exported wellwatch model (tile, crop or "
+                    "segmentation): the ONNX weights with their contract, test tensors the model makes from inputs "
+                    "cut from --frame by the daemon's own code, a cover of that frame, documentation, licence and "
+                    "citations. Validated by bioimageio.spec after writing; exits 2 when it does not validate.")
+    p.add_argument("model", help="an exported .onnx with a wellwatch contract (e.g. a bundled model)")
+    p.add_argument("--out", required=True, help="the package folder to write")
+    p.add_argument("--frame", required=True, help="a real frame (TIFF) of the kind the model serves")
+    p.set_defaults(func=cmd_export_bioimageio)
+
+    p = subparsers.add_parser(
+        "check-package", help="load a BioImage.IO package as the daemon would: read, run its test tensors",
+        description="Read a BioImage.IO model package with bioimageio.spec, refuse what the daemon cannot serve "
+                    "(by name), and run its test input through the ONNX Runtime session the daemon gets; exits 2 "
+                    "with one line naming the package and the worst deviation when its test output is not reproduced.")
+    p.add_argument("package", help="a package folder, its bioimageio.yaml, or a .zip")
+    p.add_argument("--task", default="segmentation", choices=["segmentation", "live_dead", "cell_type"],
+                   help="the model slot it is for (default segmentation)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_check_package)
 
     p = subparsers.add_parser(
         "export-raw", help="MODEL.onnx -> MODEL.raw.onnx: the normalisation inside the graph, raw uint16 tiles in",

@@ -58,6 +58,7 @@ def test_lazy_help_strings_are_the_modules_own():
 
     lazy, full = helps(build_parser("run")), helps(build_parser())
     assert set(LAZY_COMMANDS) <= set(full)
+    assert set(full) == set(lazy), "a module registers a command the lazy table does not list"
     assert {n: lazy[n] for n in LAZY_COMMANDS} == {n: full[n] for n in LAZY_COMMANDS}
 
 

@@ -116,7 +116,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         options = ServeOptions(pixel_size, args.tta or config.segmentation.tta)
         segmenter = load_segmenter(args.model or config.models.segmentation.path, threads=args.threads,
-                                   options=options)
+                                   options=options, package=config.segmentation.package)
     frame = read_frame(args.image)
     t0 = time.perf_counter()
     labels = segmenter.segment(frame)
@@ -202,6 +202,9 @@ LAZY_COMMANDS = {
     "export-raw": ("wellwatch.export.cli", "MODEL.onnx -> MODEL.raw.onnx: the normalisation inside the graph, "
                                            "raw uint16 tiles in"),
     "inspect": ("wellwatch.export.cli", "print a model's contract and verify its sha256"),
+    "export-bioimageio": ("wellwatch.export.cli", "an exported MODEL.onnx -> a BioImage.IO model package (validated)"),
+    "check-package": ("wellwatch.export.cli", "load a BioImage.IO package as the daemon would: read, run its test "
+                                              "tensors"),
     "dataset": ("wellwatch.training.cli", "build a training dataset (live-dead from paired fluorescence, voc from "
                                           "boxes, masks for segmentation, cells from paired marker fluorescence)"),
     "train": ("wellwatch.training.cli", "train a classifier (or, with --task segmentation, a U-Net); writes "
@@ -284,7 +287,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("image", help="a TIFF frame")
     p.add_argument("--out", required=True, help="label image to write (TIFF, uint16; int32 above 65535 cells)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--model", help="segmentation ONNX model (default: the bundled phase-contrast model)")
+    how.add_argument("--model", help="segmentation ONNX model or BioImage.IO package (default: the bundled "
+                                      "phase-contrast model)")
     how.add_argument("--classical", action="store_true",
                      help="the classical pipeline with [segmentation.classical] of --config (or its defaults)")
     p.add_argument("--config", help="config.toml whose [segmentation] / [models.segmentation] to use")
