@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from .backend import OnnxBackend
 from .config import Config
 from .errors import StartupError
+from .journal_lock import JournalLock
 from .metrics import DaemonMetrics
 from .pipeline import Pipeline
 from .segment import BUNDLED_SEGMENTATION_MODEL, bundled_model
@@ -114,8 +115,13 @@ class Daemon:
         seg_backend = segmentation_backend or load_segmentation_backend(config, self.metrics)
         type_backend = cell_type_backend or load_cell_type_backend(config, self.metrics)
         cell_ld_backend = cell_live_dead_backend or load_cell_live_dead_backend(config, self.metrics)
-        self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
-                                 cell_type_backend=type_backend, cell_live_dead_backend=cell_ld_backend)
+        self.journal_lock = JournalLock(config.journal.path)  # before anything writes to the journal
+        try:
+            self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
+                                     cell_type_backend=type_backend, cell_live_dead_backend=cell_ld_backend)
+        except BaseException:
+            self.journal_lock.release()
+            raise
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -129,11 +135,14 @@ class Daemon:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: self.pipeline.request_stop())
-        self.start()
-        while not self.pipeline.wait(0.5):  # a timed wait keeps signals deliverable
-            pass
-        log.info("stopping: finishing frames in flight")
-        self.pipeline.shutdown()
+        try:
+            self.start()
+            while not self.pipeline.wait(0.5):  # a timed wait keeps signals deliverable
+                pass
+            log.info("stopping: finishing frames in flight")
+            self.pipeline.shutdown()
+        finally:
+            self.journal_lock.release()
         if self.pipeline.fatal is not None:
             log.error("stopped by an internal error: %s", self.pipeline.fatal)
             return 1
