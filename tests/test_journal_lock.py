@@ -95,20 +95,29 @@ def test_wellwatch_run_twice_on_one_journal_exits_2_with_one_line(tmp_path):
     shared_journal = f'"{tmp_path / "journal.sqlite"}"'
     first_config = write_config(first_dir, **{"journal.path": shared_journal, "metrics.port": "0"})
     second_config = write_config(second_dir, **{"journal.path": shared_journal, "metrics.port": "0"})
-    first = subprocess.Popen(WELLWATCH + ["run", "--config", str(first_config)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as log:
+        first = subprocess.Popen(WELLWATCH + ["run", "--config", str(first_config)], stdout=log,
+                                 stderr=subprocess.STDOUT)
+    second = None
     try:
         deadline = time.monotonic() + 60
-        while not lock_path_for(tmp_path / "journal.sqlite").exists() or \
-                b"pid" not in lock_path_for(tmp_path / "journal.sqlite").read_bytes():
-            assert time.monotonic() < deadline and first.poll() is None
+        while "watching" not in first_log.read_text():  # the first daemon is up and counting
+            assert time.monotonic() < deadline and first.poll() is None, first_log.read_text()
             time.sleep(0.1)
-        second = subprocess.run(WELLWATCH + ["run", "--config", str(second_config)], capture_output=True,
-                                text=True, timeout=60)
-        assert second.returncode == 2, second.stderr
-        lines = [line for line in second.stderr.splitlines() if "journal" in line]
-        assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "Traceback" not in second.stderr
+        second = subprocess.Popen(WELLWATCH + ["run", "--config", str(second_config)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second daemon started on the journal of a running one")
+        assert second.returncode == 2, err
+        lines = [line for line in err.splitlines() if "journal" in line]
+        assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "Traceback" not in err
         assert first.poll() is None  # the first daemon is untouched
     finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.wait()
         first.send_signal(signal.SIGTERM)
         first.wait(60)
