@@ -217,12 +217,16 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
     hub.stop()
 
 
+def full_view(wells) -> dict:
+    return {(w["source"], w["plate"], w["well"], w["timepoint"]): (w["seq"], w["frames"], w["complete"], w["counts"])
+            for w in wells}
+
+
 def daemon_state(journal_path: str) -> dict:
     """A daemon's own state: its latest well message per (plate, well, timepoint), from its journal."""
     from wellwatch.daemon.history import well_history
 
-    return {(m["source"], m["plate"], m["well"], m["timepoint"]): (m["seq"], m["frames"], m["complete"], m["counts"])
-            for m in well_history(journal_path)}
+    return full_view(well_history(journal_path))
 
 
 def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber(tmp_path):
@@ -281,7 +285,7 @@ def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber
                                                             if s > rec.state.seqs.get(config.publish.source, 0)],
                      30, "the subscriber to catch up")
             own.update(daemon_state(config.journal.path))
-        held = {k: v for k, v in well_view_complete(rec.state.wells.values()).items()}
+        held = full_view(rec.state.wells.values())
         assert len(own) == 3 * 3 * timepoints
         assert sorted(set(own) - set(held)) == [] and held == own
     finally:
@@ -292,11 +296,6 @@ def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber
         log_c.close()
         if hub is not None:
             hub.stop()
-
-
-def well_view_complete(wells) -> dict:
-    return {(w["source"], w["plate"], w["well"], w["timepoint"]): (w["seq"], w["frames"], w["complete"], w["counts"])
-            for w in wells}
 
 
 def test_merged_snapshot_is_the_union_of_live_daemon_snapshots(tmp_path):
