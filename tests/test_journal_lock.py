@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from wellwatch.daemon.journal_lock import JournalInUseError, JournalLock, lock_path_for
+from wellwatch.daemon.service import Daemon
 from wellwatch.dashboard.results import write_results
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec
@@ -73,8 +74,6 @@ def test_second_daemon_on_the_same_journal_is_refused_and_readers_stay_allowed(t
         second = local_config(tmp_path, spec)
         assert second.publish.endpoint != first.publish.endpoint
         assert second.journal.path == first.journal.path
-        from wellwatch.daemon.service import Daemon
-
         with pytest.raises(JournalInUseError, match=f"pid {os.getpid()}"):
             Daemon(second)
         # the refused daemon left its ports free and the first one running
@@ -83,8 +82,6 @@ def test_second_daemon_on_the_same_journal_is_refused_and_readers_stay_allowed(t
         assert out.is_file() and wells_out.is_file() and n_frames == 0
     finally:
         assert running.stop() == 0
-    from wellwatch.daemon.service import Daemon
-
     Daemon(first).journal_lock.release()  # the first one stopped: its lock went with it
 
 
