@@ -69,6 +69,19 @@ def count_tiles(dead_probability: np.ndarray, n_empty: int, threshold: float) ->
     return TileCounts(live=len(dead_probability) - dead, dead=dead, empty=n_empty)
 
 
+def image_key(field: int | None, z: int | None) -> tuple[int, int]:
+    """What a well counts at one timepoint: images, one per (field, z plane). A 10-plane z-stack of
+    one field is 10 images, and a well expects fields x z planes (the layout's `fields_expected`).
+    A joined channel is no image of its own: it belongs to its field's image. The daemon, the
+    results tables and the dashboard's history all count with this and `well_complete`."""
+    return (field or 0, z or 0)
+
+
+def well_complete(images: int, expected: int | None) -> bool:
+    """A well is complete at a timepoint once it holds as many images as expected (unknown: never)."""
+    return bool(expected and images >= expected)
+
+
 def live_fraction(live: int, dead: int) -> float | None:
     return live / (live + dead) if live + dead else None
 
@@ -111,12 +124,12 @@ class PlateAggregate:
             held = self._timepoints.setdefault((plate, well), [])
             if history is not None and held and timepoint < held[-1]:
                 for f, fz, c in history():  # a timepoint that left memory: its other images are in the journal
-                    state.fields[(f, fz)] = c
+                    state.fields[image_key(f, fz)] = c
             bisect.insort(held, timepoint)
             while len(held) > self.keep_timepoints:
                 del self.wells[(plate, well, held.pop(0))]
         was_complete = self.is_complete(state)
-        state.fields[(field_index, z)] = counts
+        state.fields[image_key(field_index, z)] = counts
         if not was_complete and self.is_complete(state):  # images only grow: a well completes once
             self._complete[(plate, timepoint)] = self._complete.get((plate, timepoint), 0) + 1
         return state
@@ -128,8 +141,7 @@ class PlateAggregate:
         return self.fields_expected or None
 
     def is_complete(self, state: WellState) -> bool:
-        expected = self.expected(state.well)
-        return bool(expected and len(state.fields) >= expected)
+        return well_complete(len(state.fields), self.expected(state.well))
 
     def plate_progress(self, plate: str, timepoint: int) -> dict | None:
         """With a layout: how many of the plate's wells are complete at `timepoint`, and whether the

@@ -73,6 +73,7 @@ class CommitBuilder:
                  source: str | None = None):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
         self.cell_type, self.cell_live_dead, self.source = cell_type, cell_live_dead, source
+        self._pending: list[FrameRecord] = []
         # (plate, timepoint) and plates already announced complete (after a restart: all that are)
         self.announced: set = set()
         for plate, _, timepoint in list(aggregate.wells):
@@ -93,6 +94,7 @@ class CommitBuilder:
     def build(self, group: list, journal: Journal) -> Built:
         """Number and describe a group of outcomes; `journal` answers what was committed before."""
         built = Built()
+        self._pending = built.records  # this group's records: not in the journal until it commits
         latest: dict[str, tuple[int, str]] = {}  # path -> (version, sha256) assigned in this group
         for msg in group:
             if isinstance(msg, StatusEvent):
@@ -175,7 +177,7 @@ class CommitBuilder:
         job, meta = work.job, work.job.meta
         counts = frame_counts(work, self.contract, self.cell_type, self.cell_live_dead)
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z,
-                                   history=lambda: journal.field_counts(meta.plate, meta.well, meta.timepoint))
+                                   history=lambda: self.history(journal, meta.plate, meta.well, meta.timepoint))
         seq = self.next_seq()
         frame_msg = OutboxMessage(seq, frame_topic(meta.plate, meta.well), envelope(
             seq, "frame", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
@@ -195,6 +197,15 @@ class CommitBuilder:
                              json.dumps(counts.cell_types) if counts.cell_types is not None else None)
         return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint),
                         *self.dose_messages(well_msg.payload)]
+
+    def history(self, journal: Journal, plate: str, well: str, timepoint: int) -> list[tuple]:
+        """An evicted timepoint's images, oldest first: those committed, then those of the group
+        being built. Catching up on a written plate (names sorted field by field) evicts a timepoint
+        and brings its next field in the same group as its first one, which the journal lacks yet."""
+        key = (plate, well, timepoint)
+        pending = [(r.field, r.z or 0, r.counts()) for r in self._pending
+                   if r.state == "done" and r.live is not None and (r.plate, r.well, r.timepoint) == key]
+        return journal.field_counts(plate, well, timepoint) + pending
 
     def dose_messages(self, well_payload: dict) -> list[OutboxMessage]:
         """`dose/<plate>/<compound>` for each fit this well message makes due (none without a map)."""

@@ -21,11 +21,13 @@ def open_read_only(journal_path: str | Path) -> sqlite3.Connection:
 
 
 def well_history(journal: str | Path | sqlite3.Connection, plate: str | None = None, well: str | None = None,
-                 timepoints: tuple[int, int] | None = None, up_to_seq: int | None = None) -> list[dict]:
+                 timepoints: tuple[int, int] | None = None, up_to_seq: int | None = None,
+                 after_seq: int | None = None) -> list[dict]:
     """The latest well message per (plate, well, timepoint), ordered by plate, well, timepoint.
 
-    Optional filters: one plate, one well, an inclusive range of timepoints, and messages with
-    seq <= `up_to_seq` (a snapshot's consistent cut). `journal`: a path or an open connection.
+    Optional filters: one plate, one well, an inclusive range of timepoints, messages with
+    seq <= `up_to_seq` (a snapshot's consistent cut) and seq > `after_seq` (the states changed
+    since a subscriber's last seq). `journal`: a path or an open connection.
     """
     db = journal if isinstance(journal, sqlite3.Connection) else open_read_only(journal)
     try:
@@ -38,6 +40,9 @@ def well_history(journal: str | Path | sqlite3.Connection, plate: str | None = N
         if up_to_seq is not None:
             sql.append("AND seq <= ?")
             args.append(up_to_seq)
+        if after_seq is not None:
+            sql.append("AND seq > ?")
+            args.append(after_seq)
         latest: dict[tuple, dict] = {}
         for (payload,) in db.execute(" ".join(sql) + " ORDER BY seq", args):
             m = json.loads(payload)

@@ -229,10 +229,12 @@ class Journal:
                                (path,)).fetchone()[0]
 
     def field_counts(self, plate: str, well: str, timepoint: int) -> list[tuple[int, int, object]]:
-        """(field, z, TileCounts) of every done frame of one well at one timepoint, oldest first."""
+        """(field, z, TileCounts) of every done frame of one well at one timepoint, oldest first; a
+        joined channel's file (no counts: they are its field's scored file's) is none of them."""
         cols = ", ".join(FrameRecord.__dataclass_fields__)
         rows = self.db.execute(f"SELECT {cols} FROM frames WHERE plate = ? AND well = ? AND timepoint = ? "
-                               "AND state = 'done' AND channel IS NOT NULL ORDER BY id", (plate, well, timepoint))
+                               "AND state = 'done' AND channel IS NOT NULL AND live IS NOT NULL ORDER BY id",
+                               (plate, well, timepoint))
         return [(r.field, r.z or 0, r.counts()) for r in (FrameRecord(*row) for row in rows)]
 
     def latest_sha256(self, path: str) -> str | None:

@@ -22,8 +22,8 @@ from .journal import Journal, OutboxMessage
 from .metrics import DaemonMetrics
 from .security import CurveServer
 from .history import well_history
-from .stream import (HEARTBEAT_TOPIC, SCHEMA_VERSION, heartbeat, parse_snapshot_request, replaces, snapshot_key,
-                     stamp_sent)
+from .stream import (HEARTBEAT_TOPIC, SCHEMA_VERSION, SnapshotRequest, heartbeat, parse_snapshot_request, replaces,
+                     snapshot_key, stamp_sent)
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +143,28 @@ class Publisher(threading.Thread):
             frames = self.router.recv_multipart()
             ident, request = frames[0], frames[-1]
             try:
-                timepoints = parse_snapshot_request(request)
+                asked = parse_snapshot_request(request)
             except ValueError as e:
                 reply = {"schema": SCHEMA_VERSION, "type": "error", "error": str(e)}
             else:
-                if timepoints is None:
-                    wells = [self.state[k] for k in sorted(self.state, key=str)]
-                else:  # older timepoints: from the journal, cut at the seq this snapshot holds
-                    wells = well_history(journal.db, timepoints=timepoints, up_to_seq=self.last_seq)
-                reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "source": self.source,
-                         "seq": self.last_seq, "wells": wells}
-                if timepoints is not None:
-                    reply["timepoints"] = list(timepoints)
+                reply = self._snapshot(asked, journal)
                 self.metrics.snapshots.inc()
             self.router.send_multipart([ident, b"", json.dumps(reply).encode()])
+
+    def _snapshot(self, asked: SnapshotRequest, journal: Journal) -> dict:
+        """Plain: the latest timepoint per well (in memory). A range or a since-request: from the
+        journal, cut at the seq this snapshot holds, so updates after it follow on the stream."""
+        since = asked.since_for(self.source)
+        if asked.timepoints is None and since is None:
+            wells = [self.state[k] for k in sorted(self.state, key=str)]
+        else:
+            wells = [m if m.get("source") is not None else dict(m, source=self.source)
+                     for m in well_history(journal.db, timepoints=asked.timepoints, up_to_seq=self.last_seq,
+                                           after_seq=since)]
+        reply = {"schema": SCHEMA_VERSION, "type": "snapshot", "source": self.source, "seq": self.last_seq,
+                 "wells": wells}
+        if asked.timepoints is not None:
+            reply["timepoints"] = list(asked.timepoints)
+        if since is not None:
+            reply["since"] = since
+        return reply

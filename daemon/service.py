@@ -16,6 +16,7 @@ from .backend import OnnxBackend
 from .bioimageio_package import is_package
 from .config import Config
 from .errors import StartupError
+from .journal_lock import JournalLock
 from .metrics import DaemonMetrics
 from .package_loading import open_package
 from .pipeline import Pipeline
@@ -127,8 +128,13 @@ class Daemon:
         seg_backend = segmentation_backend or load_segmentation_backend(config, self.metrics)
         type_backend = cell_type_backend or load_cell_type_backend(config, self.metrics)
         cell_ld_backend = cell_live_dead_backend or load_cell_live_dead_backend(config, self.metrics)
-        self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
-                                 cell_type_backend=type_backend, cell_live_dead_backend=cell_ld_backend)
+        self.journal_lock = JournalLock(config.journal.path)  # before anything writes to the journal
+        try:
+            self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
+                                     cell_type_backend=type_backend, cell_live_dead_backend=cell_ld_backend)
+        except BaseException:
+            self.journal_lock.release()
+            raise
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -142,11 +148,14 @@ class Daemon:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: self.pipeline.request_stop())
-        self.start()
-        while not self.pipeline.wait(0.5):  # a timed wait keeps signals deliverable
-            pass
-        log.info("stopping: finishing frames in flight")
-        self.pipeline.shutdown()
+        try:
+            self.start()
+            while not self.pipeline.wait(0.5):  # a timed wait keeps signals deliverable
+                pass
+            log.info("stopping: finishing frames in flight")
+            self.pipeline.shutdown()
+        finally:
+            self.journal_lock.release()
         if self.pipeline.fatal is not None:
             log.error("stopped by an internal error: %s", self.pipeline.fatal)
             return 1

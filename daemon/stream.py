@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 SNAPSHOT_REQUEST = b"snapshot"  # what a client sends to the snapshot endpoint: the latest timepoint per well
@@ -70,25 +71,53 @@ def replaces(new: dict, old: dict | None) -> bool:
     return old is None or (new["timepoint"] or 0) >= (old["timepoint"] or 0)
 
 
-def snapshot_request(timepoints: tuple[int, int] | None = None) -> bytes:
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """What a snapshot request asks for: by default each well's latest timepoint; `timepoints`
+    (first, last): every well at each of them; `since` (source -> seq): every (well, timepoint)
+    whose state changed after that seq (a gap healed exactly: what was lost, nothing more). A
+    daemon not named in `since` answers the plain snapshot (a source the client has not met)."""
+    timepoints: tuple[int, int] | None = None
+    since: dict[str, int] | None = None
+
+    def since_for(self, source: str | None) -> int | None:
+        return None if self.since is None else self.since.get(source)
+
+
+def snapshot_request(timepoints: tuple[int, int] | None = None, since: dict[str, int] | None = None) -> bytes:
     """The request a client sends: plain `snapshot` (latest timepoint per well), or with an
-    inclusive range of timepoints, every well at each of them (served from the journal)."""
-    if timepoints is None:
+    inclusive range of timepoints, every well at each of them, or with `since` (source -> last
+    seq held), every well state changed after it (both served from the journal)."""
+    if timepoints is None and since is None:
         return SNAPSHOT_REQUEST
-    lo, hi = timepoints
-    return json.dumps({"request": "snapshot", "timepoints": [int(lo), int(hi)]}).encode()
+    request: dict = {"request": "snapshot"}
+    if timepoints is not None:
+        request["timepoints"] = [int(timepoints[0]), int(timepoints[1])]
+    if since is not None:
+        request["since"] = {str(k): int(v) for k, v in since.items()}
+    return json.dumps(request).encode()
 
 
-def parse_snapshot_request(raw: bytes) -> tuple[int, int] | None:
-    """-> None for the latest timepoint per well, or (first, last) timepoint; ValueError if malformed."""
+def parse_snapshot_request(raw: bytes) -> SnapshotRequest:
+    """-> what the request asks for; ValueError (naming what is allowed) if malformed."""
     if raw == SNAPSHOT_REQUEST:
-        return None
+        return SnapshotRequest()
     try:
         request = json.loads(raw)
-        lo, hi = request["timepoints"]
-        if request.get("request") != "snapshot" or not all(type(t) is int for t in (lo, hi)) or lo > hi:
+        if request.get("request") != "snapshot" or not ({"timepoints", "since"} & request.keys()):
             raise ValueError
+        timepoints = since = None
+        if "timepoints" in request:
+            lo, hi = request["timepoints"]
+            if not all(type(t) is int for t in (lo, hi)) or lo > hi:
+                raise ValueError
+            timepoints = (lo, hi)
+        if "since" in request:
+            since = request["since"]
+            if not isinstance(since, dict) or not all(type(v) is int and v >= 0 for v in since.values()):
+                raise ValueError
     except (ValueError, TypeError, KeyError, AttributeError):
         raise ValueError(f"unknown request {raw[:40]!r}; send {SNAPSHOT_REQUEST!r} or "
-                         '{"request": "snapshot", "timepoints": [first, last]}') from None
-    return lo, hi
+                         '{"request": "snapshot", "timepoints": [first, last]} or '
+                         '{"request": "snapshot", "since": {"<source>": seq}}') from None
+    return SnapshotRequest(timepoints, since)

@@ -2,6 +2,9 @@
 
 Opened with SQLite's read-only URI mode, so nothing here can write to (or lock) the daemon's
 journal. A file re-written with new content has a higher version; only its latest counts.
+A joined channel's file (a LIVE or PI file scored with its field's BF file) is journaled beside
+the scored one without counts; here it belongs to its field's row (`channels`, `channel_files`).
+A well's images and completeness are counted as the daemon counts them (daemon/aggregate.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from wellwatch.daemon.aggregate import image_key, well_complete
 from wellwatch.daemon.errors import WellwatchError
+from wellwatch.daemon.history import well_history
 
 FRAME_COLUMNS = ("path", "version", "state", "reason", "plate", "well", "field", "timepoint", "z", "channel",
                  "live", "dead", "empty", "cells", "cell_live", "cell_dead", "cell_types", "t_file", "t_done",
@@ -56,12 +61,21 @@ class JournalView:
             rows = db.execute(sql + " ORDER BY f.id", args).fetchall()
         finally:
             db.close()
-        out = []
+        frames = []
         for row in rows:
             frame = dict(zip(FRAME_COLUMNS, row))
             frame["cell_types"] = json.loads(frame["cell_types"]) if frame["cell_types"] else None
-            out.append(frame)
-        return out
+            frames.append(frame)
+        return fold_joined_channels(frames)
+
+    def expected_images(self) -> dict[tuple, int | None]:
+        """(plate, well, timepoint) -> images the daemon expected there (its plate layout, else
+        plate.fields_per_well), from its latest well message; absent for a journal without them."""
+        try:
+            return {(m["plate"], m["well"], m["timepoint"]): m.get("fields_expected")
+                    for m in well_history(self.path)}
+        except (FileNotFoundError, sqlite3.DatabaseError) as e:
+            raise JournalReadError(str(self.path), f"cannot read its well messages ({e})") from None
 
     def dose_messages(self) -> list[dict]:
         """The dose fits the daemon published (its outbox), oldest first."""
@@ -85,7 +99,29 @@ class JournalView:
 
     def wells(self, fields_expected: int = 0) -> list[dict]:
         """Per (plate, well, timepoint): the sums a well message carries, from the done frames."""
-        return well_summaries(self.frames(), fields_expected)
+        return well_summaries(self.frames(), fields_expected, self.expected_images())
+
+
+def is_joined_channel(frame: dict) -> bool:
+    """A channel file scored as part of another file's field: done, no counts of its own."""
+    return frame["state"] == "done" and frame["live"] is None
+
+
+def fold_joined_channels(frames: list[dict]) -> list[dict]:
+    """One row per field: joined channel files leave the list and are named on the row of the file
+    they were scored with (same seq), as `channels` and `channel_files` (that file's own first)."""
+    members: dict[int, list[dict]] = {}
+    for f in frames:
+        if is_joined_channel(f) and f["seq"] is not None:
+            members.setdefault(f["seq"], []).append(f)
+    out = []
+    for f in frames:
+        if is_joined_channel(f) and f["seq"] is not None:
+            continue
+        joined = members.get(f["seq"], []) if f["state"] == "done" else []
+        out.append(dict(f, channels=[f["channel"], *(m["channel"] for m in joined)],
+                        channel_files=[f["path"], *(m["path"] for m in joined)]))
+    return out
 
 
 def _sum(values) -> int | None:
@@ -93,10 +129,14 @@ def _sum(values) -> int | None:
     return sum(present) if present else None
 
 
-def well_summaries(frames: list[dict], fields_expected: int = 0) -> list[dict]:
+def well_summaries(frames: list[dict], fields_expected: int = 0,
+                   expected: dict[tuple, int | None] | None = None) -> list[dict]:
+    """`frames`: the latest version of each file. A well's `frames` counts its images (field x z
+    plane, as the daemon's well messages do), `fields` its fields; complete against `expected`
+    ((plate, well, timepoint) -> images, the daemon's own figure), else `fields_expected`."""
     groups: dict[tuple, list[dict]] = {}
     for f in frames:
-        if f["state"] == "done" and f["well"] is not None:
+        if f["state"] == "done" and f["well"] is not None and not is_joined_channel(f):
             groups.setdefault((f["plate"], f["well"], f["timepoint"]), []).append(f)
     out = []
     for (plate, well, timepoint), fs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
@@ -107,10 +147,12 @@ def well_summaries(frames: list[dict], fields_expected: int = 0) -> list[dict]:
             for name, n in (f["cell_types"] or {}).items():
                 types = types or {}
                 types[name] = types.get(name, 0) + n
-        fields = len({f["field"] for f in fs})
+        images = len({image_key(f["field"], f["z"]) for f in fs})
+        wanted = (expected or {}).get((plate, well, timepoint)) or fields_expected or None
         out.append({
-            "type": "well", "plate": plate, "well": well, "timepoint": timepoint, "frames": fields,
-            "fields_expected": fields_expected or None, "complete": bool(fields_expected and fields >= fields_expected),
+            "type": "well", "plate": plate, "well": well, "timepoint": timepoint, "frames": images,
+            "fields": len({f["field"] for f in fs}), "fields_expected": wanted,
+            "complete": well_complete(images, wanted),
             "counts": {"live": live, "dead": dead, "empty": sum(f["empty"] or 0 for f in fs)},
             "live_fraction": live / (live + dead) if live + dead else None, "unit": "tile",
             "cells": _sum(f["cells"] for f in fs),

@@ -139,7 +139,7 @@ class LiveState:
             return
         try:
             frames = self.source.journal.frames()
-            summaries = well_summaries(frames, self.source.fields_expected)
+            summaries = well_summaries(frames, self.source.fields_expected, self.source.journal.expected_images())
             doses = self.source.journal.dose_messages()
         except JournalReadError as e:
             log.warning("%s; time courses start with the stream", e)

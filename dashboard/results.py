@@ -1,9 +1,11 @@
 """`wellwatch results`: the journal as tidy tables, one row per frame and one per well-timepoint,
 joined to a plate map. CSV with the standard library; Parquet with pyarrow (the `results` extra).
 
-The frame table has one row per row of the journal's `frames` table (every version of a file
-re-written with new content; `latest` marks the one that counts). The well table sums the latest
-done frames per (plate, well, timepoint), as the daemon's well messages do.
+The frame table has one row per scored image in the journal's `frames` table (every version of a
+file re-written with new content; `latest` marks the one that counts); a joined channel's file
+(LIVE, PI beside BF) is named on its field's row (`channels`, `channel_files`), not a row of its
+own. The well table sums the latest done frames per (plate, well, timepoint), and counts images
+(field x z plane) and completeness exactly as the daemon's well messages do.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from pathlib import Path
 
 from wellwatch.daemon.plate_map import PlateMap
 
-from .journal_view import FRAME_COLUMNS, open_readonly, well_summaries
+from .journal_view import FRAME_COLUMNS, JournalView, fold_joined_channels, open_readonly, well_summaries
 
 MAP_COLUMNS = ("compound", "concentration", "unit", "role")
-FRAME_TABLE = ("plate", "well", "timepoint", "field", "z", "channel", "state", "reason", "live", "dead", "empty",
+FRAME_TABLE = ("plate", "well", "timepoint", "field", "z", "channel", "channels", "channel_files", "state", "reason",
+               "live", "dead", "empty",
                "live_fraction", "cells", "cell_live", "cell_dead", "cell_live_fraction", "cell_types",
                "model_names", "model_sha256", "file", "version", "latest", "sha256", "t_file", "t_done", "seq",
                *MAP_COLUMNS)
-WELL_TABLE = ("plate", "well", "timepoint", "fields", "live", "dead", "empty", "live_fraction", "cells",
+WELL_TABLE = ("plate", "well", "timepoint", "fields", "images", "images_expected", "complete", "live", "dead", "empty",
+              "live_fraction", "cells",
               "cell_live", "cell_dead", "cell_live_fraction", "cell_types", "model_names", "model_sha256",
               *MAP_COLUMNS)
 
@@ -50,25 +54,30 @@ def frame_rows(journal: Path, plate_map: PlateMap | None = None) -> list[dict]:
                           "FROM frames f LEFT JOIN outbox o ON o.seq = f.seq ORDER BY f.id").fetchall()
     finally:
         db.close()
+    frames = fold_joined_channels([dict(zip(FRAME_COLUMNS, row), _payload=row[-2], _latest=row[-1])
+                                   for row in rows])
     out = []
-    for row in rows:
-        f = dict(zip(FRAME_COLUMNS, row))
-        payload = json.loads(row[-2]) if row[-2] else {}
+    for f in frames:
+        payload = json.loads(f["_payload"]) if f["_payload"] else {}
         names, shas = _models(payload.get("models"))
         types = json.loads(f["cell_types"]) if f["cell_types"] else None
         out.append({
-            **{k: f[k] for k in ("plate", "well", "timepoint", "field", "z", "channel", "state", "reason",
-                                 "live", "dead", "empty", "cells", "cell_live", "cell_dead")},
+            **{k: f[k] for k in ("plate", "well", "timepoint", "field", "z", "channel")},
+            "channels": ";".join(c for c in f["channels"] if c is not None),
+            "channel_files": ";".join(f["channel_files"]),
+            **{k: f[k] for k in ("state", "reason", "live", "dead", "empty", "cells", "cell_live", "cell_dead")},
             "live_fraction": _fraction(f["live"], f["dead"]),
             "cell_live_fraction": _fraction(f["cell_live"], f["cell_dead"]),
             "cell_types": json.dumps(types, sort_keys=True) if types else None,
             "model_names": names, "model_sha256": shas, "file": f["path"], "version": f["version"],
-            "latest": bool(row[-1]), "sha256": f["sha256"], "t_file": f["t_file"], "t_done": f["t_done"],
+            "latest": bool(f["_latest"]), "sha256": f["sha256"], "t_file": f["t_file"], "t_done": f["t_done"],
             "seq": f["seq"], **_map_columns(plate_map, f["well"])})
     return out
 
 
-def well_rows(frames: list[dict], plate_map: PlateMap | None = None) -> list[dict]:
+def well_rows(frames: list[dict], plate_map: PlateMap | None = None,
+              expected: dict[tuple, int | None] | None = None) -> list[dict]:
+    """`expected`: (plate, well, timepoint) -> images the daemon expected (its well messages)."""
     latest = [dict(f, path=f["file"], cell_types=json.loads(f["cell_types"]) if f["cell_types"] else None)
               for f in frames if f["latest"]]
     models: dict[tuple, tuple] = {}
@@ -76,11 +85,12 @@ def well_rows(frames: list[dict], plate_map: PlateMap | None = None) -> list[dic
         if f["model_names"]:
             models[(f["plate"], f["well"], f["timepoint"])] = (f["model_names"], f["model_sha256"])
     out = []
-    for w in well_summaries(latest):
+    for w in well_summaries(latest, expected=expected):
         key = (w["plate"], w["well"], w["timepoint"])
         calls = w["cell_counts"] or {}
         names, shas = models.get(key, (None, None))
-        out.append({"plate": w["plate"], "well": w["well"], "timepoint": w["timepoint"], "fields": w["frames"],
+        out.append({"plate": w["plate"], "well": w["well"], "timepoint": w["timepoint"], "fields": w["fields"],
+                    "images": w["frames"], "images_expected": w["fields_expected"], "complete": w["complete"],
                     **w["counts"], "live_fraction": w["live_fraction"], "cells": w["cells"],
                     "cell_live": calls.get("live"), "cell_dead": calls.get("dead"),
                     "cell_live_fraction": w["cell_live_fraction"],
@@ -115,10 +125,10 @@ def write_table(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
 def _arrow_schema(pa, columns, rows):
     """Explicit types, so an all-null column (no segmentation) still gets a useful one."""
     ints = {"timepoint", "field", "z", "live", "dead", "empty", "cells", "cell_live", "cell_dead", "version",
-            "seq", "fields"}
+            "seq", "fields", "images", "images_expected"}
     floats = {"live_fraction", "cell_live_fraction", "t_file", "t_done", "concentration"}
-    kind = {c: pa.int64() if c in ints else pa.float64() if c in floats else pa.bool_() if c == "latest"
-            else pa.string() for c in columns}
+    kind = {c: pa.int64() if c in ints else pa.float64() if c in floats
+            else pa.bool_() if c in ("latest", "complete") else pa.string() for c in columns}
     return pa.schema([(c, kind[c]) for c in columns])
 
 
@@ -126,7 +136,7 @@ def write_results(journal: Path, out: Path, plate_map: PlateMap | None = None) -
     if out.suffix not in (".csv", ".parquet"):
         raise SystemExit(f"wellwatch results: --out {out}: expected a .csv or .parquet file name")
     frames = frame_rows(journal, plate_map)
-    wells = well_rows(frames, plate_map)
+    wells = well_rows(frames, plate_map, JournalView(journal).expected_images())
     wells_out = wells_path_for(out)
     write_table(frames, FRAME_TABLE, out)
     write_table(wells, WELL_TABLE, wells_out)

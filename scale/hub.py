@@ -4,9 +4,10 @@
   XPUB binds the hub's endpoint; subscriptions travel upstream, messages down, untouched. Each
   message names its `source` and counts `seq` per source, so a subscriber still sees gaps.
   ZeroMQ reconnects to a daemon that restarts on its endpoint and re-sends the subscriptions.
-- Late joiners: the hub's ROUTER answers a snapshot request (plain, or a range of timepoints) by
-  asking every daemon's snapshot endpoint the same and replying with the union
-  (`merge_snapshots`), plus each source's seq (`seqs`). The hub holds no state of its own:
+- Late joiners: the hub's ROUTER answers a snapshot request (plain, a range of timepoints, or the
+  states changed since each source's seq: a subscriber healing a gap) by asking every daemon's
+  snapshot endpoint the same and replying with the union (`merge_snapshots`), plus each source's
+  seq (`seqs`). The hub holds no state of its own:
   whatever the daemons' snapshots hold, it passes on.
 """
 
@@ -124,13 +125,15 @@ class Hub:
             self.xsub.close()
             self.xpub.close()
 
-    def merged_snapshot(self, timepoints: tuple[int, int] | None = None) -> dict:
+    def merged_snapshot(self, timepoints: tuple[int, int] | None = None,
+                        since: dict[str, int] | None = None) -> dict:
+        """Every daemon asked the same; with `since` (source -> seq) each answers for its own source."""
         replies, unreachable = [], []
         for d in self.config.daemons:
             try:
                 replies.append((d.snapshot_endpoint, request_snapshot(
                     self.context, d.snapshot_endpoint, timeout_s=self.config.hub.snapshot_timeout_s,
-                    timepoints=timepoints)))
+                    timepoints=timepoints, since=since)))
             except TimeoutError:
                 log.warning("daemon %s: no snapshot within %.1f s; left out of this one",
                             d.snapshot_endpoint, self.config.hub.snapshot_timeout_s)
@@ -145,11 +148,11 @@ class Hub:
                 frames = self.router.recv_multipart()
                 ident, request = frames[0], frames[-1]
                 try:
-                    timepoints = parse_snapshot_request(request)  # the daemons' own request format
+                    asked = parse_snapshot_request(request)  # the daemons' own request format
                 except ValueError as e:
                     reply = {"schema": SCHEMA_VERSION, "type": "error", "error": str(e)}
                 else:
-                    reply = self.merged_snapshot(timepoints)
+                    reply = self.merged_snapshot(asked.timepoints, asked.since)
                     self.snapshots_served += 1
                 self.router.send_multipart([ident, b"", json.dumps(reply).encode()])
         finally:

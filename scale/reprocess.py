@@ -95,13 +95,14 @@ def progress(done: int, total: int) -> None:
 
 def well_rows(frames: list[dict], fields_expected: int) -> list[dict]:
     """Per-well, per-timepoint aggregates with the daemon's own aggregation (frames in path order)."""
-    aggregate = PlateAggregate(fields_expected)
+    # every timepoint stays (a table, not the daemon's bounded memory); a z plane is an image of its own
+    aggregate = PlateAggregate(fields_expected, keep_timepoints=len(frames) + 1)
     for f in frames:
         if f["state"] != "done":
             continue
         types = json.loads(f["cell_types"]) if f["cell_types"] else None
         aggregate.add(f["plate"], f["well"], f["timepoint"], f["field"], TileCounts(
-            f["live"], f["dead"], f["empty"], f["cells"], f["cell_live"], f["cell_dead"], types))
+            f["live"], f["dead"], f["empty"], f["cells"], f["cell_live"], f["cell_dead"], types), z=f.get("z") or 0)
     rows = []
     for (plate, well, timepoint), state in sorted(aggregate.wells.items()):
         s = aggregate.summary(state)

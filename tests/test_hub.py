@@ -217,6 +217,87 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
     hub.stop()
 
 
+def full_view(wells) -> dict:
+    return {(w["source"], w["plate"], w["well"], w["timepoint"]): (w["seq"], w["frames"], w["complete"], w["counts"])
+            for w in wells}
+
+
+def daemon_state(journal_path: str) -> dict:
+    """A daemon's own state: its latest well message per (plate, well, timepoint), from its journal."""
+    from wellwatch.daemon.history import well_history
+
+    return full_view(well_history(journal_path))
+
+
+def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber(tmp_path):
+    """Three daemons behind the hub; scope-c is killed (SIGKILL) after timepoint 0 and stays down
+    while timepoints 1-3 land; it restarts and catches up on them at once, before the hub's XSUB has
+    reconnected, so its first messages may be lost: the subscriber's gap heals with every well state
+    changed since the seq it held. Its final state equals each daemon's own, nothing missing."""
+    timepoints = 5
+    specs = {f"scope-{k}": SimulationSpec(wells=("A1", "A2", "A3"), fields=1, timepoints=timepoints, size=128,
+                                          cells_per_field=6, channels=("BF",), plate_name=f"plate-{k}", seed=seed)
+             for k, seed in (("a", 11), ("b", 12), ("c", 13))}
+    configs, frames_by_t = {}, {}
+    for source, spec in specs.items():
+        configs[source] = local_config(tmp_path / source, spec, **{"publish.source": source,
+                                                                  "watch.reconcile_s": 1.0})
+        frames_by_t[source] = staged(spec, tmp_path / f"{source}-staging")
+    running = [start_daemon(configs[s]) for s in ("scope-a", "scope-b")]
+    c_toml = tmp_path / "scope-c.toml"
+    c_toml.write_text(config_toml(configs["scope-c"], "scope-c"))
+    cmd = [sys.executable, "-m", "wellwatch", "run", "--config", str(c_toml)]
+    log_c = open(tmp_path / "scope-c.log", "w")
+    proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
+    hub = None
+    try:
+        for config in configs.values():
+            wait_ready(config, timeout=60)
+        hub_port, hub_snap = free_port(), free_port()
+        hub = Hub(hub_config_from({
+            "hub": {"endpoint": f"tcp://127.0.0.1:{hub_port}", "snapshot_endpoint": f"tcp://127.0.0.1:{hub_snap}"},
+            "daemons": [{"endpoint": c.publish.endpoint, "snapshot_endpoint": c.publish.snapshot_endpoint}
+                        for c in configs.values()]}))
+        hub.start()
+        rec = Recorder(f"tcp://127.0.0.1:{hub_port}", f"tcp://127.0.0.1:{hub_snap}")
+        rec.start()
+        assert rec.connected.wait(20), "no snapshot from the hub"
+        for source in specs:
+            move_in(frames_by_t[source][0], Path(configs[source].watch.root))
+        wait_for(lambda: journal_done(configs["scope-c"].journal.path) == 3, 60, "scope-c's timepoint 0")
+        proc_c.send_signal(signal.SIGKILL)
+        proc_c.wait(10)
+        for t in range(1, timepoints - 1):  # the outage: three timepoints land on every plate
+            for source in specs:
+                move_in(frames_by_t[source][t], Path(configs[source].watch.root))
+            for source in ("scope-a", "scope-b"):
+                wait_for(lambda: journal_done(configs[source].journal.path) == 3 * (t + 1), 60, f"{source} t{t}")
+        proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
+        wait_for(lambda: journal_done(configs["scope-c"].journal.path) == 3 * (timepoints - 1), 90,
+                 "scope-c catching up")
+        for source in specs:
+            move_in(frames_by_t[source][timepoints - 1], Path(configs[source].watch.root))
+        for config in configs.values():
+            wait_for(lambda: journal_done(config.journal.path) == 3 * timepoints, 60, "the last timepoint")
+        own: dict = {}
+        for config in configs.values():
+            wait_for(lambda: rec.state is not None and not [s for s in outbox_seqs(config.journal.path)
+                                                            if s > rec.state.seqs.get(config.publish.source, 0)],
+                     30, "the subscriber to catch up")
+            own.update(daemon_state(config.journal.path))
+        held = full_view(rec.state.wells.values())
+        assert len(own) == 3 * 3 * timepoints
+        assert sorted(set(own) - set(held)) == [] and held == own
+    finally:
+        for d in running:
+            d.stop()
+        proc_c.send_signal(signal.SIGTERM)
+        proc_c.wait(30)
+        log_c.close()
+        if hub is not None:
+            hub.stop()
+
+
 def test_merged_snapshot_is_the_union_of_live_daemon_snapshots(tmp_path):
     specs = {f"scope-{k}": plate(f"plate-{k}", seed) for k, seed in (("a", 4), ("b", 5), ("c", 6))}
     configs = {s: local_config(tmp_path / s, spec, **{"publish.source": s}) for s, spec in specs.items()}

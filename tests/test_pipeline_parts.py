@@ -108,3 +108,40 @@ def test_ledger_and_recovery_agree_with_the_journal(tmp_path, contract):
     assert ledger.claim("b.tif") and not ledger.claim("b.tif") and not ledger.needs_look(("b.tif", 1, 1))
     ledger.release("b.tif")
     assert ledger.claim("b.tif")
+
+
+def _field_job(well: str, field: int, timepoint: int, channel: str = "BF") -> FrameJob:
+    rel = f"{well}--P{field:05d}--T{timepoint:05d}--{channel}.tif"
+    return FrameJob(f"/acq/{rel}", rel, FrameMeta("p", well, field, timepoint, 0, channel), 10, 123)
+
+
+def test_a_written_plate_caught_up_in_one_group_counts_every_field(tmp_path, contract):
+    """Defect 4: a daemon starting on a written plate gets a well's files in name order (field 1 at
+    every timepoint, then field 2), so field 2 of t0 arrives after t0 left memory (two timepoints are
+    kept) and is refilled from the journal, while field 1 of t0 is in the same uncommitted group."""
+    journal = Journal(tmp_path / "j.sqlite")
+    builder = CommitBuilder(contract, {"demo": "abc"}, PlateAggregate(2), seq=0)
+    group = [_scored(_field_job("A1", field, t), contract, f"s{field}{t}", dead=1, live=3)
+             for field in (1, 2) for t in range(4)]
+    built = builder.build(group, journal)
+    journal.commit(built.records, built.messages)
+    last = {m.payload["timepoint"]: m.payload for m in built.messages if m.payload["type"] == "well"}
+    assert {t: (w["frames"], w["complete"]) for t, w in last.items()} == {t: (2, True) for t in range(4)}
+    assert {t: w["counts"] for t, w in last.items()} == {t: {"live": 6, "dead": 2, "empty": 4} for t in range(4)}
+    journal.close()
+
+
+def test_an_evicted_timepoint_refilled_from_the_journal_ignores_joined_channel_files(tmp_path, contract):
+    """A LIVE file journaled beside its field's BF file carries no counts: refilling an evicted
+    timepoint from the journal must not put it in the BF file's place (a None count broke the sum)."""
+    journal = Journal(tmp_path / "j.sqlite")
+    builder = CommitBuilder(contract, {"demo": "abc"}, PlateAggregate(2), seq=0)
+    for field, t in [(1, 0), (1, 1), (1, 2), (2, 0)]:  # one commit each: the refill reads the journal
+        work = _scored(_field_job("A1", field, t), contract, f"s{field}{t}", dead=1, live=3)
+        work.members = ((_field_job("A1", field, t, "LIVE"), f"live{field}{t}"),)
+        built = builder.build([work], journal)
+        journal.commit(built.records, built.messages)
+    well = [m.payload for m in built.messages if m.payload["type"] == "well"][-1]
+    assert (well["timepoint"], well["frames"], well["complete"]) == (0, 2, True)
+    assert well["counts"] == {"live": 6, "dead": 2, "empty": 4}
+    journal.close()

@@ -8,6 +8,7 @@ ONNX Runtime, the classical segmenter in its process pool.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,17 @@ def test_cells_come_from_the_nuclear_stain_while_the_model_reads_bright_field(da
     rows = journal(config)
     assert sorted(r[7] for r in rows) == ["BF", "BF", "LIVE", "LIVE"]  # LIVE journaled with its field; PI ignored
     assert {r[2] for r in rows} == {"done"}
+    # results.csv and the dashboard's QC table: one row per field, its LIVE file named on it
+    from wellwatch.dashboard.journal_view import JournalView
+    from wellwatch.dashboard.results import frame_rows
+
+    table = frame_rows(Path(config.journal.path))
+    assert sorted((r["file"], r["channels"], r["channel_files"]) for r in table) == sorted(
+        (f"{f}--Z00000--T00000--BF.tif", "BF;LIVE", f"{f}--Z00000--T00000--BF.tif;{f}--Z00000--T00000--LIVE.tif")
+        for f in FIELDS)
+    qc = JournalView(Path(config.journal.path)).frames()
+    assert sorted((f["path"], tuple(f["channels"])) for f in qc) == sorted(
+        (f"{f}--Z00000--T00000--BF.tif", ("BF", "LIVE")) for f in FIELDS)
 
 
 def test_segment_on_needs_a_segmentation_method(tmp_path):

@@ -6,6 +6,7 @@ them, watchdog, SQLite, ZeroMQ on 127.0.0.1, ONNX Runtime.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -175,6 +176,20 @@ def test_nd2_copied_in_chunks_is_read_frame_by_frame_once_across_restarts(daemon
         assert sha == hashlib.sha256(np.ascontiguousarray(truth[t - 1, z, 1]).tobytes()).hexdigest()  # t from 1
     (m,) = [m for m in rec.state.wells.values() if m["timepoint"] == 2]
     assert m["fields_expected"] == 10 and m["complete"]  # 1 position x 10 z planes from the file's metadata
+    # the results tables and the dashboard's history judge the well as the daemon does (images, not fields)
+    from wellwatch.dashboard.journal_view import JournalView
+    from wellwatch.dashboard.results import write_results
+
+    _, wells_csv, _, _ = write_results(Path(config.journal.path), tmp_path / "results.csv")
+    with open(wells_csv, newline="") as f:
+        table = [(r["timepoint"], r["fields"], r["images"], r["images_expected"], r["complete"])
+                 for r in csv.DictReader(f)]
+    assert table == [(str(t), "1", "10", "10", "True") for t in range(3)]
+    daemon_says = {m["timepoint"]: (m["frames"], m["fields_expected"], m["complete"], m["counts"])
+                   for m in rec.state.wells.values()}
+    history = {w["timepoint"]: (w["frames"], w["fields_expected"], w["complete"], w["counts"])
+               for w in JournalView(Path(config.journal.path)).wells()}
+    assert history == {t: daemon_says[t] for t in history} and len(history) == 3
     assert all(f["pixel_size_um"] == pytest.approx(0.1678, abs=1e-4) for f in rec.of_type("frame"))
     running.stop()
     again, rec2 = daemons(config)  # a restart finds every frame journaled: nothing is read twice

@@ -86,7 +86,11 @@ def print_stream(args: argparse.Namespace, messages) -> int:
         if kind == "snapshot":
             seqs = {"seqs": message["seqs"]} if "seqs" in message else {"source": message.get("source"),
                                                                          "seq": message["seq"]}  # hub / daemon
-            print(json.dumps({"type": "snapshot", **seqs, "wells": message["wells"]}), flush=True)
+            # a reply that healed a gap says what it holds: the states changed since a seq, or a range
+            held = {k: message[k] for k in ("since", "timepoints") if k in message}
+            if "sources" in message and any("since" in v for v in message["sources"].values()):
+                held["since"] = {s: v["since"] for s, v in message["sources"].items() if "since" in v}
+            print(json.dumps({"type": "snapshot", **seqs, **held, "wells": message["wells"]}), flush=True)
         else:
             print(json.dumps(message), flush=True)
             count += 1

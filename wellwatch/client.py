@@ -4,7 +4,9 @@ Works against one daemon or a hub (`wellwatch hub`): seq is tracked per message 
 
 1. SUBscribe first, so updates published meanwhile are queued;
 2. ask the snapshot endpoint for the current state and the seq it corresponds to;
-3. apply only updates with a higher seq; a gap in seq means lost messages: take a new snapshot.
+3. apply only updates with a higher seq; a gap in seq means lost messages: ask for every well
+   state changed since the last seq held (per source), which heals the gap exactly, older
+   timepoints and (well, timepoint)s never held included.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class CurveKeys:
 
 
 def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0,
-                     curve: CurveKeys | None = None, timepoints: tuple[int, int] | None = None) -> dict:
+                     curve: CurveKeys | None = None, timepoints: tuple[int, int] | None = None,
+                     since: dict[str, int] | None = None) -> dict:
     """The daemon's state: the latest timepoint of each well, or with `timepoints` (first, last)
-    every well at each of those timepoints (from the journal; for history in bulk read the journal
-    itself: `wellwatch.daemon.history.well_history`)."""
+    every well at each of those timepoints, or with `since` (source -> seq) every well state changed
+    after that seq (both from the journal; for history in bulk read the journal itself:
+    `wellwatch.daemon.history.well_history`)."""
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     if curve is not None:
@@ -54,7 +58,7 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
     req.connect(endpoint)
     try:
         try:
-            req.send(snapshot_request(timepoints))
+            req.send(snapshot_request(timepoints, since))
         except zmq.Again:
             raise TimeoutError(f"cannot send a snapshot request to {endpoint} within {timeout_s} s; "
                                "is the daemon running (and are the CurveZMQ keys right)?") from None
@@ -107,6 +111,15 @@ class StreamState:
             if held is None or held.get("source") != w.get("source") or w["seq"] > held["seq"]:
                 self.wells[key] = w
 
+    def load_since(self, reply: dict) -> None:
+        """A since-reply (from a daemon, or merged by a hub): the well states changed after the seqs
+        asked for, each source's seq now; a source not asked about answered its plain snapshot."""
+        if "seqs" in reply:
+            self.seqs.update(reply["seqs"])
+        else:
+            self.seqs[reply.get("source")] = reply["seq"]
+        self.load_range(reply)
+
     def missing_before(self, message: dict) -> int | None:
         """How many of the message's source's messages were lost before it (0: none); None for a source
         the last snapshot did not know (a daemon that joined the hub since)."""
@@ -124,6 +137,28 @@ class StreamState:
         if message.get("type") == "well":
             self.wells[(message["plate"], message["well"], message["timepoint"])] = message
         return True
+
+
+def heal(context: zmq.Context, snapshot_endpoint: str, state: StreamState, curve: CurveKeys | None = None,
+         approximate: bool = True) -> dict:
+    """Bring `state` up to date after lost messages (or a source new since the snapshot): every well
+    state changed since each source's last seq held, exactly. The reply (what it holds) is returned.
+
+    A daemon from before since-requests answers an error: then the plain snapshot, plus by range the
+    older timepoints held as incomplete (`approximate`; a (well, timepoint) never held stays lost)."""
+    reply = request_snapshot(context, snapshot_endpoint, curve=curve,
+                             since={str(s): seq for s, seq in state.seqs.items() if s is not None})
+    if reply.get("type") == "snapshot":
+        state.load_since(reply)
+        return reply
+    snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
+    state.load_snapshot(snapshot)
+    if approximate and (open_ := state.open_timepoints()) is not None:
+        older = request_snapshot(context, snapshot_endpoint, curve=curve, timepoints=open_)
+        if older.get("type") == "snapshot":
+            state.load_range(older)
+            snapshot = dict(snapshot, wells=snapshot["wells"] + older["wells"], timepoints=older["timepoints"])
+    return snapshot
 
 
 def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[str, ...] = ("",),
@@ -167,14 +202,7 @@ def follow(endpoint: str, snapshot_endpoint: str | None = None, topics: tuple[st
                 if missing:
                     state.gaps += 1
                     state.missed += missing
-                snapshot = request_snapshot(context, snapshot_endpoint, curve=curve)
-                state.load_snapshot(snapshot)
-                if missing and (open_ := state.open_timepoints()) is not None:
-                    # the snapshot holds each well's latest timepoint; lost updates of older, still
-                    # open ones come back by range (a daemon without ranges answers an error)
-                    older = request_snapshot(context, snapshot_endpoint, curve=curve, timepoints=open_)
-                    if older.get("type") == "snapshot":
-                        state.load_range(older)
+                snapshot = heal(context, snapshot_endpoint, state, curve, approximate=bool(missing))
                 # a source the snapshot lacks: from here on (a heartbeat's seq was sent already)
                 state.seqs.setdefault(message.get("source"), message["seq"] - (0 if beat else 1))
                 yield "snapshot", snapshot, state
