@@ -184,7 +184,7 @@ def test_nd2_copied_in_chunks_is_read_frame_by_frame_once_across_restarts(daemon
     with open(wells_csv, newline="") as f:
         table = [(r["timepoint"], r["fields"], r["images"], r["images_expected"], r["complete"])
                  for r in csv.DictReader(f)]
-    assert table == [(str(t), "1", "10", "10", "True") for t in range(3)]
+    assert table == [(str(t), "1", "10", "10", "True") for t in range(1, 4)]  # .nd2 timepoints count from 1
     daemon_says = {m["timepoint"]: (m["frames"], m["fields_expected"], m["complete"], m["counts"])
                    for m in rec.state.wells.values()}
     history = {w["timepoint"]: (w["frames"], w["fields_expected"], w["complete"], w["counts"])
