@@ -120,32 +120,64 @@ def well_view(wells) -> dict:
             for w in wells}
 
 
-def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
-    specs = {f"scope-{k}": plate(f"plate-{k}", seed) for k, seed in (("a", 1), ("b", 2), ("c", 3))}
-    configs, frames_by_t = {}, {}
-    for source, spec in specs.items():
-        configs[source] = local_config(tmp_path / source, spec, **{"publish.source": source,
-                                                                  "watch.reconcile_s": 1.0})
-        frames_by_t[source] = staged(spec, tmp_path / f"{source}-staging")
-    running = [start_daemon(configs[s]) for s in ("scope-a", "scope-b")]
-    c_toml = tmp_path / "scope-c.toml"
-    c_toml.write_text(config_toml(configs["scope-c"], "scope-c"))
-    cmd = [sys.executable, "-m", "wellwatch", "run", "--config", str(c_toml)]
-    log_c = open(tmp_path / "scope-c.log", "w")
-    proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
-    hub = None
-    try:
-        for config in configs.values():
+class ScopesBehindHub:
+    """Three daemons behind one hub: scope-a and scope-b in this process, scope-c a `wellwatch run`
+    process a test can kill (SIGKILL) and start again on the same journal and ports."""
+
+    def __init__(self, tmp_path: Path, specs: dict):
+        self.configs, self.frames_by_t = {}, {}
+        for source, spec in specs.items():
+            self.configs[source] = local_config(tmp_path / source, spec, **{"publish.source": source,
+                                                                           "watch.reconcile_s": 1.0})
+            self.frames_by_t[source] = staged(spec, tmp_path / f"{source}-staging")
+        self.running = [start_daemon(self.configs[s]) for s in ("scope-a", "scope-b")]
+        c_toml = tmp_path / "scope-c.toml"
+        c_toml.write_text(config_toml(self.configs["scope-c"], "scope-c"))
+        self.cmd = [sys.executable, "-m", "wellwatch", "run", "--config", str(c_toml)]
+        self.log_c = open(tmp_path / "scope-c.log", "w")
+        self.hub = None
+        self.start_c()
+
+    def start_c(self) -> None:
+        self.proc_c = subprocess.Popen(self.cmd, stdout=self.log_c, stderr=subprocess.STDOUT)
+
+    def kill_c(self) -> None:
+        self.proc_c.send_signal(signal.SIGKILL)
+        self.proc_c.wait(10)
+
+    def follow_hub(self) -> "Recorder":
+        """Start the hub once every daemon is up, and a subscriber following it from its snapshot."""
+        for config in self.configs.values():
             wait_ready(config, timeout=60)
         hub_port, hub_snap = free_port(), free_port()
-        hub = Hub(hub_config_from({
+        self.hub = Hub(hub_config_from({
             "hub": {"endpoint": f"tcp://127.0.0.1:{hub_port}", "snapshot_endpoint": f"tcp://127.0.0.1:{hub_snap}"},
             "daemons": [{"endpoint": c.publish.endpoint, "snapshot_endpoint": c.publish.snapshot_endpoint}
-                        for c in configs.values()]}))
-        hub.start()
+                        for c in self.configs.values()]}))
+        self.hub.start()
         rec = Recorder(f"tcp://127.0.0.1:{hub_port}", f"tcp://127.0.0.1:{hub_snap}")
         rec.start()
         assert rec.connected.wait(20), "no snapshot from the hub"
+        return rec
+
+    def stop(self) -> None:
+        for d in self.running:
+            d.stop()
+        self.proc_c.send_signal(signal.SIGTERM)
+        self.proc_c.wait(30)
+        self.log_c.close()
+
+    def stop_hub(self) -> None:
+        if self.hub is not None:
+            self.hub.stop()
+
+
+def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
+    specs = {f"scope-{k}": plate(f"plate-{k}", seed) for k, seed in (("a", 1), ("b", 2), ("c", 3))}
+    scopes = ScopesBehindHub(tmp_path, specs)
+    configs, frames_by_t = scopes.configs, scopes.frames_by_t
+    try:
+        rec = scopes.follow_hub()
         first = rec.snapshots[0]
         assert set(first["seqs"]) == set(specs) and first["unreachable"] == []
 
@@ -157,12 +189,11 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
         for source in specs:
             move_in(frames_by_t[source][1][:2], Path(configs[source].watch.root))
         time.sleep(0.1)
-        proc_c.send_signal(signal.SIGKILL)
-        proc_c.wait(10)
+        scopes.kill_c()
         for source in specs:
             move_in(frames_by_t[source][1][2:], Path(configs[source].watch.root))
         seqs_before_restart = outbox_seqs(configs["scope-c"].journal.path)
-        proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
+        scopes.start_c()
 
         # everything arrives: 12 (plate, well, timepoint) states, each with both fields
         def complete() -> bool:
@@ -173,11 +204,7 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
             wait_for(lambda: not [s for s in outbox_seqs(config.journal.path) if s > rec.state.seqs.get(
                 config.publish.source, 0)], 30, "the subscriber to catch up")
     finally:
-        for d in running:
-            d.stop()
-        proc_c.send_signal(signal.SIGTERM)
-        proc_c.wait(30)
-        log_c.close()
+        scopes.stop()
 
     # every message of all three daemons reached the one subscriber, or is covered by a snapshot it
     # took on seeing a gap: a daemon starting again publishes at once, before the hub's XSUB has
@@ -206,7 +233,7 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
 
     # the merged snapshot is the union of the daemons' own snapshots, and the subscriber's state
     # (taken now from the journals, since the daemons are stopped: restart-free check of the union)
-    assert hub.snapshots_served >= 1
+    assert scopes.hub.snapshots_served >= 1
     union = {}
     for source, config in configs.items():
         with sqlite3.connect(config.journal.path) as db:
@@ -214,7 +241,7 @@ def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
                 m = json.loads(payload)
                 union[(source, m["plate"], m["well"], m["timepoint"])] = (m["seq"], m["frames"], m["counts"])
     assert well_view(rec.state.wells.values()) == union
-    hub.stop()
+    scopes.stop_hub()
 
 
 def full_view(wells) -> dict:
@@ -238,41 +265,20 @@ def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber
     specs = {f"scope-{k}": SimulationSpec(wells=("A1", "A2", "A3"), fields=1, timepoints=timepoints, size=128,
                                           cells_per_field=6, channels=("BF",), plate_name=f"plate-{k}", seed=seed)
              for k, seed in (("a", 11), ("b", 12), ("c", 13))}
-    configs, frames_by_t = {}, {}
-    for source, spec in specs.items():
-        configs[source] = local_config(tmp_path / source, spec, **{"publish.source": source,
-                                                                  "watch.reconcile_s": 1.0})
-        frames_by_t[source] = staged(spec, tmp_path / f"{source}-staging")
-    running = [start_daemon(configs[s]) for s in ("scope-a", "scope-b")]
-    c_toml = tmp_path / "scope-c.toml"
-    c_toml.write_text(config_toml(configs["scope-c"], "scope-c"))
-    cmd = [sys.executable, "-m", "wellwatch", "run", "--config", str(c_toml)]
-    log_c = open(tmp_path / "scope-c.log", "w")
-    proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
-    hub = None
+    scopes = ScopesBehindHub(tmp_path, specs)
+    configs, frames_by_t = scopes.configs, scopes.frames_by_t
     try:
-        for config in configs.values():
-            wait_ready(config, timeout=60)
-        hub_port, hub_snap = free_port(), free_port()
-        hub = Hub(hub_config_from({
-            "hub": {"endpoint": f"tcp://127.0.0.1:{hub_port}", "snapshot_endpoint": f"tcp://127.0.0.1:{hub_snap}"},
-            "daemons": [{"endpoint": c.publish.endpoint, "snapshot_endpoint": c.publish.snapshot_endpoint}
-                        for c in configs.values()]}))
-        hub.start()
-        rec = Recorder(f"tcp://127.0.0.1:{hub_port}", f"tcp://127.0.0.1:{hub_snap}")
-        rec.start()
-        assert rec.connected.wait(20), "no snapshot from the hub"
+        rec = scopes.follow_hub()
         for source in specs:
             move_in(frames_by_t[source][0], Path(configs[source].watch.root))
         wait_for(lambda: journal_done(configs["scope-c"].journal.path) == 3, 60, "scope-c's timepoint 0")
-        proc_c.send_signal(signal.SIGKILL)
-        proc_c.wait(10)
+        scopes.kill_c()
         for t in range(1, timepoints - 1):  # the outage: three timepoints land on every plate
             for source in specs:
                 move_in(frames_by_t[source][t], Path(configs[source].watch.root))
             for source in ("scope-a", "scope-b"):
                 wait_for(lambda: journal_done(configs[source].journal.path) == 3 * (t + 1), 60, f"{source} t{t}")
-        proc_c = subprocess.Popen(cmd, stdout=log_c, stderr=subprocess.STDOUT)
+        scopes.start_c()
         wait_for(lambda: journal_done(configs["scope-c"].journal.path) == 3 * (timepoints - 1), 90,
                  "scope-c catching up")
         for source in specs:
@@ -289,13 +295,8 @@ def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber
         assert len(own) == 3 * 3 * timepoints
         assert sorted(set(own) - set(held)) == [] and held == own
     finally:
-        for d in running:
-            d.stop()
-        proc_c.send_signal(signal.SIGTERM)
-        proc_c.wait(30)
-        log_c.close()
-        if hub is not None:
-            hub.stop()
+        scopes.stop()
+        scopes.stop_hub()
 
 
 def test_merged_snapshot_is_the_union_of_live_daemon_snapshots(tmp_path):
