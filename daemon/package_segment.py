@@ -23,7 +23,7 @@ from skimage.segmentation import watershed
 from .bioimageio_package import Package, PackageError
 from .package_ops import apply_ops
 from .resample import filter_by_area
-from .segment_maps import ServeOptions, covering_origins, pad_to_tile
+from .segment_maps import ServeOptions, covering_origins, pad_to_tile, stitch_weighted
 from .validation import between, check_fields
 
 
@@ -96,13 +96,7 @@ def stitch_cores(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int
     (th, tw), (hy, hx) = serving.tile, serving.halo
     weights = np.full((th, tw), 1e-3, np.float32)
     weights[hy:th - hy, hx:tw - hx] = 1.0
-    ph, pw = max(shape[0], th), max(shape[1], tw)
-    acc = np.zeros((outputs.shape[1], ph, pw), np.float32)
-    total = np.zeros((ph, pw), np.float32)
-    for out, (y, x) in zip(outputs, origins):
-        acc[:, y:y + th, x:x + tw] += out * weights
-        total[y:y + th, x:x + tw] += weights
-    return (acc / total)[:, :shape[0], :shape[1]]
+    return stitch_weighted(outputs, origins, shape, weights)
 
 
 def labels_from_map(foreground: np.ndarray, params: PackageParams) -> np.ndarray:

@@ -146,17 +146,24 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
     return np.outer(w1, w1).astype(np.float32)
 
 
-def stitch_maps(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], tiling: Tiling) -> np.ndarray:
-    """Blend (N, maps, tile, tile) tile outputs into (maps, H, W) over an image of `shape`."""
-    t = tiling.tile_size
-    ph, pw = max(shape[0], t), max(shape[1], t)
-    weights = blend_weights(t, t - tiling.stride)
+def stitch_weighted(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int],
+                    weights: np.ndarray) -> np.ndarray:
+    """(N, maps, th, tw) tile outputs -> (maps, H, W): each pixel the weighted mean of the tiles
+    covering it, `weights` (th, tw) saying how much each tile pixel counts."""
+    th, tw = weights.shape
+    ph, pw = max(shape[0], th), max(shape[1], tw)
     acc = np.zeros((outputs.shape[1], ph, pw), np.float32)
     total = np.zeros((ph, pw), np.float32)
     for out, (y, x) in zip(outputs, origins):
-        acc[:, y:y + t, x:x + t] += out * weights
-        total[y:y + t, x:x + t] += weights
+        acc[:, y:y + th, x:x + tw] += out * weights
+        total[y:y + th, x:x + tw] += weights
     return (acc / total)[:, :shape[0], :shape[1]]
+
+
+def stitch_maps(outputs: np.ndarray, origins: np.ndarray, shape: tuple[int, int], tiling: Tiling) -> np.ndarray:
+    """Blend (N, maps, tile, tile) tile outputs into (maps, H, W) over an image of `shape`."""
+    t = tiling.tile_size
+    return stitch_weighted(outputs, origins, shape, blend_weights(t, t - tiling.stride))
 
 
 def labels_from_maps(maps: np.ndarray, post: PostProcess, downsample: int = 1) -> np.ndarray:

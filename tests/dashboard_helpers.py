@@ -44,3 +44,31 @@ def launch_chromium(playwright):
             pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium; `make test` does it)")
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian chromium; skipped without Playwright unless CI requires the browser."""
+    if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
+        pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def dashboards():
+    """make(config, **kwargs) -> a served Dashboard, each stopped after the test."""
+    started = []
+
+    def make(config, **kwargs) -> Dashboard:
+        d = Dashboard(config, **kwargs)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()

@@ -18,7 +18,7 @@ from wellwatch.harness import start_writer
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import PLATE_MAP, write_plate
 
-from .dashboard_helpers import Dashboard, launch_chromium
+from .dashboard_helpers import Dashboard, dashboards, launch_chromium  # noqa: F401 (a fixture)
 
 SMALL = SimulationSpec(wells=("A1", "A2", "A3", "B1", "B2", "B3"), fields=2, timepoints=2, size=128,
                        cells_per_field=6, channels=("BF",), treatment="dose_series", control_columns=1,
@@ -38,20 +38,6 @@ def last_well_messages(recorder) -> dict:
     for m in recorder.of_type("well"):
         out[(m["well"], m["timepoint"])] = m
     return out
-
-
-@pytest.fixture
-def dashboards():
-    started = []
-
-    def make(config, **kwargs) -> Dashboard:
-        d = Dashboard(config, **kwargs)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.stop()
 
 
 def test_api_and_events_agree_with_the_stream(run_daemon, recorder_for, dashboards, tmp_path):

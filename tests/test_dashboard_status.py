@@ -14,33 +14,7 @@ from wellwatch.dashboard.live import LiveState, Source
 from wellwatch.harness import free_port, start_writer
 from wellwatch.simulator.spec import SimulationSpec
 
-from .dashboard_helpers import Dashboard, launch_chromium
-
-
-@pytest.fixture
-def browser():
-    if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
-        pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def dashboards():
-    started = []
-
-    def make(config, **kwargs) -> Dashboard:
-        d = Dashboard(config, **kwargs)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.stop()
+from .dashboard_helpers import Dashboard, browser, dashboards, launch_chromium  # noqa: F401 (fixtures)
 
 
 def wait_until(predicate, timeout: float = 30, what: str = "condition"):
