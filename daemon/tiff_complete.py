@@ -13,8 +13,8 @@ mtime moves at a constant size (see gate.CompletenessGate). The gate can first s
 just after the zeros and the header landed (empty, then full size: "grown"), so the proof also
 asks that the last bytes of the strip placed last in the file are not all zero: a writer filling
 in order writes them last (tiled files are not checked: edge tiles end in padding). A finished
-image whose last strip ends in zeros then waits for the settle time, which is safe (only later,
-never early). Nor can it tell a multi-page
+image whose last strip ends in zeros then waits while it stays so, up to
+watch.zero_tail_max_wait_s (`tiff_tail_is_zero`; gate.CompletenessGate). Nor can it tell a multi-page
 stack appended page by page from a finished shorter one: after each page the file is a valid TIFF
 (README, "When a file is complete": use rename or watch.completeness = "settle" for such writers).
 """
@@ -41,6 +41,10 @@ class _Incomplete(Exception):
     """The structure does not (yet) prove the file complete."""
 
 
+class _ZeroTail(_Incomplete):
+    """Complete but for the last strip's last bytes, which are all zero."""
+
+
 def tiff_is_complete(path: str) -> bool:
     """True when the file's TIFF structure proves every byte it describes is present.
     False for anything else: still being written, not a TIFF, unreadable (the settle time decides)."""
@@ -49,6 +53,19 @@ def tiff_is_complete(path: str) -> bool:
             return _check(f.fileno(), os.fstat(f.fileno()).st_size)
     except (OSError, _Incomplete, struct.error, ValueError, OverflowError):
         return False
+
+
+def tiff_tail_is_zero(path: str) -> bool:
+    """True when the structure is all there but the last strip still ends in zeros: a pre-allocated
+    file not filled yet (or a truly dark last row); the gate keeps such a file waiting."""
+    try:
+        with open(path, "rb") as f:
+            _check(f.fileno(), os.fstat(f.fileno()).st_size)
+    except _ZeroTail:
+        return True
+    except (OSError, _Incomplete, struct.error, ValueError, OverflowError):
+        return False
+    return False
 
 
 def _read(fd: int, offset: int, n: int, size: int) -> bytes:
@@ -83,7 +100,7 @@ def _check(fd: int, size: int) -> bool:
     offset, count = last_block
     tail = min(count, TAIL_BYTES)
     if tail and not any(_read(fd, offset + count - tail, tail, size)):
-        raise _Incomplete  # zeros where the last pixels go: pre-allocated and not filled yet (or dark)
+        raise _ZeroTail  # zeros where the last pixels go: pre-allocated and not filled yet (or dark)
     return bool(seen)
 
 
