@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from multiprocessing.connection import Connection
 
@@ -33,7 +34,9 @@ def lifeline() -> Connection:
 
 
 def hold(line: Connection) -> None:
-    """In a worker's initializer: exit as soon as the daemon is gone."""
+    """In a worker's initializer: exit as soon as the daemon is gone. Ctrl-C in a terminal reaches
+    the whole process group: the daemon stops its workers itself, after draining."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch() -> None:
