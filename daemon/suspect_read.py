@@ -5,9 +5,10 @@ native code). Counting deaths cannot tell a file that kills its reader from an o
 killed the daemon twice, so the verdict comes from a fresh interpreter that reads the file the
 way the daemon does (`reader.decode_frame`, or `multichannel_tiff.decode_channels`), under an
 address-space ceiling of `limits.read_memory_mb` above what it holds before the read and a time
-limit. Only a child that dies (a signal, a crash), runs out of that memory or out of time is the
-file's fault: it is quarantined. A file that reads in the child, or fails there the ordinary way
-(a damaged TIFF, a decompression bomb refused from its header), goes to the readers as usual.
+limit. Only a child that dies of a signal (a crash in native code, the OOM killer), runs out of
+that memory or out of time is the file's fault: it is quarantined. A file that reads in the child,
+or fails there the ordinary way (a damaged TIFF, a decompression bomb refused from its header),
+goes to the readers as usual.
 
 The child exits when the daemon dies, however it dies: it watches its stdin, a pipe only the
 daemon holds open.
@@ -61,8 +62,11 @@ def verdict(path: str, limits: FrameLimits, channels: bool = False, timeout_s: f
         return f"reading it in an isolated process needs more than limits.read_memory_mb = {limits.read_memory_mb:g} MB"
     if code < 0:
         return f"it killed its reader in an isolated process ({signal.Signals(-code).name})"
+    # any other exit is the check's own failure (its interpreter, its imports), no verdict on the file
     last = message.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-    return f"its reader crashed in an isolated process (exit code {code}: {last[0][:200]})"
+    log.warning("%s: the isolated read could not run (exit code %d: %s); the file is read as usual",
+                path, code, last[0][:200])
+    return None
 
 
 class SuspectReads:
