@@ -29,7 +29,7 @@ from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
 from .suspect_read import SuspectReads
-from .tiff_complete import tiff_is_complete, tiff_tail_is_zero
+from .tiff_complete import tiff_is_complete, tiff_being_filled
 from .watcher import Discovery
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class GateStage:
         cfg = self.config.watch
         structure = cfg.completeness == "structure"
         gate = CompletenessGate(cfg.settle_polls, prove=tiff_is_complete if structure else None,
-                                zero_tail=tiff_tail_is_zero if structure else None,
+                                zero_tail=tiff_being_filled if structure else None,
                                 zero_tail_max_wait_s=cfg.zero_tail_max_wait_s)
         interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
         next_reconcile = time.monotonic() + cfg.reconcile_s
