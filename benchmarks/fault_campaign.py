@@ -40,7 +40,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import sqlite3
@@ -397,12 +396,14 @@ def main() -> int:
                + faulted.wells_differ) or faulted.twice or faulted.orphans or not faulted.hostile_refused \
             or faulted.exit_code or reference.exit_code
         failed |= bool(bad)
-        lines.append(f"{shape.name:<13}{faulted.good:>5}{sum(k.values()):>6}{k['pid']:>5}/{k['group']}/{k['channels']:<4}"
+        kinds = f"{k['pid']}/{k['group']}/{k['channels']}"
+        lines.append(f"{shape.name:<13}{faulted.good:>5}{sum(k.values()):>6}{kinds:>13}"
                      f"{faulted.worker_kills:>6}{len(faulted.lost):>5}{len(faulted.stalled):>6}{faulted.twice:>6}"
                      f"{len(faulted.wrongly):>7}{len(faulted.wells_differ):>7}{faulted.orphans:>7}"
                      f"{'ok' if faulted.hostile_refused else 'NO':>8}{faulted.exit_code:>5}{faulted.seconds:>6.0f}")
         print(lines[-1], flush=True)
-        for label, items in (("lost", faulted.lost), ("stalled", faulted.stalled), ("quarantined wrongly", faulted.wrongly),
+        for label, items in (("lost", faulted.lost), ("stalled", faulted.stalled),
+                             ("quarantined wrongly", faulted.wrongly),
                              ("reference lost/stalled", reference.lost + reference.stalled)):
             if items:
                 print(f"  {label}: {items[:8]}{' ...' if len(items) > 8 else ''}", flush=True)
