@@ -148,6 +148,7 @@ POOLS = {"prepare": ({"pipeline.prepare_workers": "2"}, 3),
 def test_no_worker_outlives_a_kill_9_of_the_daemon_pid_alone(tmp_path, pool):
     extra, n = POOLS[pool]
     proc = start(write_config(tmp_path, **extra))
+    kids: set[int] = set()
     try:
         kids = wait_for_children(proc, n)
         proc.send_signal(signal.SIGKILL)  # the daemon's pid only, not its process group
@@ -156,9 +157,9 @@ def test_no_worker_outlives_a_kill_9_of_the_daemon_pid_alone(tmp_path, pool):
         while alive(kids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(kids), f"still alive 5 s after the daemon died: {sorted(alive(kids))}"
-    finally:
-        for pid in alive(descendants(proc.pid)):
-            subprocess.run(["kill", "-9", str(pid)], check=False)
+    finally:  # without the fix they survive, reparented: kill them by pid, not as the daemon's children
+        for pid in alive(kids | descendants(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("pool", sorted(POOLS))
