@@ -1,22 +1,35 @@
-"""The long fault campaign: an operator's worst week against one plate.
+"""The fault campaign: an operator's worst week, for every configuration shape.
 
-A 60-frame plate (10 wells x 2 fields x 3 timepoints, 192 px, scanR names, temp name then
-rename) is written while `wellwatch run` (a subprocess, classical segmentation in a 2-worker
-process pool) suffers, at random moments:
+For each shape a simulated plate (scanR names) is staged first, then copied into a watched folder
+file by file, temp name then rename, in the microscope's order (a field's label-free channel
+first), twice: once while `wellwatch run` runs undisturbed (the reference), once while it suffers,
+at random files:
 
-- kill -9 of the daemon (then a restart), `--kills` times
-- kill -9 of a segmentation pool worker (the OOM killer), `--worker-kills` times
+- kill -9 of the daemon's pid alone (its workers must die with it: counted as orphans if not),
+  of its whole process group, and, with several channels, between the channels of one field;
+  each followed by a restart, like systemd's Restart=on-failure
+- kill -9 of a pool worker (segmentation or preparation processes; the OOM killer)
 - the watched folder renamed away and back (a dropped share)
-- two decompression bombs and a truncated file dropped among the frames (must be quarantined)
-- one frame re-written with new pixels and then restored to its first pixels (two new versions)
+- two decompression bombs and a truncated file (must be quarantined)
+- one frame rewritten with new pixels, then restored to its first pixels (two new versions)
 
-At the end the journal and the outbox are compared with the files on disk:
-  lost               a good frame whose latest content has no `done` row
-  doubled            a (path, version) journaled or announced twice, or a version for unchanged content
-  quarantined wrongly a good frame quarantined
+Shapes: tiles (tiles only, preparation in 2 processes), classical (classical segmentation in a
+2-process pool), segnet (the bundled segmentation network), segment_on (cells segmented on the PI
+channel, the model reads BF), multichannel (a two-channel BF + PH model), dose (a dose-series
+plate with its plate map: dose-response fits).
+
+Per shape, from the journal and the files on disk at the end:
+  lost          a good frame the journal knows nothing of, `stall_s` after the last file and restart
+  stalled       a good frame the daemon saw (in flight, a suspect) but had not counted by then
+  twice         a (path, version) journaled or announced twice, or a version for unchanged content
+  wrongly q.    a good frame quarantined
+  wells differ  (well, timepoint) states (frames, complete, counts, cells, cell types) that differ
+                from the reference run's
+  orphans       daemon workers alive 5 s after a kill -9 of the daemon's pid alone
 and the daemon must stop with exit code 0 on SIGTERM.
 
-    python benchmarks/fault_campaign.py [--kills 10] [--worker-kills 6] [--seed 1]   (~3 min, 2-core CPU)
+    nice -n 10 python benchmarks/fault_campaign.py --shapes classical,segment_on --kills 4 --worker-kills 2
+    python benchmarks/fault_campaign.py            (all shapes, 35 kills each: 210 kills)
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ import hashlib
 import json
 import os
 import random
-import shutil
+import re
 import signal
 import socket
 import sqlite3
@@ -35,11 +48,44 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 WELLWATCH = [sys.executable, "-m", "wellwatch"]
 SIMULATED_BF = {"foreground": '"texture"', "texture_window": "5", "threshold_factor": "0.6", "smooth_sigma": "1.0",
                 "closing_radius": "0", "min_distance": "6", "min_area": "60", "downsample": "1", "dist_sigma": "1.0"}
+NUCLEI = {"foreground": '"intensity"', "downsample": "1", "min_area": "20", "max_area": "3000"}
+SCANR = re.compile(r"^(?P<well>[A-P]\d+)--W\d+--P(?P<field>\d+)--Z\d+--T(?P<t>\d+)--(?P<channel>\w+)\.tif$")
+WELL_KEYS = ("frames", "fields_expected", "complete", "counts", "cells", "cell_types")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    channels: str  # the simulator's --channels, in the order they are written per field
+    sections: dict[str, dict[str, str]]  # config.toml sections for this shape
+    simulate: tuple[str, ...] = ()  # more `wellwatch simulate` options
+    worker_kind: str = ""  # which pool's workers a worker kill hits ("" = none: no worker kills)
+
+
+def classical(extra: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    return {"segmentation": {"method": '"classical"', "workers": "2"},
+            "segmentation.classical": extra or SIMULATED_BF}
+
+
+SHAPES = {
+    "tiles": Shape("tiles", "BF", {"pipeline": {"prepare_workers": "2"}}, worker_kind="prepare"),
+    "classical": Shape("classical", "BF", classical(), worker_kind="segmentation"),
+    "segnet": Shape("segnet", "BF", {"segmentation": {"method": '"model"', "workers": "2"}},
+                    worker_kind="segmentation"),
+    "segment_on": Shape("segment_on", "BF,PI", {**classical(NUCLEI), "channels": {"segment_on": '"PI"'}},
+                        worker_kind="segmentation"),
+    "multichannel": Shape("multichannel", "BF,PH", {"channels": {"label_free": '["BF", "PH"]'},
+                                                    "models.live_dead": {"path": '"two-channel.onnx"'}}),
+    "dose": Shape("dose", "BF", {**classical(), "plate": {"map": '"staged/plate_map.csv"'}},
+                  ("--treatment", "dose_series", "--growth-doublings", "1", "--control-columns", "1"),
+                  worker_kind="segmentation"),
+}
 
 
 def free_port() -> int:
@@ -48,58 +94,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(folder: Path) -> Path:
+def write_config(folder: Path, shape: Shape, fields: int) -> Path:
     (folder / "acq" / "data").mkdir(parents=True, exist_ok=True)
-    classical = "\n".join(f"{k} = {v}" for k, v in SIMULATED_BF.items())
-    text = f"""[watch]
-root = "acq/data"
-settle_s = 0.1
-reconcile_s = 2.0
-[plate]
-name = "camp"
-fields_per_well = 2
-[segmentation]
-method = "classical"
-workers = 2
-[segmentation.classical]
-{classical}
-[pipeline]
-retry_delay_s = 0.2
-[publish]
-endpoint = "tcp://127.0.0.1:{free_port()}"
-snapshot_endpoint = "tcp://127.0.0.1:{free_port()}"
-[metrics]
-port = 0
-[journal]
-path = "journal.sqlite"
-"""
+    sections = {"watch": {"root": '"acq/data"', "settle_s": "0.1", "reconcile_s": "2.0"},
+                "plate": {"name": '"camp"', "fields_per_well": str(fields)},
+                "pipeline": {"retry_delay_s": "0.2"},
+                "publish": {"endpoint": f'"tcp://127.0.0.1:{free_port()}"',
+                            "snapshot_endpoint": f'"tcp://127.0.0.1:{free_port()}"'},
+                "metrics": {"port": "0"}, "journal": {"path": '"journal.sqlite"'}}
+    for name, keys in shape.sections.items():
+        sections[name] = {**sections.get(name, {}), **keys}
     path = folder / "config.toml"
-    path.write_text(text)
+    path.write_text("\n".join(f"[{s}]\n" + "\n".join(f"{k} = {v}" for k, v in kv.items()) + "\n"
+                              for s, kv in sections.items()))
     return path
 
 
-def children(pid: int) -> list[int]:
-    found = []
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every living process."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if stat[0] == "Z":
+                    continue
+                out[int(entry.name)] = (int(stat[1]), (entry / "cmdline").read_text().replace("\0", " "))
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+    return out
+
+
+def children(pid: int) -> list[int]:
+    return [p for p, (parent, _) in process_table().items() if parent == pid]
 
 
 class Daemon:
-    """`wellwatch run` under a supervisor like systemd's Restart=on-failure (1 s later)."""
+    """`wellwatch run` in its own process group, under a supervisor that restarts it 1 s after it ends."""
 
     def __init__(self, config: Path, log: Path):
         self.config, self.log = config, log
         self.proc: subprocess.Popen | None = None
         self.lock = threading.Lock()
         self.exits: list[int] = []  # exit codes of runs that ended on their own
+        self.orphans = 0
         self.supervising = True
+        self.started = time.monotonic()
         threading.Thread(target=self._supervise, daemon=True).start()
 
     def _supervise(self) -> None:
@@ -113,139 +153,268 @@ class Daemon:
     def start(self) -> None:
         self.started = time.monotonic()
         with self.log.open("a") as out:
-            self.proc = subprocess.Popen(WELLWATCH + ["run", "--config", str(self.config)], stdout=out, stderr=out)
+            self.proc = subprocess.Popen(WELLWATCH + ["run", "--config", str(self.config)], stdout=out, stderr=out,
+                                         cwd=self.config.parent, start_new_session=True)
 
-    def kill9_and_restart(self) -> None:
+    def kill9_and_restart(self, group: bool) -> None:
         with self.lock:
-            self.proc.send_signal(signal.SIGKILL)
+            kids = children(self.proc.pid)
+            if group:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+            if not group:
+                deadline = time.monotonic() + 5
+                while (alive := set(kids) & set(process_table())) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                self.orphans += len(alive)
+                for pid in alive:  # do not let them pile up over the campaign
+                    os.kill(pid, signal.SIGKILL)
             self.start()
 
-    def kill_worker(self) -> bool:
+    def kill_worker(self, kind: str) -> bool:
+        """kind: "segmentation" or "prepare": both are spawned pool workers (not the resource tracker);
+        waits up to 10 s for a (re)started daemon's workers."""
+        deadline = time.monotonic() + 10
+        while kind and time.monotonic() < deadline:
+            with self.lock:
+                workers = [p for p, (parent, cmd) in process_table().items()
+                           if parent == self.proc.pid and "multiprocessing.spawn import spawn_main" in cmd]
+                if workers:
+                    os.kill(random.choice(workers), signal.SIGKILL)
+                    return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> int:
+        time.sleep(max(1.0, 8.0 - (time.monotonic() - self.started)))  # a SIGTERM mid-start-up ends it unhandled
         with self.lock:
-            # the pool's workers are the daemon's children that are Python processes (not the resource tracker)
-            workers = [p for p in children(self.proc.pid)
-                       if "from multiprocessing.spawn import spawn_main" in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")]
-            if not workers:
-                return False
-            os.kill(random.choice(workers), signal.SIGKILL)
-            return True
+            self.supervising = False
+            self.proc.send_signal(signal.SIGTERM)
+            code = self.proc.wait(timeout=90)
+        for pid, (_, cmd) in process_table().items():  # nothing of this run may outlive it
+            if str(self.config) in cmd:
+                os.kill(pid, signal.SIGKILL)
+        return code
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kills", type=int, default=10)
-    p.add_argument("--worker-kills", type=int, default=6)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--workdir", type=Path, default=None)
-    args = p.parse_args()
-    rng = random.Random(args.seed)
-    random.seed(args.seed)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="wellwatch-campaign-"))
-    cfg = write_config(work)
+def write_order(staged: Path, channels: list[str]) -> list[Path]:
+    """The microscope's order: timepoint, well, field, then the channels in the order given."""
+    def key(p: Path):
+        m = SCANR.match(p.name)
+        return int(m["t"]), m["well"][0], int(m["well"][1:]), int(m["field"]), channels.index(m["channel"])
+    return sorted((p for p in staged.glob("*.tif") if SCANR.match(p.name)), key=key)
+
+
+def place(src: bytes | Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+    os.replace(tmp, dst)
+
+
+@dataclass
+class Outcome:
+    good: int = 0
+    kills: dict[str, int] = field(default_factory=lambda: {"pid": 0, "group": 0, "channels": 0})
+    worker_kills: int = 0
+    lost: list[str] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)
+    twice: int = 0
+    wrongly: list[str] = field(default_factory=list)
+    hostile_refused: bool = True
+    wells: dict = field(default_factory=dict)
+    wells_differ: list = field(default_factory=list)
+    orphans: int = 0
+    exit_code: int = 0
+    exits: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def journal_rows(journal: Path, query: str) -> list[tuple]:
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+            return db.execute(query).fetchall()
+    except sqlite3.OperationalError:
+        return []  # not created yet
+
+
+def latest_rows(journal: Path) -> dict[str, tuple]:
+    rows = journal_rows(journal, "SELECT path, sha256, state FROM frames f WHERE version = "
+                                 "(SELECT MAX(version) FROM frames g WHERE g.path = f.path)")
+    return {r[0]: r[1:] for r in rows}
+
+
+def well_states(journal: Path) -> dict[tuple, dict]:
+    """(well, timepoint) -> the latest published state of it (the journal's outbox, in seq order)."""
+    out = {}
+    for (payload,) in journal_rows(journal, "SELECT payload FROM outbox WHERE topic LIKE 'well/%' ORDER BY seq"):
+        m = json.loads(payload)
+        if m.get("type") == "well":
+            out[(m["well"], m["timepoint"])] = {k: m.get(k) for k in WELL_KEYS}
+    return out
+
+
+def run_shape(shape: Shape, work: Path, args: argparse.Namespace, faults: bool, seed: int) -> Outcome:
+    rng = random.Random(seed)
+    out = Outcome()
+    work.mkdir(parents=True)
+    staged = work / "staged"
+    subprocess.run(WELLWATCH + ["simulate", str(staged), "--wells", args.wells, "--fields", str(args.fields),
+                                "--timepoints", str(args.timepoints), "--size", "192", "--cells-per-field", "12",
+                                "--channels", shape.channels, "--plate-name", "camp", "--seed", str(args.seed),
+                                "--interval-s", "0", "--write-mode", "direct", *shape.simulate],
+                   check=True, stdout=subprocess.DEVNULL)
+    if shape.name == "multichannel":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.two_channel_model import build_two_channel_model
+
+        build_two_channel_model(work / "two-channel.onnx", ("BF", "PH"))
+    cfg = write_config(work, shape, args.fields)
     root = work / "acq" / "data"
+    files = write_order(staged / "data", shape.channels.split(","))
     daemon = Daemon(cfg, work / "daemon.log")
     daemon.start()
-    time.sleep(4)  # started (imports, model load, pool)
+    time.sleep(4)  # started (imports, model load, pools)
     t0 = time.monotonic()
-    writer = subprocess.Popen(WELLWATCH + ["simulate", str(work / "acq"), "--wells", "A1,A2,A3,A4,A5,A6,B1,B2,B3,B4",
-                                           "--fields", "2", "--timepoints", "3", "--size", "192",
-                                           "--cells-per-field", "12", "--channels", "BF", "--plate-name", "camp",
-                                           "--seed", str(args.seed), "--interval-s", "0.5", "--write-mode", "rename"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     from wellwatch.daemon.naming import format_scanr
     from wellwatch.simulator.hostile import tiff_bomb
 
-    hostile = {format_scanr("H1", 85, 1, 0, "BF"), format_scanr("H2", 86, 1, 0, "BF"), format_scanr("H3", 87, 1, 0, "BF")}
-    events = ([(rng.uniform(2, 45), "kill") for _ in range(args.kills)] +
-              [(rng.uniform(2, 45), "worker") for _ in range(args.worker_kills)] +
-              [(42.0, "share"), (6.0, "hostile"), (8.0, "rewrite"), (20.0, "restore")])
-    done = {"kill": 0, "worker": 0}
+    first = shape.channels.split(",")[0]
+    hostile = {format_scanr("H1", 85, 1, 0, first), format_scanr("H2", 86, 1, 0, first),
+               format_scanr("H3", 87, 1, 0, first)}
+    events: dict[int, list[str]] = {}
+    if faults:
+        n = len(files)
+        multi = "," in shape.channels
+        firsts = [i for i, p in enumerate(files) if multi and SCANR.match(p.name)["channel"] == first]
+        for _ in range(args.kills):
+            kind = rng.choice(["pid", "group", "channels"] if firsts else ["pid", "group"])
+            at = rng.choice(firsts) if kind == "channels" else rng.randrange(n)
+            events.setdefault(at, []).append(kind)
+        for _ in range(args.worker_kills if shape.worker_kind else 0):
+            events.setdefault(rng.randrange(n), []).append("worker")
+        for what, at in (("hostile", n // 6), ("rewrite", n // 4), ("restore", n // 2), ("share", n - 1)):
+            events.setdefault(at, []).append(what)
     rewritten, original = None, None
-    for at, what in sorted(events):
-        time.sleep(max(0.0, at - (time.monotonic() - t0)))
-        if what == "kill":
-            daemon.kill9_and_restart()
-            done["kill"] += 1
-        elif what == "worker":
-            done["worker"] += daemon.kill_worker()
-        elif what == "share":
-            writer.wait(timeout=300)  # a microscope writing into a dropped share fails: drop it after
-            gone = root.with_name("unmounted")
-            root.rename(gone)
-            time.sleep(1.0)
-            gone.rename(root)
-        elif what == "hostile":
-            names = sorted(hostile)
-            tiff_bomb(root / names[0], 60000, 60000)
-            tiff_bomb(root / names[1], 20000, 20000)
-            (root / names[2]).write_bytes(b"II*\0" + bytes(40))  # truncated
-        elif what == "rewrite":
-            rewritten = sorted(root.glob("A1--*.tif"))[0]
-            original = rewritten.read_bytes()
-            data = bytearray(original)
-            data[-5000:] = bytes(reversed(data[-5000:]))  # new pixels, same size
-            tmp = rewritten.with_name("." + rewritten.name + ".part")
-            tmp.write_bytes(bytes(data))
-            tmp.rename(rewritten)
-        elif what == "restore":
-            tmp = rewritten.with_name("." + rewritten.name + ".part")
-            tmp.write_bytes(original)
-            tmp.rename(rewritten)
-        print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)
-    writer.wait(timeout=300)
-    expected = {p.name: sha256(p) for p in root.glob("*.tif")}
-    good = set(expected) - hostile
-    deadline = time.monotonic() + 180
+    for i, src in enumerate(files):
+        place(src, root / src.name)
+        time.sleep(args.interval_s)
+        for what in events.get(i, []):
+            if what in ("pid", "group", "channels"):
+                if what != "channels":
+                    time.sleep(rng.uniform(0, 0.5))  # anywhere in the reading of what came before
+                daemon.kill9_and_restart(group=what == "group")
+                out.kills[what] += 1
+            elif what == "worker":
+                time.sleep(rng.uniform(0, 0.5))
+                out.worker_kills += daemon.kill_worker(shape.worker_kind)
+            elif what == "share":
+                gone = root.with_name("unmounted")
+                root.rename(gone)
+                time.sleep(1.0)
+                gone.rename(root)
+            elif what == "hostile":
+                names = sorted(hostile)
+                tiff_bomb(root / names[0], 60000, 60000)
+                tiff_bomb(root / names[1], 20000, 20000)
+                (root / names[2]).write_bytes(b"II*\0" + bytes(40))  # truncated
+            elif what == "rewrite":
+                rewritten = root / files[0].name
+                original = rewritten.read_bytes()
+                data = bytearray(original)
+                data[-5000:] = bytes(reversed(data[-5000:]))  # new pixels, same size
+                place(bytes(data), rewritten)
+            elif what == "restore":
+                place(original, rewritten)
     journal = work / "journal.sqlite"
-
-    def latest_rows() -> dict[str, tuple]:
-        with sqlite3.connect(journal) as db:
-            rows = db.execute("SELECT path, sha256, state FROM frames f WHERE version = "
-                              "(SELECT MAX(version) FROM frames g WHERE g.path = f.path)").fetchall()
-        return {r[0]: r[1:] for r in rows}
-
+    expected = {p.name: sha256(p) for p in root.glob("*.tif")}
+    good = set(expected) - (hostile if faults else set())
+    out.good = len(good)
+    deadline = time.monotonic() + args.stall_s  # counted within stall_s after the last file (and restart)
     while time.monotonic() < deadline:
-        rows = latest_rows()
-        if all(rows.get(n, (None,))[0] == expected[n] for n in good) and hostile <= set(rows):
+        rows = latest_rows(journal)
+        if all(rows.get(n, (None,))[0] == expected[n] for n in good) and (not faults or hostile <= set(rows)):
             break
         time.sleep(0.5)
-    time.sleep(max(1.0, 10.0 - (time.monotonic() - daemon.started)))  # a SIGTERM mid-start-up ends it unhandled
-    with daemon.lock:
-        daemon.supervising = False
-        daemon.proc.send_signal(signal.SIGTERM)
-        code = daemon.proc.wait(timeout=60)
+    out.exit_code = daemon.stop()
+    out.exits, out.orphans = daemon.exits, daemon.orphans
+    out.seconds = time.monotonic() - t0
 
-    rows = latest_rows()
-    with sqlite3.connect(journal) as db:
-        all_rows = db.execute("SELECT path, version, sha256, state FROM frames ORDER BY path, version").fetchall()
-        frame_msgs = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox WHERE topic LIKE 'frame/%'")]
-        suspects = db.execute("SELECT COUNT(*) FROM suspects").fetchone()[0]
-    lost = sorted(n for n in good if rows.get(n) != (expected[n], "done"))
-    per_version = {}
+    rows = latest_rows(journal)
+    seen = {p for (p,) in journal_rows(journal, "SELECT path FROM inflight UNION SELECT path FROM suspects")}
+    not_done = sorted(n for n in good if rows.get(n) != (expected[n], "done"))
+    out.stalled = [n for n in not_done if n in rows or n in seen]
+    out.lost = [n for n in not_done if n not in out.stalled]
+    all_rows = journal_rows(journal, "SELECT path, version, sha256, state FROM frames ORDER BY path, version")
+    per_path: dict[str, list[tuple[int, str]]] = {}
     for path, version, sha, state in all_rows:
-        per_version.setdefault(path, []).append(sha)
-    doubled = sum(len(v) - len(set(zip(range(len(v)), v))) for v in per_version.values())
-    doubled += sum(1 for v in per_version.values() for a, b in zip(v, v[1:]) if a == b)  # a version for nothing new
-    announced = [(m["path"], m["version"]) for m in frame_msgs]
-    doubled += len(announced) - len(set(announced))
-    wrongly = sorted(path for path, version, sha, state in all_rows if state == "quarantined" and path not in hostile)
-    hostile_ok = all(rows.get(n, (None, None))[1] == "quarantined" for n in hostile)
-    versions = [v for p, v, *_ in all_rows if rewritten is not None and p == rewritten.name]
-    print(f"\nfault campaign, seed {args.seed}: {len(good)} good frames, {done['kill']} daemon kill -9 + restarts, "
-          f"{done['worker']} pool workers killed, a dropped share, {len(hostile)} hostile files, a rewrite + restore; "
-          f"runs that ended on their own (restarted by the supervisor): exit codes {daemon.exits}")
-    print(f"frames lost {len(lost)}, doubled {doubled}, quarantined wrongly {len(wrongly)}; hostile files "
-          f"quarantined: {hostile_ok}; versions of the rewritten frame: {versions}; exit code on SIGTERM {code}; "
-          f"suspects left {suspects}")
-    if lost or wrongly:
-        print("lost:", lost, "\nquarantined wrongly:", wrongly)
-    print(f"workdir {work} (daemon.log, journal.sqlite)")
-    return 0 if not (lost or doubled or wrongly) and hostile_ok and code == 0 else 1
+        per_path.setdefault(path, []).append((version, sha))
+    out.twice = sum(len(v) - len({version for version, _ in v}) + sum(1 for a, b in zip(v, v[1:]) if a[1] == b[1])
+                    for v in per_path.values())  # a version twice, or a version for unchanged content
+    announced = [(m["path"], m["version"]) for (p,) in
+                 journal_rows(journal, "SELECT payload FROM outbox WHERE topic LIKE 'frame/%'")
+                 for m in [json.loads(p)]]
+    out.twice += len(announced) - len(set(announced))
+    out.wrongly = sorted(p for p, _, _, state in all_rows if state == "quarantined" and p in good)
+    out.hostile_refused = not faults or all(rows.get(n, (None, None))[1] == "quarantined" for n in hostile)
+    out.wells = well_states(journal)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list among {', '.join(SHAPES)}")
+    p.add_argument("--kills", type=int, default=35, help="daemon kill -9s per shape (pid, group, between channels)")
+    p.add_argument("--worker-kills", type=int, default=6, help="pool worker kill -9s per shape")
+    p.add_argument("--wells", default="A1,A2,A3,B1,B2,B3")
+    p.add_argument("--fields", type=int, default=2)
+    p.add_argument("--timepoints", type=int, default=3)
+    p.add_argument("--interval-s", type=float, default=0.3, help="pause after each file")
+    p.add_argument("--stall-s", type=float, default=90.0, help="bound for counting everything after the last file")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workdir", type=Path, default=None)
+    args = p.parse_args()
+    shapes = [SHAPES[s.strip()] for s in args.shapes.split(",") if s.strip()]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="wellwatch-campaign-"))
+    random.seed(args.seed)
+    header = (f"{'shape':<13}{'good':>5}{'kills':>6}{'(pid/grp/ch)':>13}{'wkill':>6}{'lost':>5}{'stall':>6}"
+              f"{'twice':>6}{'wrongQ':>7}{'wells≠':>7}{'orphan':>7}{'hostile':>8}{'exit':>5}{'s':>6}")
+    lines, failed = [], False
+    for shape in shapes:
+        reference = run_shape(shape, work / shape.name / "reference", args, faults=False, seed=args.seed)
+        faulted = run_shape(shape, work / shape.name / "faults", args, faults=True, seed=args.seed)
+        faulted.wells_differ = sorted(k for k in set(reference.wells) | set(faulted.wells)
+                                      if reference.wells.get(k) != faulted.wells.get(k))
+        k = faulted.kills
+        bad = (reference.lost + reference.stalled + faulted.lost + faulted.stalled + faulted.wrongly
+               + faulted.wells_differ) or faulted.twice or faulted.orphans or not faulted.hostile_refused \
+            or faulted.exit_code or reference.exit_code
+        failed |= bool(bad)
+        kinds = f"{k['pid']}/{k['group']}/{k['channels']}"
+        lines.append(f"{shape.name:<13}{faulted.good:>5}{sum(k.values()):>6}{kinds:>13}"
+                     f"{faulted.worker_kills:>6}{len(faulted.lost):>5}{len(faulted.stalled):>6}{faulted.twice:>6}"
+                     f"{len(faulted.wrongly):>7}{len(faulted.wells_differ):>7}{faulted.orphans:>7}"
+                     f"{'ok' if faulted.hostile_refused else 'NO':>8}{faulted.exit_code:>5}{faulted.seconds:>6.0f}")
+        print(lines[-1], flush=True)
+        for label, items in (("lost", faulted.lost), ("stalled", faulted.stalled),
+                             ("quarantined wrongly", faulted.wrongly),
+                             ("reference lost/stalled", reference.lost + reference.stalled)):
+            if items:
+                print(f"  {label}: {items[:8]}{' ...' if len(items) > 8 else ''}", flush=True)
+        for key in faulted.wells_differ[:4]:
+            print(f"  {key}: reference {reference.wells.get(key)}\n  {' ' * len(str(key))}  faults    "
+                  f"{faulted.wells.get(key)}", flush=True)
+        if faulted.exits:
+            print(f"  runs that ended on their own (restarted): exit codes {faulted.exits}", flush=True)
+    print(f"\nfault campaign, seed {args.seed}, {args.wells} x {args.fields} fields x {args.timepoints} timepoints; "
+          f"workdir {work}\n{header}\n" + "\n".join(lines))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class WatchConfig:
     settle_s: float = field(default=0.3, metadata=between(0.0, 3600.0))
     settle_polls: int = field(default=2, metadata=between(1, 100))
     completeness: str = field(default="structure", metadata=choice("structure", "settle"))
+    zero_tail_max_wait_s: float = field(default=60.0, metadata=between(0.0, 86400.0))  # see gate.CompletenessGate
     reconcile_s: float = field(default=10.0, metadata=between(0.1, 86400.0))
     recursive: bool = True
     extensions: tuple[str, ...] = (".tif", ".tiff", ".nd2")

@@ -28,12 +28,12 @@ from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .naming import FrameMeta, NamingScheme
 from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
-from .tiff_complete import tiff_is_complete
+from .suspect_read import SuspectReads
+from .tiff_complete import tiff_is_complete, tiff_being_filled
 from .watcher import Discovery
 
 log = logging.getLogger(__name__)
 
-SOLO_DEATHS = 2  # daemon deaths while a file was being read alone that make it a quarantine
 _WATCH_CHECK_S = 0.2  # how often the gate checks the root folder and the observer (a stat call)
 
 
@@ -70,12 +70,11 @@ class GateStage:
         self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
         self._nd2_files: set[str] = set()  # .nd2 paths still growing or not yet fully handed out
         self._nd2_seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at its last look
-        # (rel, size, mtime_ns) -> daemon deaths while it was being read (with others, alone)
+        # (rel, size, mtime_ns) -> daemon deaths while it was being read (with others, alone): each
+        # is read first in an isolated process, which alone decides a quarantine (suspect_read.py)
         self.suspects = suspects or {}
-        self._held: list[FrameJob] = []
-        self._held_rels: set[str] = set()
+        self.suspect_reads = SuspectReads(config.limits)
         self._outgoing: list[FrameJob] = []  # claimed this poll, handed to readers at its end
-        self._suspect_out: str | None = None
         self.retries = RetrySchedule()
         self.discovered: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
@@ -121,10 +120,14 @@ class GateStage:
             self._polls(journal)
         finally:
             journal.close()
+            self.suspect_reads.close()
 
     def _polls(self, journal: Journal) -> None:
         cfg = self.config.watch
-        gate = CompletenessGate(cfg.settle_polls, prove=tiff_is_complete if cfg.completeness == "structure" else None)
+        structure = cfg.completeness == "structure"
+        gate = CompletenessGate(cfg.settle_polls, prove=tiff_is_complete if structure else None,
+                                zero_tail=tiff_being_filled if structure else None,
+                                zero_tail_max_wait_s=cfg.zero_tail_max_wait_s)
         interval = max(cfg.settle_s / cfg.settle_polls, 0.005)
         next_reconcile = time.monotonic() + cfg.reconcile_s
         while not self.stop_event.is_set():
@@ -137,7 +140,7 @@ class GateStage:
                 next_reconcile = t0 + cfg.reconcile_s
             for r in gate.poll():
                 self._dispatch(r)
-            self._dispatch_held()
+            self._take_suspect_verdicts()
             outgoing, self._outgoing = self._outgoing, []
             # "read" only for what is really handed to a reader now: a death counts against these
             self._inflight_marks += [(j.rel, j.size, j.mtime_ns, "read") for j in outgoing]
@@ -221,41 +224,25 @@ class GateStage:
         if meta is None:
             return
         job = FrameJob(ready.path, self.rel(ready.path), meta, ready.size, ready.mtime_ns)
-        deaths, alone = self.suspects.get((job.rel, job.size, job.mtime_ns), (0, 0))
-        if alone >= SOLO_DEATHS:
-            if self.ledger.claim(job.rel):
-                log.error("%s: the daemon died %d times while reading it alone; quarantined unread", job.rel, alone)
-                self.status(FailedFrame(job, "", f"the daemon died {alone} times while this file alone was being "
-                                                 "read (a file that crashes the reader); quarantined instead of "
-                                                 "read again"))
+        if not self.ledger.claim(job.rel):
             return
-        if deaths or alone or self._held or self._suspect_out is not None:
-            if job.rel not in self._held_rels:
-                self._held.append(job)  # in order behind a suspect
-                self._held_rels.add(job.rel)
-        elif self.ledger.claim(job.rel):
+        if (job.rel, job.size, job.mtime_ns) in self.suspects:
+            # nothing waits behind it: the other files of the plate (its field's other channels
+            # too) go on to the readers while it is checked
+            log.info("%s was being read when the daemon died: reading it in an isolated process first", job.rel)
+            self.suspect_reads.submit(job, channels=self.join is not None and not meta.channel)
+        else:
             self._outgoing.append(job)
 
-    def _dispatch_held(self) -> None:
-        """A suspect (a file being read when the daemon died) is read alone: if the daemon dies
-        now, that death counts against it alone. Files behind it wait, in order."""
-        if self._suspect_out is not None:
-            if self.ledger.is_on_its_way(self._suspect_out):
-                return
-            self._suspect_out = None
-        while self._held:
-            job = self._held[0]
-            suspect = bool(self.suspects.get((job.rel, job.size, job.mtime_ns)))
-            if suspect and self.ledger.on_their_way():
-                return  # wait until nothing else is being read
-            self._held.pop(0)
-            self._held_rels.discard(job.rel)
-            if not self.ledger.needs_look((job.rel, job.size, job.mtime_ns)) or not self.ledger.claim(job.rel):
-                continue  # done (or on its way) since it was held
-            self._outgoing.append(job)
-            if suspect:
-                self._suspect_out = job.rel
-                return
+    def _take_suspect_verdicts(self) -> None:
+        """Suspects that read in their isolated process go to the readers; the others are quarantined."""
+        for job, reason in self.suspect_reads.take_done():
+            self.suspects.pop((job.rel, job.size, job.mtime_ns), None)
+            if reason is None:
+                self._outgoing.append(job)
+            else:
+                log.error("%s: %s; quarantined instead of read in the daemon", job.rel, reason)
+                self.status(FailedFrame(job, "", reason))
 
     def _dispatch_due_retries(self, now: float) -> None:
         for job in self.retries.take_due(now):

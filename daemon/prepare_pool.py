@@ -33,6 +33,7 @@ import numpy as np
 
 from .contract import ModelContract
 from .errors import FrameReadError
+from .lifeline import hold, lifeline
 from .preprocess import TileSet, prepare_tile_set
 from .reader import FrameLimits, decode_frame
 
@@ -136,8 +137,9 @@ _limits: FrameLimits = FrameLimits()
 _attached: dict[str, shared_memory.SharedMemory] = {}
 
 
-def _init_worker(contract: ModelContract, limits: FrameLimits) -> None:
+def _init_worker(contract: ModelContract, limits: FrameLimits, line) -> None:
     global _contract, _limits
+    hold(line)  # end with the daemon
     _contract, _limits = contract, limits
 
 
@@ -195,7 +197,7 @@ class PreparePool:
     def _start(self, attempts: int = 5) -> ProcessPoolExecutor:
         for attempt in range(attempts):
             executor = ProcessPoolExecutor(self.workers, mp_context=self._context, initializer=_init_worker,
-                                           initargs=(self.contract, self.limits))
+                                           initargs=(self.contract, self.limits, lifeline()))
             try:
                 for f in [executor.submit(_ready) for _ in range(self.workers)]:
                     f.result()  # start the workers now, not on the first frame

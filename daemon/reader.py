@@ -28,6 +28,8 @@ class FrameLimits:
     max_pixels: int = field(default=8192 * 8192, metadata=between(64, 2**40))  # width x height of the page
     max_pages: int = field(default=1, metadata=between(1, 100000))  # pages (IFDs) parsed at most
     max_file_mb: float = field(default=1024.0, metadata=between(0.001, 1e7))  # bigger files are not read
+    # memory a suspect file's isolated read may take (daemon/suspect_read.py); more: the file's fault
+    read_memory_mb: float = field(default=4096.0, metadata=between(16.0, 1e7))
 
 
 def check_file_size(path: str, size: int, limits: FrameLimits) -> None:

@@ -53,8 +53,9 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
             log.info("%d files were on their way in at the last stop; the start-up scan finds them again", stale)
         state.suspects = journal.suspects()
         if state.suspects:
-            log.warning("%d file(s) were being read when the daemon died; they are read alone now (a file "
-                        "alone at two deaths is quarantined)", len(state.suspects))
+            log.warning("%d file(s) were being read when the daemon died; each is read first in an isolated "
+                        "process, and quarantined only if it kills that reader or exceeds its limits",
+                        len(state.suspects))
         latest: dict[tuple, dict] = {}  # the snapshot's state: one message per well, however long the run
         for message in journal.sent_payloads("well/"):
             if (key := snapshot_key(message)) is not None and replaces(message, latest.get(key)):

@@ -33,6 +33,7 @@ import numpy as np
 from .contract import CellCrop, ModelContract
 from .crops import cells_of, prepare_crops
 from .errors import ContractError
+from .lifeline import hold, lifeline
 from .segment_classical import ClassicalParams, segment_classical
 from .package_segment import PackageParams, PackageSegmenter, PackageServing, package_labels
 from .segment_maps import ServeOptions, labels_from_served, serve_tiles
@@ -185,12 +186,15 @@ class SegmentationPool:
         self._lock = threading.Lock()
         self._closed = False
         self.rebuilds = 0  # executors replaced after a worker died
-        self.executor = ProcessPoolExecutor(self.workers, mp_context=self._context)
+        self.executor = self._executor(self.workers)
         self._solo: ProcessPoolExecutor | None = None
         self._solo_waiting: deque[_Task] = deque()
         self._solo_busy = False
         for f in [self.submit(int, 0) for _ in range(self.workers)]:
             f.result()  # start the workers now, not on the first frame (a death here is retried too)
+
+    def _executor(self, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=hold, initargs=(lifeline(),))
 
     def classical(self, frame: np.ndarray, params: ClassicalParams, crop: CellCrop | None = None,
                   crop_from: np.ndarray | None = None) -> Future:
@@ -259,7 +263,7 @@ class SegmentationPool:
                 self._solo_busy = False
                 return
             if self._solo is None:
-                self._solo = ProcessPoolExecutor(1, mp_context=self._context)
+                self._solo = self._executor(1)
             solo = self._solo
         future = solo.submit(task.fn, *task.args)  # the only task in it: nothing queued behind
         future.add_done_callback(lambda f: self._solo_done(task, f, solo))
@@ -292,7 +296,7 @@ class SegmentationPool:
         with self._lock:
             if self.executor is not broken or self._closed:
                 return
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=self._context)
+            self.executor = self._executor(self.workers)
             self.rebuilds += 1
         self.on_rebuild()
         log.warning("a segmentation worker died; the pool is rebuilt and its frames retried one at a time")

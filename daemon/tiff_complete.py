@@ -13,8 +13,9 @@ mtime moves at a constant size (see gate.CompletenessGate). The gate can first s
 just after the zeros and the header landed (empty, then full size: "grown"), so the proof also
 asks that the last bytes of the strip placed last in the file are not all zero: a writer filling
 in order writes them last (tiled files are not checked: edge tiles end in padding). A finished
-image whose last strip ends in zeros then waits for the settle time, which is safe (only later,
-never early). Nor can it tell a multi-page
+image whose last strip ends in zeros then waits while it stays so, up to
+watch.zero_tail_max_wait_s when its first pixels are not zero (`tiff_being_filled`;
+gate.CompletenessGate). Nor can it tell a multi-page
 stack appended page by page from a finished shorter one: after each page the file is a valid TIFF
 (docs/operating/completeness.md: use rename or watch.completeness = "settle" for such writers).
 """
@@ -27,6 +28,7 @@ import struct
 
 MAX_IFDS = 100_000  # a longer chain is a loop or garbage: not provable, the settle time decides
 TAIL_BYTES = 16  # the last strip's last bytes must not all be zero (8 uint16 pixels; smaller catches more)
+HEAD_BYTES = 4096  # the first strip's first bytes: not all zero once a writer filling in place has begun
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _INT_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
@@ -41,6 +43,15 @@ class _Incomplete(Exception):
     """The structure does not (yet) prove the file complete."""
 
 
+class _ZeroTail(_Incomplete):
+    """Complete but for the last strip's last bytes, which are all zero; `filled`: the first
+    strip's first bytes are not (a writer filling a pre-allocated file in place is under way)."""
+
+    def __init__(self, filled: bool):
+        super().__init__()
+        self.filled = filled
+
+
 def tiff_is_complete(path: str) -> bool:
     """True when the file's TIFF structure proves every byte it describes is present.
     False for anything else: still being written, not a TIFF, unreadable (the settle time decides)."""
@@ -49,6 +60,20 @@ def tiff_is_complete(path: str) -> bool:
             return _check(f.fileno(), os.fstat(f.fileno()).st_size)
     except (OSError, _Incomplete, struct.error, ValueError, OverflowError):
         return False
+
+
+def tiff_being_filled(path: str) -> bool:
+    """True when the structure is all there and the first pixels are written, but the last strip
+    still ends in zeros: a pre-allocated file being filled in place (or a truly dark last row); the
+    gate keeps such a file waiting. An image all zero (nothing filled, or black) is not held."""
+    try:
+        with open(path, "rb") as f:
+            _check(f.fileno(), os.fstat(f.fileno()).st_size)
+    except _ZeroTail as e:
+        return e.filled
+    except (OSError, _Incomplete, struct.error, ValueError, OverflowError):
+        return False
+    return False
 
 
 def _read(fd: int, offset: int, n: int, size: int) -> bytes:
@@ -74,16 +99,20 @@ def _check(fd: int, size: int) -> bool:
         return False
     seen: set[int] = set()
     last_block = (0, 0)  # (offset, byte count) of the image data placed last in the file
+    first_block = (size, 0)  # ... and first
     while ifd:
         if ifd in seen or len(seen) >= MAX_IFDS:
             return False
         seen.add(ifd)
         tags, ifd = _read_ifd(fd, ifd, size, order, big)
-        last_block = max(last_block, _check_image_data(tags, size))
+        first, last = _check_image_data(tags, size)
+        last_block, first_block = max(last_block, last), min(first_block, first)
     offset, count = last_block
     tail = min(count, TAIL_BYTES)
     if tail and not any(_read(fd, offset + count - tail, tail, size)):
-        raise _Incomplete  # zeros where the last pixels go: pre-allocated and not filled yet (or dark)
+        start, n = first_block
+        filled = any(_read(fd, start, min(n, HEAD_BYTES), size)) if n else False
+        raise _ZeroTail(filled)  # zeros where the last pixels go: pre-allocated and not filled yet (or dark)
     return bool(seen)
 
 
@@ -116,8 +145,9 @@ def _read_ifd(fd: int, at: int, size: int, order: str, big: bool) -> tuple[dict[
     return tags, next_ifd
 
 
-def _check_image_data(tags: dict[int, tuple[int, ...]], size: int) -> tuple[int, int]:
-    """Raises _Incomplete unless every block is inside the file; -> (offset, count) of the last block."""
+def _check_image_data(tags: dict[int, tuple[int, ...]], size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Raises _Incomplete unless every block is inside the file; -> (offset, count) of the first
+    and of the last block."""
     def one(tag: int, default: int | None = None) -> int:
         if tags.get(tag):
             return tags[tag][0]
@@ -148,5 +178,6 @@ def _check_image_data(tags: dict[int, tuple[int, ...]], size: int) -> tuple[int,
         if sum(counts) * 8 < pixels * bits_per_pixel:
             raise _Incomplete
     if TILE_OFFSETS in tags:
-        return 0, 0  # edge tiles end in padding zeros: their tail says nothing about the writer
-    return max(zip(offsets, counts))
+        return (size, 0), (0, 0)  # edge tiles end in padding zeros: their tail says nothing about the writer
+    blocks = list(zip(offsets, counts))
+    return min(blocks), max(blocks)

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from wellwatch.daemon.gate import CompletenessGate
-from wellwatch.daemon.tiff_complete import tiff_is_complete
+from wellwatch.daemon.tiff_complete import tiff_is_complete, tiff_being_filled
 
 IMAGE = (np.arange(3 * 64 * 80) % 60000).astype(np.uint16).reshape(3, 64, 80)
 
@@ -173,6 +173,56 @@ def test_without_a_proof_the_gate_settles_as_before(tmp_path):
     path = tmp_path / "a.tif"
     path.write_bytes(tiff_file(tmp_path))
     gate = CompletenessGate(settle_polls=2)
+    gate.offer(str(path))
+    assert gate.poll() == [] and gate.poll() == []
+    assert len(gate.poll()) == 1
+
+
+def half_filled(tmp_path: Path) -> tuple[Path, bytes]:
+    """A pre-allocated file whose writer stalled half-way: header, IFD and half the pixels; zeros after."""
+    path = tmp_path / "stalled.tif"
+    tifffile.imwrite(path, IMAGE[0], photometric="minisblack")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] + b"\x00" * (len(data) - len(data) // 2))
+    return path, data
+
+
+def test_a_settled_file_whose_last_strip_is_zero_waits_up_to_the_ceiling(tmp_path, caplog):
+    path, data = half_filled(tmp_path)
+    assert tiff_being_filled(str(path)) and not tiff_being_filled(str(tmp_path / "full.tif"))
+    now = [0.0]
+    gate = CompletenessGate(2, prove=tiff_is_complete, zero_tail=tiff_being_filled, zero_tail_max_wait_s=60,
+                            clock=lambda: now[0])
+    gate.offer(str(path))
+    for t in range(0, 70, 5):  # settled at the third look (10 s), but the last pixels have not landed
+        now[0] = float(t)
+        assert gate.poll() == [], f"released half-zero after {t} s"
+    now[0] = 70.0  # 60 s after it settled
+    with caplog.at_level("WARNING", logger="wellwatch.daemon.gate"):
+        (ready,) = gate.poll()  # the ceiling: a dark corner, released and said so
+    assert ready.path == str(path) and "still all zero after 60 s" in caplog.text
+
+
+def test_a_stalled_file_is_released_once_its_last_pixels_land(tmp_path):
+    path, data = half_filled(tmp_path)
+    gate = CompletenessGate(2, prove=tiff_is_complete, zero_tail=tiff_being_filled, zero_tail_max_wait_s=60)
+    gate.offer(str(path))
+    assert [gate.poll() for _ in range(5)] == [[]] * 5
+    with open(path, "r+b") as f:
+        f.seek(len(data) // 2)
+        f.write(data[len(data) // 2:])
+    os.utime(path, ns=(0, 10**9))
+    assert gate.poll() == [] and gate.poll() == []  # changed: the settle time again
+    (ready,) = gate.poll()
+    assert path.read_bytes() == data and ready.size == len(data)
+
+
+def test_an_image_all_zero_is_not_held_for_its_last_pixels(tmp_path):
+    """Nothing filled yet, or a black frame: no writer under way to wait for; the settle time decides."""
+    path = tmp_path / "black.tif"
+    tifffile.imwrite(path, np.zeros((64, 80), np.uint16), photometric="minisblack")
+    assert not tiff_being_filled(str(path))
+    gate = CompletenessGate(2, prove=tiff_is_complete, zero_tail=tiff_being_filled, zero_tail_max_wait_s=60)
     gate.offer(str(path))
     assert gate.poll() == [] and gate.poll() == []
     assert len(gate.poll()) == 1
