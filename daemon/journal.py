@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS inflight (
 );
 -- Files that were being read when the daemon died (kill -9, OOM, a crash in native code):
 -- `deaths` counts deaths while it was read as usual, `alone` deaths while it was read alone as a
--- suspect (after a restart suspects are read one at a time); twice alone: quarantined unread.
+-- suspect (after a restart suspects are read one at a time); each is read first in an isolated child process (daemon/suspect_read.py).
 CREATE TABLE IF NOT EXISTS suspects (
     path TEXT NOT NULL,
     size INTEGER NOT NULL,

@@ -262,7 +262,7 @@ def test_daemon_with_a_killed_segmentation_worker_loses_no_frame(run_daemon, rec
 
 
 def test_good_file_at_daemon_deaths_is_read_in_isolation_and_counted(run_daemon, tmp_path):
-    """Defect 2 of issue 22: the operator killing the daemon twice while a good file was being read
+    """The operator killing the daemon twice while a good file was being read
     alone is no verdict on the file; its isolated read is."""
     from wellwatch.daemon.journal import Journal
     from wellwatch.harness import local_config
