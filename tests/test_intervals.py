@@ -126,3 +126,42 @@ def test_contract_calibration_round_trips_and_bad_sections_name_the_problem(tmp_
     doc["calibration"].update(estimator="classify_count", half_width={"90": 0.1})
     with pytest.raises(ContractError, match="half_width level '90' must be a number strictly between 0 and 1"):
         ModelContract.from_dict(doc, "m.onnx")
+
+
+def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
+    import dataclasses
+
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.daemon.commit import CommitBuilder
+    from wellwatch.daemon.inference_stage import FrameWork
+    from wellwatch.daemon.jobs import FrameJob
+    from wellwatch.daemon.journal import Journal
+    from wellwatch.daemon.naming import FrameMeta
+    from wellwatch.daemon.service import bundled_demo_model
+
+    demo = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False).contract
+    cal = Calibration("mean_probability", {"0.8": 0.05, "0.9": 0.1}, "per-well fractions only")
+    journal = Journal(tmp_path / "j.sqlite")
+
+    def well_message(contract, p_dead: np.ndarray) -> dict:
+        job = FrameJob("/acq/a.tif", "a.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 123)
+        work = FrameWork(job, "s1", (64, 64), None, np.zeros((len(p_dead), 2), np.int64), 0, 0.0)
+        work.scores = np.zeros((len(p_dead), 2), np.float32)
+        work.scores[:, contract.positive_index] = p_dead
+        work.scores[:, 1 - contract.positive_index] = 1 - p_dead
+        built = CommitBuilder(contract, {"m": "x"}, PlateAggregate(1), seq=0).build([work], journal)
+        return next(m.payload for m in built.messages if m.payload["type"] == "well")
+
+    p = np.array([0.9, 0.7, 0.2, 0.2])  # classify-and-count: 2 of 4 dead; mean probability 0.5
+    calibrated = well_message(dataclasses.replace(demo, calibration=cal), p)
+    assert calibrated["live_fraction"] == 0.5 and calibrated["counts"] == {"live": 2, "dead": 2, "empty": 0}
+    assert calibrated["live_fraction_estimate"] == pytest.approx(0.5)
+    assert calibrated["live_fraction_interval"] == pytest.approx([0.4, 0.6])
+    assert calibrated["interval_level"] == 0.9 and calibrated["estimator"] == "mean_probability"
+    assert calibrated["calls_usable"] is False
+    assert calibrated["cell_live_fraction_interval"] is None  # a tile calibration says nothing of cells
+    plain = well_message(demo, p)  # an uncalibrated model: the same message, the new fields null
+    assert plain["live_fraction_interval"] is None and plain["calls_usable"] is None
+    assert {k: v for k, v in plain.items() if v is not None and k not in ("seq", "t_published", "t_sent")}.keys() \
+        <= {k for k in calibrated}
+    journal.close()

@@ -1,0 +1,66 @@
+"""`wellwatch calibrate` end to end on a small real subset of ../shared/data/adcc-paired: three
+experiments (one field each), one epoch per fold; the served file, its contract's calibration, the
+report and a config snippet the daemon's own loader accepts."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import onnx
+import pytest
+
+from wellwatch.cli import main
+from wellwatch.daemon.config import load_config
+from wellwatch.daemon.contract import contract_from_metadata
+from wellwatch.daemon.intervals import VERDICTS
+
+from .conftest import shared_data
+
+WELLS = ("A3", "A5", "A7")  # four fields; dead fractions from 0.1 to 0.8: the stain separates
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    data = shared_data("adcc-paired", "data")
+    plate = tmp_path_factory.mktemp("plate")
+    for f in data.iterdir():
+        if f.name.split("--")[0] in WELLS:
+            (plate / f.name).symlink_to(f)
+    out = tmp_path_factory.mktemp("cal")
+    rc = main(["calibrate", str(plate), "--label-free", "BF", "--dead-stain", "PI", "--out", str(out),
+               "--epochs", "1", "--bootstrap", "50", "--threads", "1",
+               # four fields hold fewer tiles than the plate: their mixture separates at Ashman's D ~1.95
+               "--dataset-arg=--min-separation=1.5"])
+    return rc, out
+
+
+def test_calibrate_serves_a_model_with_its_calibration(calibrated):
+    rc, out = calibrated
+    assert rc == 0
+    contract = contract_from_metadata({p.key: p.value for p in onnx.load(out / "model.onnx").metadata_props},
+                                      "model.onnx")
+    cal = contract.calibration
+    assert cal is not None and cal.unit == "tile" and cal.wells == 3 and cal.verdict in VERDICTS
+    assert cal.levels == (0.8, 0.9)
+    # 3 experiments: (3 + 1) * 0.9 > 3, too few for a bounded 90% interval, and the contract says so
+    assert cal.half_width["0.9"] is None
+    summary = json.loads((out / "calibration.json").read_text())
+    assert sorted(g.split("/")[-1] for g in summary["wells"]) == list(WELLS)  # one experiment per well
+    assert summary["calibration"]["estimator"] == cal.estimator
+    for w in summary["wells"].values():
+        assert 0 <= w["stain"] <= 1 and w["n"] > 0
+    assert summary["aucs"]["pooled_auc"]["ci95"] is not None
+
+
+def test_report_and_config_snippet(calibrated):
+    rc, out = calibrated
+    page = (out / "report.html").read_text()
+    verdict = json.loads((out / "calibration.json").read_text())["calibration"]["verdict"]
+    assert f"Verdict: <b>{verdict}</b>" in page
+    assert page.count("data:image/png;base64,") >= 3  # thresholds histogram, AUCs, per-well fractions
+    assert "split conformal" in page and "Rules, in order" in page
+    snippet = tomllib.loads((out / "config.toml").read_text())
+    assert snippet["models"]["live_dead"]["path"] == str((out / "model.onnx").resolve())
+    config = load_config(out / "config.toml")
+    assert config.intervals.level == 0.9 and config.channels.label_free == ("BF",)
