@@ -165,3 +165,23 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
     assert {k: v for k, v in plain.items() if v is not None and k not in ("seq", "t_published", "t_sent")}.keys() \
         <= {k for k in calibrated}
     journal.close()
+
+
+def test_dose_points_use_the_calibrated_estimate_and_carry_its_interval(tmp_path):
+    from wellwatch.daemon.dose import dose_points, reading_from_message
+    from wellwatch.daemon.plate_map import read_plate_map
+
+    (tmp_path / "map.csv").write_text("well,compound,concentration,unit,role\nA1,,0,,control\n"
+                                      "A2,drug,1,uM,treated\n")
+    plate_map = read_plate_map(tmp_path / "map.csv")
+    control = {"live_fraction": 0.75, "live_fraction_estimate": 0.8, "live_fraction_interval": [0.7, 0.9]}
+    treated = {"live_fraction": 0.5, "live_fraction_estimate": 0.4, "live_fraction_interval": [0.3, 0.5]}
+    readings = {("A1", 0): reading_from_message(control), ("A2", 0): reading_from_message(treated)}
+    (point,), controls = dose_points(plate_map, "drug", readings, 0)
+    assert controls["live_fraction"] == pytest.approx(0.8)
+    assert point["viability"] == pytest.approx(0.5)
+    assert point["viability_interval"] == pytest.approx([0.375, 0.625])
+    uncalibrated = {("A1", 0): reading_from_message({"live_fraction": 0.8}),
+                    ("A2", 0): reading_from_message({"live_fraction": 0.4})}
+    (point,), _ = dose_points(plate_map, "drug", uncalibrated, 0)
+    assert point["viability"] == pytest.approx(0.5) and point["viability_interval"] is None
