@@ -34,6 +34,9 @@ from .dataset import Dataset, load_dataset
 log = logging.getLogger(__name__)
 
 
+MAX_LEAVE_ONE_OUT = 20  # experiments; more (e.g. single images as groups) get 10 folds of whole experiments
+
+
 class CalibrateError(WellwatchError, ValueError):
     """The calibration cannot run as asked (the message names the option or file)."""
 
@@ -56,6 +59,7 @@ class CalibrateOptions:
     name: str = ""
     threshold: float = 0.5
     n_boot: int = 500
+    folds: int = 0  # 0: leave one experiment out (10 folds of whole experiments above MAX_LEAVE_ONE_OUT)
     dataset_args: tuple[str, ...] = ()  # extra `dataset live-dead`/`dataset cells` options
 
 
@@ -143,7 +147,8 @@ def calibrate(o: CalibrateOptions, progress: Callable[[str], None] = print) -> d
         progress(f"--init {o.init}: scoring the new plate with the previous model ({arch}) before fine-tuning")
         before = calibrate_scores(y, score_with(init_model, ds.x, pos), groups, o.threshold, unit, o.n_boot)
     cfg = seed_defaults(arch, epochs=o.epochs, patience=0)
-    oof, folds = leave_one_group_out(ds, groups, cfg, progress=progress, init_state=init_state)
+    k = o.folds or (10 if len(names) > MAX_LEAVE_ONE_OUT else 0)
+    oof, folds = leave_one_group_out(ds, groups, cfg, progress=progress, init_state=init_state, k=k)
     result = calibrate_scores(y, oof, groups, o.threshold, unit, o.n_boot)
     progress(f"verdict: {result.calibration.verdict} ({'; '.join(result.reasons)})")
     progress(f"training the final model on all {len(names)} {o.group_by} groups")
@@ -163,6 +168,7 @@ def calibrate(o: CalibrateOptions, progress: Callable[[str], None] = print) -> d
     model_path = export_model(ckpt, o.out / "model.onnx", ds)
     np.savez_compressed(o.out / "loeo_scores.npz", ids=ds.ids, y=ds.y, score=oof, group=groups)
     summary = {"model": str(model_path), "unit": unit, "arch": arch, "epochs": cfg.epochs, "group_by": o.group_by,
+               "folds_k": k or len(names),
                "n": int(len(ds)), "groups": names, "folds": folds, **result.to_dict(),
                "before": before.to_dict() if before is not None else None, "dataset": str(ds_dir),
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -23,7 +23,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     o = CalibrateOptions(tuple(args.folders), Path(args.out), args.label_free, args.dead_stain, args.segment_on,
                          args.dataset, args.naming, args.tile, args.stride, args.arch, args.epochs, args.group_by,
-                         args.init, args.name or "", args.threshold, args.bootstrap, tuple(args.dataset_arg))
+                         args.init, args.name or "", args.threshold, args.bootstrap, args.folds, tuple(args.dataset_arg))
     try:
         calibrate(o, progress=lambda m: print(m, file=sys.stderr, flush=True))
     except StainFitError as e:
@@ -48,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=4, help="epochs per fold and for the final model (default 4)")
     p.add_argument("--group-by", default="well", choices=["well", "plate", "source"],
                    help="what one experiment is, left out in turn (default well)")
+    p.add_argument("--folds", type=int, default=0,
+                   help="k folds of whole experiments (default 0: leave one experiment out; 10 folds above 20 "
+                        "experiments, e.g. --group-by source on hand-labelled images)")
     p.add_argument("--init", help="re-calibrate: fine-tune from a previous calibration (its CAL folder or best.pt) "
                                   "and report before/after")
     p.add_argument("--name", help="model name in the contract (default calibrated-UNIT-ARCH)")

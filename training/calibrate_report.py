@@ -12,6 +12,8 @@ import numpy as np
 
 from .calibration import DEFAULT_LEVEL, LEVELS, RULES, CalibrationResult
 
+MAX_ROWS = 30  # experiments named in the plot and the table; the rest are in calibration.json
+
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
@@ -70,7 +72,7 @@ def wells_plot(result: CalibrationResult) -> str:
         ax.errorbar(stain, est, yerr=[est - low, high - est], fmt="none", ecolor=colour, capsize=3, lw=1,
                     label=f"{level:.0%} interval (+-{q:.3f})")
     ax.scatter(stain, est, color="k", zorder=3)
-    for n, a, b in zip(names, stain, est):
+    for n, a, b in zip(names, stain, est) if len(names) <= MAX_ROWS else ():
         ax.annotate(n, (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("dead fraction from the stain")
     ax.set_ylabel(f"dead fraction, model ({cal.estimator}), left out")
@@ -114,13 +116,16 @@ def _wells_table(result: CalibrationResult) -> str:
     cal = result.calibration
     q = cal.half_width.get(f"{DEFAULT_LEVEL:g}")
     rows = []
-    for n, w in result.wells.items():
+    for n, w in list(result.wells.items())[:MAX_ROWS]:
         e = w["estimates"][cal.estimator]
         inside = "yes" if q is None or abs(e - w["stain"]) <= q else "no"
         rows.append(f"<tr><td>{html.escape(n)}</td><td>{w['n']}</td><td>{_fmt(w['stain'])}</td>"
                     + "".join(f"<td>{_fmt(w['estimates'][k])}</td>" for k in ("classify_count", "mean_probability",
                                                                               "adjusted"))
                     + f"<td>{_fmt(w['auc'])}</td><td>{inside}</td></tr>")
+    if len(result.wells) > MAX_ROWS:
+        rows.append(f"<tr><td colspan=8>... {len(result.wells) - MAX_ROWS} more experiments in calibration.json"
+                    "</td></tr>")
     mae = "".join(f"<td>{_fmt(result.mae[k])}</td>" for k in ("classify_count", "mean_probability", "adjusted"))
     return ("<table><tr><th>experiment</th><th>n</th><th>stain</th><th>classify-and-count</th>"
             f"<th>mean probability</th><th>adjusted</th><th>AUC within</th><th>inside {DEFAULT_LEVEL:.0%}</th></tr>"

@@ -52,16 +52,19 @@ def per_well_estimates(y: np.ndarray, score: np.ndarray, groups: np.ndarray, thr
     tpr/fpr from the other experiments' out-of-experiment calls, never its own labels."""
     y, calls, groups = np.asarray(y, bool), np.asarray(score) >= threshold, np.asarray(groups).astype(str)
     wells: dict[str, dict[str, Any]] = {}
-    for g in sorted(set(groups.tolist())):
+    names = sorted(set(groups.tolist()))
+    stained = {g: float(y[groups == g].mean()) for g in names}
+    total = sum(stained.values())
+    for g in names:
         m = groups == g
         tpr, fpr = rates(y[~m], calls[~m])
         n, k = int(m.sum()), int(calls[m].sum())
         est = {"classify_count": dead_fraction("classify_count", n, k, None),
                "mean_probability": dead_fraction("mean_probability", n, k, float(np.sum(score[m]))),
                "adjusted": dead_fraction("adjusted", n, k, None, tpr, fpr) if tpr > fpr else None}
-        others = [float(y[groups == h].mean()) for h in set(groups.tolist()) if h != g]
-        wells[g] = {"n": n, "stain": float(y[m].mean()), "estimates": est,
-                    "no_model": float(np.mean(others)) if others else None,
+        wells[g] = {"n": n, "stain": stained[g], "estimates": est,
+                    # the no-model reference: the other experiments' mean stained fraction
+                    "no_model": (total - stained[g]) / (len(names) - 1) if len(names) > 1 else None,
                     "auc": roc_auc(y[m], score[m]) if 0 < y[m].sum() < n else None}
     return wells
 
