@@ -64,3 +64,18 @@ def test_report_and_config_snippet(calibrated):
     assert snippet["models"]["live_dead"]["path"] == str((out / "model.onnx").resolve())
     config = load_config(out / "config.toml")
     assert config.intervals.level == 0.9 and config.channels.label_free == ("BF",)
+
+
+def test_recalibration_fine_tunes_the_previous_model_and_reports_before_and_after(calibrated, tmp_path):
+    rc, first = calibrated
+    out = tmp_path / "again"
+    assert main(["calibrate", "--dataset", str(first / "dataset"), "--init", str(first), "--out", str(out),
+                 "--epochs", "1", "--bootstrap", "20", "--threads", "1"]) == 0
+    summary = json.loads((out / "calibration.json").read_text())
+    before = summary["before"]
+    assert before is not None and before["calibration"]["verdict"] in VERDICTS
+    assert set(before["wells"]) == set(summary["wells"])  # the same experiments, scored as the old model was
+    page = (out / "report.html").read_text()
+    assert "Re-calibration: before and after" in page and "before (--init model as it was)" in page
+    assert main(["calibrate", "--dataset", str(first / "dataset"), "--init", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "x")]) == 2  # a missing model: one clear line, exit 2
