@@ -185,3 +185,17 @@ def test_dose_points_use_the_calibrated_estimate_and_carry_its_interval(tmp_path
                     ("A2", 0): reading_from_message({"live_fraction": 0.4})}
     (point,), _ = dose_points(plate_map, "drug", uncalibrated, 0)
     assert point["viability"] == pytest.approx(0.5) and point["viability_interval"] is None
+
+
+def test_an_uncalibrated_level_refuses_to_start():
+    from types import SimpleNamespace
+
+    from wellwatch.daemon.errors import StartupError
+    from wellwatch.daemon.pipeline import check_interval_level
+
+    model = SimpleNamespace(name="m", calibration=Calibration("classify_count", {"0.8": 0.1, "0.9": 0.2},
+                                                               "per-well fractions only"))
+    check_interval_level(0.9, model, None)
+    check_interval_level(0.95, SimpleNamespace(name="plain", calibration=None))  # nothing to check
+    with pytest.raises(StartupError, match="intervals.level 0.95 is not calibrated in model 'm'; .* 0.8, 0.9"):
+        check_interval_level(0.95, model)

@@ -178,8 +178,8 @@ def write_report(path: Path, summary: dict[str, Any], result: CalibrationResult,
 <ul>{''.join(f'<li>{html.escape(r)}</li>' for r in result.reasons)}</ul>
 <p>Rules, in order:</p><ol>{''.join(f'<li>{html.escape(r)}</li>' for r in RULES)}</ol>
 <p>What the daemon does with it: every well message carries <code>live_fraction_estimate</code> and
-<code>live_fraction_interval</code> (the {DEFAULT_LEVEL:.0%} interval: estimate &plusmn;
-{_fmt(q) if q is not None else 'unbounded'}){'' if cal.calls_usable else
+<code>live_fraction_interval</code> (the {DEFAULT_LEVEL:.0%} interval: {f'estimate &plusmn; {_fmt(q)}'
+if q is not None else '0..1, too few experiments for a bounded one'}){'' if cal.calls_usable else
 ', and <code>calls_usable: false</code>: its live/dead counts are tallies of single calls that this calibration found unusable one by one; read the fraction and its interval'}.</p>
 <h2>Leave one experiment out</h2>
 {_figures_table(result, before)}
