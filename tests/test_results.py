@@ -145,19 +145,12 @@ def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
 def test_a_calibrated_model_puts_its_intervals_on_the_stream_and_in_the_well_table(run_daemon, recorder_for, tmp_path):
     import dataclasses
 
-    import onnx
-
-    from wellwatch.daemon.contract import METADATA_KEY, ModelContract
     from wellwatch.daemon.intervals import Calibration
-    from wellwatch.daemon.service import bundled_demo_model
-    from wellwatch.export.metadata import set_metadata
 
-    proto = onnx.load(bundled_demo_model())
-    contract = ModelContract.from_json(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
+    from .calibrated_model import calibrated_demo_model
+
     cal = Calibration("classify_count", {"0.8": 0.05, "0.9": 0.1}, "per-well fractions only", wells=9)
-    set_metadata(proto, dataclasses.replace(contract, name="demo-calibrated", calibration=cal))
-    model = tmp_path / "calibrated.onnx"
-    onnx.save(proto, model)
+    model = calibrated_demo_model(tmp_path / "calibrated.onnx", cal)
     spec = dataclasses.replace(SPEC, wells=("A1", "A2"), timepoints=1)
     source = tmp_path / "source"
     write_plate(spec, source)
