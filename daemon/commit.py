@@ -186,7 +186,7 @@ class CommitBuilder:
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
             live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
             t_file=job.mtime_ns / 1e9, channels=list(work.channels) or [meta.channel],
-            pixel_size_um=work.pixel_size_um))
+            pixel_size_um=work.pixel_size_um, **self.calls_usable_fields()))
         seq = self.next_seq()
         well_msg = OutboxMessage(seq, well_topic(meta.plate, meta.well), envelope(
             seq, "well", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
@@ -198,6 +198,11 @@ class CommitBuilder:
                              json.dumps(counts.cell_types) if counts.cell_types is not None else None)
         return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint),
                         *self.dose_messages(well_msg.payload)]
+
+    def calls_usable_fields(self) -> dict:
+        """A frame's calls, marked as a calibrated model's verdict says (None: not calibrated)."""
+        return {k: v for k, v in self.interval_fields(TileCounts(0, 0, 0, cell_live=0, cell_dead=0)).items()
+                if k.endswith("calls_usable")}
 
     def interval_fields(self, t: TileCounts) -> dict:
         """Calibrated live fractions with intervals (tiles; cells from the per-cell model, else from

@@ -150,7 +150,10 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
         work.scores[:, contract.positive_index] = p_dead
         work.scores[:, 1 - contract.positive_index] = 1 - p_dead
         built = CommitBuilder(contract, {"m": "x"}, PlateAggregate(1), seq=0).build([work], journal)
-        return next(m.payload for m in built.messages if m.payload["type"] == "well")
+        frame = next(m.payload for m in built.messages if m.payload["type"] == "frame")
+        well = next(m.payload for m in built.messages if m.payload["type"] == "well")
+        assert frame["calls_usable"] == well["calls_usable"]  # a frame's calls are marked the same way
+        return well
 
     p = np.array([0.9, 0.7, 0.2, 0.2])  # classify-and-count: 2 of 4 dead; mean probability 0.5
     calibrated = well_message(dataclasses.replace(demo, calibration=cal), p)
