@@ -139,7 +139,8 @@ def calibrate(o: CalibrateOptions, progress: Callable[[str], None] = print) -> d
                              f"experiments (give more folders, or --group-by source for single images)")
     pos = ds.classes.index("dead")
     y = ds.y == pos
-    progress(f"{len(ds)} labelled {unit}s ({int(y.sum())} dead) in {len(names)} {o.group_by} groups")
+    progress(f"{len(ds)} labelled {ds.meta.get('kind', unit + 's')} ({int(y.sum())} dead) in {len(names)} "
+             f"{o.group_by} groups")
     arch, init_state, before = o.arch, None, None
     if o.init:
         init_model, arch = load_init(o.init, ds)
