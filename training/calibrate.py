@@ -28,7 +28,7 @@ import numpy as np
 
 from wellwatch.daemon.errors import WellwatchError
 
-from .calibration import CalibrationResult, calibrate_scores
+from .calibration import calibrate_scores
 from .dataset import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,3 @@ def export_model(checkpoint: Path, out: Path, ds: Dataset) -> Path:
     export_checkpoint(checkpoint, out, real_inputs=sample, parity_images=[])
     return out
 
-
-def result_summary(result: CalibrationResult) -> str:
-    a = result.aucs
-    return (f"pooled AUC {a['pooled_auc']['value']} {a['pooled_auc']['ci95']}, within-experiment AUC "
-            f"{a['within_experiment_auc']['value']} {a['within_experiment_auc']['ci95']}, fraction-only "
-            f"{a['fraction_only_auc']['value']} {a['fraction_only_auc']['ci95']}")
