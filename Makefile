@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model adcc-calibrate ldc-calibrate
+.PHONY: demo test test-all docs docs-serve docs-figures wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model adcc-calibrate ldc-calibrate
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e ".[train,test,dashboard,results]"
+	$(PIP) install -e ".[train,test,dashboard,results,docs]"
 	touch $@
 
 # promtool (Debian's prometheus package) lints the daemon's /metrics in the tests.
@@ -27,14 +27,35 @@ chromium:
 demo: $(VENV)/.runtime
 	$(VENV)/bin/wellwatch demo
 
-test: $(VENV)/.dev promtool chromium
+test: $(VENV)/.dev promtool chromium docs
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest
+
+# The documentation site (MkDocs Material) into site/; --strict: a broken link or anchor fails the build.
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+docs-serve: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# The documentation's figures, made from simulated plates so they never go stale: the dashboard mid-plate,
+# and an evaluation report of the demo model on a simulated stained plate (the commands docs/models/evaluation.md shows).
+FIGURE_WORK = build/docs-figures
+docs-figures: $(VENV)/.dev chromium
+	$(PY) docs/dashboard_screenshot.py --out docs/dashboard.png
+	rm -rf $(FIGURE_WORK) && mkdir -p $(FIGURE_WORK) docs/figures
+	$(VENV)/bin/wellwatch simulate $(FIGURE_WORK)/sim --wells 12 --fields 2 --timepoints 3 --interval-s 0 \
+		--channels BF,PI --treatment dose_series --seed 11 >/dev/null
+	$(VENV)/bin/wellwatch dataset live-dead $(FIGURE_WORK)/sim/data --naming scanr --label-free BF --fluorescence PI \
+		--tile 64 --stride 64 --out $(FIGURE_WORK)/ds >/dev/null
+	$(VENV)/bin/wellwatch evaluate wellwatch/models/demo-live-dead.onnx $(FIGURE_WORK)/ds --out $(FIGURE_WORK)/report >/dev/null
+	cp $(FIGURE_WORK)/report/per_well.png docs/figures/report-per-well.png
+	cp $(FIGURE_WORK)/report/fluorescence.png docs/figures/report-fluorescence.png
 
 # A built wheel in a fresh virtualenv outside the checkout: bundled models found, a short demo.
 wheel-smoke:
 	PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
-test-all: $(VENV)/.dev promtool chromium
+test-all: $(VENV)/.dev promtool chromium docs
 	WELLWATCH_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"
 
 bench: $(VENV)/.runtime
@@ -54,7 +75,7 @@ demo-model: $(VENV)/.dev
 # score set 30 (well B) once (about 35 minutes on a 2-core CPU); then stamp into its contract the
 # training pixel size (0.8708 um/px, the frames' NIS dCalibration), each set's acquisition group and
 # the recipe's leave-group-out scores (segmentation-logo, if run). The "microscope" augmentation
-# scored lower on set 30 at 2000 steps; see README.
+# scored lower on set 30 at 2000 steps (docs/results: segmentation, leave one well out).
 SEG_TRAIN_SETS = set1-15,set17-23,set25-29
 SEG_DATA ?= ../shared/data/usiigaci-phase
 segmentation-model: $(VENV)/.dev
@@ -77,7 +98,7 @@ segmentation-logo: $(VENV)/.dev
 
 # Re-make the bundled bright-field live/dead crop model from the shared LDC images (../shared/data):
 # 5-fold cross-validation by image group (the figures its contract carries), then the final model
-# on every image. The defaults of `dataset voc` and `train` are the model's recipe (README "Training").
+# on every image. The defaults of `dataset voc` and `train` are the model's recipe (docs/models/training.md).
 LDC_DATA ?= ../shared/data/ldc-live-dead/images
 LDC_FITS ?= Bright-field cells in a counting chamber (LDC images, about 220 px square, 8-bit; living cells bright-centred, dead cells dark)
 ldc-model: $(VENV)/.dev

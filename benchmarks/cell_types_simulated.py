@@ -1,4 +1,4 @@
-"""Cell types end to end on simulated two-type plates (issue 7's check), with the real tools.
+"""Cell types end to end on simulated two-type plates, with the real tools.
 
 1. `wellwatch simulate` a training plate (LMPP-like and pro-B-like cells, bright-field + CD19
    marker, the type mix varying across wells) and a second, different plate (another seed).

@@ -1,4 +1,4 @@
-"""The long fault campaign (issue 16): an operator's worst week against one plate.
+"""The long fault campaign: an operator's worst week against one plate.
 
 A 60-frame plate (10 wells x 2 fields x 3 timepoints, 192 px, scanR names, temp name then
 rename) is written while `wellwatch run` (a subprocess, classical segmentation in a 2-worker

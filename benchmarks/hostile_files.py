@@ -1,4 +1,4 @@
-"""Peak memory of reading each hostile file, each in a fresh process (issue 16, item 2).
+"""Peak memory of reading each hostile file, each in a fresh process.
 
 Decompression bombs (few-kB zlib TIFFs declaring huge images), a many-page bomb and a bit-flipped
 frame, read with `wellwatch.daemon.reader.read_frame` and the default [limits]. For each: the

@@ -43,7 +43,7 @@ def load_revision(rev: str, name: str, folder: Path):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--before", default="27f380a", help="git revision to compare with (default: before issue 14)")
+    p.add_argument("--before", default="27f380a", help="git revision to compare with (default: before the preparation changes)")
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--rounds", type=int, default=15)

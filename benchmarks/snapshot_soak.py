@@ -1,4 +1,4 @@
-"""Snapshot size and daemon memory over a long simulated time-lapse (issue 16, item 5).
+"""Snapshot size and daemon memory over a long simulated time-lapse.
 
 A 384-well plate, one small field per well, many timepoints, written timepoint by timepoint (temp
 name, then rename) into a daemon running in this process with the bundled demo model. After each

@@ -159,6 +159,13 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    progress_s: float = field(default=10.0, metadata=between(0.0, 86400.0))  # a progress line; 0 = off
+    nothing_counted_s: float = field(default=5.0, metadata=between(0.1, 3600.0))
+    repeat_s: float = field(default=60.0, metadata=between(1.0, 86400.0))  # "nothing counted" again at most this often
+
+
+@dataclass(frozen=True)
 class IntervalsConfig:
     # nominal coverage of the per-well live-fraction intervals of a calibrated model (`wellwatch
     # calibrate`); must be one of the levels its contract's calibration measured (0.8, 0.9)
@@ -179,6 +186,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     journal: JournalConfig = JournalConfig()
     limits: FrameLimits = FrameLimits()
+    report: ReportConfig = ReportConfig()
     intervals: IntervalsConfig = IntervalsConfig()
 
     @property

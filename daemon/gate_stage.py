@@ -60,10 +60,11 @@ class GateStage:
                  metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
                  submit: Callable[[FrameJob], None], status: Callable[[StatusEvent | FailedFrame], None],
                  nd2: Nd2Tracker | None = None, join: ChannelJoin | None = None, needs_layout: bool = False,
-                 suspects: dict[tuple[str, int, int], tuple[int, int]] | None = None):
+                 suspects: dict[tuple[str, int, int], tuple[int, int]] | None = None,
+                 on_ignored: Callable[..., None] = lambda rel, reason, channel=None: None):
         self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
         self.journal_path, self.stop_event = journal_path, stop_event
-        self.submit, self.status = submit, status
+        self.submit, self.status, self.on_ignored = submit, status, on_ignored  # on_ignored: diagnostics
         self.nd2 = nd2 or Nd2Tracker(plate_format=config.plate.format)
         self.join = join
         self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
@@ -101,12 +102,14 @@ class GateStage:
             self._ignored.add(path)
             self.metrics.frames.labels("unmatched_name").inc()
             log.warning("ignoring %s: %s", self.rel(path), e.reason)
+            self.on_ignored(self.rel(path), "unmatched_name")
             return None
         # a name without a channel holds the one channel (NIS-Elements without the c dimension),
         # or with a multi-channel model all of them, in its pages
         if meta.channel and meta.channel not in self.config.channels.files():
             self._ignored.add(path)
             self.metrics.frames.labels("other_channel").inc()
+            self.on_ignored(self.rel(path), "other_channel", meta.channel)
             return None
         return meta
 
@@ -283,7 +286,7 @@ class GateStage:
             contents = self.nd2.contents.get(path)
             if contents is not None and self.needs_layout:
                 self.needs_layout = False
-                self.status(LayoutEvent(nd2_layout(contents, self.naming.default_well)))
+                self.status(LayoutEvent(nd2_layout(contents, self.naming.default_well, self.naming.default_plate)))
             marks, jobs = [], []
             for f in frames:
                 meta = FrameMeta(self.naming.default_plate, f.well or self.naming.default_well, f.field,

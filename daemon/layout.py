@@ -49,6 +49,7 @@ class PlateLayout:
     z_planes: tuple[int, ...] = (0,)
     channel_names: dict[str, str] = field(default_factory=dict)
     pixel_size_um: float | None = None
+    plate: str | None = None  # the plate's name as its frames carry it (None: the daemon's plate name)
 
     @property
     def wells(self) -> tuple[str, ...]:
@@ -60,7 +61,8 @@ class PlateLayout:
 
     def summary(self) -> dict:
         """What the daemon announces at start (status/plate) and logs."""
-        return {"vendor": self.vendor, "source": self.source, "plate_format": self.rows * self.cols,
+        return {"vendor": self.vendor, "source": self.source, "plate": self.plate,
+                "plate_format": self.rows * self.cols,
                 "wells": list(self.wells), "fields": {w: len(f) for w, f in self.fields.items()},
                 "channels": list(self.channels), "channel_names": self.channel_names,
                 "timepoints": list(self.timepoints), "z_planes": len(self.z_planes),
@@ -93,6 +95,24 @@ def find_layout_file(root: str | Path, max_depth: int = 3) -> tuple[Path, Callab
         if folder.name != "data":  # scanR keeps its descriptor beside data/, not above anything else
             break
     return None
+
+
+def find_layout_files(root: str | Path, max_depth: int = 3) -> list[tuple[Path, Callable[[Path], PlateLayout]]]:
+    """Every plate's vendor layout file under `root`: at the depth of the nearest one, one per folder
+    (a folder of exported plates holds one plate folder each, e.g. three ImageXpress plates)."""
+    first = find_layout_file(root, max_depth)
+    if first is None:
+        return []
+    path, reader = first
+    depth = len(path.relative_to(Path(root) if path.is_relative_to(root) else Path(root).parent).parts)
+    folder = Path(root) if path.is_relative_to(root) else Path(root).parent
+    readers = _readers()
+    found: dict[Path, tuple[Path, Callable[[Path], PlateLayout]]] = {}
+    for pattern, reader_ in readers:
+        for hit in sorted(folder.glob("/".join(["*"] * depth))):
+            if _case_match(hit.name, pattern) and hit.is_file() and hit.parent not in found:
+                found[hit.parent] = (hit, reader_)
+    return [found[k] for k in sorted(found)] or [first]
 
 
 def _case_match(name: str, pattern: str) -> bool:

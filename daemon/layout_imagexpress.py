@@ -81,4 +81,4 @@ def read_htd(path: Path) -> PlateLayout:
     z_series = _flag(e.get("ZSeries", ["FALSE"])[0])
     z_planes = tuple(range(_int(e, "ZSteps", path, 1))) if z_series else (0,)
     return PlateLayout("imagexpress", str(path), rows, cols, {w: fields for w in wells}, channels, timepoints,
-                       z_planes or (0,), names, None)
+                       z_planes or (0,), names, None, plate=path.stem)  # images are named PLATE_B02_s1_w1

@@ -13,7 +13,7 @@ class DaemonMetrics:
         self.registry = registry
         self.frames = Counter("wellwatch_frames_total", "Frame files by outcome "
                               "(processed, quarantined, duplicate, unmatched_name, other_channel, retried, "
-                              "channel_missing, deferred)",
+                              "channel_missing, deferred, smaller_than_tile)",
                               ["outcome"], registry=registry)
         self.tiles = Counter("wellwatch_tiles_total", "Tiles by call (live, dead, empty)", ["call"],
                              registry=registry)
@@ -40,8 +40,10 @@ class DaemonMetrics:
         self.prepare_pool_rebuilds = Counter("wellwatch_prepare_pool_rebuilds", "Preparation process pools "
                                              "(pipeline.prepare_workers) replaced after a worker died",
                                              registry=registry)
+        self.nothing_counted = Gauge("wellwatch_nothing_counted", "1 while files arrive but none becomes a "
+                                     "counted frame (the log and status/nothing_counted say why)", registry=registry)
         for outcome in ("processed", "quarantined", "duplicate", "unmatched_name", "other_channel", "retried",
-                        "channel_missing", "deferred", "worker_died"):
+                        "channel_missing", "deferred", "worker_died", "smaller_than_tile"):
             self.frames.labels(outcome)
         for call in ("live", "dead", "empty"):
             self.tiles.labels(call)

@@ -56,7 +56,7 @@ def frame_key(rel_path: str, index: int) -> str:
 @dataclass(frozen=True)
 class Nd2Frame:
     index: int        # sequence index in the file
-    timepoint: int    # from 0
+    timepoint: int    # from 1, as NIS-Elements numbers them (and names the TIFFs it exports: t001)
     position: int     # XY position index, from 0
     z: int            # from 0
     well: str | None  # from the position's name when it names a well ("B03", "B3-1")
@@ -215,7 +215,7 @@ def _contents(f, path: str, finished: bool, plate_format: int, complete: set[int
         if complete is not None and index not in complete:
             continue
         p = loops.get("P", 0)
-        frames.append(Nd2Frame(index, loops.get("T", 0), p, loops.get("Z", 0),
+        frames.append(Nd2Frame(index, loops.get("T", 0) + 1, p, loops.get("Z", 0),
                                wells[p] if p < len(wells) else None, rank.get(p, p + 1)))
     expected = int(np.prod([v for k, v in sizes.items() if k in ("T", "P", "Z")] or [1]))
     return Nd2Contents(path, finished, sizes, channels, float(voxel.x) if voxel.x else None, tuple(names),
@@ -270,7 +270,7 @@ def read_nd2_frame(path: str | Path, index: int) -> np.ndarray:
     return frame
 
 
-def nd2_layout(contents: Nd2Contents, default_well: str) -> PlateLayout:
+def nd2_layout(contents: Nd2Contents, default_well: str, plate: str | None = None) -> PlateLayout:
     """The acquisition an .nd2 file describes: its wells (from position names), fields, T and Z."""
     from .layout import PlateLayout
 
@@ -282,9 +282,9 @@ def nd2_layout(contents: Nd2Contents, default_well: str) -> PlateLayout:
         seen[well] = seen.get(well, 0) + 1
         fields.setdefault(well, []).append(seen[well])  # as _contents numbers them: rank within the well
     return PlateLayout("nd2", contents.path, 8, 12, {w: tuple(f) for w, f in fields.items()},
-                       contents.channels, tuple(range(contents.sizes.get("T", 1))),
+                       contents.channels, tuple(range(1, contents.sizes.get("T", 1) + 1)),
                        tuple(range(contents.sizes.get("Z", 1))), {c: c for c in contents.channels},
-                       contents.pixel_size_um)
+                       contents.pixel_size_um, plate=plate)
 
 
 class Nd2Tracker:

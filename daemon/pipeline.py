@@ -21,6 +21,7 @@ daemon with the error (the entry point decides to exit).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -38,6 +39,7 @@ from .dose_publisher import DosePublisher
 from .plate_map import read_plate_map
 from .config import Config
 from .crops import crop_section
+from .diagnostics import Diagnostics, Expectations
 from .errors import StartupError
 from .gate_stage import GateStage
 from .history import well_history
@@ -88,6 +90,9 @@ class Pipeline:
         self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend
         crop = crop_section(cell_type_backend, cell_live_dead_backend, self.seg_method)
         self.root = os.path.realpath(config.watch.root)
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StartupError(f"watch.root {config.watch.root}: is a file, not a folder; give the folder the "
+                               "acquisition writes its frames into")
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
         if len(config.channels.label_free) != len(self.contract.channels):
@@ -146,11 +151,18 @@ class Pipeline:
         self.to_commit: queue.Queue = queue.Queue()
         self.seg_pool = (SegmentationPool(config.segmentation.workers, on_rebuild=metrics.pool_rebuilds.inc)
                          if self.seg_method != "none" else None)
+        tiling = self.contract.tiling
+        self.diagnostics = Diagnostics(
+            Expectations(channels, config.watch.naming, tiling.tile_size if tiling is not None else None,
+                         self.contract.name),
+            metrics, emit=self.to_commit.put, in_flight=self.ledger.on_their_way,
+            nothing_counted_s=config.report.nothing_counted_s, progress_s=config.report.progress_s,
+            repeat_s=config.report.repeat_s)
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
                               submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
                               nd2=self.nd2, join=self.join,
                               needs_layout=self.layout is None and config.plate.layout == "auto",
-                              suspects=recovered.suspects)
+                              suspects=recovered.suspects, on_ignored=self.diagnostics.ignored)
         self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
                                 failed=self.to_commit.put, stop_event=self.stop_event,
                                 is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,
@@ -181,11 +193,13 @@ class Pipeline:
             self.publisher.submit(self._unsent)
         self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
-        if self.layout is not None:
-            self.to_commit.put(LayoutEvent(self.layout))
+        if self.layout is not None:  # named for the plate its frames will carry
+            self.to_commit.put(LayoutEvent(dataclasses.replace(self.layout, plate=self.layout.plate
+                                                               or self.gate.naming.default_plate)))
         offered = self.discovery.start()  # before the gate runs: it restarts an observer it finds dead
         for t in self._threads:
             t.start()
+        self.diagnostics.start()
         log.info("watching %s (%s observer); %d files present at start", self.root,
                  self.config.watch.observer, offered)
 
@@ -224,6 +238,7 @@ class Pipeline:
     def shutdown(self) -> None:
         """Drain: finish frames already being read, score and commit them, publish, close."""
         self.stop_event.set()
+        self.diagnostics.stop()
         self._threads[0].join()  # the gate stops handing out work (and restarting the observer)
         self.discovery.stop()
         if self.fatal is None:
@@ -323,6 +338,7 @@ class Pipeline:
             self.metrics.frames.labels("duplicate").inc()
             self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
         journal.commit(built.records, built.messages)
+        self.diagnostics.committed(group)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
             if record.state == "done" and record.live is not None:  # not a channel file joined into another

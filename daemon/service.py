@@ -47,7 +47,9 @@ def load_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
     path = config.models.live_dead.path or str(bundled_demo_model())
     if not config.models.live_dead.path:
         log.warning("models.live_dead.path is empty: using the bundled DEMO model %s, trained on simulated "
-                    "frames only; it is not for real experiments", path)
+                    "frames only; its counts on a real plate mean nothing. Next step: run `wellwatch calibrate` "
+                    "on a stained calibration plate of your cells and set models.live_dead.path to the model it "
+                    "writes (the docs' page on making a real model shows each step)", path)
     backend = open_slot("live_dead", path, "live_dead", config.batching.max_batch, config, metrics)
     if backend.contract.per_cell:
         raise StartupError(f"models.live_dead.path {path}: a per-cell live/dead model (crop section); it goes in "

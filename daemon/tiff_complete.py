@@ -16,7 +16,7 @@ in order writes them last (tiled files are not checked: edge tiles end in paddin
 image whose last strip ends in zeros then waits for the settle time, which is safe (only later,
 never early). Nor can it tell a multi-page
 stack appended page by page from a finished shorter one: after each page the file is a valid TIFF
-(README, "When a file is complete": use rename or watch.completeness = "settle" for such writers).
+(docs/operating/completeness.md: use rename or watch.completeness = "settle" for such writers).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from wellwatch.daemon.plate import PLATE_FORMATS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
@@ -24,7 +26,8 @@ def register(sub) -> None:
                                      "(default: journal.path of --config)")
     p.add_argument("--plate-map", help="plate map CSV (well,compound,concentration,unit,role): the dashboard "
                                        "fits dose-response itself (default: plate.map of --config)")
-    p.add_argument("--plate-format", type=int, choices=(96, 384), help="default: plate.format of --config, else 96")
+    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_FORMATS),
+                   help="default: plate.format of --config, else 96")
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1: this PC only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.set_defaults(func=run_dashboard)
@@ -37,7 +40,8 @@ def register(sub) -> None:
                    help="results.csv or results.parquet: the per-frame table; the per-well table goes "
                         "beside it as <stem>.wells.<ext>")
     p.add_argument("--plate-map", help="plate map CSV to join (compound, concentration, unit, role)")
-    p.add_argument("--plate-format", type=int, choices=(96, 384), default=96, help="for the plate map's wells")
+    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_FORMATS), default=96,
+                   help="for the plate map's wells")
     p.set_defaults(func=run_results)
 
 
@@ -62,12 +66,33 @@ def build_source(args: argparse.Namespace):
                   plate_map=read_plate_map(map_path, plate_format) if map_path else None)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Before anything starts or prints its URL: a port another program holds is the user's to fix."""
+    import socket
+
+    from wellwatch.daemon.errors import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UsageError(f"wellwatch dashboard: --host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise UsageError(f"wellwatch dashboard: --port {port} on {host}: {e.strerror}; another program "
+                             f"(another dashboard?) serves there: choose another --port") from None
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
-    import uvicorn
+    import uvicorn  # before anything starts: without the extra, main() names it
 
     from .live import LiveState
     from .server import create_app
 
+    check_port_free(args.host, args.port)
     state = LiveState(build_source(args)).start()
     print(f"wellwatch dashboard: http://{args.host}:{args.port}/  (following {state.source.endpoint}"
           f"{', journal ' + str(state.source.journal.path) if state.source.journal else ''})", flush=True)

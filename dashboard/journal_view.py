@@ -73,6 +73,16 @@ class JournalView:
             db.close()
         return [json.loads(payload) for (payload,) in rows]
 
+    def latest_status(self, kind: str) -> dict | None:
+        """The daemon's last `status/<kind>` message (its outbox), or None."""
+        db = open_readonly(self.path)
+        try:
+            row = db.execute("SELECT payload FROM outbox WHERE topic = ? ORDER BY seq DESC LIMIT 1",
+                             (f"status/{kind}",)).fetchone()
+        finally:
+            db.close()
+        return json.loads(row[0]) if row else None
+
     def wells(self, fields_expected: int = 0) -> list[dict]:
         """Per (plate, well, timepoint): the sums a well message carries, from the done frames."""
         return well_summaries(self.frames(), fields_expected)

@@ -49,8 +49,14 @@ class LiveState:
         self.models: dict[str, str] = {}
         self.daemon_status: dict = {}
         self.quarantined: list[dict] = []
+        self.nothing_counted: dict | None = None  # the daemon's last "why nothing is counted", until resolved
+        self.progress: dict | None = None         # its last progress report
+        self.started_at: float | None = None      # the daemon's start: frames of files older are its backlog
+        # last_latency_s: file -> stream of a live frame; a backlog frame (its file was there before the
+        # daemon started) is counted apart, its age is not the pipeline's latency
         self.health = {"connected": False, "error": None, "seq": 0, "gaps": 0, "missed": 0, "messages": 0,
-                       "last_message_at": None, "last_latency_s": None, "lag_s": None, "snapshots": 0}
+                       "last_message_at": None, "last_latency_s": None, "lag_s": None, "snapshots": 0,
+                       "backlog_frames": 0, "backlog_age_s": None}
         self.dirty: set[tuple[str, int]] = set()  # (plate, timepoint) whose dose fits are out of date
         self.last_refit = 0.0
         self.stop_event = threading.Event()
@@ -66,6 +72,7 @@ class LiveState:
                     "wells": list(self.wells.values()), "dose": list(self.dose.values()),
                     "models": dict(self.models), "daemon": dict(self.daemon_status),
                     "quarantined": list(self.quarantined), "health": self._health(),
+                    "nothing_counted": self.nothing_counted, "progress": self.progress,
                     "plate_map": self._plate_map_json()}
 
     def changes_since(self, version: int) -> dict | None:
@@ -78,7 +85,8 @@ class LiveState:
                 if v > version:
                     latest[kind][(item["plate"], item.get("well") or item.get("compound"), item["timepoint"])] = item
             return {"version": self.version, "health": self._health(), "models": dict(self.models),
-                    "quarantined": list(self.quarantined),
+                    "quarantined": list(self.quarantined), "nothing_counted": self.nothing_counted,
+                    "progress": self.progress,
                     **{kind: list(items.values()) for kind, items in latest.items()}}
 
     def well_history(self, plate: str, well: str) -> dict:
@@ -146,6 +154,7 @@ class LiveState:
                 self._set_dose(dict(m, source="daemon"))
             self.quarantined = [{k: f[k] for k in ("path", "reason", "plate", "well")}
                                 for f in frames if f["state"] == "quarantined"]
+            self._set_nothing_counted(self.source.journal.latest_status("nothing_counted"))
             self.dirty |= {(m["plate"], m["timepoint"]) for m in summaries}
             self._refit(force=True)
 
@@ -198,7 +207,12 @@ class LiveState:
                 self.dirty.add((message["plate"], message["timepoint"]))
                 self._refit()
             elif kind_ == "frame" and message.get("latency_s") is not None:
-                self.health["last_latency_s"] = message["latency_s"]
+                t_file = message.get("t_file")
+                if self.started_at is not None and t_file is not None and t_file < self.started_at:
+                    self.health["backlog_frames"] += 1
+                    self.health["backlog_age_s"] = message["latency_s"]
+                else:
+                    self.health["last_latency_s"] = message["latency_s"]
             elif kind_ == "dose":
                 self._set_dose(dict(message, source="daemon"))
             elif kind_ == "status" and message.get("kind") == "quarantine":
@@ -206,6 +220,22 @@ class LiveState:
                                          "plate": message.get("plate"), "well": message.get("well")})
             elif kind_ == "status" and message.get("kind") == "daemon":
                 self.daemon_status = {k: message.get(k) for k in ("event", "provider", "t_created")}
+                if message.get("event") == "started":
+                    self.started_at = message.get("t_created")
+                    self.health.update(backlog_frames=0, backlog_age_s=None)
+            elif kind_ == "status" and message.get("kind") == "nothing_counted":
+                self._set_nothing_counted(message)
+            elif kind_ == "status" and message.get("kind") == "progress":
+                self.progress = {k: message.get(k) for k in ("frames", "seconds", "total", "last", "latency_ms",
+                                                             "backlog_frames", "waiting", "t_created")}
+                self.started_at = message.get("started_at", self.started_at)
+
+    def _set_nothing_counted(self, message: dict | None) -> None:
+        if message is None or message.get("event") == "resolved":
+            self.nothing_counted = None
+        else:
+            self.nothing_counted = {k: message.get(k) for k in ("message", "files", "reasons", "channels_seen",
+                                                                "expects", "examples", "t_created")}
 
     def _set_well(self, m: dict) -> None:
         self.wells[(m["plate"], m["well"], m["timepoint"])] = m

@@ -52,7 +52,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("hub", help="fan many daemons' streams into one, with a merged snapshot (see README)")
+    p = sub.add_parser("hub", help="fan many daemons' streams into one, with a merged snapshot (see docs/operating/facility-scale.md)")
     p.add_argument("--config", required=True, help="hub.toml: [hub] endpoints and one [[daemons]] table per daemon")
     p.set_defaults(func=cmd_hub)
 

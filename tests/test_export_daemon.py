@@ -38,7 +38,7 @@ def exported_model(tmp_path, name: str = "m", **contract_changes):
 
 
 def test_real_image_through_the_daemon_backend_equals_pytorch(tmp_path):
-    """The issue's acceptance check: a real frame, the daemon's preprocessing and ONNX Runtime session,
+    """The acceptance check: a real frame, the daemon's preprocessing and ONNX Runtime session,
     against the PyTorch model on the same patches."""
     image = read_frame(str(shared_data("usiigaci-phase", "set1", "raw.tif")))
     result, ckpt = exported_model(tmp_path, height=64, width=64, tiling=Tiling(64, 64),

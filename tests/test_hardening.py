@@ -1,4 +1,4 @@
-"""Issue 16's faults, fast: hostile files, a killed pool worker, the observer, restored files, exits."""
+"""The fault campaign's faults, fast: hostile files, a killed pool worker, the observer, restored files, exits."""
 
 from __future__ import annotations
 

@@ -24,11 +24,11 @@ def test_finished_file_metadata_and_every_frame(cluster):
     assert c.channels == ("5-FAM/pH 9.0", "FM 4-64/2% CHAPS")
     assert c.pixel_size_um == pytest.approx(0.1678, abs=1e-4)
     assert c.expected_frames == 30 and len(c.readable) == 30
-    assert [(f.timepoint, f.z) for f in c.readable[:3]] == [(0, 0), (0, 1), (0, 2)]
-    assert c.readable[10].timepoint == 1 and c.readable[10].z == 0
+    assert [(f.timepoint, f.z) for f in c.readable[:3]] == [(1, 0), (1, 1), (1, 2)]  # t from 1, as NIS
+    assert c.readable[10].timepoint == 2 and c.readable[10].z == 0
     truth = nd2.imread(str(cluster))  # (T, Z, C, Y, X) from the package's own whole-file reader
     for f in c.readable:
-        np.testing.assert_array_equal(read_nd2_frame(cluster, f.index), truth[f.timepoint, f.z])
+        np.testing.assert_array_equal(read_nd2_frame(cluster, f.index), truth[f.timepoint - 1, f.z])
     assert frame_key("run/cluster.nd2", 7) == "run/cluster.nd2#7"
 
 
@@ -42,7 +42,7 @@ def test_growing_file_offers_each_frame_as_its_chunk_completes(cluster, tmp_path
         new = sorted(c.readable_indices - set(seen))
         assert new == [written]  # exactly the frame just written, nothing ahead of it
         f = c.readable[-1]
-        np.testing.assert_array_equal(read_nd2_frame(dst, written), truth[f.timepoint, f.z])
+        np.testing.assert_array_equal(read_nd2_frame(dst, written), truth[f.timepoint - 1, f.z])
         seen += new
     c = nd2_contents(dst)
     assert c.finished and sorted(c.readable_indices) == seen == list(range(30))
@@ -61,7 +61,7 @@ def test_copy_in_chunks_reads_nothing_early(cluster, tmp_path):
             continue
         first_readable_at = first_readable_at or written
         for f in c.readable:  # whatever is offered is already the finished file's frame
-            np.testing.assert_array_equal(read_nd2_frame(dst, f.index), truth[f.timepoint, f.z])
+            np.testing.assert_array_equal(read_nd2_frame(dst, f.index), truth[f.timepoint - 1, f.z])
     # this file keeps its attributes chunk at the end: frames wait for it (~99% of the copy)
     assert first_readable_at is not None and first_readable_at > 0.98 * size
     assert nd2_contents(dst).finished
@@ -91,4 +91,4 @@ def test_tracker_offers_each_frame_once_and_skips_journaled_ones(cluster, tmp_pa
     assert [f.index for f in restarted.offer(str(dst), "live.nd2")] == list(range(20, 30))
     layout = nd2_layout(tracker.contents[str(dst)], "A1")
     assert layout.wells == ("A1",) and layout.fields_expected("A1") == 10  # 1 position x 10 z planes
-    assert layout.timepoints == (0, 1, 2) and layout.pixel_size_um == pytest.approx(0.1678, abs=1e-4)
+    assert layout.timepoints == (1, 2, 3) and layout.pixel_size_um == pytest.approx(0.1678, abs=1e-4)

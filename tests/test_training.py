@@ -134,6 +134,19 @@ def test_cli_pretrained_offline_exits_2_with_message(tmp_path, monkeypatch, caps
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
+def test_cli_arch_too_big_for_the_dataset_exits_2_naming_those_that_fit(tmp_path, caplog):
+    from wellwatch.cli import main
+
+    save_dataset(blob_dataset(40, 32, 8), tmp_path / "ds")  # 32 px tiles; ogawa needs 40
+    rc = main(["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--arch", "ogawa", "--epochs", "1",
+               "--quiet"])
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    err = record.getMessage()
+    assert rc == 2 and record.exc_info is None and len(err.splitlines()) == 1, err
+    assert "--arch ogawa: needs inputs of at least 40 px, this dataset's are 32 px" in err
+    assert "resnet18" in err and "inception_v3" not in err.split("choose")[1]
+
+
 def test_augment_rotates_and_flips_each_sample_independently():
     x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(50, 1, 1, 1)
     out = augment(x, torch.Generator().manual_seed(0))

@@ -172,7 +172,7 @@ def test_nd2_copied_in_chunks_is_read_frame_by_frame_once_across_restarts(daemon
     truth = nd2.imread(str(src))  # (T, Z, C, Y, X)
     for path, sha, state, well, field, t, z, channel in rows:
         assert state == "done" and well == "A1" and field == 1 and channel == "FM 4-64/2% CHAPS"
-        assert sha == hashlib.sha256(np.ascontiguousarray(truth[t, z, 1]).tobytes()).hexdigest()
+        assert sha == hashlib.sha256(np.ascontiguousarray(truth[t - 1, z, 1]).tobytes()).hexdigest()  # t from 1
     (m,) = [m for m in rec.state.wells.values() if m["timepoint"] == 2]
     assert m["fields_expected"] == 10 and m["complete"]  # 1 position x 10 z planes from the file's metadata
     assert all(f["pixel_size_um"] == pytest.approx(0.1678, abs=1e-4) for f in rec.of_type("frame"))
@@ -180,6 +180,19 @@ def test_nd2_copied_in_chunks_is_read_frame_by_frame_once_across_restarts(daemon
     again, rec2 = daemons(config)  # a restart finds every frame journaled: nothing is read twice
     time.sleep(2.5)
     assert len(journal(config)) == 30 and rec2.of_type("frame") == []
+
+
+def test_nd2_layout_event_names_the_plate_and_counts_timepoints_from_1(daemons, tmp_path):
+    src = shared_data("vendor-files", "nd2", "cluster.nd2")
+    root = tmp_path / "plate-7"
+    root.mkdir()
+    config = vendor_config(tmp_path, root, "scanr", "FM 4-64/2% CHAPS")
+    _, rec = daemons(config)
+    shutil.copy2(src, root / "cluster.nd2")
+    settled(rec, 30)
+    (layout,) = [m for m in plate_events(config) if m["event"] == "layout"]
+    assert layout["plate"] == "plate-7" == rec.of_type("frame")[0]["plate"]
+    assert layout["timepoints"] == [1, 2, 3] == sorted({f["timepoint"] for f in rec.of_type("frame")})
 
 
 def test_growing_nd2_frames_are_scored_while_it_is_written(daemons, tmp_path):

@@ -263,7 +263,12 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from wellwatch.daemon.errors import UsageError
+
     from .evaluate import evaluate
+
+    if not Path(args.model).exists():
+        raise UsageError(f"wellwatch evaluate: {args.model}: no such run folder, checkpoint or .onnx file")
 
     m = evaluate(args.model, args.dataset, args.out, args.split, args.bootstrap, args.tsne_max, args.gradcam)
     print(json.dumps({k: m[k] for k in ("n", "auc", "auc_ci95", "balanced_accuracy", "balanced_accuracy_ci95",

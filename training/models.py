@@ -22,10 +22,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wellwatch.daemon.errors import WellwatchError
+
 PRETRAINED = ("imagenet",)
 TORCHVISION = ("resnet18", "squeezenet1_1", "inception_v3")
 MIN_INPUT = {"inception_v3": 75, "squeezenet1_1": 32, "resnet18": 32, "ogawa": 40, "tiny": 8, "cropnet": 8,
              "cropnet8": 8}
+
+
+class InputTooSmall(WellwatchError, ValueError):
+    """The dataset's inputs are smaller than the architecture takes; the message names those that fit."""
+
+    def __init__(self, arch: str, input_size: int):
+        self.arch, self.input_size = arch, input_size
+        fits = [a for a in ARCHITECTURES if MIN_INPUT[a] <= input_size]
+        super().__init__(f"--arch {arch}: needs inputs of at least {MIN_INPUT[arch]} px, this dataset's are "
+                         f"{input_size} px; choose --arch {' / '.join(fits) or '(none fits)'}, or build the dataset "
+                         "with larger tiles or crops")
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -197,7 +210,7 @@ def build_model(arch: str, in_channels: int, classes: int, input_size: int | Non
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
     if input_size is not None and input_size < MIN_INPUT[arch]:
-        raise ValueError(f"architecture {arch!r} needs an input of at least {MIN_INPUT[arch]} px, got {input_size}")
+        raise InputTooSmall(arch, input_size)
     if pretrained and arch not in TORCHVISION:
         raise PretrainedUnavailable(f"no ImageNet weights exist for architecture {arch!r} (it is trained from "
                                     f"scratch); pretrained weights exist for {', '.join(TORCHVISION)}")

@@ -48,7 +48,7 @@ class SplitError(ValueError):
 def default_arch(ds: Dataset) -> str:
     """The seed study's network for this kind of data: tiles -> ResNet-18 (live/dead study),
     single-cell crops -> the Ogawa CNN (the cell-crop study); crops from hand-drawn boxes (`dataset
-    voc`) -> cropnet8, chosen by cross-validation on the LDC images (README "Training")."""
+    voc`) -> cropnet8, chosen by cross-validation on the LDC images (docs/models/training.md)."""
     kind = ds.meta.get("kind", "tiles")
     if kind == "crops" and ds.meta.get("provenance", {}).get("source") == "Pascal VOC boxes":
         kind = "box_crops"

@@ -49,7 +49,7 @@ SEED_DEFAULTS = {
     # Ogawa et al. (cell type): Adam lr 1e-4, batch 32, early stopping patience 5, at most 30 epochs.
     "ogawa": dict(epochs=30, batch_size=32, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0, patience=5),
     "tiny": dict(epochs=12, batch_size=64, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-5, patience=4),
-    # cropnet (LDC live/dead crops), chosen by 5-fold CV by image group (README "Training"): a fixed
+    # cropnet (LDC live/dead crops), chosen by 5-fold CV by image group (docs/models/training.md): a fixed
     # cosine schedule and the last epoch's weights (patience 0), because a 10% validation split of a
     # few hundred crops is too noisy to stop on; photometric augmentation and label smoothing.
     "cropnet": dict(epochs=20, batch_size=64, lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4, patience=0,

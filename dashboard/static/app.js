@@ -5,34 +5,43 @@
 const S = {
   version: 0, plateFormat: 96, wells: new Map(), dose: new Map(), models: {}, health: {},
   daemon: {}, quarantined: [], plateMap: null, plate: null, selected: null, charts: [], doseCharts: new Map(),
+  nothingCounted: null, progress: null,
 };
 const $ = (id) => document.getElementById(id);
 const key = (m) => `${m.plate}|${m.well}|${m.timepoint}`;
-const ROWS = "ABCDEFGHIJKLMNOP";
-const FORMATS = { 96: [8, 12], 384: [16, 24] };
+// every plate format the daemon knows (daemon/plate.py): rows, columns
+const FORMATS = { 6: [2, 3], 12: [3, 4], 24: [4, 6], 48: [6, 8], 96: [8, 12], 384: [16, 24], 1536: [32, 48] };
+const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+function rowName(r) { return r < 26 ? LETTERS[r] : LETTERS[Math.floor(r / 26) - 1] + LETTERS[r % 26]; }
 
 // --- colours: viridis stops, interpolated ------------------------------------------------------
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-function colour(x) {
+function rgbOf(x) {
   x = Math.max(0, Math.min(1, x));
   const p = x * (VIRIDIS.length - 1), i = Math.min(Math.floor(p), VIRIDIS.length - 2), f = p - i;
-  const c = VIRIDIS[i].map((v, k) => Math.round(v + f * (VIRIDIS[i + 1][k] - v)));
-  return `rgb(${c[0]},${c[1]},${c[2]})`;
+  return VIRIDIS[i].map((v, k) => Math.round(v + f * (VIRIDIS[i + 1][k] - v)));
+}
+function colour(x) { const c = rgbOf(x); return `rgb(${c[0]},${c[1]},${c[2]})`; }
+// a label that reads on its well: white on the dark end of viridis, black on the light end
+function labelColour(x) {
+  const [r, g, b] = rgbOf(x);
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b < 140 ? "#fff" : "#000";
 }
 
 // --- what a well shows -----------------------------------------------------------------------
 function deadCells(m) { return m.cell_counts && m.cell_counts.dead != null ? m.cell_counts.dead : m.counts.dead; }
+// counts per field: wells imaged with 1 and with 5 fields compare
 function metricValue(m, metric) {
   if (!m) return null;
   if (metric === "live_fraction") return m.live_fraction;
-  if (metric === "cells") return m.cells != null ? m.cells : m.counts.live + m.counts.dead;
-  return deadCells(m);
+  const total = metric === "cells" ? (m.cells != null ? m.cells : m.counts.live + m.counts.dead) : deadCells(m);
+  return m.frames ? total / m.frames : null;
 }
 function metricLabel(metric, m) {
   if (metric === "live_fraction") return "live fraction (tiles)";
   const cells = m ? m.cells != null : true;
-  if (metric === "cells") return cells ? "cells" : "non-empty tiles (no segmentation)";
-  return m && m.cell_counts ? "dead cells" : "dead tiles";
+  if (metric === "cells") return cells ? "cells per field" : "non-empty tiles per field (no segmentation)";
+  return m && m.cell_counts ? "dead cells per field" : "dead tiles per field";
 }
 
 // --- state ------------------------------------------------------------------------------------
@@ -47,6 +56,7 @@ async function loadState() {
   const st = await (await fetch("/api/state")).json();
   S.version = st.version; S.plateFormat = st.plate_format; S.models = st.models; S.health = st.health;
   S.daemon = st.daemon; S.quarantined = st.quarantined; S.plateMap = st.plate_map;
+  S.nothingCounted = st.nothing_counted; S.progress = st.progress;
   S.wells.clear(); S.dose.clear(); applyWells(st.wells); applyDose(st.dose);
   render();
 }
@@ -56,6 +66,7 @@ function listen() {
   es.addEventListener("changes", (ev) => {
     const c = JSON.parse(ev.data);
     S.version = c.version; S.health = c.health; S.models = c.models; S.quarantined = c.quarantined;
+    S.nothingCounted = c.nothing_counted; S.progress = c.progress;
     applyWells(c.wells); applyDose(c.dose);
     render(c.wells.map((m) => m.well));
   });
@@ -78,6 +89,7 @@ function render(changedWells) {
   slider.max = Math.max(0, tps.length - 1);
   if ($("follow-latest").checked || atEnd) slider.value = slider.max;
   renderHealth();
+  renderNothingCounted();
   renderPlate();
   renderDose();
   renderQuarantine();
@@ -94,13 +106,35 @@ function renderHealth() {
   parts.push(h.connected ? `<span class="good">&#9679; connected</span>` : `<span class="bad">&#9679; not connected${h.error ? ": " + h.error : ""}</span>`);
   parts.push(`<span>seq ${h.seq}</span>`);
   parts.push(`<span class="${h.gaps ? "bad" : ""}">gaps ${h.gaps} (${h.missed} missed)</span>`);
-  if (h.last_latency_s != null) parts.push(`<span>file&#8594;stream ${(h.last_latency_s * 1000).toFixed(0)} ms</span>`);
+  if (h.last_latency_s != null) parts.push(`<span title="from the file's last write to its count on the stream, for files written while the daemon runs">file&#8594;stream ${(h.last_latency_s * 1000).toFixed(0)} ms</span>`);
+  const p = S.progress;
+  if (h.backlog_frames || (p && p.backlog_frames)) {
+    // files that were there before the daemon started: their age is not latency
+    const age = h.backlog_age_s != null ? `, oldest seen ${fmtAge(h.backlog_age_s)} old` : "";
+    parts.push(`<span id="backlog" title="files written before the daemon started, counted now">catching up: ${h.backlog_frames || p.backlog_frames} backlog files${age}</span>`);
+  }
+  if (p && p.waiting) parts.push(`<span>${p.waiting} on their way</span>`);
   if (h.lag_s != null) parts.push(`<span>stream&#8594;page ${(h.lag_s * 1000).toFixed(0)} ms</span>`);
   if (h.idle_s != null) parts.push(`<span>last message ${h.idle_s.toFixed(0)} s ago</span>`);
   $("health").innerHTML = parts.join("");
   const models = Object.entries(S.models || {}).map(([n, sha]) => `<span title="${sha}">${n} ${sha.slice(0, 12)}</span>`);
   if (S.daemon && S.daemon.provider) models.push(`<span>${S.daemon.provider}</span>`);
   $("models").innerHTML = models.join("") || "<span>models: (no message yet)</span>";
+}
+
+function fmtAge(s) { return s < 120 ? `${s.toFixed(0)} s` : s < 7200 ? `${(s / 60).toFixed(0)} min` : `${(s / 3600).toFixed(1)} h`; }
+
+function renderNothingCounted() {
+  const n = S.nothingCounted, box = $("nothing-counted");
+  box.hidden = !n;
+  if (!n) return;
+  const r = n.reasons || {}, e = n.expects || {};
+  const rows = [];
+  if (r.other_channel) rows.push(`<li>${r.other_channel} file(s) in channel(s) <b>${(n.channels_seen || []).join(", ")}</b>; the configuration expects <b>${(e.channels || []).join(", ")}</b> (channels.label_free)</li>`);
+  if (r.unmatched_name) rows.push(`<li>${r.unmatched_name} name(s) that watch.naming = "${e.naming}" does not match, e.g. <code>${n.examples.unmatched_name[0]}</code></li>`);
+  if (r.quarantined) rows.push(`<li>${r.quarantined} quarantined, e.g. ${n.examples.quarantined[0]}</li>`);
+  if (r.smaller_than_tile) rows.push(`<li>${r.smaller_than_tile} frame(s) smaller than one ${e.tile_size} px tile of the model, e.g. ${n.examples.smaller_than_tile[0]}</li>`);
+  box.innerHTML = `<h2>Nothing counted</h2><p>${n.files} file(s) arrived but none became a counted frame:</p><ul>${rows.join("")}</ul>`;
 }
 
 function renderPlate() {
@@ -115,8 +149,9 @@ function renderPlate() {
     let html = `<div></div>`;
     for (let c = 1; c <= cols; c++) html += `<div class="hdr">${c}</div>`;
     for (let r = 0; r < rows; r++) {
-      html += `<div class="hdr">${ROWS[r]}</div>`;
-      for (let c = 1; c <= cols; c++) html += `<div class="well" id="well-${ROWS[r]}${c}" data-well="${ROWS[r]}${c}">${ROWS[r]}${c}</div>`;
+      const row = rowName(r);
+      html += `<div class="hdr">${row}</div>`;
+      for (let c = 1; c <= cols; c++) html += `<div class="well" id="well-${row}${c}" data-well="${row}${c}">${row}${c}</div>`;
     }
     plate.innerHTML = html;
     plate.onclick = (ev) => { const w = ev.target.dataset.well; if (w) openWell(w, true); };
@@ -130,7 +165,9 @@ function renderPlate() {
     el.classList.toggle("has-data", !!m);
     el.classList.toggle("partial", !!m && m.fields_expected != null && !m.complete);
     el.classList.toggle("selected", el.dataset.well === S.selected);
-    el.style.background = v == null ? "" : colour(metric === "live_fraction" ? v : v / max);
+    const x = v == null ? null : metric === "live_fraction" ? v : v / max;
+    el.style.background = x == null ? "" : colour(x);
+    el.style.color = x == null ? "" : labelColour(x);
     el.dataset.value = v == null ? "" : String(v);
     el.dataset.liveFraction = m && m.live_fraction != null ? String(m.live_fraction) : "";
     el.dataset.frames = m ? String(m.frames) : "";
@@ -138,7 +175,7 @@ function renderPlate() {
       (m.cells != null ? `, cells ${m.cells}` : "") + `, ${m.frames}/${m.fields_expected ?? "?"} fields` + intervalText(m) + wellContent(m.well) : el.dataset.well;
     el.dataset.interval = m && m.live_fraction_interval ? m.live_fraction_interval.join(",") : "";
   }
-  const lo = metric === "live_fraction" ? "0" : "0", hi = metric === "live_fraction" ? "1" : String(max);
+  const lo = "0", hi = metric === "live_fraction" ? "1" : String(Number(max.toFixed(1)));
   $("legend").innerHTML = `${metricLabel(metric, here[0])}: ${lo} <span class="bar" style="background:linear-gradient(90deg,${[0, .25, .5, .75, 1].map(colour).join(",")})"></span> ${hi}`;
   const frames = here.reduce((a, m) => a + m.frames, 0);
   $("progress").textContent = t == null ? "no wells yet" : `timepoint ${t}: ${here.length} wells, ${frames} fields counted`;
@@ -230,7 +267,9 @@ function drawWellCharts(data) {
       series.push({ label: `field ${fields[i]}`, stroke: palette[i % palette.length], width: 1, dash: [4, 3] });
       rows.push(vals);
     });
-    S.charts.push(new uPlot({ width: 300, height: 170, series, scales: { x: { time: false } }, ...bars,
+    // one timepoint: an axis around it, not uPlot's 0-100
+    const x = ts.length === 1 ? { time: false, auto: false, range: [ts[0] - 1, ts[0] + 1] } : { time: false };
+    S.charts.push(new uPlot({ width: 300, height: 170, series, scales: { x }, ...bars,
       axes: [{ label: "timepoint", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}], legend: { show: name === "live" } }, rows, div));
   }
 }
