@@ -79,3 +79,28 @@ def test_recalibration_fine_tunes_the_previous_model_and_reports_before_and_afte
     assert "Re-calibration: before and after" in page and "before (--init model as it was)" in page
     assert main(["calibrate", "--dataset", str(first / "dataset"), "--init", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "x")]) == 2  # a missing model: one clear line, exit 2
+
+
+def test_a_per_cell_snippet_segments_as_the_calibration_did(tmp_path):
+    """--segment-on: the snippet's [segmentation.classical] is the calibration dataset's, and loads."""
+    import dataclasses
+
+    from wellwatch.daemon.contract import CellCrop, Normalisation
+    from wellwatch.daemon.intervals import Calibration
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.training.calibrate import CalibrateOptions
+    from wellwatch.training.calibrate_report import write_config_snippet
+
+    classical = {"foreground": "intensity", "downsample": 1, "min_area": 50, "max_area": 3000, "min_distance": 12}
+    contract = dataclasses.replace(
+        OnnxBackend(bundled_demo_model(), device="cpu", warmup=False).contract, tiling=None, height=64, width=64,
+        crop=CellCrop(64, 28.0, 50, 3000), normalisation=Normalisation("mask_mean", {}),
+        trained_on={"dataset": {"segmentation": {"channel": "LIVE", "method": "classical", "classical": classical}}},
+        calibration=Calibration("adjusted", {"0.9": 0.2}, "per-well fractions only", unit="cell", tpr=0.7, fpr=0.2))
+    path = write_config_snippet(CalibrateOptions(("plate",), tmp_path, segment_on="LIVE"), contract,
+                                tmp_path / "model.onnx", "cell")
+    config = load_config(path)
+    assert config.channels.segment_on == "LIVE" and config.segmentation.method == "classical"
+    assert config.models.cell_live_dead.path == str((tmp_path / "model.onnx").resolve())
+    assert {k: getattr(config.segmentation.classical, k) for k in classical} == classical

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -219,9 +220,13 @@ def write_config_snippet(o, contract, model_path: Path, unit: str) -> Path:
     if unit == "cell":
         if o.segment_on:
             lines.append(f'segment_on = "{o.segment_on}"      # segment on it as the calibration did')
-        lines += ["", "[segmentation]", 'method = "classical"        # a stain channel: also set '
-                  '[segmentation.classical] foreground = "intensity"', "",
-                  "[models.cell_live_dead]", f'path = "{model_path}"']
+        seg = (contract.trained_on.get("dataset") or {}).get("segmentation") or {}
+        lines += ["", "[segmentation]", f'method = "{seg.get("method", "classical")}"        # as the calibration '
+                  "segmented its cells"]
+        if seg.get("classical"):  # the daemon segments the way the calibration did (the same keys)
+            lines += ["", "[segmentation.classical]",
+                      *(f"{k} = {json.dumps(v)}" for k, v in seg["classical"].items())]
+        lines += ["", "[models.cell_live_dead]", f'path = "{model_path}"']
     else:
         lines += ["", "[models.live_dead]", f'path = "{model_path}"']
     widths = ", ".join(f"{float(k):.0%}: +-{v:.3f}" if v is not None else f"{float(k):.0%}: unbounded"
