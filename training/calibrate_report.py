@@ -131,7 +131,9 @@ def _wells_table(result: CalibrationResult) -> str:
     return ("<table><tr><th>experiment</th><th>n</th><th>stain</th><th>classify-and-count</th>"
             f"<th>mean probability</th><th>adjusted</th><th>AUC within</th><th>inside {DEFAULT_LEVEL:.0%}</th></tr>"
             + "".join(rows) + f"<tr><td colspan=3>mean absolute error</td>{mae}<td colspan=2>no-model reference "
-            f"{_fmt(result.no_model_mae)}</td></tr></table>")
+            f"{_fmt(result.no_model_mae)}</td></tr></table>"
+            f"<p>No-model reference: {DEFAULT_LEVEL:.0%} half-width of its errors "
+            f"{_fmt(result.no_model_half_width) if result.no_model_half_width is not None else 'unbounded'}.</p>")
 
 
 def _intervals_table(result: CalibrationResult) -> str:

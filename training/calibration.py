@@ -9,9 +9,10 @@ Verdict rules (printed in the report):
 1. "per-cell calls usable": the mean AUC within an experiment is >= 0.80, the lower end of its 95% CI
    >= 0.70, and the pooled AUC >= 0.80 (a single tile's or cell's call means something on a plate
    the model never saw).
-2. else "per-well fractions only": the chosen estimator's leave-experiment-out mean absolute error
-   beats the no-model reference (each held-out well predicted by the mean stained fraction of the
-   others), and the interval at the default level is bounded with a half-width <= 0.25.
+2. else "per-well fractions only": the chosen estimator beats the no-model reference (each held-out
+   well predicted by the mean stained fraction of the others, no image looked at) both in mean
+   absolute error and in the width of its honest interval: the conformal half-width at the default
+   level is bounded and narrower than the same half-width computed from the reference's errors.
 3. else "not usable on this assay".
 """
 
@@ -29,13 +30,13 @@ from .scores import roc_auc
 LEVELS = (0.8, 0.9)
 DEFAULT_LEVEL = 0.9
 CALLS_WITHIN_AUC, CALLS_WITHIN_LOW, CALLS_POOLED_AUC = 0.80, 0.70, 0.80
-FRACTIONS_MAX_HALF_WIDTH = 0.25
 RULES = (
     f"per-cell calls usable: mean within-experiment AUC >= {CALLS_WITHIN_AUC:.2f}, the lower end of its 95% CI "
     f">= {CALLS_WITHIN_LOW:.2f}, and pooled AUC >= {CALLS_POOLED_AUC:.2f}",
-    "per-well fractions only: otherwise, when the chosen estimator's leave-experiment-out mean absolute error "
-    "beats the no-model reference (each held-out well predicted by the other wells' mean stained fraction) and "
-    f"the {DEFAULT_LEVEL:.0%} interval's half-width is bounded and <= {FRACTIONS_MAX_HALF_WIDTH}",
+    "per-well fractions only: otherwise, when the chosen estimator beats the no-model reference (each held-out "
+    "well predicted by the other wells' mean stained fraction, no image looked at) in leave-experiment-out mean "
+    f"absolute error and in the {DEFAULT_LEVEL:.0%} conformal half-width (bounded, and narrower than the same "
+    "half-width of the reference's errors)",
     "not usable on this assay: otherwise",
 )
 
@@ -139,17 +140,19 @@ class CalibrationResult:
     aucs: dict[str, Any]
     mae: dict[str, float | None]
     no_model_mae: float
+    no_model_half_width: float | None
     intervals: dict[str, Any]
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         return {"calibration": self.calibration.to_dict(), "wells": self.wells, "aucs": self.aucs,
-                "estimator_mae": self.mae, "no_model_mae": self.no_model_mae, "intervals": self.intervals,
+                "estimator_mae": self.mae, "no_model_mae": self.no_model_mae,
+                "no_model_half_width": self.no_model_half_width, "intervals": self.intervals,
                 "verdict_reasons": self.reasons, "rules": list(RULES)}
 
 
-def verdict(aucs: dict[str, Any], best_mae: float, no_model_mae: float,
-            half_width: float | None) -> tuple[str, list[str]]:
+def verdict(aucs: dict[str, Any], best_mae: float, no_model_mae: float, half_width: float | None,
+            no_model_half_width: float | None) -> tuple[str, list[str]]:
     w, p = aucs["within_experiment_auc"], aucs["pooled_auc"]
     wv, wl, pv = w["value"], (w["ci95"] or [None])[0], p["value"]
     calls = wv is not None and wl is not None and pv is not None and \
@@ -158,9 +161,14 @@ def verdict(aucs: dict[str, Any], best_mae: float, no_model_mae: float,
                f"{'meet' if calls else 'do not meet'} rule 1"]
     if calls:
         return VERDICTS[0], reasons
-    fractions = best_mae < no_model_mae and half_width is not None and half_width <= FRACTIONS_MAX_HALF_WIDTH
+    narrower = half_width is not None and (no_model_half_width is None or half_width < no_model_half_width)
+    fractions = best_mae < no_model_mae and narrower
+
+    def hw(v: float | None) -> str:
+        return "unbounded" if v is None else f"{v:.3f}"
+
     reasons.append(f"per-well estimator MAE {best_mae:.3f} vs no-model reference {no_model_mae:.3f}; "
-                   f"{DEFAULT_LEVEL:.0%} half-width {'unbounded' if half_width is None else f'{half_width:.3f}'}: "
+                   f"{DEFAULT_LEVEL:.0%} half-width {hw(half_width)} vs the reference's {hw(no_model_half_width)}: "
                    f"{'meets' if fractions else 'does not meet'} rule 2")
     return (VERDICTS[1] if fractions else VERDICTS[2]), reasons
 
@@ -173,14 +181,16 @@ def calibrate_scores(y: np.ndarray, score: np.ndarray, groups: np.ndarray, thres
     best, mae = choose_estimator(wells)
     errors = np.array([w["estimates"][best] - w["stain"] for w in wells.values()])
     intervals = interval_checks(errors)
-    no_model = float(np.mean([abs(w["no_model"] - w["stain"]) for w in wells.values()
-                              if w["no_model"] is not None])) if len(wells) > 1 else float("inf")
+    no_model_errors = [abs(w["no_model"] - w["stain"]) for w in wells.values() if w["no_model"] is not None]
+    no_model = float(np.mean(no_model_errors)) if no_model_errors else float("inf")
+    no_model_half = conformal_half_width(np.array(no_model_errors), DEFAULT_LEVEL) if no_model_errors else None
     aucs = group_bootstrap_aucs(y, score, groups, n_boot, within={g: w["auc"] for g, w in wells.items()})
     half = intervals[f"{DEFAULT_LEVEL:g}"]["half_width"]
-    v, reasons = verdict(aucs, mae[best], no_model, half)
+    v, reasons = verdict(aucs, mae[best], no_model, half, no_model_half)
     tpr, fpr = rates(y, score >= threshold)
     cal = Calibration(estimator=best, half_width={k: v_["half_width"] for k, v_ in intervals.items()}, verdict=v,
                       unit=unit, tpr=tpr, fpr=fpr, wells=len(wells),
                       figures={"aucs": aucs, "estimator_mae": mae, "no_model_mae": no_model,
+                               "no_model_half_width": no_model_half,
                                "intervals": intervals, "threshold": threshold})
-    return CalibrationResult(cal, wells, aucs, mae, no_model, intervals, reasons)
+    return CalibrationResult(cal, wells, aucs, mae, no_model, no_model_half, intervals, reasons)
