@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-all docs docs-serve docs-figures wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model
+.PHONY: demo test test-all docs docs-serve docs-figures wheel-smoke bench bench-segment promtool chromium demo-model segmentation-model ldc-model segmentation-logo adcc-model adcc-calibrate ldc-calibrate
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -115,3 +115,12 @@ adcc-model: $(VENV)/.dev
 	$(VENV)/bin/wellwatch train runs/ds-adcc --arch tiny --epochs 8 --patience 0 --folds 9 --group-by well --split 100/0/0 \
 		--name adcc-live-dead --out runs/adcc-live-dead
 	$(VENV)/bin/wellwatch export runs/adcc-live-dead/best.pt --out runs/adcc-live-dead.onnx
+
+# `wellwatch calibrate` on the same plate: leave-one-experiment-out figures, per-well intervals, the verdict,
+# the served model (runs/cal-adcc/model.onnx), report.html and the config snippet; on the LDC boxes
+# (hand-labelled, no stain: each image is an experiment, 10 folds of images).
+adcc-calibrate: $(VENV)/.dev
+	nice -n 10 $(VENV)/bin/wellwatch calibrate $(ADCC_DATA) --label-free BF --dead-stain PI --out runs/cal-adcc
+ldc-calibrate: $(VENV)/.dev
+	$(VENV)/bin/wellwatch dataset voc $(LDC_DATA) --describe "$(LDC_FITS)" --out runs/ds-ldc
+	nice -n 10 $(VENV)/bin/wellwatch calibrate --dataset runs/ds-ldc --group-by source --out runs/cal-ldc

@@ -34,11 +34,21 @@ class TileCounts:
     cell_live: int | None = None  # cells called live/dead from the tiles at their centroids
     cell_dead: int | None = None
     cell_types: dict[str, int] | None = None  # with a cell-type model: class name -> cells
+    # sums of P(dead) over the scored tiles / called cells, for the mean_probability estimator
+    # (daemon/intervals.py); None when unknown (counts restored from the journal do not keep them).
+    # Not part of equality: two fields with the same calls are the same counts.
+    dead_p_sum: float | None = field(default=None, compare=False)
+    cell_dead_p_sum: float | None = field(default=None, compare=False)
 
 
 def _sum_optional(values: list) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
+
+
+def _sum_all(values: list) -> float | None:
+    """The sum when every value is known, else None (a partial sum would bias an estimate)."""
+    return None if not values or any(v is None for v in values) else float(sum(values))
 
 
 def _sum_types(values: list[dict[str, int] | None]) -> dict[str, int] | None:
@@ -66,7 +76,8 @@ def cell_fields(c: TileCounts) -> dict:
 def count_tiles(dead_probability: np.ndarray, n_empty: int, threshold: float) -> TileCounts:
     """Tiles with P(dead) >= threshold are dead; the rest of the non-empty tiles are live."""
     dead = int(np.count_nonzero(dead_probability >= threshold))
-    return TileCounts(live=len(dead_probability) - dead, dead=dead, empty=n_empty)
+    return TileCounts(live=len(dead_probability) - dead, dead=dead, empty=n_empty,
+                      dead_p_sum=float(np.sum(dead_probability, dtype=np.float64)))
 
 
 def image_key(field: int | None, z: int | None) -> tuple[int, int]:
@@ -99,7 +110,9 @@ class WellState:
                           cells=_sum_optional([c.cells for c in f]),
                           cell_live=_sum_optional([c.cell_live for c in f]),
                           cell_dead=_sum_optional([c.cell_dead for c in f]),
-                          cell_types=_sum_types([c.cell_types for c in f]))
+                          cell_types=_sum_types([c.cell_types for c in f]),
+                          dead_p_sum=_sum_all([c.dead_p_sum for c in f]),
+                          cell_dead_p_sum=_sum_all([c.cell_dead_p_sum for c in f]))
 
 
 class PlateAggregate:

@@ -25,6 +25,7 @@ from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_
 from .contract import ModelContract
 from .dose_publisher import DosePublisher, dose_message
 from .inference_stage import FrameWork
+from .intervals import live_fraction_fields
 from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from .journal import FrameRecord, Journal, OutboxMessage
 from .stream import envelope, frame_topic, status_topic, well_topic
@@ -48,13 +49,14 @@ def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContr
     else:
         p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
         cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
+    cell_p_sum = float(np.nansum(p_cell)) if len(p_cell) else 0.0  # over the called cells (NaN = no call)
     types = None
     if cell_type is not None:
         t = cell_type
         types = type_counts(work.type_scores if len(work.type_scores) else np.zeros((0, len(t.classes))),
                             t.classes, t.positive_index, t.decision_threshold)
     return dataclasses.replace(counts, cells=len(work.cells), cell_live=cell_live, cell_dead=cell_dead,
-                               cell_types=types)
+                               cell_types=types, cell_dead_p_sum=cell_p_sum)
 
 
 @dataclass
@@ -70,8 +72,9 @@ class CommitBuilder:
     def __init__(self, contract: ModelContract, models: dict[str, str], aggregate: PlateAggregate, seq: int,
                  cell_type: ModelContract | None = None, dose: DosePublisher | None = None,
                  well_history: Iterable[dict] = (), cell_live_dead: ModelContract | None = None,
-                 source: str | None = None):
+                 source: str | None = None, interval_level: float = 0.9):
         self.contract, self.models, self.aggregate, self.seq = contract, models, aggregate, seq
+        self.interval_level = interval_level  # nominal level of the calibrated per-well intervals
         self.cell_type, self.cell_live_dead, self.source = cell_type, cell_live_dead, source
         self._pending: list[FrameRecord] = []
         # (plate, timepoint) and plates already announced complete (after a restart: all that are)
@@ -185,11 +188,11 @@ class CommitBuilder:
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
             live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
             t_file=job.mtime_ns / 1e9, channels=list(work.channels) or [meta.channel],
-            pixel_size_um=work.pixel_size_um))
+            pixel_size_um=work.pixel_size_um, **self.calls_usable_fields()))
         seq = self.next_seq()
         well_msg = OutboxMessage(seq, well_topic(meta.plate, meta.well), envelope(
             seq, "well", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
-            **self.aggregate.summary(state)))
+            **self.aggregate.summary(state), **self.interval_fields(state.totals())))
         record = FrameRecord(job.rel, job.size, job.mtime_ns, work.sha256, version, "done", None,
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
                              counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
@@ -206,6 +209,24 @@ class CommitBuilder:
         pending = [(r.field, r.z or 0, r.counts()) for r in self._pending
                    if r.state == "done" and r.live is not None and (r.plate, r.well, r.timepoint) == key]
         return journal.field_counts(plate, well, timepoint) + pending
+
+    def calls_usable_fields(self) -> dict:
+        """A frame's calls, marked as a calibrated model's verdict says (None: not calibrated)."""
+        return {k: v for k, v in self.interval_fields(TileCounts(0, 0, 0, cell_live=0, cell_dead=0)).items()
+                if k.endswith("calls_usable")}
+
+    def interval_fields(self, t: TileCounts) -> dict:
+        """Calibrated live fractions with intervals (tiles; cells from the per-cell model, else from
+        the tile model's calls at centroids) and whether single calls are usable (daemon/intervals.py)."""
+        def calibrated(contract: ModelContract | None, unit: str):  # a tile calibration says nothing of cells
+            cal = contract.calibration if contract is not None else None
+            return cal if cal is not None and cal.unit == unit else None
+
+        cell_model = self.cell_live_dead or self.contract
+        return {**live_fraction_fields(calibrated(self.contract, "tile"), self.interval_level, t.live, t.dead,
+                                       t.dead_p_sum),
+                **live_fraction_fields(calibrated(cell_model, "cell"), self.interval_level, t.cell_live, t.cell_dead,
+                                       t.cell_dead_p_sum, prefix="cell_")}
 
     def dose_messages(self, well_payload: dict) -> list[OutboxMessage]:
         """`dose/<plate>/<compound>` for each fit this well message makes due (none without a map)."""

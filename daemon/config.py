@@ -172,6 +172,13 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class IntervalsConfig:
+    # nominal coverage of the per-well live-fraction intervals of a calibrated model (`wellwatch
+    # calibrate`); must be one of the levels its contract's calibration measured (0.8, 0.9)
+    level: float = field(default=0.9, metadata=between(0.5, 0.99))
+
+
+@dataclass(frozen=True)
 class Config:
     watch: WatchConfig = WatchConfig()
     plate: PlateConfig = PlateConfig()
@@ -186,6 +193,7 @@ class Config:
     journal: JournalConfig = JournalConfig()
     limits: FrameLimits = FrameLimits()
     report: ReportConfig = ReportConfig()
+    intervals: IntervalsConfig = IntervalsConfig()
 
     @property
     def source(self) -> str:

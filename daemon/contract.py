@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ContractError
+from .intervals import Calibration
 
 CONTRACT_VERSION = 1
 METADATA_KEY = "wellwatch.contract"
@@ -124,6 +125,9 @@ class ModelContract:
     segmentation: Segmentation | None = None
     crop: CellCrop | None = None
     normalisation_in_graph: bool = False  # input is raw uint16 tiles + AFFINE_INPUT (see above)
+    # live_dead models from `wellwatch calibrate`: per-well estimator, interval half-widths, verdict
+    # (daemon/intervals.py); absent in older contracts
+    calibration: Calibration | None = None
 
     @property
     def positive_index(self) -> int:
@@ -141,6 +145,8 @@ class ModelContract:
             del doc["crop"]
         if not self.normalisation_in_graph:
             del doc["normalisation_in_graph"]  # contracts without it stay as they were
+        if self.calibration is None:
+            del doc["calibration"]  # uncalibrated contracts stay as they were
         if self.segmentation is None:
             del doc["segmentation"]  # classifier contracts stay as they were
         else:
@@ -181,6 +187,7 @@ class ModelContract:
                 if seg else None,
                 crop=CellCrop(**doc["crop"]) if doc.get("crop") else None,
                 normalisation_in_graph=doc.get("normalisation_in_graph", False),
+                calibration=Calibration.from_dict(doc["calibration"], source) if doc.get("calibration") else None,
             )
         except KeyError as e:
             raise ContractError(source, f"contract lacks the field {e.args[0]!r}") from None
@@ -237,6 +244,8 @@ class ModelContract:
             raise bad("normalisation 'mask_mean' is for single-cell crops; the contract has no crop section")
         if self.normalisation_in_graph is not False:
             self._validate_in_graph(bad)
+        if self.calibration is not None and self.task != "live_dead":
+            raise bad(f"a {self.task} model has no calibration section (it is for live_dead models)")
         if self.task == "segmentation":
             self._validate_segmentation(bad)
         elif self.segmentation is not None:

@@ -8,6 +8,13 @@ timepoint. GR of a well at timepoint t, with x its viable cells (cells called li
 where t0 is the plate's first timepoint (the well's own count then: seeding differences cancel)
 and x_ctrl the mean over the control wells. GR needs segmented cells and controls that grew.
 
+With a calibrated model (`wellwatch calibrate`, daemon/intervals.py) a well's live fraction is the
+calibration's estimate (`live_fraction_estimate`) and each point carries `viability_interval`: the
+well's live-fraction interval divided by the controls' mean live fraction (the controls' own
+uncertainty is not propagated: the bounds are the treated well's alone). The fit stays unweighted on
+purpose: a calibration's half-width is one number for every well, so inverse-variance weights would
+all be equal and change nothing.
+
 Curves: y = bottom + (top - bottom) / (1 + (c / mid) ** hill). For viability, IC50 = mid (the
 relative IC50: half way between the fitted top and bottom). For GR, top is fixed at 1 (GR of
 an untreated well), bottom = GRinf, and GR50 is the concentration where the curve crosses 0.5.
@@ -37,6 +44,7 @@ class WellReading:
     live_fraction: float | None
     viable_cells: float | None  # cells called live; None without segmentation
     complete: bool = True
+    interval: tuple[float, float] | None = None  # calibrated live-fraction interval; None without one
 
 
 def log_logistic(c: np.ndarray, top: float, bottom: float, log_mid: float, hill: float) -> np.ndarray:
@@ -175,8 +183,10 @@ def dose_points(plate_map: PlateMap, compound: str, readings: Mapping[tuple[str,
             # no viable cell left: log2(0) = -inf, GR's floor of -1 (every cell killed)
             gr = (2.0 ** (math.log2(r.viable_cells / r0.viable_cells) / doublings) - 1.0
                   if r.viable_cells > 0 else -1.0)
+        bounds = ([r.interval[0] / ctrl_live, r.interval[1] / ctrl_live] if r.interval is not None and ctrl_live
+                  else None)
         points.append({"well": w.well, "concentration": w.concentration, "viability": viability, "gr": gr,
-                       "complete": r.complete})
+                       "complete": r.complete, "viability_interval": bounds})
     controls_info = {"wells": len(ctrl[timepoint]), "live_fraction": ctrl_live, "viable_cells": ctrl_x,
                      "doublings": doublings}
     if not gr_possible:
@@ -213,4 +223,7 @@ def plain(value):
 def reading_from_message(message: dict) -> WellReading:
     """A well message (or a journal-derived dict of the same shape) -> WellReading."""
     calls = message.get("cell_counts") or {}
-    return WellReading(message.get("live_fraction"), calls.get("live"), bool(message.get("complete", True)))
+    calibrated = message.get("live_fraction_estimate")
+    interval = message.get("live_fraction_interval")
+    return WellReading(calibrated if calibrated is not None else message.get("live_fraction"), calls.get("live"),
+                       bool(message.get("complete", True)), tuple(interval) if interval else None)

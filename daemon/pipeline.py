@@ -61,6 +61,14 @@ from .segment import SegmentationPool, model_segmenter
 
 log = logging.getLogger(__name__)
 
+
+def check_interval_level(level: float, *contracts) -> None:
+    """intervals.level must be one the served models' calibrations measured."""
+    for c in contracts:
+        if c is not None and c.calibration is not None and not any(abs(level - x) < 1e-9 for x in c.calibration.levels):
+            raise StartupError(f"intervals.level {level} is not calibrated in model {c.name!r}; its calibration "
+                               f"measured levels {', '.join(f'{x:g}' for x in c.calibration.levels)}")
+
 _STOP = object()
 _COMMIT_GROUP = 256  # outcomes per transaction at most
 
@@ -123,7 +131,8 @@ class Pipeline:
                                      cell_type_backend.contract if cell_type_backend is not None else None, dose,
                                      well_history(self.journal_path) if dose is not None else (),
                                      cell_live_dead=cell_live_dead_backend.contract if cell_live_dead_backend else None,
-                                     source=config.source)
+                                     source=config.source, interval_level=config.intervals.level)
+        check_interval_level(config.intervals.level, self.contract, self.cell_live_dead and self.cell_live_dead.contract)
 
         self.context = context or zmq.Context.instance()
         self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)

@@ -28,6 +28,11 @@ WELL_TABLE = ("plate", "well", "timepoint", "fields", "images", "images_expected
               "live_fraction", "cells",
               "cell_live", "cell_dead", "cell_live_fraction", "cell_types", "model_names", "model_sha256",
               *MAP_COLUMNS)
+# a calibrated model's (`wellwatch calibrate`) per-well estimate and interval, from the latest well message
+INTERVAL_COLUMNS = ("live_fraction_estimate", "live_fraction_low", "live_fraction_high", "interval_level",
+                    "estimator", "calls_usable", "cell_live_fraction_estimate", "cell_live_fraction_low",
+                    "cell_live_fraction_high")
+WELL_TABLE = (*WELL_TABLE, *INTERVAL_COLUMNS)
 
 
 def _fraction(a, b):
@@ -99,6 +104,26 @@ def well_rows(frames: list[dict], plate_map: PlateMap | None = None,
     return out
 
 
+def well_intervals(journal: Path) -> dict[tuple, dict]:
+    """(plate, well, timepoint) -> INTERVAL_COLUMNS of the latest well message (all None when the
+    model was not calibrated): the journal's outbox keeps every message the daemon published."""
+    db = open_readonly(journal)
+    try:
+        rows = db.execute("SELECT payload FROM outbox WHERE topic LIKE 'well/%' ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    out = {}
+    for (text,) in rows:
+        m = json.loads(text)
+        bounds, cell = m.get("live_fraction_interval") or (None, None), m.get("cell_live_fraction_interval") or (None, None)
+        out[(m.get("plate"), m.get("well"), m.get("timepoint"))] = {
+            "live_fraction_estimate": m.get("live_fraction_estimate"), "live_fraction_low": bounds[0],
+            "live_fraction_high": bounds[1], "interval_level": m.get("interval_level"), "estimator": m.get("estimator"),
+            "calls_usable": m.get("calls_usable"), "cell_live_fraction_estimate": m.get("cell_live_fraction_estimate"),
+            "cell_live_fraction_low": cell[0], "cell_live_fraction_high": cell[1]}
+    return out
+
+
 def wells_path_for(out: Path) -> Path:
     """results.csv -> results.wells.csv (beside it)."""
     return out.with_name(f"{out.stem}.wells{out.suffix}")
@@ -126,9 +151,10 @@ def _arrow_schema(pa, columns, rows):
     """Explicit types, so an all-null column (no segmentation) still gets a useful one."""
     ints = {"timepoint", "field", "z", "live", "dead", "empty", "cells", "cell_live", "cell_dead", "version",
             "seq", "fields", "images", "images_expected"}
-    floats = {"live_fraction", "cell_live_fraction", "t_file", "t_done", "concentration"}
+    floats = {"live_fraction", "cell_live_fraction", "t_file", "t_done", "concentration",
+              *(c for c in INTERVAL_COLUMNS if c not in ("estimator", "calls_usable"))}
     kind = {c: pa.int64() if c in ints else pa.float64() if c in floats
-            else pa.bool_() if c in ("latest", "complete") else pa.string() for c in columns}
+            else pa.bool_() if c in ("latest", "complete", "calls_usable") else pa.string() for c in columns}
     return pa.schema([(c, kind[c]) for c in columns])
 
 
@@ -137,6 +163,9 @@ def write_results(journal: Path, out: Path, plate_map: PlateMap | None = None) -
         raise SystemExit(f"wellwatch results: --out {out}: expected a .csv or .parquet file name")
     frames = frame_rows(journal, plate_map)
     wells = well_rows(frames, plate_map, JournalView(journal).expected_images())
+    intervals = well_intervals(journal)
+    for w in wells:
+        w.update(intervals.get((w["plate"], w["well"], w["timepoint"])) or dict.fromkeys(INTERVAL_COLUMNS))
     wells_out = wells_path_for(out)
     write_table(frames, FRAME_TABLE, out)
     write_table(wells, WELL_TABLE, wells_out)

@@ -250,3 +250,51 @@ def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():
     finally:
         server.stop()
         state.stop()
+
+
+def test_browser_shows_a_calibrated_models_intervals(run_daemon, recorder_for, dashboards, tmp_path):
+    if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
+        pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    from wellwatch.daemon.intervals import Calibration
+
+    from .calibrated_model import calibrated_demo_model
+
+    model = calibrated_demo_model(tmp_path / "calibrated.onnx",
+                                  Calibration("classify_count", {"0.9": 0.1}, "per-well fractions only"))
+    config, _ = run_daemon(SMALL, **{"watch.settle_s": 0.05, "models.live_dead.path": str(model)})
+    rec = recorder_for(config)
+    write_plate(SMALL, tmp_path / "acquisition")
+    rec.wait_frames(len(SMALL.wells) * SMALL.fields * SMALL.timepoints)
+    dash = dashboards(config, plate_map=tmp_path / "acquisition" / PLATE_MAP, fields_expected=SMALL.fields)
+    wait_until(lambda: dash.state.health["snapshots"] >= 1, what="the snapshot")
+    expected = last_well_messages(rec)
+    # the dose points carry the treated wells' intervals over the controls' mean
+    wait_until(lambda: any(d["timepoint"] == 1 for d in httpx.get(f"{dash.url}/api/state").json()["dose"]),
+               what="the last timepoint's fit")
+    fit = next(d for d in httpx.get(f"{dash.url}/api/state").json()["dose"] if d["timepoint"] == 1)
+    assert fit["points"] and all(p["viability_interval"] is not None for p in fit["points"])
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(dash.url)
+            page.wait_for_function("document.querySelectorAll('.well.has-data').length === 6", timeout=20000)
+            wait_until(lambda: page.locator("#timepoint-label").inner_text().startswith("1 "), 20, "the last timepoint")
+            el = page.locator("#well-A2")
+            low, high = expected[("A2", 1)]["live_fraction_interval"]
+            assert [float(v) for v in el.get_attribute("data-interval").split(",")] == pytest.approx([low, high])
+            assert "90% interval" in el.get_attribute("title") and "not usable one by one" in el.get_attribute("title")
+            page.click("#well-A2")  # its live-fraction chart gains the calibrated estimate with error bars
+            page.wait_for_selector("#well-panel:not([hidden]) .chart canvas")
+            page.wait_for_selector("[data-chart='live fraction'] canvas")
+            estimate = page.evaluate("S.charts.map((c) => c.series.map((s) => s.label))"
+                                     ".find((labels) => labels.includes('calibrated estimate'))")
+            assert estimate is not None, "no calibrated-estimate series on the live-fraction chart"
+            page.wait_for_selector("#dose-simdrug canvas", timeout=20000)
+            assert errors == []  # the error-bar draw hooks ran without an exception
+        finally:
+            browser.close()

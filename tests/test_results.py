@@ -140,3 +140,39 @@ def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
     state._load_journal()  # the history a late dashboard starts from, before it follows the stream
     assert [q["path"] for q in state.quarantined] == [broken]
     assert len(state.wells) == len(SPEC.wells) * SPEC.timepoints
+
+
+def test_a_calibrated_model_puts_its_intervals_on_the_stream_and_in_the_well_table(run_daemon, recorder_for, tmp_path):
+    import dataclasses
+
+    from wellwatch.daemon.intervals import Calibration
+
+    from .calibrated_model import calibrated_demo_model
+
+    cal = Calibration("classify_count", {"0.8": 0.05, "0.9": 0.1}, "per-well fractions only", wells=9)
+    model = calibrated_demo_model(tmp_path / "calibrated.onnx", cal)
+    spec = dataclasses.replace(SPEC, wells=("A1", "A2"), timepoints=1)
+    source = tmp_path / "source"
+    write_plate(spec, source)
+    config, _ = run_daemon(spec, **{"models.live_dead.path": str(model), "intervals.level": 0.8})
+    rec = recorder_for(config)
+    files = sorted((source / "data").glob("*.tif"))
+    for f in files:
+        (Path(config.watch.root) / f.name).write_bytes(f.read_bytes())
+    rec.wait_frames(len(files))
+    time.sleep(0.5)  # the last well message reaches the recorder
+    last = {m["well"]: m for m in rec.of_type("well")}
+    for m in last.values():  # classify-and-count +- the 80% half-width
+        assert m["live_fraction_estimate"] == pytest.approx(m["live_fraction"])
+        assert m["live_fraction_interval"] == pytest.approx([max(0, m["live_fraction"] - 0.05),
+                                                            min(1, m["live_fraction"] + 0.05)])
+        assert m["interval_level"] == 0.8 and m["calls_usable"] is False
+    out = tmp_path / "results.csv"
+    assert main(["results", "--journal", config.journal.path, "--out", str(out)]) == 0
+    wells = read_csv(wells_path_for(out))
+    assert len(wells) == len(last)
+    for w in wells:
+        m = last[w["well"]]
+        assert float(w["live_fraction_low"]) == pytest.approx(m["live_fraction_interval"][0])
+        assert float(w["live_fraction_high"]) == pytest.approx(m["live_fraction_interval"][1])
+        assert (w["estimator"], w["calls_usable"], w["interval_level"]) == ("classify_count", "False", "0.8")

@@ -31,9 +31,10 @@ from .train import TrainConfig, predict_proba, train_classifier
 
 
 def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balance_groups: bool = False,
-                        k: int = 0, progress=print) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                        k: int = 0, progress=print,
+                        init_state: dict | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Out-of-group P(dead) for every sample, and per-fold facts (groups, seconds); `k` > 0: k folds
-    of whole groups instead of one group at a time."""
+    of whole groups instead of one group at a time; `init_state`: every fold fine-tunes these weights."""
     pos = ds.classes.index("dead")
     oof = np.full(len(ds), np.nan)
     folds = []
@@ -45,7 +46,8 @@ def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balan
         # no validation split, no early stopping (patience 0): the last epoch is kept
         model, history = train_classifier(ds.x[~test], ds.y[~test], ds.x[test][:0], ds.y[test][:0],
                                           replace(cfg, seed=cfg.seed + i, patience=0),
-                                          groups_train=groups[~test] if balance_groups else None)
+                                          groups_train=groups[~test] if balance_groups else None,
+                                          init_state=init_state)
         oof[test] = predict_proba(model, ds.x[test])[:, pos]
         secs = time.perf_counter() - t0
         y = ds.y[test] == pos

@@ -133,13 +133,18 @@ def sampling_weights(y: np.ndarray, classes: int, groups: np.ndarray | None = No
 
 def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                      cfg: TrainConfig, classes: int = 2,
-                     groups_train: np.ndarray | None = None) -> tuple[nn.Module, History]:
-    """`groups_train`: with it, sampling balances classes within each group (`sampling_weights`)."""
+                     groups_train: np.ndarray | None = None,
+                     init_state: dict | None = None) -> tuple[nn.Module, History]:
+    """`groups_train`: with it, sampling balances classes within each group (`sampling_weights`);
+    `init_state`: start from these weights (a previous model of the same arch) instead of scratch."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     model = build_model(cfg.arch, x_train.shape[1], classes, input_size=x_train.shape[-1],
-                        pretrained=cfg.pretrained).to(device)
+                        pretrained=cfg.pretrained)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()  # validation: the plain loss, comparable across settings
     train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

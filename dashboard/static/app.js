@@ -172,12 +172,36 @@ function renderPlate() {
     el.dataset.liveFraction = m && m.live_fraction != null ? String(m.live_fraction) : "";
     el.dataset.frames = m ? String(m.frames) : "";
     el.title = m ? `${m.well} t${m.timepoint}: live fraction ${fmt(m.live_fraction)}, tiles ${m.counts.live} live / ${m.counts.dead} dead / ${m.counts.empty} empty` +
-      (m.cells != null ? `, cells ${m.cells}` : "") + `, ${m.frames}/${m.fields_expected ?? "?"} fields` + wellContent(m.well) : el.dataset.well;
+      (m.cells != null ? `, cells ${m.cells}` : "") + `, ${m.frames}/${m.fields_expected ?? "?"} fields` + intervalText(m) + wellContent(m.well) : el.dataset.well;
+    el.dataset.interval = m && m.live_fraction_interval ? m.live_fraction_interval.join(",") : "";
   }
   const lo = "0", hi = metric === "live_fraction" ? "1" : String(Number(max.toFixed(1)));
   $("legend").innerHTML = `${metricLabel(metric, here[0])}: ${lo} <span class="bar" style="background:linear-gradient(90deg,${[0, .25, .5, .75, 1].map(colour).join(",")})"></span> ${hi}`;
   const frames = here.reduce((a, m) => a + m.frames, 0);
   $("progress").textContent = t == null ? "no wells yet" : `timepoint ${t}: ${here.length} wells, ${frames} fields counted`;
+}
+
+// --- calibrated intervals (models from `wellwatch calibrate`) ---------------------------------
+function intervalText(m) {
+  if (!m.live_fraction_interval) return "";
+  const [lo, hi] = m.live_fraction_interval;
+  return `, calibrated live fraction ${fmt(m.live_fraction_estimate)} (${Math.round(m.interval_level * 100)}% interval ` +
+    `${fmt(lo)}-${fmt(hi)})` + (m.calls_usable === false ? ", per-tile calls not usable one by one" : "");
+}
+// Vertical error bars at each x (bounds[i] = [low, high] or null), drawn over a uPlot chart.
+function errorBars(stroke, bounds) {
+  return { hooks: { draw: [(u) => {
+    const ctx = u.ctx, w = 4 * devicePixelRatio;
+    ctx.save(); ctx.strokeStyle = stroke; ctx.lineWidth = devicePixelRatio;
+    u.data[0].forEach((x, i) => {
+      const b = bounds[i];
+      if (!b) return;
+      const px = u.valToPos(x, "x", true), lo = u.valToPos(b[0], "y", true), hi = u.valToPos(b[1], "y", true);
+      ctx.beginPath(); ctx.moveTo(px, lo); ctx.lineTo(px, hi);
+      ctx.moveTo(px - w, lo); ctx.lineTo(px + w, lo); ctx.moveTo(px - w, hi); ctx.lineTo(px + w, hi); ctx.stroke();
+    });
+    ctx.restore();
+  }] } };
 }
 
 function wellContent(well) {
@@ -222,6 +246,8 @@ function drawWellCharts(data) {
     ["cells", (m) => (m.cells ?? m.counts.live + m.counts.dead), (f) => (f.cells ?? f.live + f.dead), hasCells ? "cells" : "non-empty tiles"],
     ["live fraction", (m) => m.live_fraction, (f) => frac(f.live, f.dead), "live fraction (tiles)"],
   ];
+  // a calibrated model's estimate per timepoint, from the stream's well messages, with its interval
+  const calibrated = ts.map((t) => S.wells.get(`${S.plate}|${S.selected}|${t}`) || {});
   const palette = ["#e91e63", "#3f51b5", "#009688", "#ff9800", "#795548", "#9c27b0", "#607d8b", "#8bc34a"];
   for (const [name, total, field, label] of panels) {
     const div = document.createElement("div");
@@ -231,13 +257,19 @@ function drawWellCharts(data) {
     box.appendChild(div);
     const series = [{ label: "timepoint" }, { label: "well", stroke: "#222", width: 2, points: { show: true } }];
     const rows = [ts, data.totals.map(total)];
+    let bars = {};
+    if (name === "live fraction" && calibrated.some((m) => m.live_fraction_interval)) {
+      series.push({ label: "calibrated estimate", stroke: "#111", width: 0, points: { show: true, size: 6 } });
+      rows.push(calibrated.map((m) => m.live_fraction_estimate ?? null));
+      bars = errorBars("#111", calibrated.map((m) => m.live_fraction_interval || null));
+    }
     perField(field).forEach((vals, i) => {
       series.push({ label: `field ${fields[i]}`, stroke: palette[i % palette.length], width: 1, dash: [4, 3] });
       rows.push(vals);
     });
     // one timepoint: an axis around it, not uPlot's 0-100
     const x = ts.length === 1 ? { time: false, auto: false, range: [ts[0] - 1, ts[0] + 1] } : { time: false };
-    S.charts.push(new uPlot({ width: 300, height: 170, series, scales: { x },
+    S.charts.push(new uPlot({ width: 300, height: 170, series, scales: { x }, ...bars,
       axes: [{ label: "timepoint", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}], legend: { show: name === "live" } }, rows, div));
   }
 }
@@ -304,13 +336,14 @@ function renderDose() {
     const lo = Math.min(...pts.map((p) => p.concentration)) / 2, hi = Math.max(...pts.map((p) => p.concentration)) * 2;
     // One x axis: the points and the fitted curves' grid, merged and sorted; null where a series has no value.
     const rows = [];
-    for (const p of pts) rows.push([p.concentration, p.viability, p.gr, null, null]);
+    for (const p of pts) rows.push([p.concentration, p.viability, p.gr, null, null, p.viability_interval || null]);
     if (v.ic50 != null) { const [xs, ys] = curve(v, lo, hi); xs.forEach((x, i) => rows.push([x, null, null, ys[i], null])); }
     if (g.ok && g.gec50 != null) { const [xs, ys] = curve(g, lo, hi, 1); xs.forEach((x, i) => rows.push([x, null, null, null, ys[i]])); }
     rows.sort((a, b) => a[0] - b[0]);
     const cols = [0, 1, 2, 3, 4].map((k) => rows.map((r) => r[k]));
+    const doseBars = errorBars("#3f51b5", rows.map((r) => r[5] || null));
     const dots = { show: true, size: 7 };
-    const chart = new uPlot({ width: 520, height: 260, scales: { x: { time: false, distr: 3 }, y: { range: [-1, 1.3] } },
+    const chart = new uPlot({ width: 520, height: 260, ...doseBars, scales: { x: { time: false, distr: 3 }, y: { range: [-1, 1.3] } },
       axes: [{ label: `concentration (${d.unit})` }, { label: "viability / GR" }],
       series: [{ label: "conc." },
         { label: "viability", stroke: "#3f51b5", paths: () => null, points: dots },
