@@ -1,4 +1,4 @@
-"""Issue 22: what a daemon death leaves behind. Suspect files (being read when it died) are judged
+"""What a daemon death leaves behind. Suspect files (being read when it died) are judged
 in an isolated reader, a joined-channel field with a suspect is not stalled, and no worker process
 outlives the daemon, however it dies.
 

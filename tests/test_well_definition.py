@@ -86,7 +86,7 @@ def test_reprocess_counts_z_planes_and_keeps_every_timepoint():
 
 
 def test_a_joined_channel_is_on_its_fields_row_in_results_and_the_qc_table(tmp_path, contract):
-    """Issue 23 item 5: BF scored with LIVE and PI joined: one row per field, not three."""
+    """BF scored with LIVE and PI joined: one row per field, not three."""
     works = []
     for field in (1, 2):
         members = tuple((FrameJob(f"/acq/A1_f{field}_{c}.tif", f"A1_f{field}_{c}.tif",
