@@ -126,6 +126,18 @@ def test_nothing_points_outside_the_repository_or_at_development_process():
     assert not found, "\n".join(found)
 
 
+def test_code_names_no_development_issues():
+    """Comments, docstrings and messages explain themselves; they cite no tracker or design card."""
+    pattern = re.compile(r"\bissues? #?\d+|DESIGN\.md|design card", re.I)
+    skip = {".venv", "site", "build", ".git", "node_modules"}
+    sources = [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)
+               and (p.suffix in {".py", ".js", ".html", ".toml", ".sh"} or p.name == "Makefile")
+               and "vendor" not in p.parts and p != Path(__file__).resolve()]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in sources
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
 def ports_free(*ports: int) -> bool:
     for port in ports:
         with socket.socket() as s:
