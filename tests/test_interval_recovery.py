@@ -25,7 +25,7 @@ from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.writer import write_plate
 
 from .calibrated_model import calibrated_demo_model
-from .test_daemon_ops import plate, start, wait_rows, write_config
+from .test_daemon_ops import config_of, plate, start, wait_rows, write_config
 from .test_daemon_segmentation import SIMULATED_BF
 
 TILE_CAL = Calibration("mean_probability", {"0.9": 0.1}, "per-well fractions only", wells=9)
@@ -112,9 +112,13 @@ def test_well_estimates_after_kill_9_and_restart_equal_an_uninterrupted_runs(tmp
     model = calibrated_demo_model(tmp_path / "calibrated.onnx", TILE_CAL)
     extra = {"models.live_dead.path": f'"{model}"', "intervals.level": "0.9"}
 
-    reference = write_config(tmp_path / "reference", **extra)
-    deliver(files, tmp_path / "reference" / "acq" / "data")
-    run_to_the_end(reference, tmp_path / "reference" / "journal.sqlite", len(files))
+    reference = config_of(write_config(tmp_path / "reference", **extra))  # in-process: one start fewer
+    daemon = start_daemon(reference)
+    try:
+        deliver(files, Path(reference.watch.root))
+        assert wait_rows(Path(reference.journal.path), len(files), timeout=90) == len(files)
+    finally:
+        assert daemon.stop() == 0
 
     killed = write_config(tmp_path / "killed", **extra)
     root, journal = tmp_path / "killed" / "acq" / "data", tmp_path / "killed" / "journal.sqlite"
@@ -128,7 +132,7 @@ def test_well_estimates_after_kill_9_and_restart_equal_an_uninterrupted_runs(tmp
     deliver([f for f in files if f not in first_fields], root)
     run_to_the_end(killed, journal, len(files))
 
-    want = final_well_messages(str(tmp_path / "reference" / "journal.sqlite"))
+    want = final_well_messages(reference.journal.path)
     got = final_well_messages(str(journal))
     assert want.keys() == got.keys() and len(want) == len(spec.wells)
     for key, message in want.items():
