@@ -35,7 +35,7 @@ class TileCounts:
     cell_dead: int | None = None
     cell_types: dict[str, int] | None = None  # with a cell-type model: class name -> cells
     # sums of P(dead) over the scored tiles / called cells, for the mean_probability estimator
-    # (daemon/intervals.py); None when unknown (counts restored from the journal do not keep them).
+    # (daemon/intervals.py), journaled with the counts; None when unknown (rows of older journals).
     # Not part of equality: two fields with the same calls are the same counts.
     dead_p_sum: float | None = field(default=None, compare=False)
     cell_dead_p_sum: float | None = field(default=None, compare=False)

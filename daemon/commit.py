@@ -197,7 +197,8 @@ class CommitBuilder:
                              meta.plate, meta.well, meta.field, meta.timepoint, meta.z, meta.channel,
                              counts.live, counts.dead, counts.empty, job.mtime_ns / 1e9, time.time(), well_msg.seq,
                              counts.cells, counts.cell_live, counts.cell_dead,
-                             json.dumps(counts.cell_types) if counts.cell_types is not None else None)
+                             json.dumps(counts.cell_types) if counts.cell_types is not None else None,
+                             counts.dead_p_sum, counts.cell_dead_p_sum)
         return record, [frame_msg, well_msg, *self.plate_messages(meta.plate, meta.timepoint),
                         *self.dose_messages(well_msg.payload)]
 

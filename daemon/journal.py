@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     cells INTEGER,  -- cells found by segmentation; NULL when the daemon did not segment
     cell_live INTEGER, cell_dead INTEGER,  -- cells called live/dead from the tiles at their centroids
     cell_types TEXT,  -- JSON {class name: cells} from a cell-type model; NULL without one
+    dead_p_sum REAL, cell_dead_p_sum REAL,  -- sums of P(dead) over the scored tiles / called cells; NULL: unknown
     UNIQUE (path, version)  -- a path's content may return to earlier bytes: a new version
 );
 """
@@ -108,12 +109,17 @@ class FrameRecord:
     cell_live: int | None = None
     cell_dead: int | None = None
     cell_types: str | None = None  # JSON
+    # the mean_probability estimator's inputs (daemon/intervals.py): journaled so that a restart or an
+    # evicted timepoint's refill publishes what an uninterrupted run does; NULL in older journals
+    dead_p_sum: float | None = None
+    cell_dead_p_sum: float | None = None
 
     def counts(self):
         from .aggregate import TileCounts
 
         return TileCounts(self.live, self.dead, self.empty, self.cells, self.cell_live, self.cell_dead,
-                          json.loads(self.cell_types) if self.cell_types else None)
+                          json.loads(self.cell_types) if self.cell_types else None,
+                          dead_p_sum=self.dead_p_sum, cell_dead_p_sum=self.cell_dead_p_sum)
 
 
 @dataclass(frozen=True)
@@ -179,10 +185,11 @@ class Journal:
                                "folder's permissions and free space") from None
 
     def _migrate(self) -> None:
-        """Bring journals of earlier releases up to date: per-cell columns, one row per version."""
+        """Bring journals of earlier releases up to date: per-cell columns, P(dead) sums (NULL in old
+        rows: their estimates stay null), one row per version."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
         for name, kind in (("cells", "INTEGER"), ("cell_live", "INTEGER"), ("cell_dead", "INTEGER"),
-                           ("cell_types", "TEXT")):
+                           ("cell_types", "TEXT"), ("dead_p_sum", "REAL"), ("cell_dead_p_sum", "REAL")):
             if name not in columns:
                 self.db.execute(f"ALTER TABLE frames ADD COLUMN {name} {kind}")
         table_sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'frames'").fetchone()[0]
