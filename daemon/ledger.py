@@ -22,12 +22,28 @@ class FrameLedger:
         # (a slow stage, e.g. segmentation on a CPU, would otherwise redo in-flight frames)
         self._on_their_way: set[str] = set()
         self._released: list[str] = []  # freed without a journal row: their `inflight` rows must go
+        # joined fields journaled done: (plate, well, timepoint, field, z) -> {channel: rel path}. A
+        # re-written channel file needs its partners, which the gate does not offer again (unchanged)
+        self._field_files: dict[tuple, dict[str, str]] = {}
 
     def remember(self, rel: str, size: int, mtime_ns: int, sha256: str) -> None:
         """A path's new latest version was journaled; the path is free again."""
         with self._lock:
             self._on_their_way.discard(rel)
             self._latest[rel] = (size, mtime_ns, sha256)
+
+    def remember_field_file(self, record) -> None:
+        """A journaled frame record (daemon/journal.py): a done channel file becomes its field's file
+        of that channel."""
+        if record.state == "done" and record.channel is not None:
+            key = (record.plate, record.well, record.timepoint, record.field, record.z)
+            with self._lock:
+                self._field_files.setdefault(key, {})[record.channel] = record.path
+
+    def field_files(self, key: tuple) -> dict[str, str]:
+        """{channel: rel path} of a field's channel files journaled done; empty if none were."""
+        with self._lock:
+            return dict(self._field_files.get(key, {}))
 
     def needs_look(self, identity: Identity) -> bool:
         """True unless this identity is the path's latest journaled one, or the path is being read."""

@@ -343,6 +343,7 @@ class Pipeline:
         self.diagnostics.committed(group)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
+            self.ledger.remember_field_file(record)
             if record.state == "done" and record.live is not None:  # not a channel file joined into another
                 for call in ("live", "dead", "empty"):
                     self.metrics.tiles.labels(call).inc(getattr(record, call))
