@@ -3,7 +3,8 @@
 The gate asks it before handing a file out, the readers before decoding (same path, same content
 as its latest version: a duplicate), the commit stage tells it what was journaled. Only a path's
 latest version counts: a file restored to earlier pixels differs from its latest version, so it
-is read and becomes a new version. One lock guards both maps; the journal is the truth and a
+is read and becomes a new version. With joined channels it also knows each field's journaled
+channel files: a re-written one's reader fetches the others. One lock guards the maps; the journal is the truth and a
 restart rebuilds the ledger from it (daemon/recovery.py).
 """
 
@@ -15,7 +16,8 @@ Identity = tuple[str, int, int]  # (rel path, size, mtime_ns)
 
 
 class FrameLedger:
-    def __init__(self):
+    def __init__(self, joins_channels: bool = False):
+        self.joins_channels = joins_channels  # fields joined from channel files: keep their files
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[int, int, str]] = {}  # rel path -> (size, mtime_ns, sha256) journaled last
         # rel paths handed to a reader and not yet journaled: a scan must not hand them out again
@@ -35,7 +37,7 @@ class FrameLedger:
     def remember_field_file(self, record) -> None:
         """A journaled frame record (daemon/journal.py): a done channel file becomes its field's file
         of that channel."""
-        if record.state == "done" and record.channel is not None:
+        if self.joins_channels and record.state == "done" and record.channel:
             key = (record.plate, record.well, record.timepoint, record.field, record.z)
             with self._lock:
                 self._field_files.setdefault(key, {})[record.channel] = record.path

@@ -118,7 +118,7 @@ class Pipeline:
                 self.layout = detect_layout(self.root)
             except LayoutError as e:
                 raise StartupError(f"{e} (set plate.layout = \"none\" to ignore the vendor files)") from None
-        self.ledger = FrameLedger()
+        self.ledger = FrameLedger(joins_channels=len(config.channels.files()) > 1)
         aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
         recovered = recover(self.journal_path, self.ledger, aggregate)
         self.aggregate = aggregate

@@ -174,6 +174,6 @@ def test_a_joined_field_scored_again_for_a_rewritten_partner_is_one_new_version_
     assert same.records == [] and [j.rel for j in same.duplicates] == [bf.rel, live.rel]
     journal.close()
 
-    ledger = FrameLedger()
+    ledger = FrameLedger(joins_channels=True)
     recover(path, ledger, PlateAggregate(1))
     assert ledger.field_files(("p", "A1", 0, 1, 0)) == {"BF": bf.rel, "LIVE": live.rel}
