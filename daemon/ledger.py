@@ -4,8 +4,8 @@ The gate asks it before handing a file out, the readers before decoding (same pa
 as its latest version: a duplicate), the commit stage tells it what was journaled. Only a path's
 latest version counts: a file restored to earlier pixels differs from its latest version, so it
 is read and becomes a new version. With joined channels it also knows each field's journaled
-channel files: a re-written one's reader fetches the others. One lock guards the maps; the journal is the truth and a
-restart rebuilds the ledger from it (daemon/recovery.py).
+channel files: a re-written one's reader fetches the others. One lock guards the maps; the
+journal is the truth and a restart rebuilds the ledger from it (daemon/recovery.py).
 """
 
 from __future__ import annotations
