@@ -22,6 +22,7 @@ Per shape, from the journal and the files on disk at the end:
   lost          a good frame the journal knows nothing of, `stall_s` after the last file and restart
   stalled       a good frame the daemon saw (in flight, a suspect) but had not counted by then
   twice         a (path, version) journaled or announced twice, or a version for unchanged content
+                (unless a joined field's other file, scored with it, is new)
   wrongly q.    a good frame quarantined
   wells differ  (well, timepoint) states (frames, complete, counts, cells, cell types) that differ
                 from the reference run's
@@ -351,17 +352,21 @@ def run_shape(shape: Shape, work: Path, args: argparse.Namespace, faults: bool, 
     not_done = sorted(n for n in good if rows.get(n) != (expected[n], "done"))
     out.stalled = [n for n in not_done if n in rows or n in seen]
     out.lost = [n for n in not_done if n not in out.stalled]
-    all_rows = journal_rows(journal, "SELECT path, version, sha256, state FROM frames ORDER BY path, version")
-    per_path: dict[str, list[tuple[int, str]]] = {}
-    for path, version, sha, state in all_rows:
-        per_path.setdefault(path, []).append((version, sha))
-    out.twice = sum(len(v) - len({version for version, _ in v}) + sum(1 for a, b in zip(v, v[1:]) if a[1] == b[1])
+    all_rows = journal_rows(journal, "SELECT path, version, sha256, state, seq FROM frames ORDER BY path, version")
+    per_path: dict[str, list[tuple[int, str, int]]] = {}
+    for path, version, sha, state, seq in all_rows:
+        per_path.setdefault(path, []).append((version, sha, seq))
+    # a joined field scored again for one re-written channel file journals its unchanged files beside
+    # it (same seq): their new versions are not a second count
+    renewed = {b[2] for v in per_path.values() for a, b in zip([(0, None, None)] + v, v) if a[1] != b[1]}
+    out.twice = sum(len(v) - len({version for version, _, _ in v})
+                    + sum(1 for a, b in zip(v, v[1:]) if a[1] == b[1] and b[2] not in renewed)
                     for v in per_path.values())  # a version twice, or a version for unchanged content
     announced = [(m["path"], m["version"]) for (p,) in
                  journal_rows(journal, "SELECT payload FROM outbox WHERE topic LIKE 'frame/%'")
                  for m in [json.loads(p)]]
     out.twice += len(announced) - len(set(announced))
-    out.wrongly = sorted(p for p, _, _, state in all_rows if state == "quarantined" and p in good)
+    out.wrongly = sorted(p for p, _, _, state, _ in all_rows if state == "quarantined" and p in good)
     out.hostile_refused = not faults or all(rows.get(n, (None, None))[1] == "quarantined" for n in hostile)
     out.wells = well_states(journal)
     return out

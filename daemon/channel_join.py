@@ -60,6 +60,12 @@ class ChannelJoin(Generic[T]):
             del self._pending[key]
             return [pending.parts[c] for c in self.channels]
 
+    def waiting_for(self, key: FieldKey) -> tuple[str, ...]:
+        """The channels a pending field still lacks; () when no part of it is waiting."""
+        with self._lock:
+            pending = self._pending.get(key)
+            return () if pending is None else tuple(c for c in self.channels if c not in pending.parts)
+
     def overdue(self) -> list[MissingChannels]:
         """Fields waiting longer than missing_after_s for a channel, each reported once."""
         now = self._clock()

@@ -113,8 +113,9 @@ class CommitBuilder:
             job, sha = msg.job, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
             previous = latest.get(job.rel) or (journal.latest_version(job.rel), journal.latest_sha256(job.rel))
-            if previous[1] == sha:  # the path's latest version already holds this content
-                built.duplicates.append(job)
+            if previous[1] == sha and not self.member_is_new(msg, latest, journal):
+                built.duplicates.append(job)  # the path's latest version already holds this content
+                built.duplicates.extend(member for member, _ in getattr(msg, "members", ()))
                 continue
             version = previous[0] + 1
             latest[job.rel] = (version, sha)
@@ -127,15 +128,19 @@ class CommitBuilder:
             built.records.append(record)
             built.messages.extend(new)
             if isinstance(msg, FrameWork):
-                for member, member_sha in msg.members:
+                for member, member_sha in msg.members:  # each scoring of a field names all its files
                     prior = latest.get(member.rel) or (journal.latest_version(member.rel),
                                                        journal.latest_sha256(member.rel))
-                    if prior[1] == member_sha:
-                        built.duplicates.append(member)
-                        continue
                     latest[member.rel] = (prior[0] + 1, member_sha)
                     built.records.append(self.member_record(member, member_sha, prior[0] + 1, record))
         return built
+
+    @staticmethod
+    def member_is_new(msg, latest: dict, journal: Journal) -> bool:
+        """A joined field whose scored file is unchanged is still new when another of its channel
+        files was re-written: the field is scored again, every file of it a new version."""
+        return any(sha != (latest.get(member.rel) or (None, journal.latest_sha256(member.rel)))[1]
+                   for member, sha in getattr(msg, "members", ()))
 
     def member_record(self, job, sha: str, version: int, scored: FrameRecord) -> FrameRecord:
         """A channel file scored as part of another's field: journaled (done once), counted there."""

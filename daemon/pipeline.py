@@ -118,7 +118,7 @@ class Pipeline:
                 self.layout = detect_layout(self.root)
             except LayoutError as e:
                 raise StartupError(f"{e} (set plate.layout = \"none\" to ignore the vendor files)") from None
-        self.ledger = FrameLedger()
+        self.ledger = FrameLedger(joins_channels=len(config.channels.files()) > 1)
         aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
         recovered = recover(self.journal_path, self.ledger, aggregate)
         self.aggregate = aggregate
@@ -343,6 +343,7 @@ class Pipeline:
         self.diagnostics.committed(group)
         for record in built.records:
             self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
+            self.ledger.remember_field_file(record)
             if record.state == "done" and record.live is not None:  # not a channel file joined into another
                 for call in ("live", "dead", "empty"):
                     self.metrics.tiles.labels(call).inc(getattr(record, call))

@@ -6,8 +6,10 @@ decides what a failure means: a damaged file is retried later, then quarantined.
 
 What a frame's model channels come from: one file (one-channel model); a field's channel files,
 joined by `ChannelJoin` (a file waits there until the field's other channels arrive; the first
-channel's job then carries the others as `members`); one TIFF with all channels in its pages (a
-name without a channel, multi-channel model); or one .nd2 frame (channels picked by name).
+channel's job then carries the others as `members`; a re-written file of a field counted before
+brings its partners' current files from disk, as the gate does not offer them again); one TIFF
+with all channels in its pages (a name without a channel, multi-channel model); or one .nd2 frame
+(channels picked by name).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -34,6 +37,7 @@ from .jobs import FailedFrame, FrameJob
 from .ledger import FrameLedger
 from .metrics import DaemonMetrics
 from .multichannel_tiff import decode_channels, pick_channels
+from .naming import FrameMeta
 from .nd2_reader import Nd2Tracker, read_nd2_frame, select_channels
 from .prepare import PreparedFrame, prepare_frame
 from .prepare_pool import PreparePool, WorkerDied
@@ -64,6 +68,7 @@ class ReadStage:
         self.stop_event, self.is_fatal, self.on_bug = stop_event, is_fatal, on_bug
         self.seg_model, self.seg_pool, self.crop = seg_model, seg_pool, crop
         self.join, self.nd2, self.pixel_size = join, nd2, pixel_size
+        self.root = os.path.realpath(config.watch.root)  # as the gate's: a journaled rel path is under it
         self.channels = config.channels.files()  # the file channels: the model's, in its order, then segment_on
         self.model_channels = len(config.channels.label_free)
         self.segment_index = config.channels.segment_index()
@@ -189,8 +194,9 @@ class ReadStage:
         self._hand_on(job, sha, prepared, (), None, t0, t1, time.perf_counter())
         return True
 
-    def _read_bytes(self, job: FrameJob) -> tuple[bytes, str] | None:
-        """The file's bytes and their sha256, unless it failed, vanished or is a duplicate."""
+    def _read_bytes(self, job: FrameJob, counted_ok: bool = False) -> tuple[bytes, str] | None:
+        """The file's bytes and their sha256, unless it failed, vanished or is a duplicate (content
+        already counted: wanted only when `counted_ok`, for a field scored again)."""
         try:
             check_file_size(job.path, job.size, self.config.limits)  # before reading a byte
         except FrameReadError as e:
@@ -206,13 +212,17 @@ class ReadStage:
             self.fail(job, "", FrameReadError(job.path, f"cannot read ({e.strerror})"))
             return None
         sha = hashlib.sha256(data).hexdigest()  # the bytes are in memory for decoding anyway
-        if self._duplicate(job, sha):
+        if not counted_ok and self._duplicate(job, sha):
             return None
         return data, sha
 
     def _load_file(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
         limits = self.config.limits
-        read = self._read_bytes(job)
+        m = job.meta
+        key = (m.plate, m.well, m.timepoint, m.field, m.z)
+        # unchanged, yet a partner of a field scored again that waits for it (see _bring_counted_partners)
+        partner = self.join is not None and bool(m.channel) and m.channel in self.join.waiting_for(key)
+        read = self._read_bytes(job, counted_ok=partner)
         if read is None:
             return None
         data, sha = read
@@ -225,12 +235,50 @@ class ReadStage:
             return None
         if self.join is None:
             return job, sha, [image], ()
-        m = job.meta
-        parts = self.join.add((m.plate, m.well, m.timepoint, m.field, m.z), m.channel, (job, sha, image))
+        parts = self.join.add(key, m.channel, (job, sha, image)) or self._bring_counted_partners(key)
         if parts is None:
             return None  # stays claimed in the ledger until its field completes
         (first, first_sha, _), rest = parts[0], parts[1:]
         return first, first_sha, [image for _, _, image in parts], tuple((j, s) for j, s, _ in rest)
+
+    def _bring_counted_partners(self, key: tuple) -> list | None:
+        """A re-written channel file of a field counted before (a new version) waits for partners the
+        gate will not offer again: unchanged, they are counted. Read their current files from disk,
+        as the gate would have, and join them; the field is complete then, and scored again. A
+        partner on its way already (re-written too) comes by itself; one gone from disk leaves the
+        field waiting, reported as a missing channel."""
+        parts = None
+        journaled = self.ledger.field_files(key)
+        for channel in self.join.waiting_for(key):
+            rel = journaled.get(channel)
+            if rel is None or not self.ledger.claim(rel):
+                continue
+            path = os.path.join(self.root, rel)
+            try:
+                st = os.stat(path)
+            except OSError:  # gone (or unreadable): the usual missing-channel report follows
+                self.ledger.release(rel)
+                continue
+            plate, well, timepoint, field_index, z = key
+            job = FrameJob(path, rel, FrameMeta(plate, well, field_index, timepoint, z, channel), st.st_size,
+                           st.st_mtime_ns)
+            log.info("%s joins its re-written field again (%s %s timepoint %d field %d z %d)", rel, plate, well,
+                     timepoint, field_index, z)
+            parts = self._join_read(job, key) or parts
+        return parts
+
+    def _join_read(self, job: FrameJob, key: tuple) -> list | None:
+        """Read, hash and decode a counted partner the usual way, and add it to its field."""
+        read = self._read_bytes(job, counted_ok=True)
+        if read is None:
+            return None
+        data, sha = read
+        try:
+            image = decode_frame(job.path, data, self.config.limits)
+        except FrameReadError as e:
+            self.fail(job, sha, e)
+            return None
+        return self.join.add(key, job.meta.channel, (job, sha, image))
 
     def _load_nd2(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
         try:

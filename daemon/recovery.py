@@ -41,6 +41,7 @@ def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) 
         state_nd2: set[str] = set()
         for r in journal.records():
             ledger.remember(r.path, r.size, r.mtime_ns, r.sha256)
+            ledger.remember_field_file(r)
             if r.state == "done" and r.channel is not None and r.live is not None:  # not a joined channel file
                 aggregate.add(r.plate, r.well, r.timepoint, r.field, r.counts(), z=r.z or 0)
             if ND2_FRAME.search(r.path):

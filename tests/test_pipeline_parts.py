@@ -145,3 +145,35 @@ def test_an_evicted_timepoint_refilled_from_the_journal_ignores_joined_channel_f
     assert (well["timepoint"], well["frames"], well["complete"]) == (0, 2, True)
     assert well["counts"] == {"live": 6, "dead": 2, "empty": 4}
     journal.close()
+
+
+def test_a_joined_field_scored_again_for_a_rewritten_partner_is_one_new_version_of_each_file(tmp_path, contract):
+    """The BF file is unchanged, its LIVE partner re-written: the field is a new version (both files,
+    one seq, counts on the BF row, replacing the old ones in the well); the same field again is a
+    duplicate of both files. Recovery tells the ledger which files made the field."""
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    builder = CommitBuilder(contract, {"demo": "abc"}, PlateAggregate(1), seq=0)
+    bf, live = _field_job("A1", 1, 0), _field_job("A1", 1, 0, "LIVE")
+
+    def field(live_sha: str, dead: int):
+        work = _scored(bf, contract, "bf1", dead=dead, live=4 - dead)
+        work.members = ((live, live_sha),)
+        built = builder.build([work], journal)
+        journal.commit(built.records, built.messages)
+        return built
+
+    field("live1", dead=1)
+    again = field("live2", dead=3)
+    assert [(r.path, r.version, r.sha256, r.dead) for r in again.records] == [
+        (bf.rel, 2, "bf1", 3), (live.rel, 2, "live2", None)]
+    assert {r.seq for r in again.records} == {again.messages[1].seq} and not again.duplicates
+    well = again.messages[1].payload
+    assert (well["frames"], well["counts"]["dead"]) == (1, 3)  # replaced, not added
+    same = field("live2", dead=3)
+    assert same.records == [] and [j.rel for j in same.duplicates] == [bf.rel, live.rel]
+    journal.close()
+
+    ledger = FrameLedger(joins_channels=True)
+    recover(path, ledger, PlateAggregate(1))
+    assert ledger.field_files(("p", "A1", 0, 1, 0)) == {"BF": bf.rel, "LIVE": live.rel}
