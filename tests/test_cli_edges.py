@@ -161,3 +161,19 @@ def test_keys_into_a_file(tmp_path):
 def test_evaluate_a_model_that_does_not_exist(tmp_path):
     proc = wellwatch("evaluate", str(tmp_path / "missing.onnx"), str(tmp_path), "--out", str(tmp_path / "rep"))
     assert_one_line_exit_2(proc, "missing.onnx: no such run folder, checkpoint or .onnx file")
+
+
+def test_an_os_error_that_names_no_file_says_where_it_was_raised():
+    from wellwatch.cli import user_error_line
+
+    def start_up():
+        raise FileNotFoundError(2, "No such file or directory")
+
+    try:
+        start_up()
+    except FileNotFoundError as e:
+        line = user_error_line(e)
+    assert line.startswith("[Errno 2] No such file or directory (in test_cli_edges.py:")
+    assert "start_up" in line and "\n" not in line
+    named = FileNotFoundError(2, "No such file or directory", "/data/x.tif")
+    assert user_error_line(named) == str(named)  # a file named already: as it is

@@ -10,6 +10,8 @@ import os
 import signal
 import sys
 import threading
+import traceback
+from pathlib import Path
 
 from .daemon.errors import UsageError, WellwatchError
 
@@ -139,8 +141,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_layout(args: argparse.Namespace) -> int:
     """Print the plate layout(s) the daemon would read from a folder's vendor files or .nd2 files:
     one JSON object for one plate, a list for a folder of several plates."""
-    from pathlib import Path
-
     from .daemon.layout import LayoutError
 
     target = Path(args.path)
@@ -377,7 +377,10 @@ def _main(argv: list[str]) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as e:
-        logging.getLogger("wellwatch").error("%s", e)
+        line = user_error_line(e)
+        logging.getLogger("wellwatch").error("%s", line)
+        if line != str(e):  # an error that names no file: where it came from, with -v
+            logging.getLogger("wellwatch").debug("the traceback of: %s", e, exc_info=e)
         return 2
     except ModuleNotFoundError as e:
         print(f"wellwatch {args.command}: {missing_extra(e)}", file=sys.stderr)
@@ -387,6 +390,15 @@ def _main(argv: list[str]) -> int:
             print(e.code, file=sys.stderr)
             return 2
         raise
+
+
+def user_error_line(error: BaseException) -> str:
+    """The one line for a user's error; an OS error that names no file says where it was raised
+    (`-v` logs the whole traceback), so "[Errno 2] No such file or directory" alone never reaches a user."""
+    if isinstance(error, OSError) and error.filename is None and error.__traceback__ is not None:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        return f"{error} (in {Path(frame.filename).name}:{frame.lineno}, {frame.name}; -v for the traceback)"
+    return str(error)
 
 
 # The optional dependencies a command may miss, and the extra that installs them
