@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli import register as register_training
     from .scale.cli import register as register_scale
     from .dashboard.cli import register as register_dashboard
+    from .cellpose_cli import register as register_cellpose
 
     parser = argparse.ArgumentParser(prog="wellwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_training(sub)
     register_scale(sub)
     register_dashboard(sub)
+    register_cellpose(sub)
     return parser
 
 
