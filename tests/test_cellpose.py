@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
     """A Cellpose network trained from scratch with cellpose's own train_seg for one step on crops
     of two Usiigaci frames (group A), exported to ONNX with parity checked on a crop of a group-B
     frame. One step teaches it little, so it is served with the cell-probability threshold at the
-    70th percentile of its own output and the flow check off: hundreds of masks, which is what a
+    85th percentile of its own output and the flow check off: hundreds of masks, which is what a
     parity check needs (a network that finds nothing agrees with anything)."""
     pytest.importorskip("cellpose")
     import torch
@@ -93,7 +93,7 @@ def trained(tmp_path_factory):
     tiles, geometry = cellpose_tiles(read_frame(str(parity_frame)), contract, rescale_for(contract, 0.0, 0.0))
     with torch.no_grad():
         _, cellprob = cellpose_flows(cp.net(torch.from_numpy(tiles))[0].numpy(), geometry)
-    served = {"cellprob_threshold": float(np.percentile(cellprob, 70)), "flow_threshold": 0.0}
+    served = {"cellprob_threshold": float(np.percentile(cellprob, 85)), "flow_threshold": 0.0}
     onnx, parity = export_cellpose(str(result.model_file), tmp / "usiigaci-a.onnx", USIIGACI_PX_UM,
                                    [str(parity_frame)], trained_on={"images": data.names}, postprocess=served)
     return {"root": root, "result": result, "onnx": onnx, "parity": parity, "tmp": tmp, "cp": cp}
