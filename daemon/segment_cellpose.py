@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import ModelContract
-from .errors import StartupError
+from .errors import StartupError, WellwatchError
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def served_model_file(model: str, key: str = "segmentation.cellpose.model") -> s
                        f"({', '.join(BUILTIN_MODELS)})")
 
 
-class CellposeMissing(ModuleNotFoundError):
-    """segmentation.method = 'cellpose' on an installation without the `cellpose` package."""
+class CellposeMissing(WellwatchError, ModuleNotFoundError):
+    """segmentation.method = 'cellpose' on an installation without the `cellpose` package (one line at the CLI)."""
 
 
 def cellpose_modules():

@@ -248,3 +248,17 @@ def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path
     for m in frames:
         assert m["cells"] == int(direct.segment(read_frame(str(staged / m["path"]))).max()), m["path"]
     assert all(m["cells"] > 0 for m in frames)
+
+
+def test_without_the_cellpose_package_the_daemon_says_which_extra(tmp_path):
+    """A runtime-only install (cellpose and torch blocked) that asks for method = "cellpose" gets one
+    line naming the extra, through the CLI's user-error path."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['cellpose'] = None; sys.modules['torch'] = None\n"
+            "from wellwatch.daemon.errors import WellwatchError\n"
+            "from wellwatch.daemon.segment_cellpose import cellpose_modules\n"
+            "try:\n    cellpose_modules()\nexcept WellwatchError as e:\n    print(type(e).__name__, '|', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+    assert out.startswith("CellposeMissing |") and "pip install 'wellwatch[cellpose]'" in out and "\n" not in out
