@@ -80,8 +80,8 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class CellposeConfig:
-    """method = "cellpose": a Cellpose network exported to ONNX (`wellwatch export cellpose`)."""
-    model: str = ""  # the exported .onnx file; a built-in name (cyto3, nuclei, ...) is exported first
+    """method = "cellpose": a Cellpose network exported to ONNX (`wellwatch cellpose export`)."""
+    model: str = ""  # the exported .onnx file; a built-in name or PyTorch weights: refused with the export command
     diameter_um: float = field(default=0.0, metadata=between(0, 10000))  # 0 = the model's training cells'
 
 
