@@ -229,7 +229,7 @@ def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path
     spec = SimulationSpec(naming="nis", plate_name="T98G")
     config = local_config(tmp_path, spec, **{"channels.label_free": "phase", "plate.fields_per_well": 1,
                                              "plate.pixel_size_um": USIIGACI_PX_UM,
-                                             "segmentation.method": "cellpose", "segmentation.workers": 2,
+                                             "segmentation.method": "cellpose", "segmentation.workers": 1,  # one cellpose import
                                              "segmentation.cellpose.model": str(trained["onnx"])})
     daemon = start_daemon(config)
     try:
