@@ -84,14 +84,28 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class CellposeConfig:
+    """method = "cellpose": a Cellpose network exported to ONNX (`wellwatch cellpose export`)."""
+    model: str = ""  # the exported .onnx file; a built-in name or PyTorch weights: refused with the export command
+    diameter_um: float = field(default=0.0, metadata=between(0, 10000))  # 0 = the model's training cells'
+
+
+@dataclass(frozen=True)
 class SegmentationConfig:
-    """Per-cell counts: `method` none (tiles only), classical, or model ([models.segmentation])."""
-    method: str = field(default="none", metadata=choice("none", "classical", "model"))
+    """Per-cell counts: `method` none (tiles only), classical, model ([models.segmentation]) or
+    cellpose ([segmentation.cellpose])."""
+    method: str = field(default="none", metadata=choice("none", "classical", "model", "cellpose"))
     workers: int = field(default=0, metadata=between(0, 256))  # processes; 0 = one per core
     max_batch: int = field(default=16, metadata=between(1, 4096))  # network tiles per batch
     tta: bool = False  # model method: also segment each tile flipped 3 ways and average (~4x the network's cost)
     classical: ClassicalParams = ClassicalParams()
     package: PackageParams = PackageParams()  # a BioImage.IO package's map -> cells (models.segmentation.path)
+    cellpose: CellposeConfig = CellposeConfig()
+
+    @property
+    def network(self) -> bool:
+        """A segmentation network runs in the batched inference path (model or cellpose)."""
+        return self.method in ("model", "cellpose")
 
 
 @dataclass(frozen=True)
@@ -244,6 +258,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def resolve(value: str) -> str:
         return str((base / Path(value).expanduser()).resolve()) if value else value
 
+    def resolve_model_file(value: str) -> str:  # a built-in Cellpose name stays a name
+        return resolve(value) if "/" in value or "\\" in value or "." in value else value
+
     return dataclasses.replace(
         config,
         watch=dataclasses.replace(config.watch, root=resolve(config.watch.root)),
@@ -254,6 +271,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         publish=dataclasses.replace(config.publish, curve_secret_key=resolve(config.publish.curve_secret_key),
                                     curve_allowed_clients=resolve(config.publish.curve_allowed_clients)),
         plate=dataclasses.replace(config.plate, map=resolve(config.plate.map)),
+        segmentation=dataclasses.replace(config.segmentation, cellpose=dataclasses.replace(
+            config.segmentation.cellpose, model=resolve_model_file(config.segmentation.cellpose.model))),
         journal=dataclasses.replace(config.journal, path=resolve(config.journal.path)),
         inference=dataclasses.replace(config.inference, tensorrt=dataclasses.replace(
             config.inference.tensorrt, engine_cache_dir=resolve(config.inference.tensorrt.engine_cache_dir))))
@@ -299,6 +318,11 @@ def _check_cross_keys(config: Config) -> None:
         raise ConfigError("channels.segment_on", config.channels.segment_on,
                           "names the channel to segment, but segmentation.method = 'none': set it to classical "
                           "or model")
+    if config.segmentation.method == "cellpose" and not config.segmentation.cellpose.model:
+        raise ConfigError("segmentation.cellpose.model", "",
+                          "segmentation.method = 'cellpose' needs a model: an exported .onnx file or a built-in name")
+    if config.segmentation.method == "cellpose" and config.segmentation.tta:
+        raise ConfigError("segmentation.tta", True, "not available with segmentation.method = 'cellpose'")
     config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
     if config.segmentation.tta and config.segmentation.method == "model" and is_package(config.models.segmentation.path):
         raise ConfigError("segmentation.tta", True, "test-time augmentation is for wellwatch segmentation models; "

@@ -38,7 +38,10 @@ OUTPUTS = ("probabilities", "logits")
 # activations): class probabilities (softmax over background/interior/boundary) and the distance to
 # the cell's edge divided by the largest such distance in the cell (1 at the centre of every cell).
 SEGMENTATION_MAPS = ("background", "interior", "boundary", "distance")
-STITCHES = ("blend",)
+# A Cellpose network's outputs (daemon/segment_cellpose.py): the flows and the cell-probability logit;
+# such a contract stitches with Cellpose's own tile averaging and makes masks with its dynamics.
+CELLPOSE_MAPS = ("flow_y", "flow_x", "cellprob")
+STITCHES = ("blend", "cellpose")
 SEEDS = ("distance", "interior")
 # Normalisations that are x * scale + offset per frame and channel: they can run inside the graph.
 AFFINE_NORMALISATIONS = ("robust_zscore", "fixed", "percentile")
@@ -99,6 +102,8 @@ class CellCrop:
 
 
 POSTPROCESS_KEYS = {"foreground_threshold", "seed_threshold", "seeds", "min_seed_area", "min_area", "max_area"}
+CELLPOSE_POSTPROCESS_KEYS = {"diam_mean", "diam_labels", "tile_overlap", "flow_threshold", "cellprob_threshold",
+                             "min_size", "max_size_fraction"}
 
 
 @dataclass(frozen=True)
@@ -281,16 +286,38 @@ class ModelContract:
             raise bad(f"stride {self.tiling.stride} must be 1..tile_size")
         if seg.downsample not in (1, 2, 4):
             raise bad(f"segmentation.downsample {seg.downsample}; allowed: 1, 2, 4")
+        if tuple(seg.maps) == CELLPOSE_MAPS:
+            return self._validate_cellpose(bad)
         if tuple(seg.maps) != SEGMENTATION_MAPS:
-            raise bad(f"segmentation.maps {list(seg.maps)}; this wellwatch reads {list(SEGMENTATION_MAPS)}")
+            raise bad(f"segmentation.maps {list(seg.maps)}; this wellwatch reads {list(SEGMENTATION_MAPS)} "
+                      f"or {list(CELLPOSE_MAPS)}")
         if not isinstance(seg.pixel_size_um, (int, float)) or seg.pixel_size_um < 0:
             raise bad(f"segmentation.pixel_size_um {seg.pixel_size_um!r} must be a number >= 0 (0 = unknown)")
-        if seg.stitch not in STITCHES:
-            raise bad(f"segmentation.stitch {seg.stitch!r}; allowed: {', '.join(STITCHES)}")
+        if seg.stitch != "blend":
+            raise bad(f"segmentation.stitch {seg.stitch!r}; allowed for these maps: blend")
         if unknown := set(seg.postprocess) - POSTPROCESS_KEYS:
             raise bad(f"segmentation.postprocess has unknown keys {sorted(unknown)}; allowed: {sorted(POSTPROCESS_KEYS)}")
         if seg.postprocess.get("seeds", "distance") not in SEEDS:
             raise bad(f"segmentation.postprocess.seeds {seg.postprocess['seeds']!r}; allowed: {', '.join(SEEDS)}")
+
+
+    def _validate_cellpose(self, bad) -> None:
+        seg = self.segmentation
+        if seg.stitch != "cellpose" or seg.downsample != 1:
+            raise bad(f"a Cellpose network needs segmentation.stitch 'cellpose' and downsample 1, "
+                      f"not {seg.stitch!r} and {seg.downsample}")
+        if not isinstance(seg.pixel_size_um, (int, float)) or seg.pixel_size_um < 0:
+            raise bad(f"segmentation.pixel_size_um {seg.pixel_size_um!r} must be a number >= 0 (0 = unknown)")
+        if unknown := set(seg.postprocess) - CELLPOSE_POSTPROCESS_KEYS:
+            raise bad(f"segmentation.postprocess has unknown keys {sorted(unknown)}; "
+                      f"allowed for a Cellpose network: {sorted(CELLPOSE_POSTPROCESS_KEYS)}")
+        for key in ("diam_mean", "diam_labels"):
+            if not seg.postprocess.get(key, 30.0) > 0:
+                raise bad(f"segmentation.postprocess.{key} {seg.postprocess[key]!r} must be > 0 (px)")
+
+    @property
+    def is_cellpose(self) -> bool:
+        return self.segmentation is not None and tuple(self.segmentation.maps) == CELLPOSE_MAPS
 
 
 def file_sha256(path: str | Path) -> str:

@@ -83,12 +83,11 @@ class Pipeline:
         self.metrics = metrics
         self.contract = backend.contract
         self.seg_method = config.segmentation.method
-        self.seg_model = (model_segmenter(segmentation_backend, ServeOptions(config.plate.pixel_size_um,
-                                                                             config.segmentation.tta),
-                                          config.segmentation.package)
-                          if self.seg_method == "model" and segmentation_backend is not None else None)
-        if self.seg_method == "model" and segmentation_backend is None:
-            raise StartupError("segmentation.method = 'model' needs a segmentation model backend")
+        serve = ServeOptions(config.plate.pixel_size_um, config.segmentation.tta, config.segmentation.cellpose.diameter_um)
+        self.seg_model = (model_segmenter(segmentation_backend, serve, config.segmentation.package)
+                          if config.segmentation.network and segmentation_backend is not None else None)
+        if config.segmentation.network and segmentation_backend is None:
+            raise StartupError(f"segmentation.method = {self.seg_method!r} needs a segmentation model backend")
         self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend
         crop = crop_section(cell_type_backend, cell_live_dead_backend, self.seg_method)
         self.root = os.path.realpath(config.watch.root)

@@ -72,12 +72,12 @@ def prepare_frame(image: np.ndarray | list[np.ndarray], contract: ModelContract,
         t0 = time.perf_counter()
         prepared.cells, prepared.crops, prepared.crop_keep = run_classical(to_segment, classical, crop, image)
         prepared.segment_s = time.perf_counter() - t0
-    elif segmentation == "model":
+    elif segmentation in ("model", "cellpose"):
         if seg_model is None:
-            raise ValueError("prepare_frame: segmentation = 'model' needs seg_model")
+            raise ValueError(f"prepare_frame: segmentation = {segmentation!r} needs seg_model")
         prepared.seg_input = seg_model.prepare(to_segment, pixel_size_um)
         if crop is not None:
             prepared.image = image  # the crops are cut once the network's cells are known
     elif segmentation != "none":
-        raise ValueError(f"prepare_frame: segmentation {segmentation!r}; allowed: none, classical, model")
+        raise ValueError(f"prepare_frame: segmentation {segmentation!r}; allowed: none, classical, model, cellpose")
     return prepared

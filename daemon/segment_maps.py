@@ -21,6 +21,7 @@ from .contract import ModelContract, Segmentation, Tiling
 from .preprocess import normalise_frame
 from .resample import block_mean, filter_by_area, upsample_labels  # noqa: F401 (re-exported)
 from .rescale import resize_labels, scale_factor, scaled_shape, to_model_scale
+from .segment_cellpose import cellpose_labels, cellpose_tiles, rescale_for
 
 BACKGROUND, INTERIOR, BOUNDARY, DISTANCE = range(4)
 
@@ -46,10 +47,12 @@ class ServeOptions:
 
     frame_pixel_size_um: the acquisition's pixel size (0 = unknown: no rescale to the model's);
     tta: test-time augmentation, the network also sees each tile flipped in x, y and both, and the
-    four maps (flipped back) are averaged: about 4x the network's cost for steadier outlines.
+    four maps (flipped back) are averaged: about 4x the network's cost for steadier outlines;
+    diameter_um: a Cellpose network's cell diameter (0 = the diameter it was trained on).
     """
     frame_pixel_size_um: float = 0.0
     tta: bool = False
+    diameter_um: float = 0.0
 
 
 # the flips of test-time augmentation (array axes of an (N, C, H, W) tile batch); each is its own inverse
@@ -79,6 +82,8 @@ def model_frame_shape(frame_shape: tuple[int, int], contract: ModelContract, opt
 def serve_tiles(frame: np.ndarray, contract: ModelContract, options: ServeOptions = ServeOptions()):
     """A frame -> (network input tiles, their origins): rescaled, reduced, normalised, tiled (x4 with TTA)."""
     assert contract.segmentation is not None and contract.tiling is not None
+    if contract.is_cellpose:  # Cellpose's own resize and tiling; origins are a CellposeTiles
+        return cellpose_tiles(frame, contract, rescale_for(contract, options.frame_pixel_size_um, options.diameter_um))
     scaled = to_model_scale(frame, options.frame_pixel_size_um, contract.segmentation.pixel_size_um)
     tiles, origins = seg_tiles(model_input(scaled, contract), contract.tiling)
     return (tta_tiles(tiles) if options.tta else tiles), origins
@@ -88,6 +93,8 @@ def labels_from_served(outputs: np.ndarray, origins: np.ndarray, frame_shape: tu
                        contract: ModelContract, options: ServeOptions = ServeOptions(),
                        post: PostProcess | None = None) -> np.ndarray:
     """Network outputs of `serve_tiles` -> int32 labels at the frame's own resolution."""
+    if contract.is_cellpose:
+        return cellpose_labels(outputs, origins, contract)
     if options.tta:
         outputs = merge_tta(outputs, len(origins))
     shape = model_frame_shape(frame_shape, contract, options)

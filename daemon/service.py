@@ -71,11 +71,25 @@ def load_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
 
 
 def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend | None:
-    """The segmentation network when segmentation.method = 'model' ("" = the bundled model)."""
+    """The segmentation network when segmentation.method = 'model' ("" = the bundled model) or 'cellpose'."""
+    if config.segmentation.method == "cellpose":
+        return load_cellpose_backend(config, metrics)
     if config.segmentation.method != "model":
         return None
     path = config.models.segmentation.path or str(BUNDLED_SEGMENTATION_MODEL)
     return open_slot("segmentation", path, "segmentation", config.segmentation.max_batch, config, metrics)
+
+
+def load_cellpose_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
+    from .segment_cellpose import cellpose_modules, served_model_file
+
+    path = served_model_file(config.segmentation.cellpose.model)
+    backend = open_slot("segmentation", path, "segmentation", config.segmentation.max_batch, config, metrics)
+    if not backend.contract.is_cellpose:
+        raise StartupError(f"segmentation.cellpose.model {path}: not a Cellpose network (its maps are "
+                           f"{list(backend.contract.segmentation.maps)}); serve it with segmentation.method = 'model'")
+    cellpose_modules()  # refuse now, not on the first frame, when the cellpose package is missing
+    return backend
 
 
 def load_crop_backend(config: Config, metrics: DaemonMetrics, slot: str, task: str) -> OnnxBackend | None:

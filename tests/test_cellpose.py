@@ -1,0 +1,264 @@
+"""Cellpose networks served by the daemon: contract, config, export parity with cellpose's own eval,
+training with Cellpose's own code, and the daemon counting cells with one on real frames.
+
+No pretrained Cellpose weights can be downloaded here: the model the tests serve is trained from
+scratch for a few steps on real Usiigaci frames (a module-scoped fixture), so the parity checks
+compare two ways of running the same (weak but real) network on the same real frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import StreamRecorder, shared_data
+from wellwatch.daemon.config import load_config
+from wellwatch.daemon.contract import ModelContract
+from wellwatch.daemon.errors import ConfigError, ContractError, StartupError
+from wellwatch.daemon.segment_cellpose import served_model_file
+
+USIIGACI_PX_UM = 0.8708
+
+
+def test_config_refuses_cellpose_without_a_model_or_with_tta():
+    with pytest.raises(ConfigError, match="segmentation.cellpose.model"):
+        load_config(None, {"watch.root": "/tmp/x", "journal.path": "/tmp/j.sqlite", "segmentation.method": "cellpose"})
+    with pytest.raises(ConfigError, match="segmentation.tta"):
+        load_config(None, {"watch.root": "/tmp/x", "journal.path": "/tmp/j.sqlite", "segmentation.method": "cellpose",
+                           "segmentation.cellpose.model": "/m.onnx", "segmentation.tta": True})
+
+
+def test_built_in_name_without_weights_is_refused_with_one_line_naming_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "models"))
+    with pytest.raises(StartupError) as e:
+        served_model_file("cyto3")
+    message = str(e.value)
+    assert "\n" not in message
+    assert str(tmp_path / "models" / "cyto3") in message and "are not here" in message
+    assert "wellwatch cellpose export cyto3" in message
+    with pytest.raises(StartupError, match="nuclei.*nucleitorch_0"):
+        served_model_file("nuclei")
+    with pytest.raises(StartupError, match="neither a file nor a built-in"):
+        served_model_file("cyto9")
+    torch_weights = tmp_path / "lab_model"
+    torch_weights.write_bytes(b"\0" * 16)
+    with pytest.raises(StartupError, match="PyTorch.*wellwatch cellpose export"):
+        served_model_file(str(torch_weights))
+
+
+# --- a Cellpose network trained here, exported --------------------------------------------------
+
+def crop_tiff(src: Path, dst: Path, size: int = 256) -> Path:
+    import tifffile
+
+    from wellwatch.daemon.reader import read_frame
+
+    tifffile.imwrite(dst, read_frame(str(src))[:size, :size])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A Cellpose network trained from scratch with cellpose's own train_seg for one step on crops
+    of two Usiigaci frames (group A), exported to ONNX with parity checked on a crop of a group-B
+    frame. One step teaches it little, so it is served with the cell-probability threshold at the
+    85th percentile of its own output and the flow check off: hundreds of masks, which is what a
+    parity check needs (a network that finds nothing agrees with anything)."""
+    pytest.importorskip("cellpose")
+    import torch
+
+    from wellwatch.daemon.reader import read_frame
+    from wellwatch.daemon.segment_cellpose import cellpose_flows, cellpose_tiles, rescale_for
+    from wellwatch.export.cellpose_export import cellpose_contract, export_cellpose, load_cellpose
+    from wellwatch.training.cellpose_train import CellposeTrainSettings, train_cellpose
+    from wellwatch.training.masks import MaskSet, build_mask_set, find_mask_pairs
+
+    root = shared_data("usiigaci-phase")
+    tmp = tmp_path_factory.mktemp("cellpose")
+    pairs = [p for p in find_mask_pairs([root], "raw.tif", "instances_ids.png") if p[0] in ("set1", "set2")]
+    full = build_mask_set(pairs, progress=False)
+    data = MaskSet(full.names, [im[:256, :256] for im in full.images], [lb[:256, :256] for lb in full.labels],
+                   full.meta)
+    settings = CellposeTrainSettings(epochs=1, batch_size=2, images_per_epoch=2)
+    result = train_cellpose(data, tmp / "run", "usiigaci-a", None, settings)
+
+    parity_frame = crop_tiff(root / "set13" / "raw.tif", tmp / "set13-crop.tif", 512)  # > 1 tile once resized
+    cp = load_cellpose(str(result.model_file))
+    contract = cellpose_contract(cp, "probe", USIIGACI_PX_UM, {}, {})
+    tiles, geometry = cellpose_tiles(read_frame(str(parity_frame)), contract, rescale_for(contract, 0.0, 0.0))
+    with torch.no_grad():
+        _, cellprob = cellpose_flows(cp.net(torch.from_numpy(tiles))[0].numpy(), geometry)
+    served = {"cellprob_threshold": float(np.percentile(cellprob, 85)), "flow_threshold": 0.0}
+    onnx, parity = export_cellpose(str(result.model_file), tmp / "usiigaci-a.onnx", USIIGACI_PX_UM,
+                                   [str(parity_frame)], trained_on={"images": data.names}, postprocess=served)
+    return {"root": root, "result": result, "onnx": onnx, "parity": parity, "tmp": tmp, "cp": cp}
+
+
+def test_training_writes_a_cellpose_model_with_its_training_cells_diameter(trained):
+    result = trained["result"]
+    assert result.model_file.is_file() and np.isfinite(result.final_loss)
+    # Usiigaci group A cells are ~3,700 px: an equal-area circle is ~69 px across (cellpose's diameter)
+    assert 40 < result.diam_labels < 100
+
+
+def test_export_carries_a_cellpose_contract_and_matches_cellpose_eval_on_a_real_frame(trained):
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.export.manifest import manifest_path
+
+    backend = OnnxBackend(trained["onnx"], device="cpu", warmup=False)
+    c = backend.contract
+    assert c.is_cellpose and c.task == "segmentation" and c.height == 224
+    assert c.segmentation.pixel_size_um == USIIGACI_PX_UM
+    assert c.segmentation.postprocess["diam_labels"] == pytest.approx(trained["result"].diam_labels, rel=1e-4)
+    parity = trained["parity"]
+    assert parity.max_abs_diff < 1e-3
+    assert parity.cells_cellpose > 20, "too few masks for the parity to mean anything"
+    assert parity.ap90 > 0.95 and parity.foreground_iou > 0.99, parity.summary()
+    manifest = json.loads(manifest_path(trained["onnx"]).read_text())
+    assert manifest["contract"]["segmentation"]["maps"] == ["flow_y", "flow_x", "cellprob"]
+    assert manifest["sha256"] == backend.sha256
+
+
+@pytest.mark.slow
+def test_served_masks_match_cellpose_eval_on_whole_real_frames(trained):
+    """The daemon's ModelSegmenter (ONNX Runtime + cellpose's own pre/post-processing) against
+    CellposeModel.eval on whole frames of groups A and C: the masks' IoU, by cellpose's own metric."""
+    from cellpose import metrics
+
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.daemon.reader import read_frame
+    from wellwatch.daemon.segment import ModelSegmenter
+    from wellwatch.daemon.segment_cellpose import CellposeParams
+
+    cp = trained["cp"]
+    segmenter = ModelSegmenter(OnnxBackend(trained["onnx"], device="cpu", warmup=False))
+    params = CellposeParams.from_contract(segmenter.contract)
+    ours, theirs = [], []
+    for name in ("set5", "set19"):
+        frame = read_frame(str(trained["root"] / name / "raw.tif"))
+        ours.append(segmenter.segment(frame))
+        theirs.append(np.asarray(cp.eval(frame.astype(np.float32), channels=[0, 0], flow_threshold=0.0,
+                                         cellprob_threshold=params.cellprob_threshold)[0], np.int32))
+    assert all(o.shape == (1022, 1024) and o.dtype == np.int32 for o in ours)
+    assert all(t.max() > 20 for t in theirs)
+    ap, _, _, _ = metrics.average_precision(theirs, ours, threshold=[0.5, 0.9])
+    assert ap[:, 0].min() > 0.97 and ap[:, 1].min() > 0.95, ap
+
+
+def test_diameter_follows_the_acquisitions_pixel_size(trained):
+    """Frames at twice the training pixel size show cells half as wide: Cellpose's resize doubles."""
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.daemon.segment_cellpose import rescale_for
+
+    c = OnnxBackend(trained["onnx"], device="cpu", warmup=False).contract
+    p = c.segmentation.postprocess
+    own = rescale_for(c, 0.0, 0.0)
+    assert own == pytest.approx(p["diam_mean"] / p["diam_labels"])
+    assert rescale_for(c, USIIGACI_PX_UM, 0.0) == pytest.approx(own)
+    assert rescale_for(c, 2 * USIIGACI_PX_UM, 0.0) == pytest.approx(2 * own)
+    assert rescale_for(c, 0.5, 15.0) == pytest.approx(p["diam_mean"] / 30.0)  # 15 um at 0.5 um/px = 30 px
+
+
+def test_contract_refuses_a_cellpose_network_stitched_another_way(trained):
+    from wellwatch.daemon.backend import OnnxBackend
+
+    c = OnnxBackend(trained["onnx"], device="cpu", warmup=False).contract
+    doc = json.loads(c.to_json())
+    doc["segmentation"]["stitch"] = "blend"
+    with pytest.raises(ContractError, match="stitch 'cellpose'"):
+        ModelContract.from_dict(doc)
+    doc["segmentation"]["stitch"] = "cellpose"
+    doc["segmentation"]["postprocess"]["seed_threshold"] = 0.5
+    with pytest.raises(ContractError, match="seed_threshold"):
+        ModelContract.from_dict(doc)
+
+
+def test_init_from_a_cellpose_model_file_and_export_in_one_command(trained, capsys):
+    from wellwatch.cli import main
+    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.training.masks import MaskSet, build_mask_set, find_mask_pairs, save_mask_set
+
+    root, tmp = trained["root"], trained["tmp"]
+    full = build_mask_set([p for p in find_mask_pairs([root], "raw.tif", "instances_ids.png") if p[0] == "set13"],
+                          progress=False)
+    save_mask_set(MaskSet(full.names, [full.images[0][:256, :256]], [full.labels[0][:256, :256]], full.meta), tmp / "b")
+    code = main(["cellpose", "train", str(tmp / "b"), "--init", str(trained["result"].model_file), "--epochs", "1",
+                 "--images-per-epoch", "2", "--batch", "2", "--pixel-size", str(USIIGACI_PX_UM),
+                 "--out", str(tmp / "tuned.onnx")])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Path(report["onnx"]).is_file() and Path(report["cellpose_model"]).is_file()
+    contract = OnnxBackend(report["onnx"], device="cpu", warmup=False).contract
+    assert contract.is_cellpose and contract.trained_on["init"] == str(trained["result"].model_file)
+    assert contract.trained_on["images"] == ["set13"]
+
+
+def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip("cellpose")
+    from wellwatch.training.cellpose_train import cellpose_model
+
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"--init cyto3: .*{tmp_path}/cyto3 are not on this machine"):
+        cellpose_model("cyto3")
+
+
+@pytest.mark.parametrize("size", [256, pytest.param(0, marks=pytest.mark.slow)])
+def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path, size):
+    """Real NIS-Elements frames (cropped to `size`; 0 = whole) through the daemon: watcher, batched
+    ONNX inference, the pool's flows -> masks, SQLite, ZeroMQ; every frame's `cells` equals the same
+    model run directly with `wellwatch segment`'s code."""
+    from wellwatch.daemon.reader import read_frame
+    from wellwatch.daemon.segment import load_segmenter
+    from wellwatch.harness import local_config, start_daemon
+    from wellwatch.simulator.spec import SimulationSpec
+
+    folder = shared_data("nis-timelapse")
+    sources = sorted(folder.glob("*.tif"))[:3]
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for src in sources:
+        if size:
+            crop_tiff(src, staged / src.name, size)
+        else:
+            shutil.copy(src, staged / src.name)
+    spec = SimulationSpec(naming="nis", plate_name="T98G")
+    config = local_config(tmp_path, spec, **{"channels.label_free": "phase", "plate.fields_per_well": 1,
+                                             "plate.pixel_size_um": USIIGACI_PX_UM,
+                                             "segmentation.method": "cellpose", "segmentation.workers": 1,  # one cellpose import
+                                             "segmentation.cellpose.model": str(trained["onnx"])})
+    daemon = start_daemon(config)
+    try:
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(30)
+        data = Path(config.watch.root)
+        for src in sorted(staged.iterdir()):
+            shutil.copy(src, data / (src.name + ".part"))
+            (data / (src.name + ".part")).rename(data / src.name)
+        frames = rec.wait_frames(len(sources), timeout=240)
+    finally:
+        assert daemon.stop() == 0
+    direct = load_segmenter(str(trained["onnx"]))
+    assert trained["onnx"].stem in frames[0]["models"]
+    for m in frames:
+        assert m["cells"] == int(direct.segment(read_frame(str(staged / m["path"]))).max()), m["path"]
+    assert all(m["cells"] > 0 for m in frames)
+
+
+def test_without_the_cellpose_package_the_daemon_says_which_extra(tmp_path):
+    """A runtime-only install (cellpose and torch blocked) that asks for method = "cellpose" gets one
+    line naming the extra, through the CLI's user-error path."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['cellpose'] = None; sys.modules['torch'] = None\n"
+            "from wellwatch.daemon.errors import WellwatchError\n"
+            "from wellwatch.daemon.segment_cellpose import cellpose_modules\n"
+            "try:\n    cellpose_modules()\nexcept WellwatchError as e:\n    print(type(e).__name__, '|', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+    assert out.startswith("CellposeMissing |") and "pip install 'wellwatch[cellpose]'" in out and "\n" not in out
