@@ -85,7 +85,8 @@ class Shape:
     simulate: tuple[str, ...] = ()  # more `wellwatch simulate` options
     worker_kind: str = ""  # which pool's workers a worker kill hits ("" = none: no worker kills)
     nd2: bool = False  # one .nd2 written frame by frame (--nd2) instead of the simulated TIFFs
-    hub: bool = False  # the subscriber follows `wellwatch hub` in front of the daemon
+    hub: bool = False  # the subscriber follows `wellwatch hub` in front of the daemon, and the daemon is
+    # also down for a third of the files once (a long outage spanning timepoints), the hub staying up
 
 
 def classical(extra: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
@@ -163,6 +164,7 @@ class Daemon:
         self.exits: list[int] = []  # exit codes of runs that ended on their own
         self.orphans = 0
         self.supervising = True
+        self.down = False  # a long outage: killed and not restarted until `resume`
         self.started = time.monotonic()
         threading.Thread(target=self._supervise, daemon=True).start()
 
@@ -170,7 +172,7 @@ class Daemon:
         while self.supervising:
             time.sleep(1.0)
             with self.lock:
-                if self.supervising and self.proc is not None and self.proc.poll() is not None:
+                if self.supervising and not self.down and self.proc is not None and self.proc.poll() is not None:
                     self.exits.append(self.proc.returncode)
                     self.start()
 
@@ -195,6 +197,18 @@ class Daemon:
                 self.orphans += len(alive)
                 for pid in alive:  # do not let them pile up over the campaign
                     os.kill(pid, signal.SIGKILL)
+            self.start()
+
+    def outage(self) -> None:
+        """kill -9 of the process group, and no restart until `resume` (a scope down for a while)."""
+        with self.lock:
+            self.down = True
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def resume(self) -> None:
+        with self.lock:
+            self.down = False
             self.start()
 
     def kill_worker(self, kind: str) -> bool:
@@ -246,6 +260,7 @@ class Outcome:
     good: int = 0
     kills: dict[str, int] = field(default_factory=lambda: {"pid": 0, "group": 0, "channels": 0})
     worker_kills: int = 0
+    outages: int = 0  # the hub shape's long outage (a kill -9 of the group, restarted a third of the files later)
     lost: list[str] = field(default_factory=list)
     stalled: list[str] = field(default_factory=list)
     twice: int = 0
@@ -259,6 +274,7 @@ class Outcome:
     own: dict = field(default_factory=dict)  # the daemon's own (own_states)
     sub_differ: list = field(default_factory=list)
     sub_errors: list[str] = field(default_factory=list)
+    sub_gaps: int = 0  # gaps the subscriber saw and healed
     exit_code: int = 0
     exits: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -477,17 +493,22 @@ def run_shape(shape: Shape, work: Path, args: argparse.Namespace, faults: bool, 
     events: dict[int, list[str]] = {}
     if faults:
         multi = "," in shape.channels
+        down = range(n // 2 + 1, min(n - 2, n // 2 + 1 + n // 3) + 1) if shape.hub else range(0)  # the outage
         firsts = [i for i, p in enumerate(files) if multi and SCANR.match(p.name)["channel"] == first]
+        up = [i for i in range(n) if i not in down]
         for _ in range(args.kills):
             kind = rng.choice(["pid", "group", "channels"] if firsts else ["pid", "group"])
-            at = rng.choice(firsts) if kind == "channels" else rng.randrange(n)
+            at = rng.choice(firsts) if kind == "channels" else rng.choice(up)
             events.setdefault(at, []).append(kind)
         for _ in range(args.worker_kills if shape.worker_kind else 0):
-            events.setdefault(rng.randrange(n), []).append("worker")
+            events.setdefault(rng.choice(up), []).append("worker")
         for what, at in (("hostile", n // 6), ("rewrite", n // 4), ("second", n // 3), ("restore", n // 2),
                          ("share", n - 1)):
             if not (shape.nd2 and what in ("hostile", "rewrite", "restore")):  # files of one .nd2 only
                 events.setdefault(at, []).append(what)
+        if shape.hub:
+            events.setdefault(down[0], []).append("outage")
+            events.setdefault(down[-1], []).insert(0, "resume")
     rewritten, original = None, None
     for i, _ in enumerate(arrivals):
         time.sleep(args.interval_s)
@@ -518,6 +539,11 @@ def run_shape(shape: Shape, work: Path, args: argparse.Namespace, faults: bool, 
                 place(bytes(data), rewritten)
             elif what == "restore":
                 place(original, rewritten)
+            elif what == "outage":
+                daemon.outage()
+                out.outages += 1
+            elif what == "resume":
+                daemon.resume()
             elif what == "second":
                 out.second.append(second_daemon(daemon, cfg, work / "journal.sqlite"))
     journal = work / "journal.sqlite"
@@ -541,6 +567,7 @@ def run_shape(shape: Shape, work: Path, args: argparse.Namespace, faults: bool, 
     out.subscribed = {key: {k: m.get(k) for k in WELL_KEYS}
                       for key, m in (subscriber.state.wells if subscriber.state else {}).items()}
     out.sub_errors = subscriber.errors
+    out.sub_gaps = subscriber.state.gaps if subscriber.state else 0
     if hub is not None:
         hub.send_signal(signal.SIGTERM)
         hub.wait(timeout=30)
@@ -632,6 +659,8 @@ def main() -> int:
                       f"  {' ' * len(label)}              daemon's own {run.own.get(key)}", flush=True)
             if run.sub_errors:
                 print(f"  subscriber ({label}) follow ended {len(run.sub_errors)}x: {run.sub_errors[:2]}", flush=True)
+        if faulted.outages:
+            print(f"  a long outage ({faulted.outages}); the subscriber healed {faulted.sub_gaps} gap(s)", flush=True)
         if faulted.exits:
             print(f"  runs that ended on their own (restarted): exit codes {faulted.exits}", flush=True)
     print(f"\nfault campaign, seed {args.seed}, {args.wells} x {args.fields} fields x {args.timepoints} timepoints; "
