@@ -22,7 +22,7 @@ plate with its plate map: dose-response fits), cells (classical segmentation and
 model, [models.cell_live_dead]: a one-feature logistic model fitted on a simulated calibration plate),
 nd2 (a real .nd2 written frame by frame as a live acquisition does, `--nd2`; no hostile files nor
 rewrites there), hub (the tiles shape behind `wellwatch hub`: the subscriber follows the hub, which
-stays up while the daemon is killed).
+stays up while the daemon is killed, and once the daemon stays down for a third of the files).
 
 In every shape a subscriber (`wellwatch.client.follow`) follows the stream throughout, from the
 daemon's first start to its last stop, across every kill and restart.
@@ -32,7 +32,7 @@ Per shape, from the journal and the files on disk at the end:
   stalled       a good frame the daemon saw (in flight, a suspect) but had not counted by then
   twice         a (path, version) journaled or announced twice, or a version for unchanged content
   wrongly q.    a good frame quarantined
-  wells differ  (well, timepoint) states (frames, complete, counts, cells, cell types) that differ
+  wells differ  (well, timepoint) states (frames, complete, counts, cells, cell types, per-cell calls) that differ
                 from the reference run's
   orphans       daemon workers alive 5 s after a kill -9 of the daemon's pid alone
   second        second daemons on the journal that were not refused as they must be (above)
@@ -41,7 +41,7 @@ Per shape, from the journal and the files on disk at the end:
 and the daemon must stop with exit code 0 on SIGTERM.
 
     nice -n 10 python benchmarks/fault_campaign.py --shapes classical,segment_on --kills 4 --worker-kills 2
-    python benchmarks/fault_campaign.py            (all shapes, 35 kills each: 210 kills)
+    python benchmarks/fault_campaign.py            (all nine shapes, 35 kills each: 315 kills)
 """
 
 from __future__ import annotations
