@@ -36,7 +36,10 @@ def test_a_24_well_plate_with_readable_labels_counts_per_field_and_one_timepoint
     one_field = SimulationSpec(wells=("A4",), fields=1, timepoints=1, size=128, cells_per_field=8, channels=("BF",),
                                plate_name="p24", seed=3)
     start_writer(one_field, tmp_path / "acquisition").join()
-    wait_until(lambda: len(httpx.get(f"{dash.url}/api/state").json()["wells"]) == 4, what="4 wells in the state")
+    def frames_in_state() -> int:
+        return sum(w["frames"] for w in httpx.get(f"{dash.url}/api/state").json()["wells"])
+    # every field in (2 + 2 + 2 + 1): a well caught between its two fields would be compared with a later page
+    wait_until(lambda: frames_in_state() == 7, what="all 7 fields in the state")
     state = httpx.get(f"{dash.url}/api/state").json()
     assert state["plate_format"] == 24
     page = browser.new_page()
