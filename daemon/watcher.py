@@ -17,6 +17,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from .errors import StartupError
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".temp", ".lock")
@@ -86,7 +88,11 @@ class Discovery:
         return observer
 
     def start(self) -> int:
-        self.observer.start()
+        try:
+            self.observer.start()
+        except OSError as e:  # the folder went away between the config's check and now (a share dropping)
+            raise StartupError(f"watch.root {self.root}: cannot watch it ({e.strerror or e}); "
+                               "is the folder (or its network share) there?") from None
         return self.scan()
 
     def restart_observer(self) -> bool:

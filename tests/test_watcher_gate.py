@@ -151,3 +151,16 @@ def test_root_given_through_a_symlink(tmp_path):
     os.symlink(real_root, tmp_path / "alias")
     d = discovery(tmp_path / "alias")
     assert d.root_available() and [os.path.basename(p) for p in d.list_files()] == [f.name]
+
+
+def test_a_root_gone_between_the_config_check_and_the_observer_is_named_at_start(tmp_path):
+    """A share dropping at start-up: one line naming watch.root, not a bare errno from watchdog."""
+    from wellwatch.daemon.errors import StartupError
+
+    root = tmp_path / "data"
+    root.mkdir()
+    discovery = Discovery(str(root), on_path=lambda *a: None)
+    root.rmdir()
+    with pytest.raises(StartupError, match=r"watch\.root .*data: cannot watch it"):
+        discovery.start()
+    discovery.stop()
