@@ -18,7 +18,7 @@ from wellwatch.harness import start_writer
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import PLATE_MAP, write_plate
 
-from .dashboard_helpers import Dashboard, dashboards, launch_chromium  # noqa: F401 (a fixture)
+from .dashboard_helpers import Dashboard, browser, dashboards, launch_chromium  # noqa: F401 (fixtures)
 
 SMALL = SimulationSpec(wells=("A1", "A2", "A3", "B1", "B2", "B3"), fields=2, timepoints=2, size=128,
                        cells_per_field=6, channels=("BF",), treatment="dose_series", control_columns=1,
@@ -252,11 +252,7 @@ def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():
         state.stop()
 
 
-def test_browser_shows_a_calibrated_models_intervals(run_daemon, recorder_for, dashboards, tmp_path):
-    if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
-        pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
+def test_browser_shows_a_calibrated_models_intervals(run_daemon, recorder_for, dashboards, browser, tmp_path):
     from wellwatch.daemon.intervals import Calibration
 
     from .calibrated_model import calibrated_demo_model
@@ -275,26 +271,21 @@ def test_browser_shows_a_calibrated_models_intervals(run_daemon, recorder_for, d
                what="the last timepoint's fit")
     fit = next(d for d in httpx.get(f"{dash.url}/api/state").json()["dose"] if d["timepoint"] == 1)
     assert fit["points"] and all(p["viability_interval"] is not None for p in fit["points"])
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1000})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(dash.url)
-            page.wait_for_function("document.querySelectorAll('.well.has-data').length === 6", timeout=20000)
-            wait_until(lambda: page.locator("#timepoint-label").inner_text().startswith("1 "), 20, "the last timepoint")
-            el = page.locator("#well-A2")
-            low, high = expected[("A2", 1)]["live_fraction_interval"]
-            assert [float(v) for v in el.get_attribute("data-interval").split(",")] == pytest.approx([low, high])
-            assert "90% interval" in el.get_attribute("title") and "not usable one by one" in el.get_attribute("title")
-            page.click("#well-A2")  # its live-fraction chart gains the calibrated estimate with error bars
-            page.wait_for_selector("#well-panel:not([hidden]) .chart canvas")
-            page.wait_for_selector("[data-chart='live fraction'] canvas")
-            estimate = page.evaluate("S.charts.map((c) => c.series.map((s) => s.label))"
-                                     ".find((labels) => labels.includes('calibrated estimate'))")
-            assert estimate is not None, "no calibrated-estimate series on the live-fraction chart"
-            page.wait_for_selector("#dose-simdrug canvas", timeout=20000)
-            assert errors == []  # the error-bar draw hooks ran without an exception
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(dash.url)
+    page.wait_for_function("document.querySelectorAll('.well.has-data').length === 6", timeout=20000)
+    wait_until(lambda: page.locator("#timepoint-label").inner_text().startswith("1 "), 20, "the last timepoint")
+    el = page.locator("#well-A2")
+    low, high = expected[("A2", 1)]["live_fraction_interval"]
+    assert [float(v) for v in el.get_attribute("data-interval").split(",")] == pytest.approx([low, high])
+    assert "90% interval" in el.get_attribute("title") and "not usable one by one" in el.get_attribute("title")
+    page.click("#well-A2")  # its live-fraction chart gains the calibrated estimate with error bars
+    page.wait_for_selector("#well-panel:not([hidden]) .chart canvas")
+    page.wait_for_selector("[data-chart='live fraction'] canvas")
+    estimate = page.evaluate("S.charts.map((c) => c.series.map((s) => s.label))"
+                             ".find((labels) => labels.includes('calibrated estimate'))")
+    assert estimate is not None, "no calibrated-estimate series on the live-fraction chart"
+    page.wait_for_selector("#dose-simdrug canvas", timeout=20000)
+    assert errors == []  # the error-bar draw hooks ran without an exception
