@@ -45,10 +45,11 @@ class Diagnostics:
 
     def __init__(self, expects: Expectations, metrics: DaemonMetrics, emit: Callable[[StatusEvent], None],
                  in_flight: Callable[[], int], nothing_counted_s: float = 5.0, progress_s: float = 10.0,
-                 repeat_s: float = 60.0, started_at: float | None = None):
+                 repeat_s: float = 60.0, started_at: float | None = None, counted_before: int = 0):
         self.expects, self.metrics, self.emit, self.in_flight = expects, metrics, emit, in_flight
         self.nothing_counted_s, self.progress_s, self.repeat_s = nothing_counted_s, progress_s, repeat_s
         self.started_at = time.time() if started_at is None else started_at  # wall clock: file mtimes
+        self.counted_before = counted_before  # frames the journal holds already (a restart)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,6 +75,8 @@ class Diagnostics:
         """A file the gate will not read: `other_channel` (its channel is not one the model needs)
         or `unmatched_name` (the naming preset does not match it)."""
         with self._lock:
+            if reason == "other_channel" and (self._total or self.counted_before):
+                return  # the model's channel has been counted in this acquisition: other channels are expected
             if channel:
                 self._channels_seen[channel] += 1
             self._not_counted(reason, rel)

@@ -158,7 +158,7 @@ class Pipeline:
                          self.contract.name),
             metrics, emit=self.to_commit.put, in_flight=self.ledger.on_their_way,
             nothing_counted_s=config.report.nothing_counted_s, progress_s=config.report.progress_s,
-            repeat_s=config.report.repeat_s)
+            repeat_s=config.report.repeat_s, counted_before=recovered.frames_counted)
         self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
                               submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
                               nd2=self.nd2, join=self.join,

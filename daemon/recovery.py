@@ -31,23 +31,25 @@ class Recovered:
     # (rel path, size, mtime_ns) -> (daemon deaths while it was being read with others, alone)
     suspects: dict[tuple[str, int, int], tuple[int, int]] = field(default_factory=dict)
     nd2_frames: set[str] = field(default_factory=set)  # "file.nd2#index" already journaled
+    frames_counted: int = 0       # scored frames already done (their channel is known to be there)
 
 
 def recover(journal_path: Path, ledger: FrameLedger, aggregate: PlateAggregate) -> Recovered:
     """Fill `ledger` and `aggregate` from the journal; return the rest of the state to resume."""
     journal = Journal(journal_path)  # SQLite connections stay in their thread: this one is for start-up
     try:
-        n = 0
+        n = counted = 0
         state_nd2: set[str] = set()
         for r in journal.records():
             ledger.remember(r.path, r.size, r.mtime_ns, r.sha256)
             ledger.remember_field_file(r)
             if r.state == "done" and r.channel is not None and r.live is not None:  # not a joined channel file
                 aggregate.add(r.plate, r.well, r.timepoint, r.field, r.counts(), z=r.z or 0)
+                counted += 1
             if ND2_FRAME.search(r.path):
                 state_nd2.add(r.path)
             n += 1
-        state = Recovered(journal.last_seq(), journal.last_sent_seq(), nd2_frames=state_nd2)
+        state = Recovered(journal.last_seq(), journal.last_sent_seq(), nd2_frames=state_nd2, frames_counted=counted)
         if n:
             log.info("journal %s: %d frames already recorded; last seq %d", journal_path, n, state.seq)
         if stale := journal.clear_inflight():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 
 from wellwatch.daemon.diagnostics import Diagnostics, Expectations
 from wellwatch.daemon.jobs import FailedFrame, FrameJob
@@ -122,6 +123,29 @@ def test_nothing_counted_waits_while_frames_are_on_their_way_and_is_rate_limited
     assert len(events) == 2 and events[1].body["files"] == 2
     d.tick(now + 80)
     assert len(events) == 2  # nothing new arrived: nothing new to say
+
+
+def test_other_channels_are_no_alarm_once_the_models_channel_was_counted():
+    """A slow acquisition (fields minutes apart) or a restart mid-plate: PI and LIVE files arriving
+    while the next BF is still being imaged are expected, not a mistyped channel."""
+    now = time.monotonic()
+    restarted, events = _diagnostics(counted_before=12)  # the journal holds 12 counted BF frames
+    restarted.ignored("x--PI.tif", "other_channel", "PI")
+    restarted.tick(now + 5)
+    assert events == []
+    live, events = _diagnostics()
+    live.committed([_counted_bf_frame()])
+    live.ignored("x--PI.tif", "other_channel", "PI")
+    live.tick(now + 5)
+    assert events == []
+    live.ignored("x.tif", "unmatched_name")  # other reasons still speak
+    live.tick(now + 10)
+    assert [e.body["reasons"] for e in events] == [{"unmatched_name": 1}]
+
+
+def _counted_bf_frame():
+    job = FrameJob("/d/b.tif", "b.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 0)
+    return SimpleNamespace(job=job, shape=(256, 256), cells=None, tile_origins=[(0, 0)], n_empty=0)
 
 
 def test_a_quarantine_is_a_reason():
