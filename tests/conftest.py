@@ -22,16 +22,22 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-def wait_ready(config, timeout: float = 30) -> None:
-    """Block until the daemon answers snapshot requests (a process under load may take seconds)."""
+def wait_answering(snapshot_endpoint: str, timeout: float = 30) -> None:
+    """Block until a daemon or hub answers snapshot requests there (a process under load, or one
+    importing from a fresh environment, may take seconds)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            request_snapshot(zmq.Context.instance(), config.publish.snapshot_endpoint, timeout_s=1)
+            request_snapshot(zmq.Context.instance(), snapshot_endpoint, timeout_s=1)
             return
         except TimeoutError:
             if time.monotonic() > deadline:
                 raise
+
+
+def wait_ready(config, timeout: float = 30) -> None:
+    """Block until the daemon answers snapshot requests."""
+    wait_answering(config.publish.snapshot_endpoint, timeout)
 
 
 class StreamRecorder(threading.Thread):

@@ -27,7 +27,7 @@ from wellwatch.scale.hub_config import hub_config_from
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
-from .conftest import wait_ready
+from .conftest import wait_answering, wait_ready
 
 
 def plate(name: str, seed: int) -> SimulationSpec:
@@ -391,6 +391,9 @@ def test_hub_command_serves_subscribe_and_stops_on_sigterm(tmp_path):
     sub = None
     try:
         wait_ready(config, timeout=60)
+        # the hub is a second process; on a fresh environment its first imports compile for seconds,
+        # longer than the subscriber's 5 s snapshot wait (a CI run lost the snapshot that way)
+        wait_answering(f"tcp://127.0.0.1:{hub_port + 1}", timeout=60)
         sub = subprocess.Popen([sys.executable, "-m", "wellwatch", "subscribe", f"tcp://127.0.0.1:{hub_port}",
                                 "--topic", "frame/", "--count", "8", "--timeout", "60"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -399,6 +402,7 @@ def test_hub_command_serves_subscribe_and_stops_on_sigterm(tmp_path):
         out, err = sub.communicate(timeout=90)
         lines = [json.loads(line) for line in out.splitlines()]
         frames = [m for m in lines if m.get("type") == "frame"]
+        assert lines, f"subscribe printed nothing (exit {sub.returncode}): {err}"
         assert lines[0]["type"] == "snapshot" and lines[0]["seqs"].keys() == {"scope-x"}, err
         assert len(frames) == 8 and {m["source"] for m in frames} == {"scope-x"}
     finally:
