@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"  # nothing from the checkout is importable from here
 "$work/venv/bin/python" - <<'PY'
 import wellwatch
-from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL, load_segmenter
+from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, load_segmenter
 from wellwatch.daemon.service import bundled_demo_model
 
 assert "site-packages" in wellwatch.__file__, f"imported from {wellwatch.__file__}, not the installed wheel"

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL, load_segmenter
-from wellwatch.daemon.segment_classical import ClassicalParams, segment_classical
+from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, load_segmenter
+from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NUCLEI = ClassicalParams(foreground="intensity", downsample=1, min_area=50, max_area=3000)
@@ -79,7 +79,7 @@ def figure(package: str, data: Path, field: str, out: Path) -> None:
 
 def daemon_fps(model: str, data: Path) -> dict:
     from wellwatch.client import follow  # noqa: F401 (the recorder's subscriber)
-    from wellwatch.daemon.config import load_config
+    from wellwatch.core.config import load_config
     from wellwatch.harness import free_port, start_daemon
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

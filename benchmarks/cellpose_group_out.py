@@ -14,8 +14,8 @@ from wellwatch.training.seg_groups import usiigaci_groups, members
 from wellwatch.training.seg_metrics import match_scores, aggregate_scores
 from wellwatch.training.cellpose_train import CellposeTrainSettings, train_cellpose
 from wellwatch.export.cellpose_export import export_cellpose
-from wellwatch.daemon.segment import load_segmenter
-from wellwatch.daemon.segment_maps import ServeOptions
+from wellwatch.core.segmentation.segmenters import load_segmenter
+from wellwatch.core.segmentation.maps import ServeOptions
 root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "usiigaci-phase"
 work = Path(sys.argv[2])
 groups = members(usiigaci_groups(root)[0])

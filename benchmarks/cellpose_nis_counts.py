@@ -4,9 +4,9 @@
 """
 import sys, time, json
 from pathlib import Path
-from wellwatch.daemon.segment import load_segmenter
-from wellwatch.daemon.segment_maps import ServeOptions
-from wellwatch.daemon.reader import read_frame
+from wellwatch.core.segmentation.segmenters import load_segmenter
+from wellwatch.core.segmentation.maps import ServeOptions
+from wellwatch.core.files.tiff import read_frame
 cp = load_segmenter(sys.argv[1], threads=2, options=ServeOptions(0.8708))
 unet = load_segmenter("", threads=2, options=ServeOptions(0.8708))
 rows = []

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from wellwatch.client import follow
-from wellwatch.daemon.dose import WellReading, dose_response
-from wellwatch.daemon.plate_map import read_plate_map
+from wellwatch.core.dose import WellReading, dose_response
+from wellwatch.core.plate_map import read_plate_map
 from wellwatch.harness import local_config, start_daemon, start_writer
 from wellwatch.simulator.plate import plan_plate
 from wellwatch.simulator.spec import SimulationSpec

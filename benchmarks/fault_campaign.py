@@ -485,7 +485,7 @@ def run_shape(shape: Shape, work: Path, args: argparse.Namespace, faults: bool, 
         raise SystemExit(f"{shape.name}: no snapshot from {snapshot_endpoint} within 60 s (see {work}/*.log)")
     t0 = time.monotonic()
 
-    from wellwatch.daemon.naming import format_scanr
+    from wellwatch.core.naming import format_scanr
     from wellwatch.simulator.hostile import tiff_bomb
 
     first = shape.channels.split(",")[0]

@@ -35,7 +35,7 @@ PY=${PYTHON:-}
 [ -z "$PY" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 [ -z "$PY" ] && PY=$(command -v python3)
 [ -n "$PY" ] || no_gpu "no python3"
-if ! "$PY" -c "import wellwatch.daemon.backend" >/dev/null 2>&1; then
+if ! "$PY" -c "import wellwatch.core.inference.backend" >/dev/null 2>&1; then
     # the package maps wellwatch.daemon -> daemon/ etc. (pyproject.toml); rebuild that map with links
     LINKS=$(mktemp -d)/site
     mkdir -p "$LINKS/wellwatch"
@@ -62,7 +62,7 @@ fi
 "$PY" - "$OUT_DIR/env.txt" 2>"$OUT_DIR/ort-load.log" <<'PYEOF' || no_gpu "$(tail -n 1 "$OUT_DIR/env.txt") $(grep -o 'with error: .*' "$OUT_DIR/ort-load.log" | tail -n 1 | cut -c 1-200)"
 import sys
 import onnxruntime as ort
-from wellwatch.daemon.pinned import pin
+from wellwatch.core.inference.pinned import pin
 from wellwatch.daemon.service import bundled_demo_model
 import numpy as np
 log = open(sys.argv[1], "a")
@@ -103,7 +103,7 @@ timeout 120 "$PY" -m wellwatch bench $E2E --model "$MODELS/demo-live-dead.onnx" 
 echo "[4/4] end to end, the float16 twin (inference.precision = auto picks it on a GPU) ..." >&2
 if "$PY" - "$MODELS/demo-live-dead.onnx" <<'PYEOF'
 import sys
-from wellwatch.daemon.backend import OnnxBackend, fp16_twin
+from wellwatch.core.inference.backend import OnnxBackend, fp16_twin
 from wellwatch.export.fp16 import write_fp16
 m = sys.argv[1]
 write_fp16(m, OnnxBackend(m, device="cpu", warmup=False).contract, fp16_twin(m))

@@ -37,7 +37,7 @@ def say(text: str) -> None:
 def variants(work: Path, name: str, gpu: bool) -> dict[str, tuple[Path, str]]:
     """Variant -> (model file, inference.precision): float32, its float16 twin (GPU only; the backend
     finds NAME.fp16.onnx beside NAME.onnx), the raw-input model and its twin, as files in `work`."""
-    from wellwatch.daemon.backend import OnnxBackend, fp16_twin
+    from wellwatch.core.inference.backend import OnnxBackend, fp16_twin
 
     fp32 = work / f"{name}.onnx"
     shutil.copy(MODELS / f"{name}.onnx", fp32)
@@ -62,8 +62,8 @@ def variants(work: Path, name: str, gpu: bool) -> dict[str, tuple[Path, str]]:
 
 def backend_for(path: Path, provider: str, precision: str, binding: str, batches: list[int], threads: int,
                 trt: bool = False, cache: Path | None = None):
-    from wellwatch.daemon.backend import OnnxBackend
-    from wellwatch.daemon.config import InferenceConfig, TensorrtConfig
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.config import InferenceConfig, TensorrtConfig
 
     cfg = InferenceConfig(device=provider, precision=precision, io_binding=binding, batch_sizes=tuple(batches),
                           require_gpu=provider == "cuda", intra_op_threads=threads,
@@ -143,7 +143,7 @@ def frames_2048(count: int) -> tuple[list[np.ndarray], str]:
 def per_frame(backends: dict, frames: list[np.ndarray], repeats: int) -> dict:
     """Prepare (the daemon's prepare_frame) + infer in batches of the largest fixed size, per frame;
     the variants take turns on each frame."""
-    from wellwatch.daemon.prepare import prepare_frame
+    from wellwatch.core.model_inputs import prepare_frame
 
     stats = {k: {"prepare": [], "infer": [], "total": [], "tiles": 0} for k in backends}
     for be in backends.values():  # warm
@@ -173,7 +173,7 @@ def per_frame(backends: dict, frames: list[np.ndarray], repeats: int) -> dict:
 def fp16_agreement(fp32, fp16, frames: list[np.ndarray]) -> dict:
     """The float16 twin against the float32 model on the real frames' tiles: its parity, measured
     where it runs (on a GPU, float16 arithmetic)."""
-    from wellwatch.daemon.prepare import prepare_frame
+    from wellwatch.core.model_inputs import prepare_frame
 
     a, b = [], []
     for f in frames:
@@ -224,7 +224,7 @@ def main() -> int:
     args = p.parse_args()
     import onnxruntime as ort
 
-    from wellwatch.daemon.errors import ProviderError
+    from wellwatch.core.errors import ProviderError
 
     gpu = args.provider == "cuda"
     if gpu and "CUDAExecutionProvider" not in ort.get_available_providers():

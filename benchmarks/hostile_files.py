@@ -1,7 +1,7 @@
 """Peak memory of reading each hostile file, each in a fresh process.
 
 Decompression bombs (few-kB zlib TIFFs declaring huge images), a many-page bomb and a bit-flipped
-frame, read with `wellwatch.daemon.reader.read_frame` and the default [limits]. For each: the
+frame, read with `wellwatch.core.files.tiff.read_frame` and the default [limits]. For each: the
 file's size, the outcome, and the reading process's peak RSS and peak virtual size above what it
 held before the read (an untouched np.empty of 7 GB would show in the virtual peak).
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 PROBE = r"""
 import json, resource, sys
-from wellwatch.daemon.errors import FrameReadError
-from wellwatch.daemon.reader import read_frame
+from wellwatch.core.errors import FrameReadError
+from wellwatch.core.files.tiff import read_frame
 
 def vm_peak_kb():
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmPeak:')).split()[1])

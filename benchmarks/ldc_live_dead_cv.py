@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from wellwatch.daemon.contract import Normalisation
+    from wellwatch.core.contract import Normalisation
     from wellwatch.training.evaluate import bootstrap_ci
     from wellwatch.training.run import fit_split, train_val_split
     from wellwatch.training.scores import balanced_accuracy, roc_auc

@@ -2,7 +2,7 @@
 
     python benchmarks/prepare_cost.py [--before 27f380a] [--size 1024] [--frames 16] [--rounds 15]
 
-The earlier revision's `daemon/reader.py` and `daemon/preprocess.py` are taken from git and
+The earlier revision's `core/files/tiff.py` and `core/preprocess.py` are taken from git and
 imported beside the current ones; both time decode (TIFF bytes -> image) and `prepare_tiles`
 (normalise, tile, empty filter, kept tiles out) on the same simulated frames with the bundled demo
 model's contract, one thread, rounds interleaved (before, after, before, ...) so that other load on
@@ -49,8 +49,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15)
     args = p.parse_args()
 
-    from wellwatch.daemon import preprocess, reader
-    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.core import preprocess
+    from wellwatch.core.files import tiff as reader
+    from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.daemon.service import bundled_demo_model
     from wellwatch.simulator.plate import iter_fields
     from wellwatch.simulator.spec import SimulationSpec, parse_wells

@@ -61,7 +61,7 @@ def run_fold(dataset: str, out: Path, split: dict, train_args: list[str]) -> Non
 
 
 def rescore(checkpoint: Path, dataset: str, images: list[str]) -> dict:
-    from wellwatch.daemon.segment_maps import PostProcess
+    from wellwatch.core.segmentation.maps import PostProcess
     from wellwatch.training.masks import load_mask_set
     from wellwatch.training.seg_train import load_seg_checkpoint, score, summarise
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import zmq
 
 from wellwatch.client import request_snapshot
-from wellwatch.daemon.naming import format_scanr
-from wellwatch.daemon.plate import PLATE_FORMATS, all_wells, well_index
+from wellwatch.core.naming import format_scanr
+from wellwatch.core.plate import PLATE_FORMATS, all_wells, well_index
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
-from .cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
-from .contract import ModelContract
-from .dose_publisher import DosePublisher, dose_message
-from .inference_stage import FrameWork
-from .intervals import live_fraction_fields
-from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
-from .journal import FrameRecord, Journal, OutboxMessage
-from .stream import envelope, frame_topic, status_topic, well_topic
+from wellwatch.core.aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
+from wellwatch.core.cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
+from wellwatch.core.contract import ModelContract
+from wellwatch.daemon.dose_publisher import DosePublisher, dose_message
+from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.core.intervals import live_fraction_fields
+from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
+from wellwatch.daemon.journal import FrameRecord, Journal, OutboxMessage
+from wellwatch.core.stream_schema import envelope, frame_topic, status_topic, well_topic
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class CommitBuilder:
 
     def interval_fields(self, t: TileCounts) -> dict:
         """Calibrated live fractions with intervals (tiles; cells from the per-cell model, else from
-        the tile model's calls at centroids) and whether single calls are usable (daemon/intervals.py)."""
+        the tile model's calls at centroids) and whether single calls are usable (core/intervals.py)."""
         def calibrated(contract: ModelContract | None, unit: str):  # a tile calibration says nothing of cells
             cal = contract.calibration if contract is not None else None
             return cal if cal is not None and cal.unit == unit else None

@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from .jobs import FailedFrame, StatusEvent
-from .metrics import DaemonMetrics
+from wellwatch.daemon.jobs import FailedFrame, StatusEvent
+from wellwatch.daemon.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """When to refit dose-response, and what to publish: the daemon's side of `dose/<plate>/<compound>`.
 
 Fed every well message the daemon commits; returns the bodies of `dose` messages to publish with
-them (the fitting itself is daemon/dose.py). A timepoint of a plate is fitted when it is complete:
+them (the fitting itself is core/dose.py). A timepoint of a plate is fitted when it is complete:
 every control and treated well of the plate map has all its fields (`plate.fields_per_well`), or
 the acquisition has moved on (a later timepoint is complete; without fields_per_well, a later
 timepoint has started): then the wells it imaged are what there is.
@@ -10,9 +10,9 @@ After that, a well of that timepoint that changes (a re-written file) refits it.
 
 from __future__ import annotations
 
-from .dose import WellReading, dose_response, reading_from_message
-from .plate_map import PlateMap
-from .stream import envelope
+from wellwatch.core.dose import WellReading, dose_response, reading_from_message
+from wellwatch.core.plate_map import PlateMap
+from wellwatch.core.stream_schema import envelope
 
 
 def dose_topic(plate: str, compound: str) -> str:

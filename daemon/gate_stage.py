@@ -18,19 +18,19 @@ import threading
 import time
 from typing import Callable
 
-from .channel_join import ChannelJoin
-from .config import Config
-from .errors import FrameReadError, NamingError
-from .gate import CompletenessGate, ReadyFile
-from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
-from .journal import Journal
-from .ledger import FrameLedger
-from .metrics import DaemonMetrics
-from .naming import FrameMeta, NamingScheme
-from .nd2_reader import Nd2Tracker, frame_key, nd2_layout
-from .suspect_read import SuspectReads
-from .tiff_complete import tiff_is_complete, tiff_being_filled
-from .watcher import Discovery
+from wellwatch.daemon.channel_join import ChannelJoin
+from wellwatch.core.config import Config
+from wellwatch.core.errors import FrameReadError, NamingError
+from wellwatch.daemon.settle_gate import CompletenessGate, ReadyFile
+from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
+from wellwatch.daemon.journal import Journal
+from wellwatch.daemon.ledger import FrameLedger
+from wellwatch.daemon.metrics import DaemonMetrics
+from wellwatch.core.naming import FrameMeta, NamingScheme
+from wellwatch.core.files.nd2 import Nd2Tracker, frame_key, nd2_layout
+from wellwatch.daemon.suspect_read import SuspectReads
+from wellwatch.core.files.tiff_complete import tiff_is_complete, tiff_being_filled
+from wellwatch.daemon.watcher import Discovery
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,12 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import InferenceBackend
-from .batcher import PatchBatcher
-from .contract import CellCrop
-from .crops import Cells
-from .segment import ModelSegmenter, SegmentationPool
+from wellwatch.core.inference.backend import InferenceBackend
+from wellwatch.daemon.batcher import PatchBatcher
+from wellwatch.core.contract import CellCrop
+from wellwatch.core.crops import Cells
+from wellwatch.core.segmentation.segmenters import ModelSegmenter
+from wellwatch.daemon.segmentation_pool import SegmentationPool
 
 log = logging.getLogger(__name__)
 

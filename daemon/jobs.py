@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .naming import FrameMeta
+from wellwatch.core.naming import FrameMeta
 
 if TYPE_CHECKING:
-    from .layout import PlateLayout
+    from wellwatch.core.layouts import PlateLayout
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import StartupError
+from wellwatch.core.errors import StartupError
 
 FRAMES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -109,13 +109,13 @@ class FrameRecord:
     cell_live: int | None = None
     cell_dead: int | None = None
     cell_types: str | None = None  # JSON
-    # the mean_probability estimator's inputs (daemon/intervals.py): journaled so that a restart or an
+    # the mean_probability estimator's inputs (core/intervals.py): journaled so that a restart or an
     # evicted timepoint's refill publishes what an uninterrupted run does; NULL in older journals
     dead_p_sum: float | None = None
     cell_dead_p_sum: float | None = None
 
     def counts(self):
-        from .aggregate import TileCounts
+        from wellwatch.core.aggregate import TileCounts
 
         return TileCounts(self.live, self.dead, self.empty, self.cells, self.cell_live, self.cell_dead,
                           json.loads(self.cell_types) if self.cell_types else None,

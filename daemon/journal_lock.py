@@ -17,7 +17,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import StartupError
+from wellwatch.core.errors import StartupError
 
 log = logging.getLogger(__name__)
 

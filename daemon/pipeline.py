@@ -31,33 +31,34 @@ from pathlib import Path
 
 import zmq
 
-from .aggregate import PlateAggregate
-from .backend import InferenceBackend
-from .channel_join import ChannelJoin
-from .commit import CommitBuilder
-from .dose_publisher import DosePublisher
-from .plate_map import read_plate_map
-from .config import Config
-from .crops import crop_section
-from .diagnostics import Diagnostics, Expectations
-from .errors import StartupError
-from .gate_stage import GateStage
-from .history import well_history
-from .inference_stage import InferenceStage
-from .jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
-from .journal import Journal
-from .layout import LayoutError, PlateLayout, detect_layout
-from .ledger import FrameLedger
-from .metrics import DaemonMetrics
-from .naming import NamingScheme
-from .nd2_reader import Nd2Tracker
-from .plate import PLATE_FORMATS
-from .segment_maps import ServeOptions
-from .publish import Publisher
-from .read_stage import ReadStage
-from .recovery import recover
-from .security import CurveServer
-from .segment import SegmentationPool, model_segmenter
+from wellwatch.core.aggregate import PlateAggregate
+from wellwatch.core.inference.backend import InferenceBackend
+from wellwatch.daemon.channel_join import ChannelJoin
+from wellwatch.daemon.commit import CommitBuilder
+from wellwatch.daemon.dose_publisher import DosePublisher
+from wellwatch.core.plate_map import read_plate_map
+from wellwatch.core.config import Config
+from wellwatch.core.crops import crop_section
+from wellwatch.daemon.diagnostics import Diagnostics, Expectations
+from wellwatch.core.errors import StartupError
+from wellwatch.daemon.gate_stage import GateStage
+from wellwatch.daemon.history import well_history
+from wellwatch.daemon.inference_stage import InferenceStage
+from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
+from wellwatch.daemon.journal import Journal
+from wellwatch.core.layouts import LayoutError, PlateLayout, detect_layout
+from wellwatch.daemon.ledger import FrameLedger
+from wellwatch.daemon.metrics import DaemonMetrics
+from wellwatch.core.naming import NamingScheme
+from wellwatch.core.files.nd2 import Nd2Tracker
+from wellwatch.core.plate import PLATE_FORMATS
+from wellwatch.core.segmentation.maps import ServeOptions
+from wellwatch.daemon.publish import Publisher
+from wellwatch.daemon.read_stage import ReadStage
+from wellwatch.daemon.recovery import recover
+from wellwatch.daemon.security import CurveServer
+from wellwatch.core.segmentation.segmenters import model_segmenter
+from wellwatch.daemon.segmentation_pool import SegmentationPool
 
 log = logging.getLogger(__name__)
 

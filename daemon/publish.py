@@ -17,12 +17,12 @@ from pathlib import Path
 
 import zmq
 
-from .errors import StartupError
-from .journal import Journal, OutboxMessage
-from .metrics import DaemonMetrics
-from .security import CurveServer
-from .history import well_history
-from .stream import (HEARTBEAT_TOPIC, SCHEMA_VERSION, SnapshotRequest, heartbeat, parse_snapshot_request, replaces,
+from wellwatch.core.errors import StartupError
+from wellwatch.daemon.journal import Journal, OutboxMessage
+from wellwatch.daemon.metrics import DaemonMetrics
+from wellwatch.daemon.security import CurveServer
+from wellwatch.daemon.history import well_history
+from wellwatch.core.stream_schema import (HEARTBEAT_TOPIC, SCHEMA_VERSION, SnapshotRequest, heartbeat, parse_snapshot_request, replaces,
                      snapshot_key, stamp_sent)
 
 log = logging.getLogger(__name__)

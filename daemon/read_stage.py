@@ -27,22 +27,23 @@ from typing import Callable
 
 import numpy as np
 
-from .channel_join import ChannelJoin
-from .config import Config
-from .contract import CellCrop, ModelContract
-from .errors import FrameReadError
-from .gate_stage import RetrySchedule
-from .inference_stage import FrameWork
-from .jobs import FailedFrame, FrameJob
-from .ledger import FrameLedger
-from .metrics import DaemonMetrics
-from .multichannel_tiff import decode_channels, pick_channels
-from .naming import FrameMeta
-from .nd2_reader import Nd2Tracker, read_nd2_frame, select_channels
-from .prepare import PreparedFrame, prepare_frame
-from .prepare_pool import PreparePool, WorkerDied
-from .reader import check_file_size, decode_frame
-from .segment import ModelSegmenter, SegmentationPool
+from wellwatch.daemon.channel_join import ChannelJoin
+from wellwatch.core.config import Config
+from wellwatch.core.contract import CellCrop, ModelContract
+from wellwatch.core.errors import FrameReadError
+from wellwatch.daemon.gate_stage import RetrySchedule
+from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.jobs import FailedFrame, FrameJob
+from wellwatch.daemon.ledger import FrameLedger
+from wellwatch.daemon.metrics import DaemonMetrics
+from wellwatch.core.files.multichannel_tiff import decode_channels, pick_channels
+from wellwatch.core.naming import FrameMeta
+from wellwatch.core.files.nd2 import Nd2Tracker, read_nd2_frame, select_channels
+from wellwatch.core.model_inputs import PreparedFrame, prepare_frame
+from wellwatch.daemon.preparation_processes import PreparePool, WorkerDied
+from wellwatch.core.files.tiff import check_file_size, decode_frame
+from wellwatch.core.segmentation.segmenters import ModelSegmenter
+from wellwatch.daemon.segmentation_pool import SegmentationPool
 
 log = logging.getLogger(__name__)
 

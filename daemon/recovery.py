@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .aggregate import PlateAggregate
-from .journal import Journal, OutboxMessage
-from .ledger import FrameLedger
-from .stream import replaces, snapshot_key
+from wellwatch.core.aggregate import PlateAggregate
+from wellwatch.daemon.journal import Journal, OutboxMessage
+from wellwatch.daemon.ledger import FrameLedger
+from wellwatch.core.stream_schema import replaces, snapshot_key
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from .errors import StartupError
+from wellwatch.core.errors import StartupError
 
 log = logging.getLogger(__name__)
 

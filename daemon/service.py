@@ -12,15 +12,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .backend import OnnxBackend
-from .bioimageio_package import is_package
-from .config import Config
-from .errors import StartupError
-from .journal_lock import JournalLock
-from .metrics import DaemonMetrics
-from .package_loading import open_package
-from .pipeline import Pipeline
-from .segment import BUNDLED_SEGMENTATION_MODEL, bundled_model
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.packages.description import is_package
+from wellwatch.core.config import Config
+from wellwatch.core.errors import StartupError
+from wellwatch.daemon.journal_lock import JournalLock
+from wellwatch.daemon.metrics import DaemonMetrics
+from wellwatch.core.packages.loading import open_package
+from wellwatch.daemon.pipeline import Pipeline
+from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, bundled_model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBac
 
 
 def load_cellpose_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
-    from .segment_cellpose import cellpose_modules, served_model_file
+    from wellwatch.core.segmentation.cellpose_flows import cellpose_modules, served_model_file
 
     path = served_model_file(config.segmentation.cellpose.model)
     backend = open_slot("segmentation", path, "segmentation", config.segmentation.max_batch, config, metrics)

@@ -29,7 +29,7 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .reader import FrameLimits
+from wellwatch.core.files.tiff import FrameLimits
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,9 @@ def _limit_memory(extra_mb: float) -> None:
 
 def _child(path: str, limits_json: str, mode: str) -> int:
     _exit_when_the_daemon_dies()
-    from .errors import FrameReadError
-    from .multichannel_tiff import decode_channels
-    from .reader import check_file_size, decode_frame
+    from wellwatch.core.errors import FrameReadError
+    from wellwatch.core.files.multichannel_tiff import decode_channels
+    from wellwatch.core.files.tiff import check_file_size, decode_frame
 
     limits = FrameLimits(**json.loads(limits_json))
     try:

@@ -17,7 +17,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .errors import StartupError
+from wellwatch.core.errors import StartupError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from wellwatch.daemon.plate import PLATE_FORMATS
+from wellwatch.core.plate import PLATE_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def register(sub) -> None:
 
 
 def build_source(args: argparse.Namespace):
-    from wellwatch.daemon.config import load_config
-    from wellwatch.daemon.plate_map import read_plate_map
+    from wellwatch.core.config import load_config
+    from wellwatch.core.plate_map import read_plate_map
 
     from .journal_view import JournalView
     from .live import Source
@@ -70,7 +70,7 @@ def check_port_free(host: str, port: int) -> None:
     """Before anything starts or prints its URL: a port another program holds is the user's to fix."""
     import socket
 
-    from wellwatch.daemon.errors import UsageError
+    from wellwatch.core.errors import UsageError
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -131,7 +131,7 @@ class ServerThread(threading.Thread):
 
 
 def run_results(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.plate_map import read_plate_map
+    from wellwatch.core.plate_map import read_plate_map
 
     from .results import write_results
 

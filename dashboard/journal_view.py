@@ -4,7 +4,7 @@ Opened with SQLite's read-only URI mode, so nothing here can write to (or lock) 
 journal. A file re-written with new content has a higher version; only its latest counts.
 A joined channel's file (a LIVE or PI file scored with its field's BF file) is journaled beside
 the scored one without counts; here it belongs to its field's row (`channels`, `channel_files`).
-A well's images and completeness are counted as the daemon counts them (daemon/aggregate.py).
+A well's images and completeness are counted as the daemon counts them (core/aggregate.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from wellwatch.daemon.aggregate import image_key, well_complete
-from wellwatch.daemon.errors import WellwatchError
+from wellwatch.core.aggregate import image_key, well_complete
+from wellwatch.core.errors import WellwatchError
 from wellwatch.daemon.history import well_history
 
 FRAME_COLUMNS = ("path", "version", "state", "reason", "plate", "well", "field", "timepoint", "z", "channel",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import zmq
 
 from wellwatch.client import follow
-from wellwatch.daemon.dose import dose_response, reading_from_message
-from wellwatch.daemon.plate_map import PlateMap
+from wellwatch.core.dose import dose_response, reading_from_message
+from wellwatch.core.plate_map import PlateMap
 
 from .journal_view import JournalReadError, JournalView, well_summaries
 

@@ -14,7 +14,7 @@ import csv
 import json
 from pathlib import Path
 
-from wellwatch.daemon.plate_map import PlateMap
+from wellwatch.core.plate_map import PlateMap
 
 from .journal_view import FRAME_COLUMNS, JournalView, fold_joined_channels, open_readonly, well_summaries
 

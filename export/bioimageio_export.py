@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.bioimageio_package import EXTRA, PackageError
-from wellwatch.daemon.config import InferenceConfig
-from wellwatch.daemon.contract import SEGMENTATION_MAPS, ModelContract, file_sha256
-from wellwatch.daemon.reader import read_frame
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.packages.description import EXTRA, PackageError
+from wellwatch.core.config import InferenceConfig
+from wellwatch.core.contract import SEGMENTATION_MAPS, ModelContract, file_sha256
+from wellwatch.core.files.tiff import read_frame
 
 from .errors import ExportError
 from .parity_inputs import real_patches
@@ -94,7 +94,7 @@ def write_package(model: str | Path, out: str | Path, frame: str | Path, *, auth
 
 
 def _validate(description: Path) -> None:
-    from wellwatch.daemon.bioimageio_package import read_package
+    from wellwatch.core.packages.description import read_package
 
     try:
         read_package(description)
@@ -182,7 +182,7 @@ Exported by `wellwatch export --bioimageio` from a model that carries the wellwa
 ## Input
 {len(contract.channels)} channel(s) ({', '.join(contract.channels)}), {contract.height} x {contract.width}, float32,
 prepared as the contract says: normalisation `{contract.normalisation.method}` {contract.normalisation.params or ''}.
-That preparation runs in wellwatch (daemon/preprocess.py); the test input here is one such input cut
+That preparation runs in wellwatch (core/preprocess.py); the test input here is one such input cut
 from `{frame.name}` by the daemon's own code.
 
 ## Output

@@ -2,7 +2,7 @@
 
 The graph is the Cellpose network alone (CPnet: 2-channel tiles in, flows and cell-probability logit
 out); the daemon runs it batched like any segmentation network and does the rest with the
-`cellpose` package's own code (daemon/segment_cellpose.py). Parity is checked twice: the ONNX
+`cellpose` package's own code (core/segmentation/cellpose_flows.py). Parity is checked twice: the ONNX
 outputs against the PyTorch network on the tiles of real frames, and the masks the daemon's path
 makes against `CellposeModel.eval` on the same frames (Cellpose's own average precision at IoU 0.5
 and 0.9, and the foreground IoU).
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from wellwatch.daemon.contract import (CELLPOSE_MAPS, CONTRACT_VERSION, EmptyFilter, ModelContract, Normalisation,
+from wellwatch.core.contract import (CELLPOSE_MAPS, CONTRACT_VERSION, EmptyFilter, ModelContract, Normalisation,
                                        Segmentation, Tiling)
-from wellwatch.daemon.segment_cellpose import (BUILTIN_MODELS, CellposeParams, CELLPOSE_VERSION, cellpose_labels, builtin_weights,
+from wellwatch.core.segmentation.cellpose_flows import (BUILTIN_MODELS, CellposeParams, CELLPOSE_VERSION, cellpose_labels, builtin_weights,
                                                cellpose_tiles, rescale_for)
 
 from .errors import ExportError
@@ -153,7 +153,7 @@ def export_cellpose(model: str, out: str | Path, pixel_size_um: float = 0.0, par
                     postprocess: dict | None = None) -> tuple[Path, CellposeParity | None]:
     """Write OUT (ONNX, contract in the metadata) and its manifest; refuse when parity on real frames fails.
     `postprocess`: Cellpose's mask settings (flow_threshold, cellprob_threshold, min_size, ...) to serve with."""
-    from wellwatch.daemon.reader import read_frame
+    from wellwatch.core.files.tiff import read_frame
 
     cp = load_cellpose(model)
     out = Path(out)

@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _write_bioimageio(model: str, out: str, frame: str | None, parity_images):
-    from wellwatch.daemon.errors import UsageError
+    from wellwatch.core.errors import UsageError
 
     from .bioimageio_export import write_package
     from .parity_inputs import default_real_images
@@ -44,8 +44,8 @@ def cmd_export_bioimageio(args: argparse.Namespace) -> int:
 
 
 def cmd_check_package(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.config import InferenceConfig
-    from wellwatch.daemon.package_loading import open_package
+    from wellwatch.core.config import InferenceConfig
+    from wellwatch.core.packages.loading import open_package
 
     backend = open_package(args.package, args.task, InferenceConfig(device=args.device, warmup=False))
     print(backend.describe() if hasattr(backend, "describe") else backend.package_identity)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wellwatch.daemon.errors import WellwatchError
+from wellwatch.core.errors import WellwatchError
 
 
 class ExportError(WellwatchError, RuntimeError):

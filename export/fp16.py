@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.core.contract import ModelContract
 
 from .metadata import set_metadata
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from wellwatch import __version__
-from wellwatch.daemon.contract import ModelContract, file_sha256
+from wellwatch.core.contract import ModelContract, file_sha256
 
 from .errors import ExportError
 from .manifest import utc_now

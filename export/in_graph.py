@@ -4,7 +4,7 @@
 prepends Cast(uint16 -> float32), then (x - offset) * scale with each tile's per-channel
 (offset, scale) from a second input (contract.AFFINE_INPUT, shape (N, C, 2)); the contract gains
 `normalisation_in_graph = true`. The daemon then cuts uint16 tiles and computes only the frame
-statistics (daemon/raw_tiles.py), and each raw tile crosses to the GPU once, at half the bytes.
+statistics (core/raw_tiles.py), and each raw tile crosses to the GPU once, at half the bytes.
 Only normalisations that are one affine map per frame can move (contract.AFFINE_NORMALISATIONS).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from wellwatch.daemon.contract import AFFINE_INPUT, AFFINE_NORMALISATIONS, METADATA_KEY, ModelContract
+from wellwatch.core.contract import AFFINE_INPUT, AFFINE_NORMALISATIONS, METADATA_KEY, ModelContract
 
 from .errors import ExportError
 from .fp16 import sort_nodes
@@ -84,9 +84,9 @@ def in_graph_parity(model: str | Path, raw_model: str | Path, images: list[Path]
     real frames: largest output difference, tiles compared, and whether the empty filter agreed."""
     import numpy as np
 
-    from wellwatch.daemon.backend import OnnxBackend
-    from wellwatch.daemon.prepare import prepare_frame
-    from wellwatch.daemon.reader import read_frame
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.model_inputs import prepare_frame
+    from wellwatch.core.files.tiff import read_frame
 
     reference, raw = (OnnxBackend(m, device="cpu", warmup=False) for m in (model, raw_model))
     worst, tiles, same_empty = 0.0, 0, True
@@ -123,7 +123,7 @@ def export_in_graph(model: str | Path, out: str | Path | None = None, images: li
         staged.replace(out)
     finally:
         staged.unlink(missing_ok=True)
-    from wellwatch.daemon.contract import file_sha256
+    from wellwatch.core.contract import file_sha256
 
     write_manifest(out, contract, precision="float32", parity=parity,
                    source={"model": str(model), "sha256": file_sha256(model)})

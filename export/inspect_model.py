@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.contract import ModelContract
 
 from .errors import ManifestError
 from .manifest import manifest_path, read_manifest, verify_manifest

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wellwatch import __version__
-from wellwatch.daemon.contract import ModelContract, file_sha256
+from wellwatch.core.contract import ModelContract, file_sha256
 
 from .errors import ManifestError
 

@@ -5,7 +5,7 @@ Torch-free, so `wellwatch inspect` and the CLI's argument parser need only the r
 
 from __future__ import annotations
 
-from wellwatch.daemon.contract import METADATA_KEY, ModelContract
+from wellwatch.core.contract import METADATA_KEY, ModelContract
 
 OPSET = 18  # ONNX Runtime >= 1.14 (the runtime requires >= 1.18), TensorRT >= 8.6
 OUTPUT_NAME = "scores"

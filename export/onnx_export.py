@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from wellwatch.daemon.backend import softmax
-from wellwatch.daemon.contract import ModelContract, file_sha256
+from wellwatch.core.inference.backend import softmax
+from wellwatch.core.contract import ModelContract, file_sha256
 
 from .fp16 import fp16_path, write_fp16
 from .manifest import write_manifest

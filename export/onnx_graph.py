@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.core.contract import ModelContract
 
 from .metadata import OPSET, OUTPUT_NAME, set_metadata
 

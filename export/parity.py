@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wellwatch.daemon.errors import WellwatchError
+from wellwatch.core.errors import WellwatchError
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from wellwatch.daemon.contract import ModelContract, Tiling
-from wellwatch.daemon.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
-from wellwatch.daemon.crops import Cells, prepare_crops
-from wellwatch.daemon.reader import read_frame
-from wellwatch.daemon.segment_maps import model_input, seg_tiles
+from wellwatch.core.contract import ModelContract, Tiling
+from wellwatch.core.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
+from wellwatch.core.crops import Cells, prepare_crops
+from wellwatch.core.files.tiff import read_frame
+from wellwatch.core.segmentation.maps import model_input, seg_tiles
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from wellwatch.daemon.config import Config
-from wellwatch.daemon.errors import NamingError
-from wellwatch.daemon.naming import NamingScheme
-from wellwatch.daemon.plate import PLATE_FORMATS
+from wellwatch.core.config import Config
+from wellwatch.core.errors import NamingError
+from wellwatch.core.naming import NamingScheme
+from wellwatch.core.plate import PLATE_FORMATS
 from wellwatch.daemon.watcher import is_candidate_name
 
 

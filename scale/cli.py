@@ -27,7 +27,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.config import load_config
+    from wellwatch.core.config import load_config
 
     from .reprocess import reprocess, wells_path, write_parquet
     from .stages import FrameScorer

@@ -21,7 +21,7 @@ import zmq
 
 from wellwatch.client import request_snapshot
 from wellwatch.daemon.publish import MAX_REQUEST_BYTES, bind
-from wellwatch.daemon.stream import SCHEMA_VERSION, parse_snapshot_request
+from wellwatch.core.stream_schema import SCHEMA_VERSION, parse_snapshot_request
 
 from .hub_config import HubConfig
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wellwatch.daemon.errors import ConfigError
-from wellwatch.daemon.validation import between, build
+from wellwatch.core.errors import ConfigError
+from wellwatch.core.validation import between, build
 
 
 @dataclass(frozen=True)

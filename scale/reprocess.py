@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from wellwatch.daemon.aggregate import PlateAggregate, TileCounts
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.config import Config
+from wellwatch.core.aggregate import PlateAggregate, TileCounts
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.config import Config
 
 from .archive import list_frames
 from .stages import ContractOnly, FrameScorer, model_paths, read_prepare

@@ -19,17 +19,17 @@ import json
 
 import numpy as np
 
-from wellwatch.daemon.aggregate import live_fraction
-from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.core.aggregate import live_fraction
+from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.daemon.commit import frame_counts
-from wellwatch.daemon.config import Config
-from wellwatch.daemon.contract import CellCrop, ModelContract
-from wellwatch.daemon.crops import Cells
-from wellwatch.daemon.errors import FrameReadError
+from wellwatch.core.config import Config
+from wellwatch.core.contract import CellCrop, ModelContract
+from wellwatch.core.crops import Cells
+from wellwatch.core.errors import FrameReadError
 from wellwatch.daemon.inference_stage import FrameWork
-from wellwatch.daemon.prepare import prepare_frame
-from wellwatch.daemon.reader import decode_frame
-from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL, ModelSegmenter, model_cells
+from wellwatch.core.model_inputs import prepare_frame
+from wellwatch.core.files.tiff import decode_frame
+from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, ModelSegmenter, model_cells
 from wellwatch.daemon.service import bundled_demo_model
 
 META = ("root", "path", "plate", "well", "field", "timepoint", "z", "channel")

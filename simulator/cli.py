@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from wellwatch.daemon.errors import ConfigError
+from wellwatch.core.errors import ConfigError
 
 from .cells import CELL_TYPES
 from .spec import (NAMINGS, SIM_PLATE_FORMATS, TREATMENTS, TYPE_MIXES, WRITE_MODES, SimulationSpec,

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from wellwatch.daemon.naming import FrameMeta
-from wellwatch.daemon.plate import parse_well, well_index
+from wellwatch.core.naming import FrameMeta
+from wellwatch.core.plate import parse_well, well_index
 
 from .cells import Cell
 from .population import FieldPopulation, populate

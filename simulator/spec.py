@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from wellwatch.daemon.errors import ConfigError, NamingError
-from wellwatch.daemon.plate import PLATE_FORMATS, PlateFormat, all_wells, normalise_well
+from wellwatch.core.errors import ConfigError, NamingError
+from wellwatch.core.plate import PLATE_FORMATS, PlateFormat, all_wells, normalise_well
 
 from .cells import CELL_TYPES
 from .render import channel_kind

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import tifffile
 
-from wellwatch.daemon.naming import format_nis, format_scanr
-from wellwatch.daemon.plate import parse_well, row_letters, well_index
+from wellwatch.core.naming import format_nis, format_scanr
+from wellwatch.core.plate import parse_well, row_letters, well_index
 
 from .plate import PlatePlan, count_types, iter_fields, plan_plate
 from .render import LABEL_FREE_KINDS, channel_kind
@@ -164,7 +164,7 @@ def ground_truth(spec: SimulationSpec, plan: PlatePlan) -> tuple[dict[str, Any],
 
 
 def plate_map_csv(plan: PlatePlan) -> str:
-    """The plate map a user would write for this plate (see daemon/plate_map.py)."""
+    """The plate map a user would write for this plate (see core/plate_map.py)."""
     buf = io.StringIO()
     rows = csv.writer(buf, lineterminator="\n")
     rows.writerow(("well", "compound", "concentration", "unit", "role"))

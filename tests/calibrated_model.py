@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from wellwatch.daemon.contract import METADATA_KEY, ModelContract
-from wellwatch.daemon.intervals import Calibration
+from wellwatch.core.contract import METADATA_KEY, ModelContract
+from wellwatch.core.intervals import Calibration
 from wellwatch.daemon.service import bundled_demo_model
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.plate_map import read_plate_map
+from wellwatch.core.plate_map import read_plate_map
 from wellwatch.dashboard.cli import ServerThread
 from wellwatch.dashboard.journal_view import JournalView
 from wellwatch.dashboard.live import LiveState, Source

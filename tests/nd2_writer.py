@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from wellwatch.daemon.nd2_reader import (ALIGNMENT, CHUNK_HEADER, REQUIRED_CHUNKS, chunk_map_bytes,
+from wellwatch.core.files.nd2 import (ALIGNMENT, CHUNK_HEADER, REQUIRED_CHUNKS, chunk_map_bytes,
                                          scan_complete_chunks)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wellwatch.daemon.aggregate import PlateAggregate, TileCounts, count_tiles, live_fraction
+from wellwatch.core.aggregate import PlateAggregate, TileCounts, count_tiles, live_fraction
 
 
 def test_count_tiles_threshold_is_inclusive_for_dead():

@@ -94,7 +94,7 @@ def test_no_patch_lost_or_duplicated_over_random_frames():
 
 
 def test_tile_sets_and_arrays_share_batches_each_row_copied_once_and_released_when_all_taken():
-    from wellwatch.daemon.preprocess import TileSet
+    from wellwatch.core.preprocess import TileSet
 
     released = []
     planes = np.arange(2 * 4 * 6, dtype=np.float32).reshape(1, 8, 6)  # 1 channel, 8x6 px

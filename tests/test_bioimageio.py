@@ -18,16 +18,16 @@ import tifffile
 pytest.importorskip("bioimageio.spec")
 
 from wellwatch.cli import main  # noqa: E402
-from wellwatch.daemon.backend import OnnxBackend  # noqa: E402
-from wellwatch.daemon.bioimageio_package import PackageError, read_package  # noqa: E402
-from wellwatch.daemon.config import InferenceConfig, load_config  # noqa: E402
-from wellwatch.daemon.contract import file_sha256  # noqa: E402
-from wellwatch.daemon.errors import ConfigError  # noqa: E402
-from wellwatch.daemon.package_backend import PackageBackend  # noqa: E402
-from wellwatch.daemon.package_loading import open_package  # noqa: E402
-from wellwatch.daemon.package_ops import apply_ops  # noqa: E402
-from wellwatch.daemon.package_segment import PackageParams, PackageServing, labels_from_map, stitch_cores  # noqa: E402
-from wellwatch.daemon.segment import bundled_model, load_segmenter  # noqa: E402
+from wellwatch.core.inference.backend import OnnxBackend  # noqa: E402
+from wellwatch.core.packages.description import PackageError, read_package  # noqa: E402
+from wellwatch.core.config import InferenceConfig, load_config  # noqa: E402
+from wellwatch.core.contract import file_sha256  # noqa: E402
+from wellwatch.core.errors import ConfigError  # noqa: E402
+from wellwatch.core.packages.backend import PackageBackend  # noqa: E402
+from wellwatch.core.packages.loading import open_package  # noqa: E402
+from wellwatch.core.packages.ops import apply_ops  # noqa: E402
+from wellwatch.core.segmentation.package import PackageParams, PackageServing, labels_from_map, stitch_cores  # noqa: E402
+from wellwatch.core.segmentation.segmenters import bundled_model, load_segmenter  # noqa: E402
 
 from .conftest import SHARED_DATA  # noqa: E402
 
@@ -342,7 +342,7 @@ def test_the_daemon_segments_nuclei_on_the_live_channel_with_the_shared_package(
 def test_export_with_bioimageio_writes_a_package_of_the_trained_model(tmp_path, kind):
     """`wellwatch export RUN/best.pt --out M.onnx --bioimageio PKG`: the freshly exported model, packaged."""
     pytest.importorskip("torch")
-    from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation
+    from wellwatch.core.contract import CellCrop, EmptyFilter, Normalisation
 
     from .test_export import TILE, make_checkpoint, tiny_contract
 

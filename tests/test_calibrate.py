@@ -11,9 +11,9 @@ import onnx
 import pytest
 
 from wellwatch.cli import main
-from wellwatch.daemon.config import load_config
-from wellwatch.daemon.contract import contract_from_metadata
-from wellwatch.daemon.intervals import VERDICTS
+from wellwatch.core.config import load_config
+from wellwatch.core.contract import contract_from_metadata
+from wellwatch.core.intervals import VERDICTS
 
 from .conftest import shared_data
 
@@ -85,9 +85,9 @@ def test_a_per_cell_snippet_segments_as_the_calibration_did(tmp_path):
     """--segment-on: the snippet's [segmentation.classical] is the calibration dataset's, and loads."""
     import dataclasses
 
-    from wellwatch.daemon.contract import CellCrop, Normalisation
-    from wellwatch.daemon.intervals import Calibration
-    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.core.contract import CellCrop, Normalisation
+    from wellwatch.core.intervals import Calibration
+    from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.daemon.service import bundled_demo_model
     from wellwatch.training.calibrate import CalibrateOptions
     from wellwatch.training.calibrate_report import write_config_snippet

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import StreamRecorder, shared_data
-from wellwatch.daemon.config import load_config
-from wellwatch.daemon.contract import ModelContract
-from wellwatch.daemon.errors import ConfigError, ContractError, StartupError
-from wellwatch.daemon.segment_cellpose import served_model_file
+from wellwatch.core.config import load_config
+from wellwatch.core.contract import ModelContract
+from wellwatch.core.errors import ConfigError, ContractError, StartupError
+from wellwatch.core.segmentation.cellpose_flows import served_model_file
 
 USIIGACI_PX_UM = 0.8708
 
@@ -56,7 +56,7 @@ def test_built_in_name_without_weights_is_refused_with_one_line_naming_them(tmp_
 def crop_tiff(src: Path, dst: Path, size: int = 256) -> Path:
     import tifffile
 
-    from wellwatch.daemon.reader import read_frame
+    from wellwatch.core.files.tiff import read_frame
 
     tifffile.imwrite(dst, read_frame(str(src))[:size, :size])
     return dst
@@ -72,8 +72,8 @@ def trained(tmp_path_factory):
     pytest.importorskip("cellpose")
     import torch
 
-    from wellwatch.daemon.reader import read_frame
-    from wellwatch.daemon.segment_cellpose import cellpose_flows, cellpose_tiles, rescale_for
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.cellpose_flows import cellpose_flows, cellpose_tiles, rescale_for
     from wellwatch.export.cellpose_export import cellpose_contract, export_cellpose, load_cellpose
     from wellwatch.training.cellpose_train import CellposeTrainSettings, train_cellpose
     from wellwatch.training.masks import MaskSet, build_mask_set, find_mask_pairs
@@ -107,7 +107,7 @@ def test_training_writes_a_cellpose_model_with_its_training_cells_diameter(train
 
 
 def test_export_carries_a_cellpose_contract_and_matches_cellpose_eval_on_a_real_frame(trained):
-    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.export.manifest import manifest_path
 
     backend = OnnxBackend(trained["onnx"], device="cpu", warmup=False)
@@ -130,10 +130,10 @@ def test_served_masks_match_cellpose_eval_on_whole_real_frames(trained):
     CellposeModel.eval on whole frames of groups A and C: the masks' IoU, by cellpose's own metric."""
     from cellpose import metrics
 
-    from wellwatch.daemon.backend import OnnxBackend
-    from wellwatch.daemon.reader import read_frame
-    from wellwatch.daemon.segment import ModelSegmenter
-    from wellwatch.daemon.segment_cellpose import CellposeParams
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.segmenters import ModelSegmenter
+    from wellwatch.core.segmentation.cellpose_flows import CellposeParams
 
     cp = trained["cp"]
     segmenter = ModelSegmenter(OnnxBackend(trained["onnx"], device="cpu", warmup=False))
@@ -152,8 +152,8 @@ def test_served_masks_match_cellpose_eval_on_whole_real_frames(trained):
 
 def test_diameter_follows_the_acquisitions_pixel_size(trained):
     """Frames at twice the training pixel size show cells half as wide: Cellpose's resize doubles."""
-    from wellwatch.daemon.backend import OnnxBackend
-    from wellwatch.daemon.segment_cellpose import rescale_for
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.segmentation.cellpose_flows import rescale_for
 
     c = OnnxBackend(trained["onnx"], device="cpu", warmup=False).contract
     p = c.segmentation.postprocess
@@ -165,7 +165,7 @@ def test_diameter_follows_the_acquisitions_pixel_size(trained):
 
 
 def test_contract_refuses_a_cellpose_network_stitched_another_way(trained):
-    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.core.inference.backend import OnnxBackend
 
     c = OnnxBackend(trained["onnx"], device="cpu", warmup=False).contract
     doc = json.loads(c.to_json())
@@ -180,7 +180,7 @@ def test_contract_refuses_a_cellpose_network_stitched_another_way(trained):
 
 def test_init_from_a_cellpose_model_file_and_export_in_one_command(trained, capsys):
     from wellwatch.cli import main
-    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.training.masks import MaskSet, build_mask_set, find_mask_pairs, save_mask_set
 
     root, tmp = trained["root"], trained["tmp"]
@@ -212,8 +212,8 @@ def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path
     """Real NIS-Elements frames (cropped to `size`; 0 = whole) through the daemon: watcher, batched
     ONNX inference, the pool's flows -> masks, SQLite, ZeroMQ; every frame's `cells` equals the same
     model run directly with `wellwatch segment`'s code."""
-    from wellwatch.daemon.reader import read_frame
-    from wellwatch.daemon.segment import load_segmenter
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.segmenters import load_segmenter
     from wellwatch.harness import local_config, start_daemon
     from wellwatch.simulator.spec import SimulationSpec
 
@@ -257,8 +257,8 @@ def test_without_the_cellpose_package_the_daemon_says_which_extra(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['cellpose'] = None; sys.modules['torch'] = None\n"
-            "from wellwatch.daemon.errors import WellwatchError\n"
-            "from wellwatch.daemon.segment_cellpose import cellpose_modules\n"
+            "from wellwatch.core.errors import WellwatchError\n"
+            "from wellwatch.core.segmentation.cellpose_flows import cellpose_modules\n"
             "try:\n    cellpose_modules()\nexcept WellwatchError as e:\n    print(type(e).__name__, '|', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
     assert out.startswith("CellposeMissing |") and "pip install 'wellwatch[cellpose]'" in out and "\n" not in out

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.contract import CellCrop, ModelContract
+from wellwatch.core.contract import CellCrop, ModelContract
 from wellwatch.simulator import SimulationSpec, write_plate
 from wellwatch.training import cli as training_cli
 from wellwatch.training.cells import CellDatasetError
@@ -169,8 +169,8 @@ def test_options_are_checked_with_their_names(plate):
 
 
 def test_live_dead_contract_has_tiles_or_a_crop_section():
-    from wellwatch.daemon.contract import EmptyFilter, Normalisation, Tiling
-    from wellwatch.daemon.errors import ContractError
+    from wellwatch.core.contract import EmptyFilter, Normalisation, Tiling
+    from wellwatch.core.errors import ContractError
 
     from .test_contract import live_dead_contract
 

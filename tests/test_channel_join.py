@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wellwatch.daemon.aggregate import PlateAggregate, TileCounts
+from wellwatch.core.aggregate import PlateAggregate, TileCounts
 from wellwatch.daemon.channel_join import ChannelJoin
-from wellwatch.daemon.layout import PlateLayout
+from wellwatch.core.layouts import PlateLayout
 
 
 class Clock:

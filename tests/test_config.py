@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.config import Config, load_config
-from wellwatch.daemon.errors import ConfigError
+from wellwatch.core.config import Config, load_config
+from wellwatch.core.errors import ConfigError
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
 

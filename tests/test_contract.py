@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from wellwatch.daemon.contract import (METADATA_KEY, EmptyFilter, ModelContract, Normalisation, Tiling,
+from wellwatch.core.contract import (METADATA_KEY, EmptyFilter, ModelContract, Normalisation, Tiling,
                                        contract_from_metadata)
-from wellwatch.daemon.errors import ContractError
+from wellwatch.core.errors import ContractError
 
 
 def live_dead_contract(**changes) -> ModelContract:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.config import InferenceConfig
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.config import InferenceConfig
 from wellwatch.daemon.service import bundled_demo_model
 
 

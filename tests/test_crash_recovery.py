@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from wellwatch.daemon.journal import Journal
-from wellwatch.daemon.reader import FrameLimits
+from wellwatch.core.files.tiff import FrameLimits
 from wellwatch.daemon.suspect_read import verdict
 from wellwatch.simulator.hostile import tiff_bomb
 from wellwatch.simulator.writer import write_plate

@@ -18,13 +18,13 @@ import time
 import numpy as np
 import pytest
 
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.cell_calls import live_dead_cells
-from wellwatch.daemon.config import load_config
-from wellwatch.daemon.errors import ConfigError, StartupError
-from wellwatch.daemon.reader import read_frame
-from wellwatch.daemon.segment import classical_cells
-from wellwatch.daemon.segment_classical import ClassicalParams
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.cell_calls import live_dead_cells
+from wellwatch.core.config import load_config
+from wellwatch.core.errors import ConfigError, StartupError
+from wellwatch.core.files.tiff import read_frame
+from wellwatch.core.segmentation.segmenters import classical_cells
+from wellwatch.core.segmentation.classical import ClassicalParams
 from wellwatch.simulator import SimulationSpec, write_plate
 from wellwatch.training import cli as training_cli
 
@@ -211,7 +211,7 @@ class CropMeanLiveDead(CropStdClassifier):
 
 
 def test_cell_types_and_per_cell_live_dead_share_pooled_crop_batches(run_daemon, recorder_for, tmp_path):
-    from wellwatch.daemon.cell_calls import type_counts
+    from wellwatch.core.cell_calls import type_counts
 
     spec = plate(seed=17, cell_types=("lmpp", "prob"), type_mix="series")
     types, live_dead = CropStdClassifier(), CropMeanLiveDead()

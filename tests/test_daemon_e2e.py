@@ -214,7 +214,7 @@ class SlowBackend:
     """The demo model behind a slow inference call: frames stay in flight across reconcile scans."""
 
     def __init__(self, seconds: float):
-        from wellwatch.daemon.backend import OnnxBackend
+        from wellwatch.core.inference.backend import OnnxBackend
         from wellwatch.daemon.service import bundled_demo_model
 
         self.inner = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False)

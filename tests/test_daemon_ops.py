@@ -71,7 +71,7 @@ def wait_rows(journal: Path, n: int, timeout: float = 30) -> int:
 
 
 def config_of(path: Path):
-    from wellwatch.daemon.config import load_config
+    from wellwatch.core.config import load_config
 
     return load_config(path)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from wellwatch.daemon.config import load_config
-from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
-from wellwatch.daemon.reader import read_frame
-from wellwatch.daemon.segment import ModelSegmenter
-from wellwatch.daemon.segment_classical import ClassicalParams, segment_classical
+from wellwatch.core.config import load_config
+from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
+from wellwatch.core.files.tiff import read_frame
+from wellwatch.core.segmentation.segmenters import ModelSegmenter
+from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
@@ -131,7 +131,7 @@ def test_network_tiles_pooled_across_frames_come_back_to_their_frames(run_daemon
 
 
 def test_journal_from_before_cells_existed_is_migrated(tmp_path):
-    from wellwatch.daemon.aggregate import TileCounts
+    from wellwatch.core.aggregate import TileCounts
     from wellwatch.daemon.journal import FrameRecord, Journal
 
     path = tmp_path / "old.sqlite"
@@ -160,7 +160,7 @@ def test_journal_from_before_cells_existed_is_migrated(tmp_path):
 def test_segmentation_config_errors_name_the_key(tmp_path):
     import pytest
 
-    from wellwatch.daemon.errors import ConfigError
+    from wellwatch.core.errors import ConfigError
 
     for overrides, key in (({"segmentation.method": "watershed"}, "segmentation.method"),
                            ({"segmentation.classical.min_area": 50000}, "segmentation.classical.min_area"),
@@ -173,7 +173,7 @@ class CropStdClassifier:
     """A stand-in cell-type model: P(second class) from each crop's texture (tests may pass fakes)."""
 
     def __init__(self, size: int = 32, radius: float = 12.0, min_area: int = 60):
-        from wellwatch.daemon.contract import CellCrop
+        from wellwatch.core.contract import CellCrop
 
         self.path, self.sha256, self.provider = "crop-std", "1" * 64, "CPUExecutionProvider"
         self.contract = ModelContract(
@@ -191,8 +191,8 @@ class CropStdClassifier:
 
 
 def test_cell_types_and_per_cell_live_dead_in_frame_and_well_messages(run_daemon, recorder_for, tmp_path):
-    from wellwatch.daemon.cell_calls import type_counts
-    from wellwatch.daemon.segment import classical_cells
+    from wellwatch.core.cell_calls import type_counts
+    from wellwatch.core.segmentation.segmenters import classical_cells
 
     spec = plate(seed=14, cell_types=("lmpp", "prob"), type_mix="series")
     classifier = CropStdClassifier()
@@ -237,7 +237,7 @@ def test_nis_timelapse_cells_per_frame_with_the_bundled_model(tmp_path):
     import shutil
 
     from tests.conftest import StreamRecorder, shared_data
-    from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL, load_segmenter
+    from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, load_segmenter
     from wellwatch.harness import local_config, start_daemon
 
     folder = shared_data("nis-timelapse")

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from wellwatch.daemon.plate_map import PlateMapError
+from wellwatch.core.plate_map import PlateMapError
 from wellwatch.dashboard.cli import build_source
 from wellwatch.harness import start_writer
 from wellwatch.simulator.spec import SimulationSpec
@@ -207,8 +207,8 @@ def test_dashboard_reads_the_daemon_only_through_the_client_journal_and_pure_mod
     definition of a well's images and completeness, the journal's read-only history queries)."""
     import ast
 
-    allowed = {"wellwatch.daemon.dose", "wellwatch.daemon.plate_map", "wellwatch.daemon.config",
-               "wellwatch.daemon.errors", "wellwatch.daemon.plate", "wellwatch.daemon.aggregate",
+    allowed = {"wellwatch.core.dose", "wellwatch.core.plate_map", "wellwatch.core.config",
+               "wellwatch.core.errors", "wellwatch.core.plate", "wellwatch.core.aggregate",
                "wellwatch.daemon.history"}
     used = set()
     for path in (Path(__file__).resolve().parents[1] / "dashboard").glob("*.py"):
@@ -253,7 +253,7 @@ def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():
 
 
 def test_browser_shows_a_calibrated_models_intervals(run_daemon, recorder_for, dashboards, browser, tmp_path):
-    from wellwatch.daemon.intervals import Calibration
+    from wellwatch.core.intervals import Calibration
 
     from .calibrated_model import calibrated_demo_model
 

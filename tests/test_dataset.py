@@ -100,8 +100,8 @@ def test_voc_rotated_copies_share_a_group(tmp_path):
 
 
 def test_voc_native_scale_cuts_windows_of_the_frame_itself(tmp_path):
-    from wellwatch.daemon.contract import Normalisation
-    from wellwatch.daemon.preprocess import normalise_frame
+    from wellwatch.core.contract import Normalisation
+    from wellwatch.core.preprocess import normalise_frame
 
     rng = np.random.default_rng(3)
     img = _voc_image(rng, [(30, 40)], [(60, 70)])

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from wellwatch.daemon.diagnostics import Diagnostics, Expectations
 from wellwatch.daemon.jobs import FailedFrame, FrameJob
 from wellwatch.daemon.metrics import DaemonMetrics
-from wellwatch.daemon.naming import FrameMeta
+from wellwatch.core.naming import FrameMeta
 from wellwatch.harness import start_writer
 from wellwatch.simulator.spec import SimulationSpec
 from prometheus_client import CollectorRegistry
@@ -158,7 +158,7 @@ def test_a_quarantine_is_a_reason():
 
 
 def test_the_demo_model_warning_names_the_next_step(caplog):
-    from wellwatch.daemon.config import load_config
+    from wellwatch.core.config import load_config
     from wellwatch.daemon.service import load_backend
 
     caplog.set_level(logging.WARNING, logger="wellwatch.daemon.service")

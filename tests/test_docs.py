@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from wellwatch.cli import build_parser
-from wellwatch.daemon.config import load_config
+from wellwatch.core.config import load_config
 
 from .conftest import shared_data
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wellwatch.daemon.dose import WellReading, dose_response, fit_gr, fit_viability, gr50_from, log_logistic
-from wellwatch.daemon.plate_map import PlateMapError, read_plate_map
+from wellwatch.core.dose import WellReading, dose_response, fit_gr, fit_viability, gr50_from, log_logistic
+from wellwatch.core.plate_map import PlateMapError, read_plate_map
 from wellwatch.simulator import response
 from wellwatch.simulator.plate import plan_plate
 from wellwatch.simulator.spec import SimulationSpec

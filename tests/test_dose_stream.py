@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.config import load_config
-from wellwatch.daemon.errors import ConfigError
+from wellwatch.core.config import load_config
+from wellwatch.core.errors import ConfigError
 from wellwatch.simulator.plate import plan_plate
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import plate_map_csv, write_plate

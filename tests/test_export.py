@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from wellwatch.cli import main as wellwatch_main  # noqa: E402
-from wellwatch.daemon.contract import (EmptyFilter, ModelContract, Normalisation, Tiling,  # noqa: E402
+from wellwatch.core.contract import (EmptyFilter, ModelContract, Normalisation, Tiling,  # noqa: E402
                                        contract_from_metadata, file_sha256)
 from wellwatch.export import onnx_export  # noqa: E402
 from wellwatch.export.errors import ExportError, ManifestError  # noqa: E402
@@ -289,8 +289,8 @@ def test_fp16_nan_or_changed_decisions_fail(checkpoint, exported, tmp_path):
 # --- real inputs ------------------------------------------------------------------------------------
 
 def test_real_patches_are_cut_with_the_daemon_preprocessing():
-    from wellwatch.daemon.preprocess import prepare_tiles
-    from wellwatch.daemon.reader import read_frame
+    from wellwatch.core.preprocess import prepare_tiles
+    from wellwatch.core.files.tiff import read_frame
 
     image = read_frame(str(shared_data("usiigaci-phase", "set1", "raw.tif")))
     contract = tiny_contract(height=64, width=64, tiling=Tiling(64, 64), empty_filter=EmptyFilter("std", {"threshold": 0.5}))

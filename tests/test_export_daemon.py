@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from wellwatch.daemon.backend import OnnxBackend  # noqa: E402
-from wellwatch.daemon.contract import METADATA_KEY, EmptyFilter, Tiling, file_sha256  # noqa: E402
-from wellwatch.daemon.errors import ContractError, StartupError  # noqa: E402
-from wellwatch.daemon.preprocess import prepare_tiles  # noqa: E402
-from wellwatch.daemon.reader import read_frame  # noqa: E402
+from wellwatch.core.inference.backend import OnnxBackend  # noqa: E402
+from wellwatch.core.contract import METADATA_KEY, EmptyFilter, Tiling, file_sha256  # noqa: E402
+from wellwatch.core.errors import ContractError, StartupError  # noqa: E402
+from wellwatch.core.preprocess import prepare_tiles  # noqa: E402
+from wellwatch.core.files.tiff import read_frame  # noqa: E402
 from wellwatch.daemon.service import Daemon  # noqa: E402
 from wellwatch.export.from_checkpoint import export_checkpoint  # noqa: E402
 from wellwatch.harness import local_config  # noqa: E402

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.naming import format_scanr
-from wellwatch.daemon.plate import PLATE_FORMATS, all_wells, well_index
+from wellwatch.core.naming import format_scanr
+from wellwatch.core.plate import PLATE_FORMATS, all_wells, well_index
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 

@@ -18,7 +18,7 @@ import zmq
 
 from wellwatch.client import StreamState, follow
 from wellwatch.daemon.history import well_history
-from wellwatch.daemon.stream import SnapshotRequest, parse_snapshot_request, snapshot_request
+from wellwatch.core.stream_schema import SnapshotRequest, parse_snapshot_request, snapshot_request
 from wellwatch.harness import free_port, local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate

@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from wellwatch.daemon.backend import OnnxBackend, fp16_twin
-from wellwatch.daemon.config import CudaConfig, InferenceConfig, TensorrtConfig, load_config
-from wellwatch.daemon.contract import EmptyFilter, Normalisation
-from wellwatch.daemon.errors import ConfigError, ContractError, ProviderError
-from wellwatch.daemon.prepare import prepare_frame
-from wellwatch.daemon.providers import CPU, CUDA, TENSORRT, provider_chain
-from wellwatch.daemon.reader import read_frame
+from wellwatch.core.inference.backend import OnnxBackend, fp16_twin
+from wellwatch.core.config import CudaConfig, InferenceConfig, TensorrtConfig, load_config
+from wellwatch.core.contract import EmptyFilter, Normalisation
+from wellwatch.core.errors import ConfigError, ContractError, ProviderError
+from wellwatch.core.model_inputs import prepare_frame
+from wellwatch.core.inference.providers import CPU, CUDA, TENSORRT, provider_chain
+from wellwatch.core.files.tiff import read_frame
 from wellwatch.daemon.service import bundled_demo_model
 
 from .conftest import shared_data
@@ -263,7 +263,7 @@ def test_export_raw_command_checks_real_frames_and_writes_the_manifest(tmp_path,
     import json
 
     from wellwatch.cli import main
-    from wellwatch.daemon.contract import file_sha256
+    from wellwatch.core.contract import file_sha256
 
     out = tmp_path / "demo.raw.onnx"
     frame = shared_data("usiigaci-phase", "set5", "raw.tif")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.errors import FrameReadError
-from wellwatch.daemon.naming import format_scanr
-from wellwatch.daemon.reader import FrameLimits, read_frame
+from wellwatch.core.errors import FrameReadError
+from wellwatch.core.naming import format_scanr
+from wellwatch.core.files.tiff import FrameLimits, read_frame
 from wellwatch.simulator.hostile import tiff_bomb
 from wellwatch.simulator.writer import write_plate
 
@@ -214,7 +214,7 @@ def test_pool_worker_killed_from_outside_costs_no_task():
     import os
     import signal
 
-    from wellwatch.daemon.segment import SegmentationPool
+    from wellwatch.daemon.segmentation_pool import SegmentationPool
     from wellwatch.simulator.hostile import nap
 
     pool = SegmentationPool(2)
@@ -230,7 +230,7 @@ def test_pool_worker_killed_from_outside_costs_no_task():
 
 
 def test_frame_that_kills_its_worker_fails_alone_and_the_rest_succeed():
-    from wellwatch.daemon.segment import FrameFault, SegmentationPool
+    from wellwatch.daemon.segmentation_pool import FrameFault, SegmentationPool
     from wellwatch.simulator.hostile import die_in_worker, nap
 
     pool = SegmentationPool(2)
@@ -296,7 +296,7 @@ def test_good_file_at_daemon_deaths_is_read_in_isolation_and_counted(run_daemon,
 
 
 def test_aggregate_keeps_recent_timepoints_and_reloads_a_late_one():
-    from wellwatch.daemon.aggregate import PlateAggregate, TileCounts
+    from wellwatch.core.aggregate import PlateAggregate, TileCounts
 
     agg = PlateAggregate(2, keep_timepoints=2)
     journal = {}  # what the journal would hold: (timepoint) -> [(field, counts)]

@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from wellwatch.client import StreamState, follow, request_snapshot
-from wellwatch.daemon.errors import ConfigError
+from wellwatch.core.errors import ConfigError
 from wellwatch.harness import free_port, local_config, start_daemon
 from wellwatch.scale.hub import Hub, merge_snapshots
 from wellwatch.scale.hub_config import hub_config_from
@@ -426,7 +426,7 @@ def test_hub_command_bad_config_is_one_line(tmp_path):
 def test_source_defaults_to_the_host_name(tmp_path):
     import socket
 
-    from wellwatch.daemon.config import load_config
+    from wellwatch.core.config import load_config
 
     assert load_config(None, {"watch.root": str(tmp_path)}).source == socket.gethostname()
     assert load_config(None, {"watch.root": str(tmp_path), "publish.source": "scanr-2"}).source == "scanr-2"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.aggregate import PlateAggregate
+from wellwatch.core.aggregate import PlateAggregate
 from wellwatch.daemon.history import well_history
-from wellwatch.daemon.intervals import Calibration, live_fraction_fields
+from wellwatch.core.intervals import Calibration, live_fraction_fields
 from wellwatch.daemon.journal import FrameRecord, Journal
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.writer import write_plate

@@ -1,4 +1,4 @@
-"""Per-well intervals (daemon/intervals.py) on simulated plates where the truth is known.
+"""Per-well intervals (core/intervals.py) on simulated plates where the truth is known.
 
 A calibration plate and later plates are drawn from one assay: each well has its own dead fraction,
 and the classifier's scores carry a per-experiment shift (what makes the adcc-paired per-well errors
@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wellwatch.daemon.aggregate import PlateAggregate, count_tiles
-from wellwatch.daemon.contract import ModelContract
-from wellwatch.daemon.errors import ContractError
-from wellwatch.daemon.intervals import Calibration, conformal_half_width, dead_fraction, live_fraction_fields
+from wellwatch.core.aggregate import PlateAggregate, count_tiles
+from wellwatch.core.contract import ModelContract
+from wellwatch.core.errors import ContractError
+from wellwatch.core.intervals import Calibration, conformal_half_width, dead_fraction, live_fraction_fields
 from wellwatch.training.calibration import calibrate_scores
 
 CAL_WELLS = 19  # (19 + 1) * 0.9 = 18: the 18th of 19 errors, exact 90% coverage in expectation
@@ -108,7 +108,7 @@ def test_uncalibrated_or_unusable_calls_are_marked():
 
 
 def test_contract_calibration_round_trips_and_bad_sections_name_the_problem(tmp_path):
-    from wellwatch.daemon.contract import CONTRACT_VERSION
+    from wellwatch.core.contract import CONTRACT_VERSION
 
     doc = {"name": "m", "task": "live_dead", "classes": ["live", "dead"], "positive_class": "dead",
            "output": "probabilities", "input_name": "input", "channels": ["brightfield"], "layout": "NCHW",
@@ -131,12 +131,12 @@ def test_contract_calibration_round_trips_and_bad_sections_name_the_problem(tmp_
 def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
     import dataclasses
 
-    from wellwatch.daemon.backend import OnnxBackend
+    from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.daemon.commit import CommitBuilder
     from wellwatch.daemon.inference_stage import FrameWork
     from wellwatch.daemon.jobs import FrameJob
     from wellwatch.daemon.journal import Journal
-    from wellwatch.daemon.naming import FrameMeta
+    from wellwatch.core.naming import FrameMeta
     from wellwatch.daemon.service import bundled_demo_model
 
     demo = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False).contract
@@ -171,8 +171,8 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
 
 
 def test_dose_points_use_the_calibrated_estimate_and_carry_its_interval(tmp_path):
-    from wellwatch.daemon.dose import dose_points, reading_from_message
-    from wellwatch.daemon.plate_map import read_plate_map
+    from wellwatch.core.dose import dose_points, reading_from_message
+    from wellwatch.core.plate_map import read_plate_map
 
     (tmp_path / "map.csv").write_text("well,compound,concentration,unit,role\nA1,,0,,control\n"
                                       "A2,drug,1,uM,treated\n")
@@ -193,7 +193,7 @@ def test_dose_points_use_the_calibrated_estimate_and_carry_its_interval(tmp_path
 def test_an_uncalibrated_level_refuses_to_start():
     from types import SimpleNamespace
 
-    from wellwatch.daemon.errors import StartupError
+    from wellwatch.core.errors import StartupError
     from wellwatch.daemon.pipeline import check_interval_level
 
     model = SimpleNamespace(name="m", calibration=Calibration("classify_count", {"0.8": 0.1, "0.9": 0.2},

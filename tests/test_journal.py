@@ -7,7 +7,7 @@ from contextlib import closing
 
 import pytest
 
-from wellwatch.daemon.errors import StartupError
+from wellwatch.core.errors import StartupError
 from wellwatch.daemon.journal import FrameRecord, Journal, OutboxMessage, filesystem_type
 
 

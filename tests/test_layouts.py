@@ -8,9 +8,9 @@ import pytest
 import tifffile
 
 from tests.conftest import shared_data
-from wellwatch.daemon.layout import LayoutError, detect_layout
-from wellwatch.daemon.layout_imagexpress import read_htd
-from wellwatch.daemon.layout_ome import read_ome
+from wellwatch.core.layouts import LayoutError, detect_layout
+from wellwatch.core.layouts.imagexpress import read_htd
+from wellwatch.core.layouts.ome import read_ome
 
 
 def test_imagexpress_htd_wells_sites_waves_timepoints_z():

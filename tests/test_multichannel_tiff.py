@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.errors import FrameReadError
-from wellwatch.daemon.multichannel_tiff import decode_channels, pick_channels
+from wellwatch.core.errors import FrameReadError
+from wellwatch.core.files.multichannel_tiff import decode_channels, pick_channels
 
 
 def stack() -> np.ndarray:

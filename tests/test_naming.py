@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.errors import ConfigError, NamingError
-from wellwatch.daemon.naming import FrameMeta, NamingScheme, format_nis, format_scanr
-from wellwatch.daemon.plate import PLATE_FORMATS, all_wells, well_from_index, well_index
+from wellwatch.core.errors import ConfigError, NamingError
+from wellwatch.core.naming import FrameMeta, NamingScheme, format_nis, format_scanr
+from wellwatch.core.plate import PLATE_FORMATS, all_wells, well_from_index, well_index
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

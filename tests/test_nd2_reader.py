@@ -7,8 +7,8 @@ import pytest
 
 from tests.conftest import shared_data
 from tests.nd2_writer import copy_in_chunks, write_live
-from wellwatch.daemon.errors import FrameReadError
-from wellwatch.daemon.nd2_reader import frame_key, nd2_contents, read_nd2_frame
+from wellwatch.core.errors import FrameReadError
+from wellwatch.core.files.nd2 import frame_key, nd2_contents, read_nd2_frame
 
 nd2 = pytest.importorskip("nd2")
 
@@ -76,7 +76,7 @@ def test_not_an_nd2_file_is_a_clear_error(tmp_path):
 
 
 def test_tracker_offers_each_frame_once_and_skips_journaled_ones(cluster, tmp_path):
-    from wellwatch.daemon.nd2_reader import Nd2Tracker, nd2_layout
+    from wellwatch.core.files.nd2 import Nd2Tracker, nd2_layout
 
     dst = tmp_path / "live.nd2"
     tracker = Nd2Tracker()

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wellwatch.daemon.aggregate import PlateAggregate
-from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.core.aggregate import PlateAggregate
+from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.daemon.commit import CommitBuilder
 from wellwatch.daemon.inference_stage import FrameWork
 from wellwatch.daemon.jobs import FailedFrame, FrameJob, StatusEvent
 from wellwatch.daemon.journal import Journal
 from wellwatch.daemon.ledger import FrameLedger
-from wellwatch.daemon.naming import FrameMeta
-from wellwatch.daemon.prepare import prepare_frame
-from wellwatch.daemon.preprocess import prepare_tiles
+from wellwatch.core.naming import FrameMeta
+from wellwatch.core.model_inputs import prepare_frame
+from wellwatch.core.preprocess import prepare_tiles
 from wellwatch.daemon.recovery import recover
-from wellwatch.daemon.segment_classical import ClassicalParams, segment_classical
+from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 from wellwatch.daemon.service import bundled_demo_model
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec

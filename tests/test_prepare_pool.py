@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.errors import FrameReadError
-from wellwatch.daemon.prepare_pool import PreparePool, WorkerDied
-from wellwatch.daemon.preprocess import prepare_tiles
-from wellwatch.daemon.reader import FrameLimits, decode_frame
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.errors import FrameReadError
+from wellwatch.daemon.preparation_processes import PreparePool, WorkerDied
+from wellwatch.core.preprocess import prepare_tiles
+from wellwatch.core.files.tiff import FrameLimits, decode_frame
 from wellwatch.daemon.service import bundled_demo_model
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Tiling
-from wellwatch.daemon.preprocess import (cut_tiles, empty_mask, normalise_frame, prepare_tiles,
+from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Tiling
+from wellwatch.core.preprocess import (cut_tiles, empty_mask, normalise_frame, prepare_tiles,
                                          tile_origins)
 
 ROBUST = Normalisation("robust_zscore")
@@ -148,7 +148,7 @@ def test_in_place_normalisation_is_bitwise_the_plain_expression_and_leaves_the_i
 
 
 def test_fast_median_equals_numpy_median_odd_even_ties_and_nan():
-    from wellwatch.daemon.preprocess import median
+    from wellwatch.core.preprocess import median
 
     rng = np.random.default_rng(5)
     for n in (1, 2, 3, 4, 101, 1000, 4097):
@@ -159,7 +159,7 @@ def test_fast_median_equals_numpy_median_odd_even_ties_and_nan():
 
 
 def test_tile_set_gathers_exactly_the_tiles_prepare_tiles_cuts_and_releases_once():
-    from wellwatch.daemon.preprocess import TileSet, prepare_tile_set
+    from wellwatch.core.preprocess import TileSet, prepare_tile_set
 
     frame, _ = noisy_frame(shape=(300, 400))
     other = (frame[::-1] // 2).copy()

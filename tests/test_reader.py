@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.errors import FrameReadError
-from wellwatch.daemon.reader import read_frame
+from wellwatch.core.errors import FrameReadError
+from wellwatch.core.files.tiff import read_frame
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -155,7 +155,7 @@ def test_real_vendor_and_nis_files_read_as_2d():
     {"tile": (32, 32)},                         # tiled: decoded by tifffile
 ])
 def test_decoded_pixels_are_the_same_whether_viewed_in_place_or_decoded(kwargs, tmp_path):
-    from wellwatch.daemon.reader import contiguous_pixels, decode_frame
+    from wellwatch.core.files.tiff import contiguous_pixels, decode_frame
 
     kwargs = dict(kwargs)
     dtype = kwargs.pop("dtype", np.uint16)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from wellwatch.cli import main
-from wellwatch.daemon.naming import format_scanr
-from wellwatch.daemon.plate import PLATE_FORMATS, well_index
+from wellwatch.core.naming import format_scanr
+from wellwatch.core.plate import PLATE_FORMATS, well_index
 from wellwatch.dashboard.results import wells_path_for
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import PLATE_MAP, write_plate
@@ -145,7 +145,7 @@ def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
 def test_a_calibrated_model_puts_its_intervals_on_the_stream_and_in_the_well_table(run_daemon, recorder_for, tmp_path):
     import dataclasses
 
-    from wellwatch.daemon.intervals import Calibration
+    from wellwatch.core.intervals import Calibration
 
     from .calibrated_model import calibrated_demo_model
 

@@ -12,14 +12,14 @@ from scipy import ndimage as ndi
 
 from tests.conftest import shared_data
 from tests.test_segment_maps import seg_contract
-from wellwatch.daemon.config import load_config
-from wellwatch.daemon.contract import Normalisation
-from wellwatch.daemon.errors import ConfigError
-from wellwatch.daemon.preprocess import normalise_frame
-from wellwatch.daemon.rescale import (resize_labels, scale_factor, scaled_shape, segment_at_pixel_size,
+from wellwatch.core.config import load_config
+from wellwatch.core.contract import Normalisation
+from wellwatch.core.errors import ConfigError
+from wellwatch.core.preprocess import normalise_frame
+from wellwatch.core.segmentation.pixel_size import (resize_labels, scale_factor, scaled_shape, segment_at_pixel_size,
                                       to_model_scale)
-from wellwatch.daemon.segment import ModelSegmenter
-from wellwatch.daemon.segment_maps import ServeOptions, merge_tta, tta_tiles
+from wellwatch.core.segmentation.segmenters import ModelSegmenter
+from wellwatch.core.segmentation.maps import ServeOptions, merge_tta, tta_tiles
 from wellwatch.training.seg_metrics import match_scores
 from wellwatch.training.seg_targets import class_map, distance_map
 
@@ -182,8 +182,8 @@ def test_pixel_size_and_tta_keys_are_validated(tmp_path):
 
 
 def test_contract_refuses_a_negative_pixel_size():
-    from wellwatch.daemon.contract import ModelContract
-    from wellwatch.daemon.errors import ContractError
+    from wellwatch.core.contract import ModelContract
+    from wellwatch.core.errors import ContractError
 
     doc = model_at(0.87).to_json().replace('"pixel_size_um": 0.87', '"pixel_size_um": -1')
     with pytest.raises(ContractError, match="pixel_size_um"):
@@ -252,8 +252,8 @@ def test_bundled_onnx_rebuilds_into_a_trainable_unet_with_the_same_output():
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
-    from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL
-    from wellwatch.daemon.segment_maps import serve_tiles
+    from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL
+    from wellwatch.core.segmentation.maps import serve_tiles
     from wellwatch.training.seg_init import load_initial_model
     from wellwatch.training.unet import SegmentationMaps
 
@@ -272,7 +272,7 @@ def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_pat
     torch = pytest.importorskip("torch")
     import json
 
-    from wellwatch.daemon.segment import BUNDLED_SEGMENTATION_MODEL
+    from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL
     from wellwatch.training.seg_restamp import restamp
     from wellwatch.training.seg_train import load_seg_checkpoint
 

@@ -38,8 +38,8 @@ def test_label_downsampling_keeps_ids_and_aligns_with_block_means():
 def test_augmentation_moves_input_and_targets_together(recipe):
     """Bright squares on a dark field: after any crop, scale, rotation, flip and intensity change the
     input is still brightest where the targets say cell, and the class and distance maps agree."""
-    from wellwatch.daemon.contract import Normalisation
-    from wellwatch.daemon.preprocess import normalise_frame
+    from wellwatch.core.contract import Normalisation
+    from wellwatch.core.preprocess import normalise_frame
     from wellwatch.training.seg_augment import AugmentConfig, TrainImage, sample_crop
 
     labels = np.zeros((96, 96), np.int32)
@@ -72,9 +72,9 @@ def test_mask_import_refuses_mismatched_and_colour_masks(tmp_path):
 
 def test_short_run_on_real_masks_trains_exports_and_serves(tmp_path):
     """Two Usiigaci sets, a tiny U-Net, a few steps: the whole chain runs and stays consistent."""
-    from wellwatch.daemon.backend import OnnxBackend
-    from wellwatch.daemon.reader import read_frame
-    from wellwatch.daemon.segment import ModelSegmenter
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.segmenters import ModelSegmenter
     from wellwatch.export.from_checkpoint import export_checkpoint
     from wellwatch.export.manifest import manifest_path
     from wellwatch.training.seg_train import SegTrainConfig, load_seg_checkpoint, train_segmentation

@@ -11,9 +11,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from tests.conftest import shared_data
-from wellwatch.daemon import segment_classical as sc
-from wellwatch.daemon.errors import ConfigError
-from wellwatch.daemon.segment_classical import ClassicalParams, segment_classical
+from wellwatch.core.segmentation import classical as sc
+from wellwatch.core.errors import ConfigError
+from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 from wellwatch.training.seg_metrics import iou_matrix, match_scores
 
 # For synthetic discs: intensity Otsu, no smoothing of the distance map's small features.

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
-from wellwatch.daemon.errors import ContractError
-from wellwatch.daemon.segment_maps import (BOUNDARY, INTERIOR, PostProcess, blend_weights,
+from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
+from wellwatch.core.errors import ContractError
+from wellwatch.core.segmentation.maps import (BOUNDARY, INTERIOR, PostProcess, blend_weights,
                                            covering_origins, downsample_mean, filter_by_area,
                                            labels_from_maps, labels_from_tile_outputs, seg_tiles, stitch_maps,
                                            upsample_labels)

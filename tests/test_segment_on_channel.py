@@ -16,13 +16,13 @@ import tifffile
 
 from tests.conftest import shared_data
 from tests.test_vendor_daemon import daemons, journal, vendor_config  # noqa: F401 (fixture)
-from wellwatch.daemon.backend import OnnxBackend
-from wellwatch.daemon.config import ConfigError, load_config
-from wellwatch.daemon.contract import CellCrop
-from wellwatch.daemon.crops import cells_of, prepare_crops
-from wellwatch.daemon.prepare import prepare_frame
-from wellwatch.daemon.segment import bundled_model
-from wellwatch.daemon.segment_classical import ClassicalParams, segment_classical
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.config import ConfigError, load_config
+from wellwatch.core.contract import CellCrop
+from wellwatch.core.crops import cells_of, prepare_crops
+from wellwatch.core.model_inputs import prepare_frame
+from wellwatch.core.segmentation.segmenters import bundled_model
+from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 
 ADCC = shared_data("adcc-paired", "data")
 NUCLEI = {"foreground": "intensity", "downsample": 1, "min_area": 50, "max_area": 3000}

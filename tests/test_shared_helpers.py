@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from wellwatch.daemon.errors import ConfigError
-from wellwatch.daemon.resample import block_mean, filter_by_area, upsample_labels
-from wellwatch.daemon.validation import between, build, check_fields, choice
+from wellwatch.core.errors import ConfigError
+from wellwatch.core.segmentation.downsample import block_mean, filter_by_area, upsample_labels
+from wellwatch.core.validation import between, build, check_fields, choice
 from wellwatch.training.progress import Progress
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.errors import ConfigError
-from wellwatch.daemon.naming import NamingScheme
-from wellwatch.daemon.plate import PLATE_FORMATS
+from wellwatch.core.errors import ConfigError
+from wellwatch.core.naming import NamingScheme
+from wellwatch.core.plate import PLATE_FORMATS
 from wellwatch.simulator import SimulationSpec, iter_fields, parse_wells, write_plate
 from wellwatch.simulator import cli
 from wellwatch.simulator.render import BF_BACKGROUND, PI_BACKGROUND

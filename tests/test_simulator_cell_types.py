@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.errors import ConfigError
-from wellwatch.daemon.naming import NamingScheme
-from wellwatch.daemon.plate import PLATE_FORMATS
+from wellwatch.core.errors import ConfigError
+from wellwatch.core.naming import NamingScheme
+from wellwatch.core.plate import PLATE_FORMATS
 from wellwatch.simulator import SimulationSpec, cli, iter_fields, well_type_mix, write_plate
 from wellwatch.simulator.cells import CELL_TYPES
 from wellwatch.simulator.render import (DIC_BACKGROUND, MARKER_BACKGROUND, PH_BACKGROUND,

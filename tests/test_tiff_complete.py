@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from wellwatch.daemon.gate import CompletenessGate
-from wellwatch.daemon.tiff_complete import tiff_is_complete, tiff_being_filled
+from wellwatch.daemon.settle_gate import CompletenessGate
+from wellwatch.core.files.tiff_complete import tiff_is_complete, tiff_being_filled
 
 IMAGE = (np.arange(3 * 64 * 80) % 60000).astype(np.uint16).reshape(3, 64, 80)
 
@@ -198,7 +198,7 @@ def test_a_settled_file_whose_last_strip_is_zero_waits_up_to_the_ceiling(tmp_pat
         now[0] = float(t)
         assert gate.poll() == [], f"released half-zero after {t} s"
     now[0] = 70.0  # 60 s after it settled
-    with caplog.at_level("WARNING", logger="wellwatch.daemon.gate"):
+    with caplog.at_level("WARNING", logger="wellwatch.daemon.settle_gate"):
         (ready,) = gate.poll()  # the ceiling: a dark corner, released and said so
     assert ready.path == str(path) and "still all zero after 60 s" in caplog.text
 

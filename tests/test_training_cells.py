@@ -15,11 +15,11 @@ import re
 import numpy as np
 import pytest
 
-from wellwatch.daemon.contract import CellCrop
-from wellwatch.daemon.crops import cells_of, circular_mask, prepare_crops
-from wellwatch.daemon.reader import read_frame
-from wellwatch.daemon.segment import load_segmenter
-from wellwatch.daemon.segment_classical import ClassicalParams
+from wellwatch.core.contract import CellCrop
+from wellwatch.core.crops import cells_of, circular_mask, prepare_crops
+from wellwatch.core.files.tiff import read_frame
+from wellwatch.core.segmentation.segmenters import load_segmenter
+from wellwatch.core.segmentation.classical import ClassicalParams
 from wellwatch.simulator import SimulationSpec, write_plate
 from wellwatch.training import cli as training_cli
 from wellwatch.training.cells import (CellDatasetError, balance_per_group, cell_size_svm_scores, label_by_marker,

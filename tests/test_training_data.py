@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wellwatch.daemon.contract import EmptyFilter, Normalisation, Tiling
+from wellwatch.core.contract import EmptyFilter, Normalisation, Tiling
 from wellwatch.training.dataset import Dataset, contract_fields
 
 

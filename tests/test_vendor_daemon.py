@@ -22,7 +22,7 @@ import tifffile
 from tests.conftest import StreamRecorder, shared_data
 from tests.nd2_writer import copy_in_chunks, write_live
 from tests.two_channel_model import build_two_channel_model, expected_dead_tiles
-from wellwatch.daemon.config import load_config
+from wellwatch.core.config import load_config
 from wellwatch.harness import free_port, start_daemon, local_config
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wellwatch.daemon.gate import CompletenessGate
+from wellwatch.daemon.settle_gate import CompletenessGate
 from wellwatch.daemon.watcher import Discovery, inside_root, is_candidate_name
 
 EXT = (".tif", ".tiff")
@@ -155,7 +155,7 @@ def test_root_given_through_a_symlink(tmp_path):
 
 def test_a_root_gone_between_the_config_check_and_the_observer_is_named_at_start(tmp_path):
     """A share dropping at start-up: one line naming watch.root, not a bare errno from watchdog."""
-    from wellwatch.daemon.errors import StartupError
+    from wellwatch.core.errors import StartupError
 
     root = tmp_path / "data"
     root.mkdir()

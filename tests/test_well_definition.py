@@ -1,4 +1,4 @@
-"""One definition of a well's images and completeness (daemon/aggregate.py), used by the daemon's
+"""One definition of a well's images and completeness (core/aggregate.py), used by the daemon's
 well messages, `wellwatch results`' tables, the dashboard's history and reprocess; and a joined
 channel's file belongs to its field's row, never a row of its own.
 
@@ -11,13 +11,13 @@ import csv
 import numpy as np
 import pytest
 
-from wellwatch.daemon.aggregate import PlateAggregate, image_key, well_complete
-from wellwatch.daemon.backend import OnnxBackend
+from wellwatch.core.aggregate import PlateAggregate, image_key, well_complete
+from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.daemon.commit import CommitBuilder
 from wellwatch.daemon.inference_stage import FrameWork
 from wellwatch.daemon.jobs import FrameJob
 from wellwatch.daemon.journal import Journal
-from wellwatch.daemon.naming import FrameMeta
+from wellwatch.core.naming import FrameMeta
 from wellwatch.daemon.service import bundled_demo_model
 from wellwatch.dashboard.journal_view import JournalView
 from wellwatch.dashboard.results import write_results

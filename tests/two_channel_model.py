@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wellwatch.daemon.contract import CONTRACT_VERSION, EmptyFilter, ModelContract, Normalisation, Tiling
+from wellwatch.core.contract import CONTRACT_VERSION, EmptyFilter, ModelContract, Normalisation, Tiling
 
 GAIN = 4.0
 
@@ -54,7 +54,7 @@ def build_two_channel_model(path: Path, channels: tuple[str, str] = ("DIC", "PH"
 
 def expected_dead_tiles(images: list[np.ndarray], contract: ModelContract) -> int:
     """The model's dead calls on one field, computed without the model (numpy only)."""
-    from wellwatch.daemon.preprocess import prepare_tiles
+    from wellwatch.core.preprocess import prepare_tiles
 
     patches, _, _ = prepare_tiles(images, contract)
     means = patches.mean(axis=(2, 3))

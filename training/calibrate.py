@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from wellwatch.daemon.errors import WellwatchError
+from wellwatch.core.errors import WellwatchError
 
 from .calibration import calibrate_scores
 from .dataset import Dataset, load_dataset

@@ -3,7 +3,7 @@ conformal half-widths and a verdict. Pure numpy; `calibrate.py` runs the trainin
 
 Inputs are the leave-one-experiment-out P(dead) of every tile (cell), its stain label and its
 experiment. The interval maths (estimators, the conformal quantile) is the daemon's own
-(daemon/intervals.py), so what is measured here is what the daemon serves.
+(core/intervals.py), so what is measured here is what the daemon serves.
 
 Verdict rules (printed in the report):
 1. "per-cell calls usable": the mean AUC within an experiment is >= 0.80, the lower end of its 95% CI
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.daemon.intervals import ESTIMATORS, VERDICTS, Calibration, conformal_half_width, dead_fraction
+from wellwatch.core.intervals import ESTIMATORS, VERDICTS, Calibration, conformal_half_width, dead_fraction
 
 from .scores import roc_auc
 

@@ -54,7 +54,7 @@ def cellpose_model(init: str | None):
 
     if not init:
         return models.CellposeModel(gpu=False, pretrained_model=False)
-    from wellwatch.daemon.segment_cellpose import BUILTIN_MODELS, builtin_weights
+    from wellwatch.core.segmentation.cellpose_flows import BUILTIN_MODELS, builtin_weights
 
     if init in BUILTIN_MODELS:
         if not builtin_weights(init).is_file():

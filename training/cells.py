@@ -36,10 +36,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation
-from wellwatch.daemon.crops import Cells, circular_mask, cells_of, cut_crops, prepare_crops
-from wellwatch.daemon.errors import WellwatchError
-from wellwatch.daemon.naming import FrameMeta
+from wellwatch.core.contract import CellCrop, EmptyFilter, Normalisation
+from wellwatch.core.crops import Cells, circular_mask, cells_of, cut_crops, prepare_crops
+from wellwatch.core.errors import WellwatchError
+from wellwatch.core.naming import FrameMeta
 
 from .dataset import Dataset, well_ids
 from .gmm import Mixture, fit_mixture
@@ -141,7 +141,7 @@ class CellField:
 
 def read_fields(files: Iterable[FieldFiles]) -> Iterator[CellField]:
     """Read lazily, one field at a time (a plate of 150 px crops is large enough without all frames)."""
-    from wellwatch.daemon.reader import read_frame
+    from wellwatch.core.files.tiff import read_frame
 
     for f in files:
         m = f.meta

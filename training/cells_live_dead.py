@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation
-from wellwatch.daemon.crops import circular_mask, cut_crops
+from wellwatch.core.contract import CellCrop, EmptyFilter, Normalisation
+from wellwatch.core.crops import circular_mask, cut_crops
 
 from .cells import CellDatasetError, CellField, balance_per_group, checked_cells, collect_cells, marker_means
 from .dataset import Dataset, well_ids

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.core.contract import ModelContract
 
 from .models import build_model
 

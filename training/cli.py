@@ -25,7 +25,7 @@ def _class_map(text: str | None) -> dict[str, str] | None:
 
 
 def cmd_live_dead(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.contract import Normalisation
+    from wellwatch.core.contract import Normalisation
 
     from .dataset import save_dataset
     from .livedead import build_live_dead_dataset, find_pairs, read_pairs
@@ -57,7 +57,7 @@ def cmd_live_dead(args: argparse.Namespace) -> int:
 
 
 def cmd_voc(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.contract import Normalisation
+    from wellwatch.core.contract import Normalisation
 
     from .dataset import save_dataset
     from .voc import build_voc_dataset
@@ -74,8 +74,8 @@ def cmd_voc(args: argparse.Namespace) -> int:
 
 def cmd_cells(args: argparse.Namespace) -> int:
     from wellwatch.bench_segment import classical_params
-    from wellwatch.daemon.contract import CellCrop
-    from wellwatch.daemon.segment import load_segmenter
+    from wellwatch.core.contract import CellCrop
+    from wellwatch.core.segmentation.segmenters import load_segmenter
 
     from .cells import CellDatasetError, build_cell_dataset, find_fields, read_fields, stderr_progress
     from .dataset import save_dataset
@@ -223,7 +223,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def cmd_train_segmentation(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.contract import Normalisation
+    from wellwatch.core.contract import Normalisation
 
     from .seg_train import SegTrainConfig, train_segmentation
 
@@ -263,7 +263,7 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from wellwatch.daemon.errors import UsageError
+    from wellwatch.core.errors import UsageError
 
     from .evaluate import evaluate
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.daemon.contract import CellCrop, EmptyFilter, Normalisation, Tiling
+from wellwatch.core.contract import CellCrop, EmptyFilter, Normalisation, Tiling
 
 DATASET_FORMAT = 1
 NPZ, JSON = "dataset.npz", "dataset.json"

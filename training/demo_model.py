@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Tiling
-from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
+from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Tiling
+from wellwatch.core.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
 from wellwatch.export.from_checkpoint import export_checkpoint
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.daemon.contract import Normalisation, Tiling
-from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
+from wellwatch.core.contract import Normalisation, Tiling
+from wellwatch.core.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
 
 from .gmm import fit_mixture
 

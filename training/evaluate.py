@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.core.contract import ModelContract
 
 from .dataset import Dataset, load_dataset
 from .fractions import group_fractions, plot_group_fractions, pooled_auc_parts
@@ -76,7 +76,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
-        from wellwatch.daemon.contract import contract_from_metadata
+        from wellwatch.core.contract import contract_from_metadata
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         contract = contract_from_metadata(session.get_modelmeta().custom_metadata_map, str(path))

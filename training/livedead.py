@@ -24,11 +24,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from wellwatch.daemon.contract import EmptyFilter, Normalisation, Tiling
-from wellwatch.daemon.errors import NamingError
-from wellwatch.daemon.naming import NamingScheme
-from wellwatch.daemon.plate import PLATE_FORMATS
-from wellwatch.daemon.preprocess import cut_tiles, normalise_frame, tile_origins
+from wellwatch.core.contract import EmptyFilter, Normalisation, Tiling
+from wellwatch.core.errors import NamingError
+from wellwatch.core.naming import NamingScheme
+from wellwatch.core.plate import PLATE_FORMATS
+from wellwatch.core.preprocess import cut_tiles, normalise_frame, tile_origins
 
 from .dataset import Dataset, contract_fields
 from .gmm import Mixture, label_by_thresholds
@@ -78,7 +78,7 @@ def find_pairs(folders: Iterable[str | Path], naming: str = "scanr", label_free:
 
 
 def read_pairs(pairs) -> Iterator[PairedField]:
-    from wellwatch.daemon.reader import read_frame
+    from wellwatch.core.files.tiff import read_frame
 
     for lf, fl, meta in pairs:
         # the split unit is the field position: a time-lapse (and a z-stack) shows the same cells again,

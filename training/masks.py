@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wellwatch.daemon.reader import read_frame
+from wellwatch.core.files.tiff import read_frame
 
 from .progress import Progress
 

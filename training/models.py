@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wellwatch.daemon.errors import WellwatchError
+from wellwatch.core.errors import WellwatchError
 
 PRETRAINED = ("imagenet",)
 TORCHVISION = ("resnet18", "squeezenet1_1", "inception_v3")

@@ -1,7 +1,7 @@
 """Paired label-free + fluorescence fields -> labelled live/dead patches.
 
 Tiling, normalisation and the empty-patch test are the daemon's own functions
-(wellwatch.daemon.preprocess), so a model sees at training time exactly what it sees when served.
+(wellwatch.core.preprocess), so a model sees at training time exactly what it sees when served.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from wellwatch.daemon.contract import EmptyFilter, Normalisation, Tiling
-from wellwatch.daemon.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
+from wellwatch.core.contract import EmptyFilter, Normalisation, Tiling
+from wellwatch.core.preprocess import cut_tiles, empty_mask, normalise_frame, tile_origins
 
 from .gmm import Thresholds, label_by_thresholds, live_dead_thresholds
 

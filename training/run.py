@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.daemon.contract import CellCrop, ModelContract
+from wellwatch.core.contract import CellCrop, ModelContract
 
 from .checkpoint import history_dict, save_checkpoint
 from .cells import SVM_DESCRIPTION, cell_size_svm_scores

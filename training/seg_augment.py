@@ -3,7 +3,7 @@
 One random crop of an image (before normalisation, at model resolution) and its label image goes
 through, in order:
 - scale: cells 0.5-2x their linear size (the crop window is taken larger or smaller and resampled
-  with daemon/rescale.py, as the daemon resamples a frame to the model's pixel size); the targets
+  with core/segmentation/pixel_size.py, as the daemon resamples a frame to the model's pixel size); the targets
   are recomputed from the resampled labels, so boundaries stay one pixel wide at every scale;
 - geometry: a 90-degree rotation and a flip;
 - illumination: a smooth multiplicative gradient (linear ramp plus vignette), gain, gamma;
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from wellwatch.daemon.contract import Normalisation
-from wellwatch.daemon.preprocess import normalise_frame
-from wellwatch.daemon.rescale import resize_image, resize_labels
+from wellwatch.core.contract import Normalisation
+from wellwatch.core.preprocess import normalise_frame
+from wellwatch.core.segmentation.pixel_size import resize_image, resize_labels
 
 from .seg_targets import class_map, distance_map
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wellwatch.daemon.contract import ModelContract
+from wellwatch.core.contract import ModelContract
 
 from .unet import SegmentationMaps, UNet
 
@@ -60,7 +60,7 @@ def unet_from_onnx(path: Path) -> tuple[UNet, ModelContract]:
     import onnx
     from onnx import numpy_helper
 
-    from wellwatch.daemon.contract import contract_from_metadata
+    from wellwatch.core.contract import contract_from_metadata
 
     proto = onnx.load(str(path))
     contract = contract_from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from wellwatch.daemon.segment_maps import BACKGROUND, BOUNDARY, INTERIOR
+from wellwatch.core.segmentation.maps import BACKGROUND, BOUNDARY, INTERIOR
 
 
 def downsample_labels(labels: np.ndarray, factor: int) -> np.ndarray:

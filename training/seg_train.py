@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from wellwatch.daemon.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
-from wellwatch.daemon.preprocess import normalise_frame
-from wellwatch.daemon.rescale import to_model_scale
-from wellwatch.daemon.segment_maps import PostProcess, ServeOptions, downsample_mean, labels_from_served, serve_tiles
+from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
+from wellwatch.core.preprocess import normalise_frame
+from wellwatch.core.segmentation.pixel_size import to_model_scale
+from wellwatch.core.segmentation.maps import PostProcess, ServeOptions, downsample_mean, labels_from_served, serve_tiles
 
 from .masks import MaskSet, load_mask_set
 from .seg_augment import RECIPES, AugmentConfig, TrainImage, sample_crop
@@ -104,7 +104,7 @@ def prepare(ds: MaskSet, contract: ModelContract, pixel_size_um: float = 0.0) ->
     for image, labels in zip(ds.images, ds.labels):
         scaled = to_model_scale(image, pixel_size_um, model_px)
         if scaled is not image:
-            from wellwatch.daemon.rescale import resize_labels
+            from wellwatch.core.segmentation.pixel_size import resize_labels
             labels = resize_labels(labels, scaled.shape)
         raw = downsample_mean(scaled, f)
         small = downsample_labels(labels, f)[:raw.shape[0], :raw.shape[1]]
@@ -309,7 +309,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
 
 
 def _sha256(path: str) -> str:
-    from wellwatch.daemon.contract import file_sha256
+    from wellwatch.core.contract import file_sha256
 
     return file_sha256(path)
 

@@ -205,7 +205,7 @@ class StainLabelling:
 
     def summarise(self, fluorescence: np.ndarray, origins: np.ndarray, tile: int) -> np.ndarray:
         """One value per tile (the signal in noise units with `background`, else raw intensity)."""
-        from wellwatch.daemon.preprocess import cut_tiles
+        from wellwatch.core.preprocess import cut_tiles
 
         img = stain_signal(fluorescence) if self.background else np.asarray(fluorescence, np.float32)
         return tile_statistic(cut_tiles(img, origins, tile), self.statistic)

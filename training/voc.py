@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from skimage.transform import resize
 
-from wellwatch.daemon.contract import EmptyFilter, Normalisation, Tiling
-from wellwatch.daemon.preprocess import normalise_frame
+from wellwatch.core.contract import EmptyFilter, Normalisation, Tiling
+from wellwatch.core.preprocess import normalise_frame
 
 from .dataset import Dataset, contract_fields
 

@@ -32,8 +32,8 @@ import tifffile
 from .bench_models import resolve_model
 from .bench_prepare import CpuSampler, preparation_ms_per_mpx
 from .client import follow
-from .daemon.backend import OnnxBackend
-from .daemon.preprocess import prepare_tiles
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.preprocess import prepare_tiles
 from .harness import local_config, start_daemon
 from .simulator.plate import iter_fields
 from .simulator.spec import SimulationSpec, parse_wells
@@ -151,7 +151,7 @@ def run_bench(args: argparse.Namespace) -> int:
     _say(args, f"bench: {n} simulated {spec.size}x{spec.size} frames per phase, in {work}")
     burst_files = render_files(spec)
     if args.prepare_only:
-        from .daemon.service import bundled_demo_model
+        from wellwatch.daemon.service import bundled_demo_model
 
         contract = OnnxBackend(config.models.live_dead.path or bundled_demo_model(), "cpu").contract
         result = {"frames": n, "frame_size": spec.size, "model": contract.name,

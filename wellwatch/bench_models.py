@@ -50,9 +50,9 @@ def resnet18_model(folder: Path, say=print) -> Path:
     except ImportError as e:
         raise SystemExit(f"bench: --model resnet18 is built with the train extra the first time "
                          f"(pip install 'wellwatch[train]'): {e}") from None
-    from .daemon.contract import ModelContract, Tiling
-    from .daemon.backend import OnnxBackend
-    from .daemon.service import bundled_demo_model
+    from wellwatch.core.contract import ModelContract, Tiling
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.daemon.service import bundled_demo_model
 
     say(f"bench: building ResNet-18 (random init) and exporting it to {out} (once) ...")
     demo = OnnxBackend(bundled_demo_model(), "cpu", warmup=False).contract

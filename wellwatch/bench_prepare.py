@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from .daemon.contract import ModelContract
-from .daemon.preprocess import cut_tiles, empty_mask, normalise_frame, prepare_tiles, tile_origins
-from .daemon.reader import decode_frame
+from wellwatch.core.contract import ModelContract
+from wellwatch.core.preprocess import cut_tiles, empty_mask, normalise_frame, prepare_tiles, tile_origins
+from wellwatch.core.files.tiff import decode_frame
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

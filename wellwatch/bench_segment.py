@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .daemon.errors import ConfigError, WellwatchError
+from wellwatch.core.errors import ConfigError, WellwatchError
 
 if TYPE_CHECKING:
-    from .daemon.segment_classical import ClassicalParams
+    from wellwatch.core.segmentation.classical import ClassicalParams
 
 # scikit-image, tifffile and the scorers load when the benchmark runs, not when the CLI starts
 
@@ -109,7 +109,7 @@ def _parse_value(text: str) -> object:
 
 
 def classical_params(overrides: list[str]) -> ClassicalParams:
-    from .daemon.segment_classical import ClassicalParams
+    from wellwatch.core.segmentation.classical import ClassicalParams
 
     table = {}
     for item in overrides:
@@ -159,8 +159,8 @@ def _groups(data: str, say) -> dict[str, str]:
 # --- segmenters (built inside each worker: sessions are never pickled) --------------------------
 
 def make_segmenter(method: str, params: ClassicalParams, model_path: str | None, threads: int, options=None):
-    from .daemon.segment import load_segmenter
-    from .daemon.segment_maps import ServeOptions
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+    from wellwatch.core.segmentation.maps import ServeOptions
 
     if method == "classical":
         return load_segmenter(None, params)
@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
                    f"{platform.python_version()}",
         "methods": {},
     }
-    from .daemon.segment_maps import ServeOptions
+    from wellwatch.core.segmentation.maps import ServeOptions
 
     options = ServeOptions(frame_pixel_size_um=args.pixel_size, tta=args.tta)
     groups = _groups(args.data, say)

@@ -13,7 +13,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from .daemon.errors import UsageError, WellwatchError
+from wellwatch.core.errors import UsageError, WellwatchError
 
 # Errors a user fixes (a missing file, a daemon not running): one line and exit 2, no traceback.
 USER_ERRORS = (WellwatchError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
@@ -32,8 +32,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon.config import load_config
-    from .daemon.service import Daemon
+    from wellwatch.core.config import load_config
+    from wellwatch.daemon.service import Daemon
 
     config = load_config(args.config)
     return Daemon(config).run()
@@ -108,10 +108,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
     import tifffile
 
-    from .daemon.config import load_config
-    from .daemon.reader import read_frame
-    from .daemon.segment import load_segmenter
-    from .daemon.segment_maps import ServeOptions
+    from wellwatch.core.config import load_config
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+    from wellwatch.core.segmentation.maps import ServeOptions
 
     config = load_config(args.config) if args.config else load_config(None)
     pixel_size = config.plate.pixel_size_um if args.pixel_size is None else args.pixel_size
@@ -141,7 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_layout(args: argparse.Namespace) -> int:
     """Print the plate layout(s) the daemon would read from a folder's vendor files or .nd2 files:
     one JSON object for one plate, a list for a folder of several plates."""
-    from .daemon.layout import LayoutError
+    from wellwatch.core.layouts import LayoutError
 
     target = Path(args.path)
     if not target.exists():
@@ -160,8 +160,8 @@ def plate_layouts(target) -> list:
     """A folder's plates: every vendor layout file at the nearest depth, else its .nd2 files."""
     import dataclasses
 
-    from .daemon.layout import find_layout_files
-    from .daemon.nd2_reader import nd2_contents, nd2_layout
+    from wellwatch.core.layouts import find_layout_files
+    from wellwatch.core.files.nd2 import nd2_contents, nd2_layout
 
     def of_nd2(path):
         contents = nd2_contents(path)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import zmq
 
-from .daemon.stream import snapshot_request
+from wellwatch.core.stream_schema import snapshot_request
 
 
 def default_snapshot_endpoint(endpoint: str) -> str:

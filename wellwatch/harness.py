@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .daemon.config import Config, load_config
-from .daemon.service import Daemon
+from wellwatch.core.config import Config, load_config
+from wellwatch.daemon.service import Daemon
 from .simulator.spec import SimulationSpec
 from .simulator.writer import write_plate
 

@@ -1,0 +1,1 @@
+"""Frame files: TIFF and ND2 reading with the checks that catch damaged files, and completeness by structure."""

@@ -1,0 +1,1 @@
+"""The inference backend: one ONNX Runtime session per model, its providers and I/O binding."""

@@ -1,0 +1,1 @@
+"""BioImage.IO model packages: read, checked on the real session, served."""

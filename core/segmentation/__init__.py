@@ -1,0 +1,1 @@
+"""Cell segmentation: classical, learned (maps -> instances), Cellpose flows, BioImage.IO packages."""
