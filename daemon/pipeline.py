@@ -56,7 +56,7 @@ from wellwatch.core.segmentation.maps import ServeOptions
 from wellwatch.daemon.publish import Publisher
 from wellwatch.daemon.read_stage import ReadStage
 from wellwatch.daemon.recovery import recover
-from wellwatch.daemon.security import CurveServer
+from wellwatch.net.security import CurveServer
 from wellwatch.core.segmentation.segmenters import model_segmenter
 from wellwatch.daemon.segmentation_pool import SegmentationPool
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import zmq
 
-from wellwatch.core.errors import StartupError
 from wellwatch.daemon.journal import Journal, OutboxMessage
 from wellwatch.daemon.metrics import DaemonMetrics
-from wellwatch.daemon.security import CurveServer
+from wellwatch.net.security import CurveServer
+from wellwatch.net.sockets import MAX_REQUEST_BYTES, bind
 from wellwatch.daemon.history import well_history
 from wellwatch.core.stream_schema import (HEARTBEAT_TOPIC, SCHEMA_VERSION, SnapshotRequest, heartbeat, parse_snapshot_request, replaces,
                      snapshot_key, stamp_sent)
@@ -28,15 +28,6 @@ from wellwatch.core.stream_schema import (HEARTBEAT_TOPIC, SCHEMA_VERSION, Snaps
 log = logging.getLogger(__name__)
 
 _STOP = object()
-MAX_REQUEST_BYTES = 4096
-
-
-def bind(socket: zmq.Socket, endpoint: str, key: str) -> None:
-    try:
-        socket.bind(endpoint)
-    except zmq.ZMQError as e:
-        raise StartupError(f"{key} {endpoint}: cannot bind ({e.strerror}); "
-                           "is another wellwatch running, or the port in use?") from None
 
 
 class Publisher(threading.Thread):

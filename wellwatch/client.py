@@ -19,6 +19,7 @@ from typing import Iterator
 import zmq
 
 from wellwatch.core.stream_schema import snapshot_request
+from wellwatch.net.security import apply_client_keys
 
 
 def default_snapshot_endpoint(endpoint: str) -> str:
@@ -37,8 +38,6 @@ class CurveKeys:
     client_secret: str
 
     def apply(self, socket: zmq.Socket) -> None:
-        from wellwatch.daemon.security import apply_client_keys
-
         apply_client_keys(socket, self.server_public, self.client_secret)
 
 
