@@ -40,7 +40,7 @@ def test_runtime_commands_work_without_torch(tmp_path):
     code = (
         "import sys\n"
         "for name in ('torch', 'torchvision', 'onnx', 'matplotlib', 'sklearn'): sys.modules[name] = None\n"
-        "import wellwatch.cli, wellwatch.daemon.service, wellwatch.demo, wellwatch.bench, wellwatch.harness\n"
+        "import wellwatch.cli, wellwatch.daemon.service, wellwatch.demo, wellwatch.bench.cli, wellwatch.harness\n"
         "parser = wellwatch.cli.build_parser()\n"
         "for argv in (['run', '--config', 'c.toml'], ['subscribe', 'tcp://127.0.0.1:1'], ['simulate', 'out'],\n"
         "             ['demo'], ['bench'], ['keys', 'dir', 'name']):\n"

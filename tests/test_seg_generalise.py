@@ -293,7 +293,7 @@ def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_pat
 def test_bench_scores_by_group_count_trained_frames_and_print_the_contract_figures():
     import io
 
-    from wellwatch.bench_segment import print_groups, scores_by_group
+    from wellwatch.bench.segment import print_groups, scores_by_group
 
     _, truth = discs((64, 64), radius=6, spacing=20)
     miss = np.where(truth == 1, 0, truth)  # one of the nine cells missed

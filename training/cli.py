@@ -73,7 +73,7 @@ def cmd_voc(args: argparse.Namespace) -> int:
 
 
 def cmd_cells(args: argparse.Namespace) -> int:
-    from wellwatch.bench_segment import classical_params
+    from wellwatch.core.segmentation.classical_overrides import classical_params
     from wellwatch.core.contract import CellCrop
     from wellwatch.core.segmentation.segmenters import load_segmenter
 

@@ -201,7 +201,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 LAZY_COMMANDS = {
     "simulate": ("wellwatch.simulator.cli", "write a simulated plate acquisition (BF + PI by default) with ground truth"),
     "demo": ("wellwatch.demo", "simulate a plate and watch the daemon count it, live"),
-    "bench": ("wellwatch.bench", "measure throughput and latency on a simulated plate"),
+    "bench": ("wellwatch.bench.cli", "measure throughput and latency on a simulated plate"),
     "export": ("wellwatch.export.cli", "RUN/best.pt -> ONNX with the model contract, parity-checked against PyTorch"),
     "export-raw": ("wellwatch.export.cli", "MODEL.onnx -> MODEL.raw.onnx: the normalisation inside the graph, "
                                            "raw uint16 tiles in"),

@@ -10,7 +10,7 @@
 
 Before them, preparation alone (decode, normalise, tile, empty filter) in ms per megapixel, and
 during the burst the CPU seconds of each daemon thread and preparation process
-(`bench_prepare.py`): where the cores go.
+(`bench/prepare.py`): where the cores go.
 """
 
 from __future__ import annotations
@@ -29,56 +29,17 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .bench_models import resolve_model
-from .bench_prepare import CpuSampler, preparation_ms_per_mpx
-from .client import follow
+from wellwatch.client import follow
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.preprocess import prepare_tiles
-from .harness import local_config, start_daemon
-from .simulator.plate import iter_fields
-from .simulator.spec import SimulationSpec, parse_wells
-from .simulator.writer import frame_name, tiff_bytes, write_frame
+from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.harness import local_config, start_daemon
+from wellwatch.simulator.plate import iter_fields
+from wellwatch.simulator.spec import SimulationSpec, parse_wells
+from wellwatch.simulator.writer import frame_name, tiff_bytes, write_frame
 
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure throughput and latency on a simulated plate")
-    p.add_argument("--wells", default="24", help="well list, a count, or 'all' (default 24)")
-    p.add_argument("--fields", type=int, default=2)
-    p.add_argument("--timepoints", type=int, default=2)
-    p.add_argument("--size", type=int, default=1024, help="frame edge in px (default 1024)")
-    p.add_argument("--model", default="",
-                   help="live/dead model: an ONNX path, 'demo' (the bundled demo model, the default) or 'resnet18' "
-                        "(ResNet-18 on 224 px tiles, random weights, built and exported by the project's own tools "
-                        "into ~/.cache/wellwatch/bench-models the first time; needs the train extra then)")
-    p.add_argument("--max-batch", type=int, default=256)
-    p.add_argument("--max-delay-ms", type=float, default=20.0)
-    p.add_argument("--read-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    p.add_argument("--prepare-workers", type=int, default=0,
-                   help="pipeline.prepare_workers: preparation processes (0 = in the read threads, the default)")
-    p.add_argument("--naive-frames", type=int, default=8, help="frames for the naive loop")
-    p.add_argument("--segmentation", default="none", choices=["none", "classical", "model"],
-                   help="also segment every frame (per-cell counts) with this method; the end-to-end figures "
-                        "then include it (model: the bundled phase-contrast model)")
-    p.add_argument("--segmentation-workers", type=int, default=0, help="segmentation processes (0 = one per core)")
-    p.add_argument("--steady-rate", type=float, default=0.0,
-                   help="frames/s of the latency phase (default 0: half the burst rate)")
-    p.add_argument("--stage-outside", action="store_true",
-                   help="write each file outside the watched folder, then rename it in (inotify then reports a "
-                        "creation, not a rename: the completeness gate decides)")
-    p.add_argument("--settle-s", type=float, default=0.1, help="watch.settle_s (the daemon's default is 0.3)")
-    p.add_argument("--completeness", default="structure", choices=["structure", "settle"],
-                   help="watch.completeness: prove TIFFs complete by structure, or always wait settle_s")
-    p.add_argument("--prepare-only", action="store_true",
-                   help="only time preparation (decode, normalise, tile, empty filter) in ms per megapixel")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=run_bench)
-    targets = p.add_subparsers(dest="bench_target", metavar="{segment}")
-    from .bench_segment import add_arguments, run
-
-    seg = targets.add_parser("segment", help="segmentation quality (F1, AP at IoU 0.5/0.75, count error) and "
-                                            "frames/s per method on images with masks")
-    add_arguments(seg)
-    seg.set_defaults(func=run)
+from .models import resolve_model
+from .prepare import CpuSampler, preparation_ms_per_mpx
 
 
 def _say(args, text: str) -> None:
@@ -151,8 +112,6 @@ def run_bench(args: argparse.Namespace) -> int:
     _say(args, f"bench: {n} simulated {spec.size}x{spec.size} frames per phase, in {work}")
     burst_files = render_files(spec)
     if args.prepare_only:
-        from wellwatch.daemon.service import bundled_demo_model
-
         contract = OnnxBackend(config.models.live_dead.path or bundled_demo_model(), "cpu").contract
         result = {"frames": n, "frame_size": spec.size, "model": contract.name,
                   "prepare_ms_per_mpx": preparation_ms_per_mpx(burst_files[:16], contract)}

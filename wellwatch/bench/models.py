@@ -16,6 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
+from wellwatch.core.contract import ModelContract, Tiling
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.daemon.service import bundled_demo_model
+
 RESNET18_TILE = 224
 _VERSION = 1  # bump when what is built changes: a new cache file
 
@@ -41,19 +47,14 @@ def resnet18_model(folder: Path, say=print) -> Path:
     out = folder / f"resnet18-live-dead-224-v{_VERSION}.onnx"
     if out.is_file():
         return out
-    try:
-        import numpy as np
+    try:  # torch, only for this model and only the first time: `wellwatch bench` runs without the train extra
         import torch
 
-        from .export.onnx_export import export_classifier
-        from .training.models import build_model
+        from wellwatch.export.onnx_export import export_classifier
+        from wellwatch.training.models import build_model
     except ImportError as e:
         raise SystemExit(f"bench: --model resnet18 is built with the train extra the first time "
                          f"(pip install 'wellwatch[train]'): {e}") from None
-    from wellwatch.core.contract import ModelContract, Tiling
-    from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.daemon.service import bundled_demo_model
-
     say(f"bench: building ResNet-18 (random init) and exporting it to {out} (once) ...")
     demo = OnnxBackend(bundled_demo_model(), "cpu", warmup=False).contract
     torch.manual_seed(0)

@@ -27,20 +27,23 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import tifffile
 
-from wellwatch.core.errors import ConfigError, WellwatchError
+from wellwatch.core.errors import WellwatchError
+from wellwatch.core.segmentation.classical import ClassicalParams
+from wellwatch.core.segmentation.classical_overrides import classical_params
+from wellwatch.core.segmentation.maps import ServeOptions
+from wellwatch.core.segmentation.segmenters import load_segmenter
+from wellwatch.overlay import overlay_png
+from wellwatch.training.masks import read_labels
+from wellwatch.training.seg_groups import usiigaci_groups
+from wellwatch.training.seg_metrics import aggregate_scores, match_scores
 
-if TYPE_CHECKING:
-    from wellwatch.core.segmentation.classical import ClassicalParams
-
-# scikit-image, tifffile and the scorers load when the benchmark runs, not when the CLI starts
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "phase-segmentation.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "phase-segmentation.onnx"
 DATASET = "usiigaci-phase"
 THRESHOLDS = (0.5, 0.75)
 
@@ -96,30 +99,6 @@ def parse_sets(text: str) -> list[int]:
     return sorted(out)
 
 
-def _parse_value(text: str) -> object:
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip().strip("'\"")
-
-
-def classical_params(overrides: list[str]) -> ClassicalParams:
-    from wellwatch.core.segmentation.classical import ClassicalParams
-
-    table = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--classical {item}", item, "expected KEY=VALUE, e.g. downsample=1")
-        table[key.strip()] = _parse_value(value)
-    return ClassicalParams.from_mapping(table, prefix="--classical ")
-
-
 def _dataset_root(data: str) -> Path:
     root = Path(data)
     return root / DATASET if (root / DATASET).is_dir() else root
@@ -127,10 +106,6 @@ def _dataset_root(data: str) -> Path:
 
 def load_pairs(data: str, sets: list[int]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """[(name, frame, ground-truth labels)] for setN/raw.tif + setN/instances_ids.png."""
-    import tifffile
-
-    from .training.masks import read_labels
-
     root = _dataset_root(data)
     pairs = []
     for n in sets:
@@ -147,8 +122,6 @@ def load_pairs(data: str, sets: list[int]) -> list[tuple[str, np.ndarray, np.nda
 
 def _groups(data: str, say) -> dict[str, str]:
     """setN -> acquisition group from the frames' NIS-Elements metadata; {} when it cannot be read."""
-    from .training.seg_groups import usiigaci_groups
-
     try:
         return usiigaci_groups(_dataset_root(data))[0]
     except (OSError, ValueError) as e:
@@ -159,9 +132,6 @@ def _groups(data: str, say) -> dict[str, str]:
 # --- segmenters (built inside each worker: sessions are never pickled) --------------------------
 
 def make_segmenter(method: str, params: ClassicalParams, model_path: str | None, threads: int, options=None):
-    from wellwatch.core.segmentation.segmenters import load_segmenter
-    from wellwatch.core.segmentation.maps import ServeOptions
-
     if method == "classical":
         return load_segmenter(None, params)
     return load_segmenter(model_path, None, threads=threads, options=options or ServeOptions())
@@ -251,12 +221,8 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
     finally:
         if old is not None:
             os.sched_setaffinity(0, old)
-    from .training.seg_metrics import aggregate_scores, match_scores
-
     per_image = [match_scores(gt, lab, THRESHOLDS) for (_, _, gt), lab in zip(pairs, labels)]
     if overlays:
-        from .overlay import overlay_png
-
         for (name, frame, gt), lab in zip(pairs, labels):
             overlay_png(frame, lab, Path(overlays) / f"{method}-{name}.png", truth=gt, scale=2)
         say(f"{method}: overlays in {overlays}")
@@ -293,8 +259,6 @@ def bench_method(method: str, pairs, params: ClassicalParams, model_path: str | 
 
 def scores_by_group(names: list[str], per_image: list[dict], groups: dict[str, str], seen: set[str]) -> dict:
     """Scores per acquisition group; `trained_on`: how many of its frames the model was trained on."""
-    from .training.seg_metrics import aggregate_scores
-
     out = {}
     for group in sorted({groups.get(n, "?") for n in names}):
         idx = [i for i, n in enumerate(names) if groups.get(n, "?") == group]
@@ -388,8 +352,6 @@ def run(args: argparse.Namespace) -> int:
                    f"{platform.python_version()}",
         "methods": {},
     }
-    from wellwatch.core.segmentation.maps import ServeOptions
-
     options = ServeOptions(frame_pixel_size_um=args.pixel_size, tta=args.tta)
     groups = _groups(args.data, say)
     if groups:
@@ -422,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wellwatch.bench_segment", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m wellwatch.bench.segment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
