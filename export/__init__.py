@@ -1,6 +1,5 @@
-"""Export: RUN/best.pt -> ONNX with the model contract, proven equal to the PyTorch model.
+"""Export: a torch module and its contract -> ONNX, proven equal to the PyTorch model.
 
-    from_checkpoint.export_checkpoint   the single entry point (CLI `wellwatch export`, demo model)
     onnx_export.export_classifier       a torch module + contract -> checked ONNX file(s) + manifests
     onnx_graph                          torch -> ONNX graph with a dynamic batch axis
     metadata                            the contract and precision in the file's metadata
@@ -8,7 +7,10 @@
     parity, parity_inputs               value and decision comparison; the fixed inputs they run on
     manifest                            MODEL.manifest.json: sha256, size, contract, tools
     inspect_model                       `wellwatch inspect`: contract in words, hash verified
-    cli                                 the two subcommands
+    cli                                 `inspect`, `export-raw`, `export-bioimageio`, `check-package`
+
+The entry point from a training checkpoint (`wellwatch export RUN/best.pt`) is
+training/checkpoint_export.py: training owns the checkpoint formats and imports export, not the reverse.
 
 Submodules are imported where needed: `wellwatch inspect` must run without torch.
 """

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.core.packages.description import EXTRA, PackageError
+from wellwatch.core.packages.description import EXTRA, PackageError, read_package
 from wellwatch.core.config import InferenceConfig
 from wellwatch.core.contract import SEGMENTATION_MAPS, ModelContract, file_sha256
+from wellwatch.core.errors import UsageError
 from wellwatch.core.files.tiff import read_frame
 
 from .errors import ExportError
-from .parity_inputs import real_patches
+from .parity_inputs import default_real_images, real_patches
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,18 @@ def write_package(model: str | Path, out: str | Path, frame: str | Path, *, auth
     return WrittenPackage(out, description, float(np.abs(test_out).max()))
 
 
-def _validate(description: Path) -> None:
-    from wellwatch.core.packages.description import read_package
+def package_exported_model(model: str | Path, out: str | Path, frame: str | Path | None,
+                           parity_images) -> WrittenPackage:
+    """write_package with `frame`, else the first of `parity_images`, else the shared real image
+    (`wellwatch export --bioimageio` and `wellwatch export-bioimageio`)."""
+    frame = frame or next(iter(parity_images or default_real_images()), None)
+    if frame is None:
+        raise UsageError("--bioimageio: give --bioimageio-frame PATH, a real frame (TIFF) of the kind the model "
+                         "serves, for the package's test tensors and cover")
+    return write_package(model, out, frame)
 
+
+def _validate(description: Path) -> None:
     try:
         read_package(description)
     except PackageError as e:

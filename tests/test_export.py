@@ -20,7 +20,7 @@ from wellwatch.core.contract import (EmptyFilter, ModelContract, Normalisation, 
                                        contract_from_metadata, file_sha256)
 from wellwatch.export import onnx_export  # noqa: E402
 from wellwatch.export.errors import ExportError, ManifestError  # noqa: E402
-from wellwatch.export.from_checkpoint import export_checkpoint  # noqa: E402
+from wellwatch.training.checkpoint_export import export_checkpoint  # noqa: E402
 from wellwatch.export.inspect_model import format_info, inspect_model  # noqa: E402
 from wellwatch.export.manifest import manifest_path, verify_manifest  # noqa: E402
 from wellwatch.export.metadata import PRECISION_KEY  # noqa: E402

@@ -17,7 +17,7 @@ from wellwatch.core.errors import ContractError, StartupError  # noqa: E402
 from wellwatch.core.preprocess import prepare_tiles  # noqa: E402
 from wellwatch.core.files.tiff import read_frame  # noqa: E402
 from wellwatch.daemon.service import Daemon  # noqa: E402
-from wellwatch.export.from_checkpoint import export_checkpoint  # noqa: E402
+from wellwatch.training.checkpoint_export import export_checkpoint  # noqa: E402
 from wellwatch.harness import local_config  # noqa: E402
 from wellwatch.simulator.spec import SimulationSpec  # noqa: E402
 from wellwatch.simulator.writer import write_plate  # noqa: E402

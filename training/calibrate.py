@@ -27,9 +27,17 @@ from typing import Any, Callable
 import numpy as np
 
 from wellwatch.core.errors import WellwatchError
+from wellwatch.training.cli import register
 
 from .calibration import calibrate_scores
 from .dataset import Dataset, load_dataset
+from .checkpoint import history_dict, load_checkpoint, save_checkpoint
+from .evaluate import check_compatible
+from .train import predict_proba, seed_defaults, train_classifier
+from .loeo import leave_one_group_out
+from .run import make_contract
+from .calibrate_report import write_config_snippet, write_report
+from .checkpoint_export import export_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +79,6 @@ def build_dataset(o: CalibrateOptions, progress: Callable[[str], None]) -> tuple
         if not (ds_dir / "dataset.npz").is_file():
             raise CalibrateError(f"--dataset {ds_dir}: no dataset.npz there; build one with `wellwatch dataset ...`")
     else:
-        from wellwatch.training.cli import register
-
         ds_dir = o.out / "dataset"
         if o.segment_on:
             argv = ["dataset", "cells", *o.folders, "--naming", o.naming, "--label-free", o.label_free,
@@ -97,9 +103,6 @@ def build_dataset(o: CalibrateOptions, progress: Callable[[str], None]) -> tuple
 
 def load_init(path: str, ds: Dataset) -> tuple[Any, str]:
     """(model, arch) of a previous model: a CAL/ folder, a run folder or best.pt."""
-    from .checkpoint import load_checkpoint
-    from .evaluate import check_compatible
-
     p = Path(path)
     for candidate in (p, p / "run" / "best.pt", p / "best.pt"):
         if candidate.is_file():
@@ -118,17 +121,10 @@ def load_init(path: str, ds: Dataset) -> tuple[Any, str]:
 
 
 def score_with(model, x: np.ndarray, pos: int) -> np.ndarray:
-    from .train import predict_proba
-
     return predict_proba(model, x)[:, pos]
 
 
 def calibrate(o: CalibrateOptions, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    from .checkpoint import history_dict, save_checkpoint
-    from .loeo import leave_one_group_out
-    from .run import make_contract
-    from .train import seed_defaults, train_classifier
-
     t0 = time.perf_counter()
     o.out.mkdir(parents=True, exist_ok=True)
     ds, ds_dir, unit = build_dataset(o, progress)
@@ -174,7 +170,6 @@ def calibrate(o: CalibrateOptions, progress: Callable[[str], None] = print) -> d
                "before": before.to_dict() if before is not None else None, "dataset": str(ds_dir),
                "seconds": round(time.perf_counter() - t0, 1)}
     (o.out / "calibration.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    from .calibrate_report import write_config_snippet, write_report
 
     write_config_snippet(o, contract, model_path, unit)
     write_report(o.out / "report.html", summary, result, before, ds_dir)
@@ -185,8 +180,6 @@ def calibrate(o: CalibrateOptions, progress: Callable[[str], None] = print) -> d
 
 def export_model(checkpoint: Path, out: Path, ds: Dataset) -> Path:
     """The served file, through the one export path (parity checked on the dataset's own patches)."""
-    from wellwatch.export.from_checkpoint import export_checkpoint
-
     rng = np.random.default_rng(0)
     sample = ds.x[rng.choice(len(ds), min(64, len(ds)), replace=False)]
     export_checkpoint(checkpoint, out, real_inputs=sample, parity_images=[])

@@ -23,11 +23,11 @@ import numpy as np
 
 from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Tiling
 from wellwatch.core.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
-from wellwatch.export.from_checkpoint import export_checkpoint
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 
 from .checkpoint import history_dict, save_checkpoint
+from .checkpoint_export import export_checkpoint
 from .gmm import fit_mixture
 from .patches import PairedField, cut_patches, label_patches
 from .scores import balanced_accuracy, roc_auc

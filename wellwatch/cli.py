@@ -202,7 +202,7 @@ LAZY_COMMANDS = {
     "simulate": ("wellwatch.simulator.cli", "write a simulated plate acquisition (BF + PI by default) with ground truth"),
     "demo": ("wellwatch.demo", "simulate a plate and watch the daemon count it, live"),
     "bench": ("wellwatch.bench.cli", "measure throughput and latency on a simulated plate"),
-    "export": ("wellwatch.export.cli", "RUN/best.pt -> ONNX with the model contract, parity-checked against PyTorch"),
+    "export": ("wellwatch.training.export_cli", "RUN/best.pt -> ONNX with the model contract, parity-checked against PyTorch"),
     "export-raw": ("wellwatch.export.cli", "MODEL.onnx -> MODEL.raw.onnx: the normalisation inside the graph, "
                                            "raw uint16 tiles in"),
     "inspect": ("wellwatch.export.cli", "print a model's contract and verify its sha256"),

@@ -1,6 +1,8 @@
 """The single entry point from a training run to a servable model: RUN/best.pt -> model.onnx.
 
-Used by `wellwatch export` and by the demo-model build, so every shipped model takes this path.
+Used by `wellwatch export`, `wellwatch calibrate` and the demo-model build, so every shipped model takes
+this path. It lives with training, which owns the checkpoint formats; export/ turns a torch module and
+its contract into checked ONNX and knows nothing of checkpoints.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import torch
 
 from wellwatch import __version__
 from wellwatch.core.contract import ModelContract, file_sha256
+from wellwatch.export.errors import ExportError
+from wellwatch.export.manifest import utc_now
+from wellwatch.export.metadata import OPSET
+from wellwatch.export.onnx_export import ExportResult, export_classifier
+from wellwatch.export.parity import Tolerances
+from wellwatch.export.parity_inputs import default_real_images
 
-from .errors import ExportError
-from .manifest import utc_now
-from .metadata import OPSET
-from .onnx_export import ExportResult, export_classifier
-from .parity import Tolerances
-from .parity_inputs import default_real_images
+from .checkpoint import load_checkpoint
+from .seg_checkpoint import load_seg_checkpoint
+from .unet import SegmentationMaps
 
 
 def contract_for_export(contract: ModelContract, checkpoint_metrics: dict | None = None) -> ModelContract:
@@ -39,10 +44,6 @@ def _checkpoint_metrics(path: Path) -> dict:
 
 def _load_any(path: Path):
     """(servable model, arch, contract) from a classifier or a segmentation checkpoint."""
-    from wellwatch.training.checkpoint import load_checkpoint
-    from wellwatch.training.seg_train import load_seg_checkpoint
-    from wellwatch.training.unet import SegmentationMaps
-
     data = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(data, dict) and data.get("task") == "segmentation":
         model, contract, _ = load_seg_checkpoint(path)
