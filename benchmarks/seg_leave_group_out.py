@@ -63,7 +63,8 @@ def run_fold(dataset: str, out: Path, split: dict, train_args: list[str]) -> Non
 def rescore(checkpoint: Path, dataset: str, images: list[str]) -> dict:
     from wellwatch.core.segmentation.maps import PostProcess
     from wellwatch.training.masks import load_mask_set
-    from wellwatch.training.seg_train import load_seg_checkpoint, score, summarise
+    from wellwatch.training.seg_checkpoint import load_seg_checkpoint
+    from wellwatch.training.seg_train import score, summarise
 
     model, contract, _ = load_seg_checkpoint(checkpoint)
     agg = score(model, load_mask_set(dataset).select(images), contract, [PostProcess.from_contract(contract.segmentation)])

@@ -274,7 +274,7 @@ def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_pat
 
     from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL
     from wellwatch.training.seg_restamp import restamp
-    from wellwatch.training.seg_train import load_seg_checkpoint
+    from wellwatch.training.seg_checkpoint import load_seg_checkpoint
 
     logo = {"grouping": "g", "groups": {"B": {"images": ["set13"], "f1_iou50": 0.6}}, "pooled": {"images": 1}}
     (tmp_path / "logo.json").write_text(json.dumps(logo))

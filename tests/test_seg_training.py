@@ -75,9 +75,10 @@ def test_short_run_on_real_masks_trains_exports_and_serves(tmp_path):
     from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.core.files.tiff import read_frame
     from wellwatch.core.segmentation.segmenters import ModelSegmenter
-    from wellwatch.export.from_checkpoint import export_checkpoint
+    from wellwatch.training.checkpoint_export import export_checkpoint
     from wellwatch.export.manifest import manifest_path
-    from wellwatch.training.seg_train import SegTrainConfig, load_seg_checkpoint, train_segmentation
+    from wellwatch.training.seg_checkpoint import load_seg_checkpoint
+    from wellwatch.training.seg_train import SegTrainConfig, train_segmentation
 
     root = shared_data("usiigaci-phase")
     pairs = [p for p in find_mask_pairs([root], "raw.tif", "instances_ids.png") if p[0] in ("set1", "set2")]

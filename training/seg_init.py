@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from wellwatch.core.contract import ModelContract
+from wellwatch.core.contract import ModelContract, contract_from_metadata
 
 from .unet import SegmentationMaps, UNet
+from .seg_checkpoint import load_seg_checkpoint
 
 PARITY_ATOL = 1e-3
 
@@ -30,8 +31,6 @@ def load_initial_model(path: str | Path) -> tuple[UNet, ModelContract]:
     if path.suffix == ".onnx":
         return unet_from_onnx(path)
     if path.suffix == ".pt":
-        from .seg_train import load_seg_checkpoint
-
         model, contract, _ = load_seg_checkpoint(path)
         return model, contract
     raise ValueError(f"--init {path}: expected a segmentation checkpoint (.pt) or an exported model (.onnx)")
@@ -59,8 +58,6 @@ def _forward_layers(model: UNet) -> list[tuple[nn.Module, nn.BatchNorm2d | None]
 def unet_from_onnx(path: Path) -> tuple[UNet, ModelContract]:
     import onnx
     from onnx import numpy_helper
-
-    from wellwatch.core.contract import contract_from_metadata
 
     proto = onnx.load(str(path))
     contract = contract_from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))

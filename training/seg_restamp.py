@@ -18,13 +18,14 @@ import json
 import sys
 from pathlib import Path
 
+from .seg_init import load_initial_model
+from .seg_checkpoint import SEG_CHECKPOINT_FORMAT
+from .seg_groups import usiigaci_groups
+
 
 def restamp(model_path: str, out: str, pixel_size_um: float | None = None, groups_from: str | None = None,
             leave_group_out: str | None = None) -> Path:
     import torch
-
-    from .seg_init import load_initial_model
-    from .seg_train import SEG_CHECKPOINT_FORMAT
 
     model, contract = load_initial_model(model_path)
     seg, trained_on, metrics = contract.segmentation, dict(contract.trained_on), dict(contract.metrics)
@@ -33,8 +34,6 @@ def restamp(model_path: str, out: str, pixel_size_um: float | None = None, group
             raise ValueError(f"--pixel-size {pixel_size_um}: must be >= 0 um (0 = unknown)")
         seg = dataclasses.replace(seg, pixel_size_um=pixel_size_um)
     if groups_from:
-        from .seg_groups import usiigaci_groups
-
         trained_on["groups"] = usiigaci_groups(groups_from)[0]
     if leave_group_out:
         logo = json.loads(Path(leave_group_out).read_text())

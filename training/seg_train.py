@@ -27,19 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling
+from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, Segmentation, Tiling, file_sha256
 from wellwatch.core.preprocess import normalise_frame
-from wellwatch.core.segmentation.pixel_size import to_model_scale
+from wellwatch.core.segmentation.pixel_size import resize_labels, to_model_scale
 from wellwatch.core.segmentation.maps import PostProcess, ServeOptions, downsample_mean, labels_from_served, serve_tiles
 
 from .masks import MaskSet, load_mask_set
+from .seg_checkpoint import SEG_CHECKPOINT_FORMAT
 from .seg_augment import RECIPES, AugmentConfig, TrainImage, sample_crop
 from .progress import Progress
 from .seg_metrics import aggregate_scores, match_scores
 from .seg_targets import class_map, distance_map, downsample_labels
 from .unet import DISTANCE_MAP, SegmentationMaps, UNet
+from .seg_init import load_initial_model
 
-SEG_CHECKPOINT_FORMAT = 1
 CLASS_WEIGHTS = (1.0, 1.0, 3.0)  # boundary pixels are few and decide where touching cells part
 DISTANCE_WEIGHT = 4.0
 
@@ -104,7 +105,6 @@ def prepare(ds: MaskSet, contract: ModelContract, pixel_size_um: float = 0.0) ->
     for image, labels in zip(ds.images, ds.labels):
         scaled = to_model_scale(image, pixel_size_um, model_px)
         if scaled is not image:
-            from wellwatch.core.segmentation.pixel_size import resize_labels
             labels = resize_labels(labels, scaled.shape)
         raw = downsample_mean(scaled, f)
         small = downsample_labels(labels, f)[:raw.shape[0], :raw.shape[1]]
@@ -212,8 +212,6 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     test_set = ds.select(list(cfg.test)) if cfg.test else None
     init_info = {}
     if cfg.init:
-        from .seg_init import load_initial_model
-
         model, init_contract = load_initial_model(cfg.init)
         # the network's input must be made as it was made for the weights: keep its preprocessing
         cfg = replace(cfg, normalisation=init_contract.normalisation, downsample=init_contract.segmentation.downsample,
@@ -309,8 +307,6 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
 
 
 def _sha256(path: str) -> str:
-    from wellwatch.core.contract import file_sha256
-
     return file_sha256(path)
 
 
@@ -341,13 +337,3 @@ def save_seg_checkpoint(path: Path, model: nn.Module, cfg: SegTrainConfig, contr
                 "state_dict": model.state_dict(), "contract": json.loads(contract.to_json()),
                 "metrics": contract.metrics, "history": {"evaluations": history}}, path)
     return path
-
-
-def load_seg_checkpoint(path: str | Path) -> tuple[nn.Module, ModelContract, dict]:
-    data = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("task") != "segmentation":
-        raise ValueError(f"{path}: not a wellwatch segmentation checkpoint")
-    contract = ModelContract.from_dict(data["contract"], str(path))
-    model = UNet(data["in_channels"], **data["arch_params"])
-    model.load_state_dict(data["state_dict"])
-    return model.eval(), contract, data
