@@ -18,19 +18,11 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from wellwatch.core.errors import StartupError
+from wellwatch.core.files.candidates import is_candidate_name
 
 log = logging.getLogger(__name__)
 
-TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".temp", ".lock")
-
 OnPath = Callable[[str, bool], None]  # (absolute path, is a rename destination)
-
-
-def is_candidate_name(name: str, extensions: tuple[str, ...]) -> bool:
-    lower = name.lower()
-    if name.startswith((".", "~")) or lower.endswith(TEMP_SUFFIXES):
-        return False
-    return lower.endswith(tuple(e.lower() for e in extensions))
 
 
 def inside_root(path: str, root: str) -> bool:

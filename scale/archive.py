@@ -13,7 +13,7 @@ from wellwatch.core.config import Config
 from wellwatch.core.errors import NamingError
 from wellwatch.core.naming import NamingScheme
 from wellwatch.core.plate import PLATE_FORMATS
-from wellwatch.daemon.watcher import is_candidate_name
+from wellwatch.core.files.candidates import is_candidate_name
 
 
 def config_for_root(config: Config, root: str) -> Config:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from wellwatch.daemon.settle_gate import CompletenessGate
-from wellwatch.daemon.watcher import Discovery, inside_root, is_candidate_name
+from wellwatch.core.files.candidates import is_candidate_name
+from wellwatch.daemon.watcher import Discovery, inside_root
 
 EXT = (".tif", ".tiff")
 
