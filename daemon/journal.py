@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from wellwatch.core.errors import StartupError
+from wellwatch.core.aggregate import TileCounts
 
 FRAMES_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -115,8 +116,6 @@ class FrameRecord:
     cell_dead_p_sum: float | None = None
 
     def counts(self):
-        from wellwatch.core.aggregate import TileCounts
-
         return TileCounts(self.live, self.dead, self.empty, self.cells, self.cell_live, self.cell_dead,
                           json.loads(self.cell_types) if self.cell_types else None,
                           dead_p_sum=self.dead_p_sum, cell_dead_p_sum=self.cell_dead_p_sum)

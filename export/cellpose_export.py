@@ -24,6 +24,7 @@ from wellwatch.core.contract import (CELLPOSE_MAPS, CONTRACT_VERSION, EmptyFilte
                                        Segmentation, Tiling)
 from wellwatch.core.segmentation.cellpose_flows import (BUILTIN_MODELS, CellposeParams, CELLPOSE_VERSION, cellpose_labels, builtin_weights,
                                                cellpose_tiles, rescale_for)
+from wellwatch.core.files.tiff import read_frame
 
 from .errors import ExportError
 from .manifest import write_manifest
@@ -153,8 +154,6 @@ def export_cellpose(model: str, out: str | Path, pixel_size_um: float = 0.0, par
                     postprocess: dict | None = None) -> tuple[Path, CellposeParity | None]:
     """Write OUT (ONNX, contract in the metadata) and its manifest; refuse when parity on real frames fails.
     `postprocess`: Cellpose's mask settings (flow_threshold, cellprob_threshold, min_size, ...) to serve with."""
-    from wellwatch.core.files.tiff import read_frame
-
     cp = load_cellpose(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

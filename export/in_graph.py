@@ -13,11 +13,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from wellwatch.core.contract import AFFINE_INPUT, AFFINE_NORMALISATIONS, METADATA_KEY, ModelContract
+from wellwatch.core.contract import AFFINE_INPUT, AFFINE_NORMALISATIONS, METADATA_KEY, ModelContract, file_sha256
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.model_inputs import prepare_frame
+from wellwatch.core.files.tiff import read_frame
 
 from .errors import ExportError
 from .fp16 import sort_nodes
 from .metadata import PRECISION_KEY, set_metadata
+from .manifest import write_manifest
+from .parity_inputs import default_real_images
 
 RAW_SUFFIX = ".raw.onnx"
 _INNER = "normalised_input"  # the original graph's input, now made inside the graph
@@ -84,10 +89,6 @@ def in_graph_parity(model: str | Path, raw_model: str | Path, images: list[Path]
     real frames: largest output difference, tiles compared, and whether the empty filter agreed."""
     import numpy as np
 
-    from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.core.model_inputs import prepare_frame
-    from wellwatch.core.files.tiff import read_frame
-
     reference, raw = (OnnxBackend(m, device="cpu", warmup=False) for m in (model, raw_model))
     worst, tiles, same_empty = 0.0, 0, True
     for image in images:
@@ -104,9 +105,6 @@ def in_graph_parity(model: str | Path, raw_model: str | Path, images: list[Path]
 def export_in_graph(model: str | Path, out: str | Path | None = None, images: list[Path] | None = None,
                     atol: float = 1e-5) -> tuple[Path, dict]:
     """Write MODEL.raw.onnx (+ manifest) and prove it equal to MODEL on real frames (within `atol`)."""
-    from .manifest import write_manifest
-    from .parity_inputs import default_real_images
-
     out = Path(out) if out else raw_path(model)
     images = default_real_images() if images is None else images
     if not images:
@@ -123,7 +121,6 @@ def export_in_graph(model: str | Path, out: str | Path | None = None, images: li
         staged.replace(out)
     finally:
         staged.unlink(missing_ok=True)
-    from wellwatch.core.contract import file_sha256
 
     write_manifest(out, contract, precision="float32", parity=parity,
                    source={"model": str(model), "sha256": file_sha256(model)})

@@ -19,6 +19,7 @@ from typing import Any
 
 from wellwatch.core.errors import ConfigError
 from wellwatch.core.validation import between, build
+from wellwatch.client import default_snapshot_endpoint
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,6 @@ def _check_endpoint(key: str, endpoint: str) -> None:
 
 
 def hub_config_from(data: dict[str, Any]) -> HubConfig:
-    from wellwatch.client import default_snapshot_endpoint
-
     unknown = sorted(set(data) - {"hub", "daemons"})
     if unknown:
         raise ConfigError(unknown[0], data[unknown[0]], "unknown key; allowed at the top level: [hub], [[daemons]]")

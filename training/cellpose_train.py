@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wellwatch.core.segmentation.cellpose_flows import BUILTIN_MODELS, builtin_weights
+
 from .masks import MaskSet
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,6 @@ def cellpose_model(init: str | None):
 
     if not init:
         return models.CellposeModel(gpu=False, pretrained_model=False)
-    from wellwatch.core.segmentation.cellpose_flows import BUILTIN_MODELS, builtin_weights
 
     if init in BUILTIN_MODELS:
         if not builtin_weights(init).is_file():

@@ -40,6 +40,7 @@ from wellwatch.core.contract import CellCrop, EmptyFilter, Normalisation
 from wellwatch.core.crops import Cells, circular_mask, cells_of, cut_crops, prepare_crops
 from wellwatch.core.errors import WellwatchError
 from wellwatch.core.naming import FrameMeta
+from wellwatch.core.files.tiff import read_frame
 
 from .dataset import Dataset, well_ids
 from .gmm import Mixture, fit_mixture
@@ -141,8 +142,6 @@ class CellField:
 
 def read_fields(files: Iterable[FieldFiles]) -> Iterator[CellField]:
     """Read lazily, one field at a time (a plate of 150 px crops is large enough without all frames)."""
-    from wellwatch.core.files.tiff import read_frame
-
     for f in files:
         m = f.meta
         source = f"{m.plate}/{m.well}/f{m.field}"

@@ -29,6 +29,8 @@ import numpy as np
 
 from wellwatch.core.contract import Normalisation, Tiling
 from wellwatch.core.preprocess import cut_tiles, normalise_frame, tile_origins, tile_std
+from wellwatch.simulator.plate import iter_fields
+from wellwatch.simulator.spec import SimulationSpec
 
 from .gmm import fit_mixture
 
@@ -74,6 +76,7 @@ class ResNetSVM:
     def __init__(self, pretrained: str | None = "imagenet", seed: int = 0):
         import torch
 
+        # torch only for this comparison study: `dataset live-dead` uses this module's std threshold without it
         from .models import PretrainedUnavailable, build_model
 
         torch.manual_seed(seed)
@@ -90,7 +93,7 @@ class ResNetSVM:
     def features(self, tiles: np.ndarray) -> np.ndarray:
         import torch
 
-        from .models import penultimate
+        from .models import penultimate  # torch, as in __init__
 
         x = np.ascontiguousarray(tiles[:, None] if tiles.ndim == 3 else tiles, np.float32)
         with torch.no_grad():
@@ -142,9 +145,6 @@ def simulated_tiles(tile: int = 64, stride: int = 64, cells_per_field: float = 1
                     timepoints: int = 2, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Normalised bright-field tiles of a simulated dose-series plate and whether each is empty
     (no cell's outline, radius + 2 px, reaches into the tile)."""
-    from wellwatch.simulator.plate import iter_fields
-    from wellwatch.simulator.spec import SimulationSpec
-
     spec = SimulationSpec(treatment="dose_series", fields=fields, timepoints=timepoints, seed=seed,
                           cells_per_field=cells_per_field, channels=("BF",))
     tiling, norm = Tiling(tile, stride), Normalisation("robust_zscore", {})

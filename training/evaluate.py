@@ -34,12 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from wellwatch.core.contract import ModelContract
+from wellwatch.core.contract import ModelContract, contract_from_metadata
 
 from .dataset import Dataset, load_dataset
 from .fractions import group_fractions, plot_group_fractions, pooled_auc_parts
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold
+from .train import predict_proba
+from .checkpoint import load_checkpoint
+from .cells import SVM_DESCRIPTION, cell_size_svm_scores
+from .models import cam_layer, penultimate
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,6 @@ class LoadedModel:
     def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         """(N, classes) probabilities."""
         if self.torch_model is not None:
-            from .train import predict_proba
-
             return predict_proba(self.torch_model, x, batch)
         out = []
         for i in range(0, len(x), batch):
@@ -76,14 +78,11 @@ def load_model(path: str | Path) -> LoadedModel:
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
-        from wellwatch.core.contract import contract_from_metadata
-
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         contract = contract_from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
         return LoadedModel("onnx", path, contract, session=session)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint or ONNX file")
-    from .checkpoint import load_checkpoint
 
     model, arch, contract, _ = load_checkpoint(path)
     return LoadedModel("checkpoint", path, contract, torch_model=model, arch=arch)
@@ -155,8 +154,6 @@ def cell_size_baseline(ds: Dataset, mask: np.ndarray, positive: str, group_by: s
     """Scores of the study's cell-size SVM for the evaluated cells (ds.subset(mask)), and how they were
     made: fitted on the dataset's other cells when the evaluated cells are a held-out split, else
     out-of-fold from 5-fold cross-validation by group on the evaluated cells."""
-    from .cells import SVM_DESCRIPTION, cell_size_svm_scores
-
     y = np.asarray(ds.classes)[ds.y] == positive
     info: dict[str, Any] = {"model": SVM_DESCRIPTION, "feature": "cell area (full-resolution px)"}
     if not mask.all():
@@ -324,8 +321,6 @@ def gradcam(model, x: np.ndarray, target: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from .models import cam_layer
-
     layer = cam_layer(model)
     store: dict[str, Any] = {}
 
@@ -431,8 +426,6 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, split
                      f"fractions may still be usable; per-sample calls are not.")
     if lm.torch_model is not None:
         import torch
-
-        from .models import penultimate
 
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(sub), min(len(sub), tsne_max), replace=False))

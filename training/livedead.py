@@ -29,11 +29,13 @@ from wellwatch.core.errors import NamingError
 from wellwatch.core.naming import NamingScheme
 from wellwatch.core.plate import PLATE_FORMATS
 from wellwatch.core.preprocess import cut_tiles, normalise_frame, tile_origins
+from wellwatch.core.files.tiff import read_frame
 
 from .dataset import Dataset, contract_fields
 from .gmm import Mixture, label_by_thresholds
 from .patches import PairedField, cut_patches
 from .stain_labels import StainFit, StainFitError, StainLabelling, fit_stain_mixture
+from .empty_filter import unsupervised_std_threshold
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,6 @@ def find_pairs(folders: Iterable[str | Path], naming: str = "scanr", label_free:
 
 
 def read_pairs(pairs) -> Iterator[PairedField]:
-    from wellwatch.core.files.tiff import read_frame
-
     for lf, fl, meta in pairs:
         # the split unit is the field position: a time-lapse (and a z-stack) shows the same cells again,
         # so all timepoints and planes of one field stay on one side of a split
@@ -96,7 +96,6 @@ def auto_empty_threshold(fields: Iterable[PairedField], norm: Normalisation, til
         n = normalise_frame(f.label_free, norm)
         tiles = cut_tiles(n, tile_origins(n.shape, tiling), tiling.tile_size)
         stds.append(tiles.reshape(len(tiles), -1).std(axis=1))
-    from .empty_filter import unsupervised_std_threshold
 
     return unsupervised_std_threshold(np.concatenate(stds))
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from wellwatch.core.preprocess import cut_tiles
+
 from .gmm import Mixture, Thresholds, best_mixture
 
 MIN_SEPARATION = 2.0  # Ashman's D: above 2 the two components are cleanly separable
@@ -205,8 +207,6 @@ class StainLabelling:
 
     def summarise(self, fluorescence: np.ndarray, origins: np.ndarray, tile: int) -> np.ndarray:
         """One value per tile (the signal in noise units with `background`, else raw intensity)."""
-        from wellwatch.core.preprocess import cut_tiles
-
         img = stain_signal(fluorescence) if self.background else np.asarray(fluorescence, np.float32)
         return tile_statistic(cut_tiles(img, origins, tile), self.statistic)
 

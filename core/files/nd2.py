@@ -25,15 +25,12 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wellwatch.core.errors import FrameReadError
+from wellwatch.core.layouts.base import PlateLayout
 from wellwatch.core.plate import PLATE_FORMATS, normalise_well
-
-if TYPE_CHECKING:
-    from wellwatch.core.layouts.base import PlateLayout
 
 CHUNK_MAGIC = 0x0ABECEDA
 CHUNK_HEADER = struct.Struct("<IIQ")
@@ -272,8 +269,6 @@ def read_nd2_frame(path: str | Path, index: int) -> np.ndarray:
 
 def nd2_layout(contents: Nd2Contents, default_well: str, plate: str | None = None) -> PlateLayout:
     """The acquisition an .nd2 file describes: its wells (from position names), fields, T and Z."""
-    from wellwatch.core.layouts.base import PlateLayout
-
     fields: dict[str, list[int]] = {}
     wells_of = [_well_of(n, 96) for n in contents.position_names] or [None]
     seen: dict[str, int] = {}

@@ -22,6 +22,7 @@ from typing import Any
 
 from wellwatch.core.errors import ContractError
 from wellwatch.core.packages.ops import Op, UnsupportedOperation, check_ops
+from wellwatch.core.contract import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,6 @@ _unpacked: dict[str, Path] = {}  # zipped package -> the folder its files were u
 def _local(descr, file_descr, source: str, what: str) -> Path:
     """A package file as a local path, its sha256 checked against the description's (a zipped package's
     files are unpacked to a temporary folder: ONNX Runtime and numpy read files)."""
-    from wellwatch.core.contract import file_sha256
-
     rel = str(getattr(file_descr.source, "path", file_descr.source))
     if isinstance(descr.root, Path):
         path = descr.root / rel
@@ -262,7 +261,6 @@ def _package_from(descr, source: str) -> Package:
     out = _tensor(out_descr, source, sizes, is_output=True)
     if len(inp.spatial) != 2:
         raise PackageError(source, f"input {inp.id!r} has axes {list(inp.axes)}; a 2-D (y, x) image is needed")
-    from wellwatch.core.contract import file_sha256
 
     weights = _local(descr, onnx, source, "the onnx weights")
     config = descr.config.model_dump(mode="json") if hasattr(descr.config, "model_dump") else dict(descr.config or {})

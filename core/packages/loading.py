@@ -17,6 +17,8 @@ import logging
 from wellwatch.core.packages.description import Package, PackageError, read_package
 from wellwatch.core.config import InferenceConfig
 from wellwatch.core.packages.ops import apply_ops
+from wellwatch.core.packages.backend import PackageBackend, check_test_tensors
+from wellwatch.core.inference.backend import OnnxBackend
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +35,11 @@ def open_package(path: str, task: str, inference: InferenceConfig, max_batch: in
     if task != "segmentation":
         raise PackageError(path, f"{package.identity} is a {package.kind} package without a wellwatch contract; "
                                  f"only segmentation packages made elsewhere are served (as [models.segmentation])")
-    from wellwatch.core.packages.backend import PackageBackend
 
     return PackageBackend(package, inference)
 
 
 def _open_wellwatch(package: Package, inference: InferenceConfig, max_batch: int):
-    from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.core.packages.backend import check_test_tensors
-
     backend = OnnxBackend(package.weights, max_batch=max_batch, inference=inference)
     name = backend.session.get_inputs()[0].name
 

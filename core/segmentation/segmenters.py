@@ -29,6 +29,10 @@ from wellwatch.core.errors import ContractError
 from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 from wellwatch.core.segmentation.package import PackageParams, PackageSegmenter, PackageServing, package_labels
 from wellwatch.core.segmentation.maps import ServeOptions, labels_from_served, serve_tiles
+from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.packages.description import is_package
+from wellwatch.core.config import InferenceConfig
+from wellwatch.core.packages.loading import open_package
 
 def bundled_model(name: str) -> Path:
     """A model shipped inside the installed package (wellwatch/models/), wherever it is installed."""
@@ -103,15 +107,10 @@ def load_segmenter(model_path: str | None, classical: ClassicalParams | None = N
     is served as one), else classical."""
     if model_path is None:
         return ClassicalSegmenter(classical or ClassicalParams())
-    from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.core.packages.description import is_package
-    from wellwatch.core.config import InferenceConfig
 
     path = model_path or str(BUNDLED_SEGMENTATION_MODEL)
     inference = InferenceConfig(device=device, intra_op_threads=threads, warmup=False)
     if is_package(path):
-        from wellwatch.core.packages.loading import open_package
-
         backend = open_package(path, "segmentation", inference)
     else:
         backend = OnnxBackend(path, max_batch=16, inference=inference)
