@@ -38,10 +38,11 @@ docs-serve: $(VENV)/.dev
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 # The documentation's figures, made from simulated plates so they never go stale: the dashboard mid-plate,
-# and an evaluation report of the demo model on a simulated stained plate (the commands docs/models/evaluation.md shows).
+# the package import graph (from the sources), and an evaluation report of the demo model on a simulated stained plate (the commands docs/models/evaluation.md shows).
 FIGURE_WORK = build/docs-figures
 docs-figures: $(VENV)/.dev chromium
 	$(PY) docs/dashboard_screenshot.py --out docs/dashboard.png
+	$(PY) docs/import_graph.py --out docs/figures/import-graph.png
 	rm -rf $(FIGURE_WORK) && mkdir -p $(FIGURE_WORK) docs/figures
 	$(VENV)/bin/wellwatch simulate $(FIGURE_WORK)/sim --wells 12 --fields 2 --timepoints 3 --interval-s 0 \
 		--channels BF,PI --treatment dose_series --seed 11 >/dev/null
