@@ -13,6 +13,7 @@ import threading
 import traceback
 from pathlib import Path
 
+from wellwatch.core.config_files import is_endpoint
 from wellwatch.core.errors import UsageError, WellwatchError
 
 # Errors a user fixes (a missing file, a daemon not running): one line and exit 2, no traceback.
@@ -39,11 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(config).run()
 
 
-ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
-
-
 def check_endpoint(flag: str, endpoint: str) -> None:
-    if not endpoint.startswith(ENDPOINT_SCHEMES):
+    if not is_endpoint(endpoint):
         raise UsageError(f"wellwatch subscribe: {flag} {endpoint!r}: not a ZeroMQ endpoint; give "
                          f"tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556")
 
