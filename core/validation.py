@@ -1,8 +1,8 @@
 """The one validator for settings held in frozen dataclasses: config.toml's tables and
 `ClassicalParams` built in code.
 
-A field says what it allows in its metadata (`choice(...)`, `between(lo, hi)`) and its type
-hint; `build` makes a dataclass from a TOML table, `check_fields` checks one built in code. Both
+A field says what it allows in its metadata (`choice(...)`, `between(lo, hi)`, `not_above(other)`)
+and its type hint; `build` makes a dataclass from a TOML table, `check_fields` checks one built in code. Both
 raise ConfigError naming the key, the value and what is allowed. Imports nothing of the daemon
 but its errors, so any module may use it without an import cycle.
 """
@@ -24,6 +24,12 @@ def choice(*allowed: object) -> dict:
 
 def between(lo: float | None = None, hi: float | None = None) -> dict:
     return {"range": (lo, hi)}
+
+
+def not_above(other: str, zero_is_no_limit: bool = False) -> dict:
+    """The field is at most the field `other` of the same table (a min_area beside a max_area);
+    `zero_is_no_limit`: `other` = 0 means unbounded."""
+    return {"not_above": (other, zero_is_no_limit)}
 
 
 def build(cls: type, data: Any, prefix: str) -> Any:
@@ -49,7 +55,9 @@ def build(cls: type, data: Any, prefix: str) -> Any:
         value = coerce(key, data[name], hint)
         check_allowed(key, value, f.metadata)
         values[name] = value
-    return cls(**values)
+    built = cls(**values)
+    check_between_fields(built, prefix)
+    return built
 
 
 def check_fields(obj: Any, prefix: str) -> None:
@@ -61,6 +69,21 @@ def check_fields(obj: Any, prefix: str) -> None:
         key, value = f"{prefix}{f.name}", getattr(obj, f.name)
         coerce(key, value, hints[f.name], exact=True)
         check_allowed(key, value, f.metadata)
+    check_between_fields(obj, prefix)
+
+
+def check_between_fields(obj: Any, prefix: str) -> None:
+    """The rules a field's metadata states about another field of the same dataclass (`not_above`)."""
+    for f in dataclasses.fields(obj):
+        if "not_above" not in f.metadata:
+            continue
+        other, zero_is_no_limit = f.metadata["not_above"]
+        value, limit = getattr(obj, f.name), getattr(obj, other)
+        if zero_is_no_limit and limit == 0:
+            continue
+        if value > limit:
+            raise ConfigError(f"{prefix}{f.name}", value, f"allowed: at most {prefix}{other} ({limit})"
+                                                          + (f", or {other} = 0" if zero_is_no_limit else ""))
 
 
 def coerce(key: str, value: Any, hint: Any, exact: bool = False) -> Any:
