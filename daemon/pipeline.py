@@ -42,7 +42,7 @@ from wellwatch.core.crops import crop_section
 from wellwatch.daemon.diagnostics import Diagnostics, Expectations
 from wellwatch.core.errors import StartupError
 from wellwatch.daemon.gate_stage import GateStage
-from wellwatch.daemon.history import well_history
+from wellwatch.results.journal_reader import well_history
 from wellwatch.daemon.inference_stage import InferenceStage
 from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from wellwatch.daemon.journal import Journal

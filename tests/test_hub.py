@@ -251,7 +251,7 @@ def full_view(wells) -> dict:
 
 def daemon_state(journal_path: str) -> dict:
     """A daemon's own state: its latest well message per (plate, well, timepoint), from its journal."""
-    from wellwatch.daemon.history import well_history
+    from wellwatch.results.journal_reader import well_history
 
     return full_view(well_history(journal_path))
 

@@ -216,7 +216,7 @@ LAZY_COMMANDS = {
     "reprocess": ("wellwatch.scale.cli", "re-run archived acquisitions with the daemon's stages -> Parquet"),
     "dashboard": ("wellwatch.dashboard.cli", "a web page beside the microscope: plate map, time courses, "
                                              "dose-response"),
-    "results": ("wellwatch.dashboard.cli", "tidy per-frame and per-well tables (CSV or Parquet) from a journal"),
+    "results": ("wellwatch.results.cli", "tidy per-frame and per-well tables (CSV or Parquet) from a journal"),
     "cellpose": ("wellwatch.cellpose_cli", "Cellpose models: export to ONNX for the daemon, train from labels"),
     "calibrate": ("wellwatch.training.calibrate_cli", "from a stained calibration plate to a served model with "
                                                       "per-well intervals and a verdict (leave-one-experiment-out "

@@ -48,7 +48,7 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
     """The daemon's state: the latest timepoint of each well, or with `timepoints` (first, last)
     every well at each of those timepoints, or with `since` (source -> seq) every well state changed
     after that seq (both from the journal; for history in bulk read the journal itself:
-    `wellwatch.daemon.history.well_history`)."""
+    `wellwatch.results.journal_reader.well_history`)."""
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     if curve is not None:
