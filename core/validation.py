@@ -1,9 +1,9 @@
-"""The one validator for settings held in frozen dataclasses: config.toml's tables and
-`ClassicalParams` built in code.
+"""The one validator for settings held in frozen dataclasses: config.toml's tables, hub.toml's,
+`ClassicalParams` built in code and the simulator's `SimulationSpec`.
 
 A field says what it allows in its metadata (`choice(...)`, `between(lo, hi)`, `not_above(other)`)
-and its type hint; `build` makes a dataclass from a TOML table, `check_fields` checks one built in code. Both
-raise ConfigError naming the key, the value and what is allowed. Imports nothing of the daemon
+and its type hint; `build` makes a dataclass from a TOML table, `check_fields` checks one built in
+code. Both raise ConfigError naming the key, the value and what is allowed. Imports nothing of the daemon
 but its errors, so any module may use it without an import cycle.
 """
 
@@ -60,11 +60,12 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     return built
 
 
-def check_fields(obj: Any, prefix: str) -> None:
-    """Check every field of a built dataclass (not nested ones) as `build` checks a table's values."""
+def check_fields(obj: Any, prefix: str, skip: tuple[str, ...] = ()) -> None:
+    """Check every field of a built dataclass (not nested ones, not those in `skip`: the caller checks
+    them itself) as `build` checks a table's values."""
     hints = get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if dataclasses.is_dataclass(hints[f.name]) or f.name in skip:
             continue
         key, value = f"{prefix}{f.name}", getattr(obj, f.name)
         coerce(key, value, hints[f.name], exact=True)
@@ -130,4 +131,5 @@ def check_allowed(key: str, value: Any, metadata: Any) -> None:
     if "range" in metadata:
         lo, hi = metadata["range"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(key, value, f"allowed range {lo}..{hi}")
+            raise ConfigError(key, value, f"allowed range {lo}..{hi}" if lo is not None and hi is not None
+                              else f"allowed: at least {lo}" if lo is not None else f"allowed: at most {hi}")
