@@ -24,6 +24,8 @@ def register(sub) -> None:
 
 
 def run_results(args: argparse.Namespace) -> int:
+    # imported when the command runs: `wellwatch --help` imports register() only (the core's aggregate
+    # pulls in numpy and scipy)
     from wellwatch.core.plate_map import read_plate_map
 
     from .tables import write_results
