@@ -44,6 +44,14 @@ def check_endpoint(key: str, endpoint: str) -> None:
         raise ConfigError(key, endpoint, "expected a ZeroMQ endpoint like tcp://127.0.0.1:5556")
 
 
+def default_snapshot_endpoint(endpoint: str) -> str:
+    """tcp://host:5556 -> tcp://host:5557 (the daemon's default layout)."""
+    base, _, port = endpoint.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"cannot derive a snapshot endpoint from {endpoint!r}; give --snapshot")
+    return f"{base}:{int(port) + 1}"
+
+
 def check_endpoint_pair(key: str, endpoint: str, snapshot_key: str, snapshot_endpoint: str) -> None:
     """A stream's PUB endpoint and its snapshot endpoint: both ZeroMQ endpoints, and not the same one
     (the second bind would fail at start, far from the key that caused it)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wellwatch.core.config_files import check_endpoint, check_endpoint_pair, read_toml
+from wellwatch.core.config_files import check_endpoint, check_endpoint_pair, default_snapshot_endpoint, read_toml
 from wellwatch.core.errors import ConfigError
 from wellwatch.core.validation import between, build
 
@@ -41,8 +41,6 @@ class HubConfig:
 
 
 def hub_config_from(data: dict[str, Any]) -> HubConfig:
-    from wellwatch.client import default_snapshot_endpoint
-
     unknown = sorted(set(data) - {"hub", "daemons"})
     if unknown:
         raise ConfigError(unknown[0], data[unknown[0]], "unknown key; allowed at the top level: [hub], [[daemons]]")

@@ -18,15 +18,8 @@ from typing import Iterator
 
 import zmq
 
+from wellwatch.core.config_files import default_snapshot_endpoint  # noqa: F401  (part of the client's API)
 from wellwatch.core.stream_schema import snapshot_request
-
-
-def default_snapshot_endpoint(endpoint: str) -> str:
-    """tcp://host:5556 -> tcp://host:5557 (the daemon's default layout)."""
-    base, _, port = endpoint.rpartition(":")
-    if not port.isdigit():
-        raise ValueError(f"cannot derive a snapshot endpoint from {endpoint!r}; give --snapshot")
-    return f"{base}:{int(port) + 1}"
 
 
 @dataclass(frozen=True)
