@@ -18,7 +18,7 @@ from typing import Iterator
 
 import zmq
 
-from wellwatch.core.config_files import default_snapshot_endpoint  # noqa: F401  (part of the client's API)
+from wellwatch.core.config_files import default_snapshot_endpoint
 from wellwatch.core.stream_schema import snapshot_request
 
 
