@@ -430,7 +430,7 @@ def second_daemon(daemon: Daemon, config: Path, journal: Path) -> str:
 
 def own_states(journal: Path) -> dict[tuple, dict]:
     """(plate, well, timepoint) -> its state as the daemon itself has it (its journal's history)."""
-    from wellwatch.daemon.history import well_history
+    from wellwatch.results.journal_reader import well_history
 
     return {(m["plate"], m["well"], m["timepoint"]): {k: m.get(k) for k in WELL_KEYS} for m in well_history(journal)}
 

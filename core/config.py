@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wellwatch.core.packages.description import is_package
-from wellwatch.core.errors import ConfigError, NamingError
+from wellwatch.core.config_files import check_endpoint_pair, read_toml
+from wellwatch.core.errors import ConfigError, NamingError, StartupError
 from wellwatch.core.naming import PRESETS, compile_user_pattern
 from wellwatch.core.plate import PLATE_FORMATS, normalise_well
 from wellwatch.core.files.tiff import FrameLimits
@@ -229,18 +229,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("--config", str(path), "the file does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError("--config", str(path), "is a folder; give the config.toml file") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError("--config", str(path), f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise ConfigError("--config", str(path), f"cannot be read ({e.strerror})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("--config", str(path), f"not valid TOML: {e}") from None
+        data = read_toml(path)
         base = path.resolve().parent
     for dotted, value in (overrides or {}).items():
         *parents, leaf = dotted.split(".")
@@ -300,20 +289,14 @@ def _check_cross_keys(config: Config) -> None:
     if config.inference.require_gpu and config.inference.device == "cpu":
         raise ConfigError("inference.require_gpu", True, "cannot require a GPU with inference.device = 'cpu'")
     _check_inference(config.inference, config.batching.max_batch)
-    for key, endpoint in (("publish.endpoint", config.publish.endpoint),
-                          ("publish.snapshot_endpoint", config.publish.snapshot_endpoint)):
-        if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ConfigError(key, endpoint, "expected a ZeroMQ endpoint like tcp://127.0.0.1:5556")
+    check_endpoint_pair("publish.endpoint", config.publish.endpoint,
+                        "publish.snapshot_endpoint", config.publish.snapshot_endpoint)
     if config.publish.curve_allowed_clients and not config.publish.curve_secret_key:
         raise ConfigError("publish.curve_allowed_clients", config.publish.curve_allowed_clients,
                           "needs publish.curve_secret_key (the daemon's own key) as well")
-    if config.models.cell_type.path and config.segmentation.method == "none":
-        raise ConfigError("models.cell_type.path", config.models.cell_type.path,
-                          "cell types need segmented cells: set segmentation.method to classical or model")
-    if config.models.cell_live_dead.path and config.segmentation.method == "none":
-        raise ConfigError("models.cell_live_dead.path", config.models.cell_live_dead.path,
-                          "per-cell live/dead calls need segmented cells: set segmentation.method to classical "
-                          "or model")
+    check_crop_models_have_cells(config.segmentation.method,
+                                 {slot: getattr(config.models, slot).path for slot in CROP_MODEL_NEEDS
+                                  if getattr(config.models, slot).path})
     if config.channels.segment_on and config.segmentation.method == "none":
         raise ConfigError("channels.segment_on", config.channels.segment_on,
                           "names the channel to segment, but segmentation.method = 'none': set it to classical "
@@ -323,17 +306,9 @@ def _check_cross_keys(config: Config) -> None:
                           "segmentation.method = 'cellpose' needs a model: an exported .onnx file or a built-in name")
     if config.segmentation.method == "cellpose" and config.segmentation.tta:
         raise ConfigError("segmentation.tta", True, "not available with segmentation.method = 'cellpose'")
-    config.segmentation.classical.validate_as_config("segmentation.classical.")  # rules across keys
     if config.segmentation.tta and config.segmentation.method == "model" and is_package(config.models.segmentation.path):
         raise ConfigError("segmentation.tta", True, "test-time augmentation is for wellwatch segmentation models; "
                                                     "models.segmentation.path is a BioImage.IO package: set tta = false")
-    package = config.segmentation.package
-    if package.max_area and package.min_area > package.max_area:
-        raise ConfigError("segmentation.package.min_area", package.min_area,
-                          f"allowed: at most segmentation.package.max_area ({package.max_area}), or max_area = 0")
-    if config.publish.endpoint == config.publish.snapshot_endpoint:
-        raise ConfigError("publish.snapshot_endpoint", config.publish.snapshot_endpoint,
-                          "must differ from publish.endpoint")
 
 
 def _check_inference(inference: InferenceConfig, max_batch: int) -> None:
@@ -351,3 +326,26 @@ def _check_inference(inference: InferenceConfig, max_batch: int) -> None:
     if inference.tensorrt.enable and not inference.tensorrt.engine_cache_dir:
         raise ConfigError("inference.tensorrt.engine_cache_dir", "", "a folder for built engines is required "
                                                                       "(building one takes minutes)")
+
+
+# Rules between the config and the models it serves: checked once the models are open (a model
+# given in code, not by a path, is checked as well).
+
+CROP_MODEL_NEEDS = {"cell_type": "cell types", "cell_live_dead": "per-cell live/dead calls"}
+
+
+def check_crop_models_have_cells(method: str, paths: dict[str, str]) -> None:
+    """Crop models (slot -> model path) classify segmented cells: segmentation.method must not be 'none'."""
+    if method != "none":
+        return
+    for slot, path in paths.items():
+        raise ConfigError(f"models.{slot}.path", path, f"{CROP_MODEL_NEEDS[slot]} need segmented cells: set "
+                                                       "segmentation.method to classical or model")
+
+
+def check_model_channels(label_free: tuple[str, ...], slot: str, path: str, contract) -> None:
+    """A model that reads the label-free channels takes as many as channels.label_free names."""
+    if len(label_free) != len(contract.channels):
+        raise StartupError(f"channels.label_free {list(label_free)} gives {len(label_free)} channel(s) but the "
+                           f"{slot} model {path} ({contract.name!r}) expects {len(contract.channels)} "
+                           f"({', '.join(contract.channels)})")

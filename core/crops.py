@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wellwatch.core.config import check_crop_models_have_cells
 from wellwatch.core.contract import CellCrop
 from wellwatch.core.errors import StartupError
 
@@ -78,10 +79,8 @@ def crop_section(cell_type, cell_live_dead, segmentation: str) -> CellCrop | Non
     """The one crop section the daemon cuts for its crop models (backends with a `.contract`, or None):
     a cell-type and a per-cell live/dead model must agree, and both need segmented cells."""
     models = {slot: m for slot, m in (("cell_type", cell_type), ("cell_live_dead", cell_live_dead)) if m is not None}
-    for slot in models:
-        if segmentation == "none":
-            raise StartupError(f"models.{slot}.path is set but segmentation.method = 'none': crop models need "
-                               "segmented cells; set segmentation.method to classical or model")
+    check_crop_models_have_cells(segmentation, {slot: getattr(m, "path", "(a model given in code)")
+                                                for slot, m in models.items()})
     crops = {slot: m.contract.crop for slot, m in models.items()}
     if len(set(crops.values())) > 1:
         raise StartupError("models.cell_type and models.cell_live_dead have different crop sections "

@@ -1,9 +1,9 @@
-"""The one validator for settings held in frozen dataclasses: config.toml's tables and
-`ClassicalParams` built in code.
+"""The one validator for settings held in frozen dataclasses: config.toml's tables, hub.toml's,
+`ClassicalParams` built in code and the simulator's `SimulationSpec`.
 
-A field says what it allows in its metadata (`choice(...)`, `between(lo, hi)`) and its type
-hint; `build` makes a dataclass from a TOML table, `check_fields` checks one built in code. Both
-raise ConfigError naming the key, the value and what is allowed. Imports nothing of the daemon
+A field says what it allows in its metadata (`choice(...)`, `between(lo, hi)`, `not_above(other)`)
+and its type hint; `build` makes a dataclass from a TOML table, `check_fields` checks one built in
+code. Both raise ConfigError naming the key, the value and what is allowed. Imports nothing of the daemon
 but its errors, so any module may use it without an import cycle.
 """
 
@@ -24,6 +24,12 @@ def choice(*allowed: object) -> dict:
 
 def between(lo: float | None = None, hi: float | None = None) -> dict:
     return {"range": (lo, hi)}
+
+
+def not_above(other: str, zero_is_no_limit: bool = False) -> dict:
+    """The field is at most the field `other` of the same table (a min_area beside a max_area);
+    `zero_is_no_limit`: `other` = 0 means unbounded."""
+    return {"not_above": (other, zero_is_no_limit)}
 
 
 def build(cls: type, data: Any, prefix: str) -> Any:
@@ -49,18 +55,36 @@ def build(cls: type, data: Any, prefix: str) -> Any:
         value = coerce(key, data[name], hint)
         check_allowed(key, value, f.metadata)
         values[name] = value
-    return cls(**values)
+    built = cls(**values)
+    check_between_fields(built, prefix)
+    return built
 
 
-def check_fields(obj: Any, prefix: str) -> None:
-    """Check every field of a built dataclass (not nested ones) as `build` checks a table's values."""
+def check_fields(obj: Any, prefix: str, skip: tuple[str, ...] = ()) -> None:
+    """Check every field of a built dataclass (not nested ones, not those in `skip`: the caller checks
+    them itself) as `build` checks a table's values."""
     hints = get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if dataclasses.is_dataclass(hints[f.name]) or f.name in skip:
             continue
         key, value = f"{prefix}{f.name}", getattr(obj, f.name)
         coerce(key, value, hints[f.name], exact=True)
         check_allowed(key, value, f.metadata)
+    check_between_fields(obj, prefix)
+
+
+def check_between_fields(obj: Any, prefix: str) -> None:
+    """The rules a field's metadata states about another field of the same dataclass (`not_above`)."""
+    for f in dataclasses.fields(obj):
+        if "not_above" not in f.metadata:
+            continue
+        other, zero_is_no_limit = f.metadata["not_above"]
+        value, limit = getattr(obj, f.name), getattr(obj, other)
+        if zero_is_no_limit and limit == 0:
+            continue
+        if value > limit:
+            raise ConfigError(f"{prefix}{f.name}", value, f"allowed: at most {prefix}{other} ({limit})"
+                                                          + (f", or {other} = 0" if zero_is_no_limit else ""))
 
 
 def coerce(key: str, value: Any, hint: Any, exact: bool = False) -> Any:
@@ -107,4 +131,5 @@ def check_allowed(key: str, value: Any, metadata: Any) -> None:
     if "range" in metadata:
         lo, hi = metadata["range"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(key, value, f"allowed range {lo}..{hi}")
+            raise ConfigError(key, value, f"allowed range {lo}..{hi}" if lo is not None and hi is not None
+                              else f"allowed: at least {lo}" if lo is not None else f"allowed: at most {hi}")

@@ -37,12 +37,12 @@ from wellwatch.daemon.channel_join import ChannelJoin
 from wellwatch.daemon.commit import CommitBuilder
 from wellwatch.daemon.dose_publisher import DosePublisher
 from wellwatch.core.plate_map import read_plate_map
-from wellwatch.core.config import Config
+from wellwatch.core.config import Config, check_model_channels
 from wellwatch.core.crops import crop_section
 from wellwatch.daemon.diagnostics import Diagnostics, Expectations
 from wellwatch.core.errors import StartupError
 from wellwatch.daemon.gate_stage import GateStage
-from wellwatch.daemon.history import well_history
+from wellwatch.results.journal_reader import well_history
 from wellwatch.daemon.inference_stage import InferenceStage
 from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from wellwatch.daemon.journal import Journal
@@ -97,11 +97,7 @@ class Pipeline:
                                "acquisition writes its frames into")
         if not os.path.isdir(self.root):
             raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
-        if len(config.channels.label_free) != len(self.contract.channels):
-            raise StartupError(
-                f"channels.label_free {list(config.channels.label_free)} gives {len(config.channels.label_free)} "
-                f"channel(s) but model {backend.path} ({self.contract.name!r}) expects "
-                f"{len(self.contract.channels)} ({', '.join(self.contract.channels)})")
+        check_model_channels(config.channels.label_free, "live_dead", backend.path, self.contract)
         naming = NamingScheme(config.watch.naming, PLATE_FORMATS[config.plate.format],
                               config.plate_name, config.watch.pattern, config.plate.default_well)
         self.models = {self.contract.name: backend.sha256}

@@ -21,7 +21,7 @@ from wellwatch.daemon.journal import Journal, OutboxMessage
 from wellwatch.daemon.metrics import DaemonMetrics
 from wellwatch.net.security import CurveServer
 from wellwatch.net.sockets import MAX_REQUEST_BYTES, bind
-from wellwatch.daemon.history import well_history
+from wellwatch.results.journal_reader import well_history
 from wellwatch.core.stream_schema import (HEARTBEAT_TOPIC, SCHEMA_VERSION, SnapshotRequest, heartbeat, parse_snapshot_request, replaces,
                      snapshot_key, stamp_sent)
 

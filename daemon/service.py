@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.packages.description import is_package
-from wellwatch.core.config import Config
+from wellwatch.core.config import Config, check_model_channels
 from wellwatch.core.errors import StartupError
 from wellwatch.daemon.journal_lock import JournalLock
 from wellwatch.daemon.metrics import DaemonMetrics
@@ -103,9 +103,7 @@ def load_crop_backend(config: Config, metrics: DaemonMetrics, slot: str, task: s
         dataset = "dataset cells --dead-stain" if task == "live_dead" else "dataset cells"
         raise StartupError(f"models.{slot}.path {path}: a {task} model without a crop section; a model "
                            f"trained on single-cell crops (a `wellwatch {dataset}` dataset) is needed")
-    if len(c.channels) != len(config.channels.label_free):
-        raise StartupError(f"models.{slot}.path {path}: the model takes {len(c.channels)} channel(s) "
-                           f"({', '.join(c.channels)}); channels.label_free gives {len(config.channels.label_free)}")
+    check_model_channels(config.channels.label_free, slot, path, c)
     return backend
 
 

@@ -1,2 +1,2 @@
-"""The web dashboard and results tables: they read the stream (through wellwatch.client) and the
-daemon's journal (read-only SQLite), never the daemon's internals."""
+"""The web dashboard: it reads the stream (through wellwatch.client) and the daemon's journal
+(through wellwatch.results' read-only reader), never the daemon's internals."""

@@ -1,10 +1,9 @@
-"""`wellwatch dashboard` and `wellwatch results`."""
+"""`wellwatch dashboard`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 from pathlib import Path
 
@@ -32,24 +31,13 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.set_defaults(func=run_dashboard)
 
-    p = sub.add_parser("results", help="tidy per-frame and per-well tables (CSV or Parquet) from a journal",
-                       description="Read a daemon's journal (read-only) and write its frames, and the wells "
-                                   "they sum to, as tables joined to a plate map.")
-    p.add_argument("--journal", required=True, help="the daemon's journal.sqlite")
-    p.add_argument("--out", required=True,
-                   help="results.csv or results.parquet: the per-frame table; the per-well table goes "
-                        "beside it as <stem>.wells.<ext>")
-    p.add_argument("--plate-map", help="plate map CSV to join (compound, concentration, unit, role)")
-    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_FORMATS), default=96,
-                   help="for the plate map's wells")
-    p.set_defaults(func=run_results)
-
 
 def build_source(args: argparse.Namespace):
     from wellwatch.core.config import load_config
     from wellwatch.core.plate_map import read_plate_map
 
-    from .journal_view import JournalView
+    from wellwatch.results.journal_reader import JournalView
+
     from .live import Source
 
     config = load_config(args.config) if args.config else None
@@ -128,14 +116,3 @@ class ServerThread(threading.Thread):
     def stop(self) -> None:
         self.server.should_exit = True
         self.join(10)
-
-
-def run_results(args: argparse.Namespace) -> int:
-    from wellwatch.core.plate_map import read_plate_map
-
-    from .results import write_results
-
-    plate_map = read_plate_map(args.plate_map, args.plate_format) if args.plate_map else None
-    frames_path, wells_path, n_frames, n_wells = write_results(Path(args.journal), Path(args.out), plate_map)
-    print(f"{n_frames} frames -> {frames_path}\n{n_wells} well-timepoints -> {wells_path}", file=sys.stderr)
-    return 0

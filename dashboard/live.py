@@ -17,8 +17,8 @@ import zmq
 from wellwatch.client import follow
 from wellwatch.core.dose import dose_response, reading_from_message
 from wellwatch.core.plate_map import PlateMap
-
-from .journal_view import JournalReadError, JournalView, well_summaries
+from wellwatch.results.journal_reader import JournalReadError, JournalView
+from wellwatch.results.summaries import well_summaries
 
 log = logging.getLogger(__name__)
 

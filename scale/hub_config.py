@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wellwatch.core.config_files import check_endpoint, check_endpoint_pair, default_snapshot_endpoint, read_toml
 from wellwatch.core.errors import ConfigError
 from wellwatch.core.validation import between, build
 from wellwatch.client import default_snapshot_endpoint
@@ -41,32 +41,27 @@ class HubConfig:
     daemons: tuple[DaemonEndpoints, ...]
 
 
-def _check_endpoint(key: str, endpoint: str) -> None:
-    if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(key, endpoint, "expected a ZeroMQ endpoint like tcp://127.0.0.1:5556")
-
-
 def hub_config_from(data: dict[str, Any]) -> HubConfig:
     unknown = sorted(set(data) - {"hub", "daemons"})
     if unknown:
         raise ConfigError(unknown[0], data[unknown[0]], "unknown key; allowed at the top level: [hub], [[daemons]]")
     hub = build(HubSection, data.get("hub", {}), "hub.")
-    _check_endpoint("hub.endpoint", hub.endpoint)
-    _check_endpoint("hub.snapshot_endpoint", hub.snapshot_endpoint)
+    check_endpoint_pair("hub.endpoint", hub.endpoint, "hub.snapshot_endpoint", hub.snapshot_endpoint)
     tables = data.get("daemons", [])
     if not isinstance(tables, list) or not tables:
         raise ConfigError("daemons", tables, "give at least one [[daemons]] table with an endpoint")
     daemons = []
     for i, table in enumerate(tables):
         d = build(DaemonEndpoints, table, f"daemons[{i}].")
-        _check_endpoint(f"daemons[{i}].endpoint", d.endpoint)
+        check_endpoint(f"daemons[{i}].endpoint", d.endpoint)
         if not d.snapshot_endpoint:
             try:
                 d = DaemonEndpoints(d.endpoint, default_snapshot_endpoint(d.endpoint))
             except ValueError:
                 raise ConfigError(f"daemons[{i}].snapshot_endpoint", "",
                                   f"required: cannot derive it from endpoint {d.endpoint!r}") from None
-        _check_endpoint(f"daemons[{i}].snapshot_endpoint", d.snapshot_endpoint)
+        check_endpoint_pair(f"daemons[{i}].endpoint", d.endpoint, f"daemons[{i}].snapshot_endpoint",
+                            d.snapshot_endpoint)
         daemons.append(d)
     seen = [d.endpoint for d in daemons]
     if dup := next((e for e in seen if seen.count(e) > 1), None):
@@ -75,13 +70,4 @@ def hub_config_from(data: dict[str, Any]) -> HubConfig:
 
 
 def load_hub_config(path: str | Path) -> HubConfig:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("--config", str(path), "the file does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError("--config", str(path), f"cannot be read ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("--config", str(path), f"not valid TOML: {e}") from None
-    return hub_config_from(data)
+    return hub_config_from(read_toml(path))

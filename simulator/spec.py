@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from wellwatch.core.errors import ConfigError, NamingError
 from wellwatch.core.plate import PLATE_FORMATS, PlateFormat, all_wells, normalise_well
+from wellwatch.core.validation import between, check_fields, choice
 
 from .cells import CELL_TYPES
 from .render import channel_kind
@@ -26,34 +27,40 @@ DEFAULT_WELL_COUNT = 12
 
 @dataclass(frozen=True)
 class SimulationSpec:
-    plate_format: int = 96
+    plate_format: int = field(default=96, metadata=choice(*SIM_PLATE_FORMATS))
     wells: tuple[str, ...] = ()      # empty: the first 12 wells, row-major (row A of a 96 plate)
-    fields: int = 2                  # per well, numbered from 1
-    timepoints: int = 3              # numbered from 0
-    interval_s: float = 0.0          # pause between consecutive fields while writing
-    size: int = 512                  # frame edge, px
-    cells_per_field: float = 40.0    # Poisson mean
+    fields: int = field(default=2, metadata=between(1))         # per well, numbered from 1
+    timepoints: int = field(default=3, metadata=between(1))     # numbered from 0
+    interval_s: float = field(default=0.0, metadata=between(0.0))   # pause between consecutive fields, s
+    size: int = field(default=512, metadata=between(32, 16384))  # frame edge, px
+    cells_per_field: float = field(default=40.0, metadata=between(0.0))  # Poisson mean
     channels: tuple[str, ...] = ("BF", "PI")
-    naming: str = "scanr"
-    write_mode: str = "direct"
-    chunk_pause_s: float = 0.02
+    naming: str = field(default="scanr", metadata=choice(*NAMINGS))
+    write_mode: str = field(default="direct", metadata=choice(*WRITE_MODES))
+    chunk_pause_s: float = field(default=0.02, metadata=between(0.0))
     plate_name: str = "plate1"
-    treatment: str = "none"
-    seed: int = 0
-    cell_scale: float = 1.0          # cell size factor: 1 gives radii ~7-11 px (live)
+    treatment: str = field(default="none", metadata=choice(*TREATMENTS))
+    seed: int = field(default=0, metadata=between(0))
+    # cell size factor: 1 gives radii ~7-11 px (live)
+    cell_scale: float = field(default=1.0, metadata=between(0.1, 20.0))
     cell_types: tuple[str, ...] = ()  # empty: one cell line ("A"), as before; e.g. ("lmpp", "prob")
-    type_mix: str = "none"           # "none": every well type_fraction; "series": varies by well
-    type_fraction: float = 0.5       # fraction of the first of cell_types (the rest share the remainder)
-    control_columns: int = 0         # 'dose_series': the leftmost N columns of the wells get no drug
-    growth_doublings: float = 0.0    # untreated cells double this many times over the run (0: no growth)
+    # "none": every well type_fraction; "series": varies by well
+    type_mix: str = field(default="none", metadata=choice(*TYPE_MIXES))
+    # fraction of the first of cell_types (the rest share the remainder)
+    type_fraction: float = field(default=0.5, metadata=between(0.0, 1.0))
+    # 'dose_series': the leftmost N columns of the wells get no drug
+    control_columns: int = field(default=0, metadata=between(0))
+    # untreated cells double this many times over the run (0: no growth)
+    growth_doublings: float = field(default=0.0, metadata=between(0.0, 4.0))
 
     def __post_init__(self) -> None:
+        """Each field's type, choices and range (core/validation.py, as config.toml's), then the rules
+        between fields; the lists become tuples."""
         def check(key: str, ok: bool, value: Any, allowed: str) -> None:
             if not ok:
                 raise ConfigError(f"simulate.{key}", value, allowed)
 
-        check("plate_format", self.plate_format in SIM_PLATE_FORMATS, self.plate_format,
-              f"allowed: {', '.join(map(str, SIM_PLATE_FORMATS))}")
+        check_fields(self, "simulate.", skip=("wells", "channels", "cell_types"))
         wells = tuple(self.wells) or tuple(all_wells(self.plate)[:DEFAULT_WELL_COUNT])
         try:
             wells = tuple(normalise_well(w, self.plate) for w in wells)
@@ -72,18 +79,6 @@ class SimulationSpec:
             except ValueError as e:
                 raise ConfigError("simulate.channels", ch, str(e)) from None
         object.__setattr__(self, "channels", channels)
-        check("fields", self.fields >= 1, self.fields, "at least 1")
-        check("timepoints", self.timepoints >= 1, self.timepoints, "at least 1")
-        check("interval_s", self.interval_s >= 0, self.interval_s, "0 or more seconds")
-        check("chunk_pause_s", self.chunk_pause_s >= 0, self.chunk_pause_s, "0 or more seconds")
-        check("size", 32 <= self.size <= 16384, self.size, "32..16384 px")
-        check("cells_per_field", self.cells_per_field >= 0, self.cells_per_field, "0 or more")
-        check("cell_scale", 0.1 <= self.cell_scale <= 20, self.cell_scale, "0.1..20")
-        check("naming", self.naming in NAMINGS, self.naming, f"allowed: {', '.join(NAMINGS)}")
-        check("write_mode", self.write_mode in WRITE_MODES, self.write_mode,
-              f"allowed: {', '.join(WRITE_MODES)}")
-        check("treatment", self.treatment in TREATMENTS, self.treatment,
-              f"allowed: {', '.join(TREATMENTS)}")
         cell_types = tuple(self.cell_types)
         check("cell_types", len(set(cell_types)) == len(cell_types), list(cell_types),
               "each cell type at most once")
@@ -91,20 +86,10 @@ class SimulationSpec:
             check("cell_types", name in CELL_TYPES, name,
                   f"allowed: {', '.join(CELL_TYPES)}")
         object.__setattr__(self, "cell_types", cell_types)
-        check("type_mix", self.type_mix in TYPE_MIXES, self.type_mix,
-              f"allowed: {', '.join(TYPE_MIXES)}")
         check("type_mix", self.type_mix == "none" or len(cell_types) >= 2, self.type_mix,
               "'series' needs two or more cell_types")
-        check("type_fraction", isinstance(self.type_fraction, (int, float))
-              and 0.0 <= self.type_fraction <= 1.0, self.type_fraction, "0..1")
-        check("control_columns", isinstance(self.control_columns, int) and self.control_columns >= 0,
-              self.control_columns, "a non-negative integer")
         check("control_columns", self.control_columns == 0 or self.treatment == "dose_series",
               self.control_columns, "control columns need treatment 'dose_series'")
-        check("growth_doublings", isinstance(self.growth_doublings, (int, float))
-              and 0.0 <= self.growth_doublings <= 4.0, self.growth_doublings, "0..4 doublings")
-        check("seed", isinstance(self.seed, int) and self.seed >= 0, self.seed,
-              "a non-negative integer")
         check("plate_name", bool(self.plate_name) and "/" not in self.plate_name
               and "\\" not in self.plate_name, self.plate_name, "a non-empty name without slashes")
 

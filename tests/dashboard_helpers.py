@@ -9,7 +9,7 @@ import pytest
 
 from wellwatch.core.plate_map import read_plate_map
 from wellwatch.dashboard.cli import ServerThread
-from wellwatch.dashboard.journal_view import JournalView
+from wellwatch.results.journal_reader import JournalView
 from wellwatch.dashboard.live import LiveState, Source
 from wellwatch.dashboard.server import create_app
 from wellwatch.harness import free_port

@@ -10,7 +10,7 @@ import time
 import zmq
 
 from wellwatch.client import request_snapshot
-from wellwatch.dashboard.results import write_results
+from wellwatch.results.tables import write_results
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate

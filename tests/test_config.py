@@ -135,3 +135,15 @@ def test_unreadable_config_file_is_a_config_error(tmp_path, kind):
         path.write_bytes(b"[watch]\nroot = '\xff\xfe'\n")
     with pytest.raises(ConfigError, match="--config"):
         load_config(path)
+
+
+@pytest.mark.parametrize("table, limit", [("segmentation.classical", 900), ("segmentation.package", 20)])
+def test_min_area_above_max_area_is_one_rule_for_both_segmentation_tables(table, limit):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {f"{table}.min_area": limit + 1, f"{table}.max_area": limit})
+    assert e.value.key == f"{table}.min_area" and e.value.value == limit + 1
+    assert e.value.allowed.startswith(f"allowed: at most {table}.max_area ({limit})")
+
+
+def test_package_max_area_zero_is_no_limit():
+    assert load_config(None, {"segmentation.package.min_area": 10**6}).segmentation.package.max_area == 0

@@ -181,6 +181,11 @@ def test_slots_refuse_the_wrong_kind_of_live_dead_model(feature_model, tmp_path)
                                                        **seg}), metrics)
     with pytest.raises(ConfigError, match=r"models\.cell_live_dead\.path.*segmentation\.method"):
         load_config(None, {"models.cell_live_dead.path": str(crop_model)})
+    # a crop model's channels are checked by the same rule, in the same words, as the tile model's
+    with pytest.raises(StartupError, match=r"channels\.label_free \['BF', 'PH'\] gives 2 channel\(s\) but the "
+                                           r"cell_live_dead model .* expects 1 "):
+        load_cell_live_dead_backend(load_config(None, {"models.cell_live_dead.path": str(crop_model),
+                                                       "channels.label_free": ["BF", "PH"], **seg}), metrics)
 
 
 def test_a_cell_type_model_must_share_the_crop_geometry(feature_model, run_daemon):
@@ -190,6 +195,12 @@ def test_a_cell_type_model_must_share_the_crop_geometry(feature_model, run_daemo
         run_daemon(spec, cell_type_backend=CropStdClassifier(size=32), **{
             "segmentation.method": "classical", "models.cell_live_dead.path": str(crop_model),
             **{f"segmentation.classical.{k}": v for k, v in SIMULATED_BF.items()}})
+
+
+def test_a_crop_model_given_in_code_needs_segmented_cells_as_a_configured_one_does(run_daemon):
+    with pytest.raises(ConfigError, match=r"models\.cell_type\.path.*cell types need segmented cells: set "
+                                          r"segmentation\.method"):
+        run_daemon(plate(seed=17), cell_type_backend=CropStdClassifier(size=32))
 
 
 class CropMeanLiveDead(CropStdClassifier):

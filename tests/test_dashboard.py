@@ -202,22 +202,22 @@ def test_the_command_serves_the_page_with_its_bundled_plotting_library(tmp_path)
 
 
 def test_dashboard_reads_the_daemon_only_through_the_client_journal_and_pure_modules():
-    """The design's rule: the stream through wellwatch.client, the journal read-only; from the
-    daemon package only its pure, thread-free modules (fits, plate map and formats, config, errors, the one
-    definition of a well's images and completeness, the journal's read-only history queries)."""
+    """The design's rule: the stream through wellwatch.client, the journal read-only through
+    wellwatch.results; of the science core only its pure modules (fits, plate map and formats, config,
+    errors, the one definition of a well's images and completeness); nothing of the daemon."""
     import ast
 
-    allowed = {"wellwatch.core.dose", "wellwatch.core.plate_map", "wellwatch.core.config",
+    allowed = {"wellwatch.client", "wellwatch.core.dose", "wellwatch.core.plate_map", "wellwatch.core.config",
                "wellwatch.core.errors", "wellwatch.core.plate", "wellwatch.core.aggregate",
-               "wellwatch.daemon.history"}
+               "wellwatch.results.journal_reader", "wellwatch.results.summaries"}
     used = set()
     for path in (Path(__file__).resolve().parents[1] / "dashboard").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and "daemon" in node.module:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("wellwatch"):
                 used.add(node.module)
             elif isinstance(node, ast.Import):
-                used |= {a.name for a in node.names if "daemon" in a.name}
-    assert used and used <= allowed, sorted(used - allowed)
+                used |= {a.name for a in node.names if a.name.startswith("wellwatch")}
+    assert "wellwatch.results.journal_reader" in used and used <= allowed, sorted(used - allowed)
 
 
 def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from wellwatch.client import StreamState, follow
-from wellwatch.daemon.history import well_history
+from wellwatch.results.journal_reader import well_history
 from wellwatch.core.stream_schema import SnapshotRequest, parse_snapshot_request, snapshot_request
 from wellwatch.harness import free_port, local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec

@@ -315,7 +315,7 @@ def test_snapshot_is_the_latest_timepoint_per_well_older_ones_by_range(run_daemo
     import zmq
 
     from wellwatch.client import request_snapshot
-    from wellwatch.daemon.history import well_history
+    from wellwatch.results.journal_reader import well_history
 
     spec = plate(wells=("A1", "A2"), fields=1, timepoints=4, size=64, cells_per_field=2)
     config, running = run_daemon(spec)

@@ -251,7 +251,7 @@ def full_view(wells) -> dict:
 
 def daemon_state(journal_path: str) -> dict:
     """A daemon's own state: its latest well message per (plate, well, timepoint), from its journal."""
-    from wellwatch.daemon.history import well_history
+    from wellwatch.results.journal_reader import well_history
 
     return full_view(well_history(journal_path))
 
@@ -369,11 +369,40 @@ def test_stream_state_tracks_seq_per_source():
     ({"daemons": [{"endpoint": "tcp://h:5556", "port": 1}]}, "daemons[0].port"),
     ({"hub": {"snapshot_timeout_s": 0}, "daemons": [{"endpoint": "tcp://h:5556"}]}, "hub.snapshot_timeout_s"),
     ({"daemons": [{"endpoint": "tcp://h:5556"}, {"endpoint": "tcp://h:5556"}]}, "daemons.endpoint"),
+    # the daemon's config refused a snapshot endpoint equal to the stream's; the hub's now does too
+    ({"hub": {"endpoint": "tcp://127.0.0.1:5600", "snapshot_endpoint": "tcp://127.0.0.1:5600"},
+      "daemons": [{"endpoint": "tcp://h:5556"}]}, "hub.snapshot_endpoint"),
+    ({"daemons": [{"endpoint": "tcp://h:5556", "snapshot_endpoint": "tcp://h:5556"}]}, "daemons[0].snapshot_endpoint"),
 ])
 def test_hub_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as e:
         hub_config_from(data)
     assert e.value.key == key
+
+
+@pytest.mark.parametrize("kind", ["missing", "a folder", "not utf-8", "not toml"])
+def test_hub_and_daemon_configs_that_cannot_be_read_say_so_alike(tmp_path, kind):
+    """One reader for both files: the same key, and the same reason for the same fault."""
+    from wellwatch.core.config import load_config
+    from wellwatch.scale.hub_config import load_hub_config
+
+    path = tmp_path / "settings.toml"
+    if kind == "a folder":
+        path.mkdir()
+    elif kind == "not utf-8":
+        path.write_bytes(b"[hub]\nendpoint = '\xff\xfe'\n")
+    elif kind == "not toml":
+        path.write_text("[hub\n")
+    errors = []
+    for load in (load_hub_config, load_config):
+        with pytest.raises(ConfigError) as e:
+            load(path)
+        errors.append(e.value)
+    hub, daemon = errors
+    assert hub.key == daemon.key == "--config" and hub.value == daemon.value == str(path)
+    assert hub.allowed == daemon.allowed
+    assert {"missing": "does not exist", "a folder": "is a folder", "not utf-8": "not UTF-8",
+            "not toml": "not valid TOML"}[kind] in hub.allowed
 
 
 def test_hub_command_serves_subscribe_and_stops_on_sigterm(tmp_path):

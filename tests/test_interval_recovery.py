@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from wellwatch.core.aggregate import PlateAggregate
-from wellwatch.daemon.history import well_history
+from wellwatch.results.journal_reader import well_history
 from wellwatch.core.intervals import Calibration, live_fraction_fields
 from wellwatch.daemon.journal import FrameRecord, Journal
 from wellwatch.harness import local_config, start_daemon

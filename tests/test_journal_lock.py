@@ -15,7 +15,7 @@ import pytest
 
 from wellwatch.daemon.journal_lock import JournalInUseError, JournalLock, lock_path_for
 from wellwatch.daemon.service import Daemon
-from wellwatch.dashboard.results import write_results
+from wellwatch.results.tables import write_results
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.spec import SimulationSpec
 

@@ -12,7 +12,7 @@ import pytest
 from wellwatch.cli import main
 from wellwatch.core.naming import format_scanr
 from wellwatch.core.plate import PLATE_FORMATS, well_index
-from wellwatch.dashboard.results import wells_path_for
+from wellwatch.results.tables import wells_path_for
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import PLATE_MAP, write_plate
 
@@ -120,10 +120,10 @@ def test_bad_inputs_say_what_is_wrong(tmp_path, caplog, capsys):
 def test_the_journal_is_opened_read_only(finished_plate):
     import sqlite3 as sql
 
-    from wellwatch.dashboard.journal_view import open_readonly
+    from wellwatch.results.journal_reader import open_read_only
 
     config, *_ = finished_plate
-    db = open_readonly(config.journal.path)
+    db = open_read_only(config.journal.path)
     try:
         with pytest.raises(sql.OperationalError, match="readonly"):
             db.execute("DELETE FROM frames")
@@ -131,8 +131,47 @@ def test_the_journal_is_opened_read_only(finished_plate):
         db.close()
 
 
+def test_the_one_reader_agrees_with_itself_and_the_stream_on_a_journal_the_daemon_wrote(finished_plate):
+    from wellwatch.results.journal_reader import JournalView, well_history
+
+    config, rec, source, rewritten, broken = finished_plate
+    view = JournalView(Path(config.journal.path))
+    versions = view.frame_versions()
+    assert [f["path"] for f in versions if not f["latest"]] == [rewritten]  # its first version
+    latest = [{k: v for k, v in f.items() if k not in ("latest", "message")} for f in versions if f["latest"]]
+    assert latest == view.frames()  # the table's latest rows are the dashboard's frames
+    done = [f for f in versions if f["state"] == "done"]
+    # a done frame's journal row links the well message that announced it (the one carrying its models)
+    assert done and all((m["type"], m["seq"], m["plate"], m["well"], m["timepoint"]) ==
+                        ("well", f["seq"], f["plate"], f["well"], f["timepoint"]) and m["models"]
+                        for f in done for m in [f["message"]])
+    last = {}
+    for m in rec.of_type("well"):
+        last[(m["plate"], m["well"], m["timepoint"])] = m
+    messages = well_history(config.journal.path)
+    assert view.well_messages() == messages
+    assert {(m["plate"], m["well"], m["timepoint"]): m["counts"] for m in messages} == \
+        {k: m["counts"] for k, m in last.items()}
+
+
+def test_the_results_package_reads_the_journal_without_the_daemon():
+    """wellwatch.results imports the science core and the standard library only: the dashboard and
+    the daemon both import it, so it must not import either of them."""
+    import ast
+
+    used = set()
+    for path in (Path(__file__).resolve().parents[1] / "results").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                used.add(node.module)
+            elif isinstance(node, ast.Import):
+                used |= {a.name for a in node.names}
+    ours = {m for m in used if m.startswith("wellwatch")}
+    assert ours and all(m.startswith("wellwatch.core.") for m in ours), sorted(ours)
+
+
 def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
-    from wellwatch.dashboard.journal_view import JournalView
+    from wellwatch.results.journal_reader import JournalView
     from wellwatch.dashboard.live import LiveState, Source
 
     config, rec, source, rewritten, broken = finished_plate

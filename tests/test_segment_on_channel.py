@@ -64,8 +64,8 @@ def test_cells_come_from_the_nuclear_stain_while_the_model_reads_bright_field(da
     assert sorted(r[7] for r in rows) == ["BF", "BF", "LIVE", "LIVE"]  # LIVE journaled with its field; PI ignored
     assert {r[2] for r in rows} == {"done"}
     # results.csv and the dashboard's QC table: one row per field, its LIVE file named on it
-    from wellwatch.dashboard.journal_view import JournalView
-    from wellwatch.dashboard.results import frame_rows
+    from wellwatch.results.journal_reader import JournalView
+    from wellwatch.results.tables import frame_rows
 
     table = frame_rows(Path(config.journal.path))
     assert sorted((r["file"], r["channels"], r["channel_files"]) for r in table) == sorted(

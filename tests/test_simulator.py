@@ -195,6 +195,21 @@ def test_spec_rejects_bad_values():
     with pytest.raises(ConfigError, match="GFP"):
         SimulationSpec(channels=("BF", "GFP"))
     assert SimulationSpec().wells == tuple(f"A{i}" for i in range(1, 13))
+
+
+@pytest.mark.parametrize("kwargs, key, allowed", [
+    (dict(size=100.5), "simulate.size", "expected an integer"),  # the simulator's own checker let this by
+    (dict(size=16), "simulate.size", "allowed range 32..16384"),
+    (dict(fields=0), "simulate.fields", "allowed: at least 1"),
+    (dict(seed=True), "simulate.seed", "expected an integer"),
+    (dict(naming="regex"), "simulate.naming", "allowed: scanr, nis"),
+    (dict(plate_format=1536), "simulate.plate_format", "allowed: 96, 384"),
+    (dict(plate_name=3), "simulate.plate_name", "expected a string"),
+])
+def test_spec_is_checked_by_the_validator_config_toml_uses(kwargs, key, allowed):
+    with pytest.raises(ConfigError) as e:
+        SimulationSpec(**kwargs)
+    assert (e.value.key, e.value.allowed) == (key, allowed)
     assert SimulationSpec(plate_format=384).wells[-1] == "A12"
     assert parse_wells("3", 384) == ("A1", "A2", "A3")
     assert len(parse_wells("all", 384)) == 384

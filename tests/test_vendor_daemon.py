@@ -177,8 +177,8 @@ def test_nd2_copied_in_chunks_is_read_frame_by_frame_once_across_restarts(daemon
     (m,) = [m for m in rec.state.wells.values() if m["timepoint"] == 2]
     assert m["fields_expected"] == 10 and m["complete"]  # 1 position x 10 z planes from the file's metadata
     # the results tables and the dashboard's history judge the well as the daemon does (images, not fields)
-    from wellwatch.dashboard.journal_view import JournalView
-    from wellwatch.dashboard.results import write_results
+    from wellwatch.results.journal_reader import JournalView
+    from wellwatch.results.tables import write_results
 
     _, wells_csv, _, _ = write_results(Path(config.journal.path), tmp_path / "results.csv")
     with open(wells_csv, newline="") as f:

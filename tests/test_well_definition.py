@@ -19,8 +19,8 @@ from wellwatch.daemon.jobs import FrameJob
 from wellwatch.daemon.journal import Journal
 from wellwatch.core.naming import FrameMeta
 from wellwatch.daemon.service import bundled_demo_model
-from wellwatch.dashboard.journal_view import JournalView
-from wellwatch.dashboard.results import write_results
+from wellwatch.results.journal_reader import JournalView
+from wellwatch.results.tables import write_results
 from wellwatch.scale.reprocess import well_rows as reprocess_well_rows
 
 

@@ -13,6 +13,7 @@ import threading
 import traceback
 from pathlib import Path
 
+from wellwatch.core.config_files import is_endpoint
 from wellwatch.core.errors import UsageError, WellwatchError
 
 # Errors a user fixes (a missing file, a daemon not running): one line and exit 2, no traceback.
@@ -39,11 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(config).run()
 
 
-ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
-
-
 def check_endpoint(flag: str, endpoint: str) -> None:
-    if not endpoint.startswith(ENDPOINT_SCHEMES):
+    if not is_endpoint(endpoint):
         raise UsageError(f"wellwatch subscribe: {flag} {endpoint!r}: not a ZeroMQ endpoint; give "
                          f"tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556")
 
@@ -218,7 +216,7 @@ LAZY_COMMANDS = {
     "reprocess": ("wellwatch.scale.cli", "re-run archived acquisitions with the daemon's stages -> Parquet"),
     "dashboard": ("wellwatch.dashboard.cli", "a web page beside the microscope: plate map, time courses, "
                                              "dose-response"),
-    "results": ("wellwatch.dashboard.cli", "tidy per-frame and per-well tables (CSV or Parquet) from a journal"),
+    "results": ("wellwatch.results.cli", "tidy per-frame and per-well tables (CSV or Parquet) from a journal"),
     "cellpose": ("wellwatch.cellpose_cli", "Cellpose models: export to ONNX for the daemon, train from labels"),
     "calibrate": ("wellwatch.training.calibrate_cli", "from a stained calibration plate to a served model with "
                                                       "per-well intervals and a verdict (leave-one-experiment-out "

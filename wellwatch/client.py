@@ -18,16 +18,9 @@ from typing import Iterator
 
 import zmq
 
+from wellwatch.core.config_files import default_snapshot_endpoint
 from wellwatch.core.stream_schema import snapshot_request
 from wellwatch.net.security import apply_client_keys
-
-
-def default_snapshot_endpoint(endpoint: str) -> str:
-    """tcp://host:5556 -> tcp://host:5557 (the daemon's default layout)."""
-    base, _, port = endpoint.rpartition(":")
-    if not port.isdigit():
-        raise ValueError(f"cannot derive a snapshot endpoint from {endpoint!r}; give --snapshot")
-    return f"{base}:{int(port) + 1}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ def request_snapshot(context: zmq.Context, endpoint: str, timeout_s: float = 5.0
     """The daemon's state: the latest timepoint of each well, or with `timepoints` (first, last)
     every well at each of those timepoints, or with `since` (source -> seq) every well state changed
     after that seq (both from the journal; for history in bulk read the journal itself:
-    `wellwatch.daemon.history.well_history`)."""
+    `wellwatch.results.journal_reader.well_history`)."""
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     if curve is not None:

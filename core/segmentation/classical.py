@@ -28,7 +28,7 @@ from skimage.segmentation import clear_border, watershed
 
 from wellwatch.core.errors import ConfigError
 from wellwatch.core.segmentation.downsample import block_mean, filter_by_area, upsample_labels
-from wellwatch.core.validation import between, build, check_fields, choice
+from wellwatch.core.validation import between, build, check_fields, choice, not_above
 
 
 @dataclass(frozen=True)
@@ -47,22 +47,16 @@ class ClassicalParams:
     fill_holes: bool = True
     dist_sigma: float = field(default=4.0, metadata=between(0.0, 100.0))       # Gaussian on the EDT, px
     min_distance: int = field(default=30, metadata=between(1, 1000))           # between markers, px
-    min_area: int = field(default=1000, metadata=between(0, 10**8))             # px
+    min_area: int = field(default=1000, metadata=between(0, 10**8) | not_above("max_area"))  # px
     max_area: int = field(default=20000, metadata=between(1, 10**9))           # px
     downsample: int = field(default=2, metadata=choice(1, 2))
 
     def validate(self) -> "ClassicalParams":
         """Raise ValueError naming the field and what is allowed; return self when valid."""
         try:
-            return self.validate_as_config("ClassicalParams.")
+            check_fields(self, "ClassicalParams.")
         except ConfigError as e:
             raise ValueError(f"{e.key}: got {e.value!r}; {e.allowed}") from None
-
-    def validate_as_config(self, prefix: str) -> "ClassicalParams":
-        """Raise ConfigError naming `prefix` + the field (a config table's keys); return self when valid."""
-        check_fields(self, prefix)
-        if self.min_area > self.max_area:
-            raise ConfigError(f"{prefix}min_area", self.min_area, f"allowed: at most max_area ({self.max_area})")
         return self
 
     @classmethod
@@ -70,7 +64,7 @@ class ClassicalParams:
         """Build from a config table, checked as config.toml is: unknown keys and bad values raise
         ConfigError(prefix + key, ...)."""
         table = dict(data) if isinstance(data, Mapping) else data
-        return build(cls, table, prefix).validate_as_config(prefix)
+        return build(cls, table, prefix)
 
 
 # ---------------------------------------------------------------------------------------------

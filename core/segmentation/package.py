@@ -24,7 +24,7 @@ from wellwatch.core.packages.description import Package, PackageError
 from wellwatch.core.packages.ops import apply_ops
 from wellwatch.core.segmentation.downsample import filter_by_area
 from wellwatch.core.segmentation.maps import ServeOptions, covering_origins, pad_to_tile, stitch_weighted
-from wellwatch.core.validation import between, check_fields
+from wellwatch.core.validation import between, not_above
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,9 @@ class PackageParams:
     threshold: float = field(default=0.5, metadata=between(-1e6, 1e6))   # map value above this is cell
     dist_sigma: float = field(default=2.0, metadata=between(0.0, 100.0))  # Gaussian on the distance transform
     min_distance: int = field(default=6, metadata=between(1, 1000))      # between watershed markers
-    min_area: int = field(default=30, metadata=between(0, 10**8))
+    min_area: int = field(default=30, metadata=between(0, 10**8) | not_above("max_area", zero_is_no_limit=True))
     max_area: int = field(default=0, metadata=between(0, 10**9))         # 0 = no limit
     tile: int = field(default=512, metadata=between(16, 8192))           # wanted tile edge for parameterised inputs
-
-    def validate_as_config(self, prefix: str) -> "PackageParams":
-        check_fields(self, prefix)
-        return self
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from wellwatch.core.plate_map import PlateMap
 
-from .journal_view import FRAME_COLUMNS, JournalView, fold_joined_channels, open_readonly, well_summaries
+from .journal_reader import JournalView
+from .summaries import well_summaries
 
 MAP_COLUMNS = ("compound", "concentration", "unit", "role")
 FRAME_TABLE = ("plate", "well", "timepoint", "field", "z", "channel", "channels", "channel_files", "state", "reason",
@@ -52,20 +53,10 @@ def _map_columns(plate_map: PlateMap | None, well: str | None) -> dict:
 
 
 def frame_rows(journal: Path, plate_map: PlateMap | None = None) -> list[dict]:
-    db = open_readonly(journal)
-    try:
-        rows = db.execute(f"SELECT {', '.join('f.' + c for c in FRAME_COLUMNS)}, o.payload, "
-                          "f.version = (SELECT MAX(g.version) FROM frames g WHERE g.path = f.path) "
-                          "FROM frames f LEFT JOIN outbox o ON o.seq = f.seq ORDER BY f.id").fetchall()
-    finally:
-        db.close()
-    frames = fold_joined_channels([dict(zip(FRAME_COLUMNS, row), _payload=row[-2], _latest=row[-1])
-                                   for row in rows])
     out = []
-    for f in frames:
-        payload = json.loads(f["_payload"]) if f["_payload"] else {}
-        names, shas = _models(payload.get("models"))
-        types = json.loads(f["cell_types"]) if f["cell_types"] else None
+    for f in JournalView(journal).frame_versions():
+        names, shas = _models((f["message"] or {}).get("models"))
+        types = f["cell_types"]
         out.append({
             **{k: f[k] for k in ("plate", "well", "timepoint", "field", "z", "channel")},
             "channels": ";".join(c for c in f["channels"] if c is not None),
@@ -75,7 +66,7 @@ def frame_rows(journal: Path, plate_map: PlateMap | None = None) -> list[dict]:
             "cell_live_fraction": _fraction(f["cell_live"], f["cell_dead"]),
             "cell_types": json.dumps(types, sort_keys=True) if types else None,
             "model_names": names, "model_sha256": shas, "file": f["path"], "version": f["version"],
-            "latest": bool(f["_latest"]), "sha256": f["sha256"], "t_file": f["t_file"], "t_done": f["t_done"],
+            "latest": f["latest"], "sha256": f["sha256"], "t_file": f["t_file"], "t_done": f["t_done"],
             "seq": f["seq"], **_map_columns(plate_map, f["well"])})
     return out
 
@@ -104,17 +95,11 @@ def well_rows(frames: list[dict], plate_map: PlateMap | None = None,
     return out
 
 
-def well_intervals(journal: Path) -> dict[tuple, dict]:
-    """(plate, well, timepoint) -> INTERVAL_COLUMNS of the latest well message (all None when the
-    model was not calibrated): the journal's outbox keeps every message the daemon published."""
-    db = open_readonly(journal)
-    try:
-        rows = db.execute("SELECT payload FROM outbox WHERE topic LIKE 'well/%' ORDER BY seq").fetchall()
-    finally:
-        db.close()
+def well_intervals(messages: list[dict]) -> dict[tuple, dict]:
+    """(plate, well, timepoint) -> INTERVAL_COLUMNS of its latest well message (`messages`: the
+    journal's, JournalView.well_messages); all None when the model was not calibrated."""
     out = {}
-    for (text,) in rows:
-        m = json.loads(text)
+    for m in messages:
         bounds, cell = m.get("live_fraction_interval") or (None, None), m.get("cell_live_fraction_interval") or (None, None)
         out[(m.get("plate"), m.get("well"), m.get("timepoint"))] = {
             "live_fraction_estimate": m.get("live_fraction_estimate"), "live_fraction_low": bounds[0],
@@ -162,8 +147,10 @@ def write_results(journal: Path, out: Path, plate_map: PlateMap | None = None) -
     if out.suffix not in (".csv", ".parquet"):
         raise SystemExit(f"wellwatch results: --out {out}: expected a .csv or .parquet file name")
     frames = frame_rows(journal, plate_map)
-    wells = well_rows(frames, plate_map, JournalView(journal).expected_images())
-    intervals = well_intervals(journal)
+    messages = JournalView(journal).well_messages()
+    wells = well_rows(frames, plate_map, {(m["plate"], m["well"], m["timepoint"]): m.get("fields_expected")
+                                          for m in messages})
+    intervals = well_intervals(messages)
     for w in wells:
         w.update(intervals.get((w["plate"], w["well"], w["timepoint"])) or dict.fromkeys(INTERVAL_COLUMNS))
     wells_out = wells_path_for(out)
