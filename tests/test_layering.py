@@ -264,8 +264,6 @@ DAEMON_USES_OUTSIDE_THE_DAEMON = {
     ("scale/stages.py", "wellwatch.daemon.inference_stage"),
     # the bundled demo model's path, for a reprocess run configured without a model
     ("scale/stages.py", "wellwatch.daemon.service"),
-    # the dashboard reads a well's history from the journal with the daemon's own query
-    ("dashboard/journal_view.py", "wellwatch.daemon.history"),
 }
 
 
