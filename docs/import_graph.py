@@ -62,11 +62,32 @@ def positions(level: dict[str, int], edges) -> dict[str, tuple[float, float]]:
     return pos
 
 
+def draw_matrix(ax, edges, level: dict[str, int]) -> None:
+    """Importer rows, imported columns, both ordered from the top layer down: with no cycle every
+    count lies above the diagonal, so the matrix shows at a glance what the graph's arrows say."""
+    order = sorted(level, key=lambda n: (-level[n], n))
+    counts = [[edges.get((a, b), 0) for b in order] for a in order]
+    ax.imshow([[min(c, 1) * (0.35 + 0.65 * min(c, 60) / 60) for c in row] for row in counts],
+              cmap="Greens", vmin=0, vmax=1)
+    for i, row in enumerate(counts):
+        for j, c in enumerate(row):
+            if c:
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=8)
+    ax.plot([-0.5, len(order) - 0.5], [-0.5, len(order) - 0.5], color="0.6", lw=0.8, ls="--")
+    ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.set_xlabel("imported package", fontsize=8)
+    ax.set_ylabel("importing package", fontsize=8)
+    ax.set_title("import statements (none below the diagonal: no cycle)", fontsize=9)
+
+
 def draw(edges, out: Path) -> None:
     nodes = {n for edge in edges for n in edge}
     level = layers(nodes, edges)
     pos = positions(level, edges)
-    fig, ax = plt.subplots(figsize=(11, 1.7 * (max(level.values()) + 1) + 0.6))
+    fig, (ax, mx) = plt.subplots(1, 2, figsize=(16, 1.7 * (max(level.values()) + 1) + 0.6),
+                                 gridspec_kw={"width_ratios": [2.2, 1]})
+    draw_matrix(mx, edges, level)
     xs = [x for x, _ in pos.values()]
     h = 0.62
     # the bottom package, alone in its layer, spans the figure so the arrows into it land apart
@@ -101,7 +122,8 @@ def draw(edges, out: Path) -> None:
     ax.set_xlim(min(xs) - 1.4, max(xs) + 1.4)
     ax.set_ylim(-0.6, max(y for _, y in pos.values()) + 0.6)
     ax.set_axis_off()
-    ax.set_title("Package imports (arrow: importer -> imported; label: import statements)", fontsize=10)
+    ax.set_title("Package imports (arrow: importer -> imported; label: import statements;\n"
+                 "a lighter arrow skips a layer and passes behind it)", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
