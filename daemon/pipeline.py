@@ -34,16 +34,16 @@ import zmq
 from wellwatch.core.aggregate import PlateAggregate
 from wellwatch.core.inference.backend import InferenceBackend
 from wellwatch.daemon.channel_join import ChannelJoin
-from wellwatch.daemon.commit import CommitBuilder
+from wellwatch.daemon.stages.commit import CommitBuilder
 from wellwatch.daemon.dose_publisher import DosePublisher
 from wellwatch.core.plate_map import read_plate_map
 from wellwatch.core.config import Config
 from wellwatch.core.crops import crop_section
 from wellwatch.daemon.diagnostics import Diagnostics, Expectations
 from wellwatch.core.errors import StartupError
-from wellwatch.daemon.gate_stage import GateStage
+from wellwatch.daemon.stages.gate import GateStage
 from wellwatch.daemon.history import well_history
-from wellwatch.daemon.inference_stage import InferenceStage
+from wellwatch.daemon.stages.infer import InferenceStage
 from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from wellwatch.daemon.journal import Journal
 from wellwatch.core.layouts import LayoutError, PlateLayout, detect_layout
@@ -53,8 +53,8 @@ from wellwatch.core.naming import NamingScheme
 from wellwatch.core.files.nd2 import Nd2Tracker
 from wellwatch.core.plate import PLATE_FORMATS
 from wellwatch.core.segmentation.maps import ServeOptions
-from wellwatch.daemon.publish import Publisher
-from wellwatch.daemon.read_stage import ReadStage
+from wellwatch.daemon.stages.publish import Publisher
+from wellwatch.daemon.stages.read import ReadStage
 from wellwatch.daemon.recovery import recover
 from wellwatch.daemon.security import CurveServer
 from wellwatch.core.segmentation.segmenters import model_segmenter

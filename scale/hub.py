@@ -20,7 +20,7 @@ import threading
 import zmq
 
 from wellwatch.client import request_snapshot
-from wellwatch.daemon.publish import MAX_REQUEST_BYTES, bind
+from wellwatch.daemon.stages.publish import MAX_REQUEST_BYTES, bind
 from wellwatch.core.stream_schema import SCHEMA_VERSION, parse_snapshot_request
 
 from .hub_config import HubConfig

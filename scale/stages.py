@@ -21,12 +21,12 @@ import numpy as np
 
 from wellwatch.core.aggregate import live_fraction
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.commit import frame_counts
+from wellwatch.daemon.stages.commit import frame_counts
 from wellwatch.core.config import Config
 from wellwatch.core.contract import CellCrop, ModelContract
 from wellwatch.core.crops import Cells
 from wellwatch.core.errors import FrameReadError
-from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.stages.infer import FrameWork
 from wellwatch.core.model_inputs import prepare_frame
 from wellwatch.core.files.tiff import decode_frame
 from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, ModelSegmenter, model_cells

@@ -195,7 +195,7 @@ def test_oversized_snapshot_request_is_dropped_and_others_still_answered(run_dae
     import zmq
 
     from wellwatch.client import request_snapshot
-    from wellwatch.daemon.publish import MAX_REQUEST_BYTES
+    from wellwatch.daemon.stages.publish import MAX_REQUEST_BYTES
 
     config, running = run_daemon(plate(wells=("A1",), fields=1, timepoints=1))
     recorder_for(config)

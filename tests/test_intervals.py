@@ -132,8 +132,8 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
     import dataclasses
 
     from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.daemon.commit import CommitBuilder
-    from wellwatch.daemon.inference_stage import FrameWork
+    from wellwatch.daemon.stages.commit import CommitBuilder
+    from wellwatch.daemon.stages.infer import FrameWork
     from wellwatch.daemon.jobs import FrameJob
     from wellwatch.daemon.journal import Journal
     from wellwatch.core.naming import FrameMeta

@@ -7,8 +7,8 @@ import pytest
 
 from wellwatch.core.aggregate import PlateAggregate
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.commit import CommitBuilder
-from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.stages.commit import CommitBuilder
+from wellwatch.daemon.stages.infer import FrameWork
 from wellwatch.daemon.jobs import FailedFrame, FrameJob, StatusEvent
 from wellwatch.daemon.journal import Journal
 from wellwatch.daemon.ledger import FrameLedger

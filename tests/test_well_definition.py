@@ -13,8 +13,8 @@ import pytest
 
 from wellwatch.core.aggregate import PlateAggregate, image_key, well_complete
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.commit import CommitBuilder
-from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.stages.commit import CommitBuilder
+from wellwatch.daemon.stages.infer import FrameWork
 from wellwatch.daemon.jobs import FrameJob
 from wellwatch.daemon.journal import Journal
 from wellwatch.core.naming import FrameMeta

@@ -31,8 +31,8 @@ from wellwatch.daemon.channel_join import ChannelJoin
 from wellwatch.core.config import Config
 from wellwatch.core.contract import CellCrop, ModelContract
 from wellwatch.core.errors import FrameReadError
-from wellwatch.daemon.gate_stage import RetrySchedule
-from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.stages.gate import RetrySchedule
+from wellwatch.daemon.stages.infer import FrameWork
 from wellwatch.daemon.jobs import FailedFrame, FrameJob
 from wellwatch.daemon.ledger import FrameLedger
 from wellwatch.daemon.metrics import DaemonMetrics

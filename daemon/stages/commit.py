@@ -24,7 +24,7 @@ from wellwatch.core.aggregate import PlateAggregate, TileCounts, cell_fields, co
 from wellwatch.core.cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
 from wellwatch.core.contract import ModelContract
 from wellwatch.daemon.dose_publisher import DosePublisher, dose_message
-from wellwatch.daemon.inference_stage import FrameWork
+from wellwatch.daemon.stages.infer import FrameWork
 from wellwatch.core.intervals import live_fraction_fields
 from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
 from wellwatch.daemon.journal import FrameRecord, Journal, OutboxMessage

@@ -1,0 +1,1 @@
+"""The daemon's frame path, one module per stage."""
