@@ -100,7 +100,8 @@ class Pipeline:
         self.publisher, self.curve = _open_publisher(config, context or zmq.Context.instance(), metrics, recovered)
 
         # the queues, in the order a frame meets them
-        to_read = queue.Queue(maxsize=config.pipeline.queue_size)
+        # pipeline.queue_size frames at most between the gate and the inference queue: waiting or being read
+        to_read = queue.Queue(maxsize=max(1, config.pipeline.queue_size - config.pipeline.read_workers))
         self.to_infer = queue.Queue(maxsize=config.pipeline.queue_size)
         self.to_commit: queue.Queue = queue.Queue()
         retries = RetrySchedule()  # the read stage's retries, handed out again by the gate
