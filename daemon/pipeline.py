@@ -92,8 +92,9 @@ class Pipeline:
         self.aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
         ledger = FrameLedger(joins_channels=len(channels) > 1)
         recovered = recover(Path(config.journal.path), ledger, self.aggregate)
-        self.ctx = StageContext(config, self.root, metrics, ledger, Nd2Tracker(recovered.nd2_frames, config.plate.format),
-                                ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None)
+        nd2 = Nd2Tracker(recovered.nd2_frames, config.plate.format)
+        join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
+        self.ctx = StageContext(config, self.root, metrics, ledger, nd2, join)
         builder = self._commit_builder(recovered)
         check_interval_level(config.intervals.level, self.contract, models.contract("cell_live_dead"))
         self._unsent = recovered.unsent

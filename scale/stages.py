@@ -131,7 +131,8 @@ class FrameScorer:
         cells, crops, keep = {}, {}, {}  # frame index -> its cells, their crops, which were cropped
         for i in live:
             if _column(batch, "has_cells", i):
-                cells[i] = Cells(np.asarray(batch["cell_centroids"][i]).reshape(-1, 2), np.asarray(batch["cell_areas"][i]))
+                cells[i] = Cells(np.asarray(batch["cell_centroids"][i]).reshape(-1, 2),
+                                 np.asarray(batch["cell_areas"][i]))
                 crops[i], keep[i] = np.asarray(batch["crops"][i], np.float32), np.asarray(batch["crop_keep"][i], bool)
         if self.networks.segmentation is not None:
             tiles = [np.asarray(batch["seg_tiles"][i], np.float32) for i in live]

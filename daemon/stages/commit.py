@@ -2,8 +2,8 @@
 
 `CommitStage` takes what the commit queue holds (scored and failed frames, status events, the plate
 layout), as many as are waiting, and commits them in one transaction; then it tells the ledger and
-the diagnostics, and puts the messages on the publisher's queue. `CommitBuilder` owns the seq counter, the per-well aggregates and the models' identities; its
-`build` turns a group of outcomes (scored frames, failed frames, status events, the plate layout)
+the diagnostics, and puts the messages on the publisher's queue. `CommitBuilder` owns the seq
+counter, the per-well aggregates and the models' identities; its `build` turns a group of outcomes
 into the frame records and outbox messages one transaction writes. A multi-channel field is one
 scored frame: its first channel's file carries the counts, its other channel files are journaled
 beside it (state done, no counts). With a plate layout, `status/plate` announces each timepoint at

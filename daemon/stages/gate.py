@@ -204,7 +204,8 @@ class GateStage:
             self._root_identity = identity
             if not came_back:  # a folder deleted and re-created between two checks, or a dead thread
                 log.warning("watch.root %s: %s; observer restarted", self.root, why.replace("_", " "))
-                self.to_commit.put(StatusEvent("watch", {"event": "observer_restarted", "reason": why, "root": self.root}))
+                self.to_commit.put(StatusEvent("watch", {"event": "observer_restarted", "reason": why,
+                                                         "root": self.root}))
             self.discovery.scan()  # what was written while nothing watched
 
     def _reconcile(self) -> None:
