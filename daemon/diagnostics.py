@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from wellwatch.daemon.jobs import FailedFrame, StatusEvent
+from wellwatch.daemon.messages import FailedFrame, ScoredFrame, StatusEvent
+from wellwatch.core.scoring import FrameOutputs
 from wellwatch.daemon.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
@@ -82,22 +83,22 @@ class Diagnostics:
             self._not_counted(reason, rel)
 
     def committed(self, group: list) -> None:
-        """Frames and failures the commit thread has journaled (FrameWork or FailedFrame items)."""
+        """Frames and failures the commit thread has journaled (ScoredFrame or FailedFrame items)."""
         now_wall = time.time()
         with self._lock:
             for item in group:
                 if isinstance(item, FailedFrame):
-                    self._not_counted("quarantined", f"{item.job.rel}: {item.reason}")
+                    self._not_counted("quarantined", f"{item.file.rel}: {item.reason}")
                     continue
-                job, shape = getattr(item, "job", None), getattr(item, "shape", None)
-                if job is None or shape is None:
+                if not isinstance(item, ScoredFrame):
                     continue  # status and layout events
-                if self._smaller_than_tile(item):
+                shape = item.outputs.shape
+                if self._smaller_than_tile(item.outputs):
                     self.metrics.frames.labels("smaller_than_tile").inc()
                     self._not_counted("smaller_than_tile",
-                                      f"{job.rel} ({shape[-1]}x{shape[-2]} px)")
+                                      f"{item.file.rel} ({shape[-1]}x{shape[-2]} px)")
                     continue
-                self._count(job, now_wall)
+                self._count(item.file, now_wall)
 
     # --- the reporting thread ----------------------------------------------------------------
 
@@ -137,12 +138,12 @@ class Diagnostics:
         if self._first_uncounted is None:
             self._first_uncounted = time.monotonic()
 
-    def _smaller_than_tile(self, work) -> bool:
+    def _smaller_than_tile(self, outputs: FrameOutputs) -> bool:
         """A tiling model's frame that gave no tile at all (not even an empty one): too small to score."""
         tile = self.expects.tile_size
-        if tile is None or getattr(work, "cells", None) is not None:
+        if tile is None or outputs.cells is not None:
             return False
-        return len(work.tile_origins) + work.n_empty == 0 and min(work.shape[-2:]) < tile
+        return len(outputs.tile_origins) + outputs.n_empty == 0 and min(outputs.shape[-2:]) < tile
 
     def _count(self, job, now_wall: float) -> None:
         self._counted += 1

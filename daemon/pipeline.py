@@ -1,19 +1,22 @@
-"""Wires the stages together: the one place that knows about threads and queues.
+"""Wires the stages together: the one place that creates the queues and the threads.
 
-    discovery -> gate thread (gate_stage) -> read workers (read_stage; prepare.prepare_frame, or
-                 with pipeline.prepare_workers the process pool over shared memory: prepare_pool)
-              -> inference thread (inference_stage: pooled batches per model lane)
-              -> commit thread (commit: aggregate + journal + outbox, one transaction per group)
-              -> publisher thread (publish: ZeroMQ PUB + snapshot ROUTER)
+A frame's path, one stage module each (daemon/stages/), talking through daemon/messages.py:
+
+    discovery -> gate (thread "gate")          -- to_read:   FrameFile   (bounded: back-pressure)
+              -> read (threads "read_N")       -- to_infer:  ReadFrame   (bounded)
+              -> infer (thread "infer")        -- to_commit: ScoredFrame / FailedFrame / StatusEvent
+              -> commit (thread "commit")      -- to_publish: the journaled messages
+              -> publish (thread "publisher")
 
 The frame ledger (ledger.py) is the state the stages share: what is done and what is on its way.
-At start everything in memory is rebuilt from the journal (recovery.py).
+At start everything in memory is rebuilt from the journal (recovery.py). The networks come in as
+one `Models` object, loaded once by the entry point (service.py).
 
 With segmentation on, the CPU-heavy part runs in a process pool (all cores): classical
 segmentation is called from the read workers; a segmentation network's tiles are batched by the
 inference thread beside the live/dead patches, and the watershed that turns its maps into cells
 (and the single-cell crops for the crop models: cell type, per-cell live/dead) runs in the pool,
-handed back through a queue so the inference thread never waits for it (daemon/inference_stage.py).
+handed back through a queue so the inference thread never waits for it.
 
 A bad frame is retried, then quarantined; it never stops the pipeline. A bug in a stage stops the
 daemon with the error (the entry point decides to exit).
@@ -26,39 +29,39 @@ import logging
 import os
 import queue
 import threading
-import time
 from pathlib import Path
 
 import zmq
 
 from wellwatch.core.aggregate import PlateAggregate
-from wellwatch.core.inference.backend import InferenceBackend
-from wellwatch.daemon.channel_join import ChannelJoin
-from wellwatch.daemon.commit import CommitBuilder
-from wellwatch.daemon.dose_publisher import DosePublisher
-from wellwatch.core.plate_map import read_plate_map
 from wellwatch.core.config import Config, check_model_channels
 from wellwatch.core.crops import crop_section
-from wellwatch.daemon.diagnostics import Diagnostics, Expectations
 from wellwatch.core.errors import StartupError
-from wellwatch.daemon.gate_stage import GateStage
-from wellwatch.results.journal_reader import well_history
-from wellwatch.daemon.inference_stage import InferenceStage
-from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
-from wellwatch.daemon.journal import Journal
-from wellwatch.core.layouts import LayoutError, PlateLayout, detect_layout
-from wellwatch.daemon.ledger import FrameLedger
-from wellwatch.daemon.metrics import DaemonMetrics
-from wellwatch.core.naming import NamingScheme
 from wellwatch.core.files.nd2 import Nd2Tracker
+from wellwatch.core.inference.models import Models
+from wellwatch.core.layouts import LayoutError, PlateLayout, detect_layout
+from wellwatch.core.naming import NamingScheme
 from wellwatch.core.plate import PLATE_FORMATS
+from wellwatch.core.plate_map import read_plate_map
 from wellwatch.core.segmentation.maps import ServeOptions
-from wellwatch.daemon.publish import Publisher
-from wellwatch.daemon.read_stage import ReadStage
-from wellwatch.daemon.recovery import recover
-from wellwatch.net.security import CurveServer
 from wellwatch.core.segmentation.segmenters import model_segmenter
+from wellwatch.daemon.channel_join import ChannelJoin
+from wellwatch.daemon.context import StageContext
+from wellwatch.daemon.diagnostics import Diagnostics, Expectations
+from wellwatch.daemon.dose_publisher import DosePublisher
+from wellwatch.results.journal_reader import well_history
+from wellwatch.daemon.ledger import FrameLedger
+from wellwatch.daemon.messages import STOP, LayoutEvent, StatusEvent
+from wellwatch.daemon.metrics import DaemonMetrics
+from wellwatch.daemon.recovery import Recovered, recover
+from wellwatch.daemon.retry import RetrySchedule
+from wellwatch.net.security import CurveServer
 from wellwatch.daemon.segmentation_pool import SegmentationPool
+from wellwatch.daemon.stages.commit import CommitBuilder, CommitStage
+from wellwatch.daemon.stages.gate import GateStage
+from wellwatch.daemon.stages.infer import InferenceStage
+from wellwatch.daemon.stages.publish import Publisher
+from wellwatch.daemon.stages.read import ReadStage
 
 log = logging.getLogger(__name__)
 
@@ -70,117 +73,76 @@ def check_interval_level(level: float, *contracts) -> None:
             raise StartupError(f"intervals.level {level} is not calibrated in model {c.name!r}; its calibration "
                                f"measured levels {', '.join(f'{x:g}' for x in c.calibration.levels)}")
 
-_STOP = object()
-_COMMIT_GROUP = 256  # outcomes per transaction at most
-
 
 class Pipeline:
-    def __init__(self, config: Config, backend: InferenceBackend, metrics: DaemonMetrics,
-                 context: zmq.Context | None = None, segmentation_backend: InferenceBackend | None = None,
-                 cell_type_backend: InferenceBackend | None = None,
-                 cell_live_dead_backend: InferenceBackend | None = None):
-        self.config = config
-        self.backend = backend
-        self.metrics = metrics
-        self.contract = backend.contract
-        self.seg_method = config.segmentation.method
-        serve = ServeOptions(config.plate.pixel_size_um, config.segmentation.tta, config.segmentation.cellpose.diameter_um)
-        self.seg_model = (model_segmenter(segmentation_backend, serve, config.segmentation.package)
-                          if config.segmentation.network and segmentation_backend is not None else None)
-        if config.segmentation.network and segmentation_backend is None:
-            raise StartupError(f"segmentation.method = {self.seg_method!r} needs a segmentation model backend")
-        self.cell_type, self.cell_live_dead = cell_type_backend, cell_live_dead_backend
-        crop = crop_section(cell_type_backend, cell_live_dead_backend, self.seg_method)
-        self.root = os.path.realpath(config.watch.root)
-        if os.path.exists(self.root) and not os.path.isdir(self.root):
-            raise StartupError(f"watch.root {config.watch.root}: is a file, not a folder; give the folder the "
-                               "acquisition writes its frames into")
-        if not os.path.isdir(self.root):
-            raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
+    def __init__(self, config: Config, models: Models, metrics: DaemonMetrics, context: zmq.Context | None = None):
+        self.config, self.models, self.metrics = config, models, metrics
+        self.seg_model, crop = _segmentation_and_crops(config, models)
+        self.root = _watch_root(config)
+        backend, self.contract = models.live_dead, models.live_dead.contract
         check_model_channels(config.channels.label_free, "live_dead", backend.path, self.contract)
         naming = NamingScheme(config.watch.naming, PLATE_FORMATS[config.plate.format],
                               config.plate_name, config.watch.pattern, config.plate.default_well)
-        self.models = {self.contract.name: backend.sha256}
-        if self.seg_model is not None:
-            self.models[self.seg_model.name] = segmentation_backend.sha256
-        for crop_backend in (cell_type_backend, cell_live_dead_backend):
-            if crop_backend is not None:
-                self.models[crop_backend.contract.name] = crop_backend.sha256
-        self.journal_path = Path(config.journal.path)
-
-        self.layout: PlateLayout | None = None  # the vendor's plate layout; .pixel_size_um for rescaling
-        if config.plate.layout == "auto":
-            try:
-                self.layout = detect_layout(self.root)
-            except LayoutError as e:
-                raise StartupError(f"{e} (set plate.layout = \"none\" to ignore the vendor files)") from None
-        self.ledger = FrameLedger(joins_channels=len(config.channels.files()) > 1)
-        aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
-        recovered = recover(self.journal_path, self.ledger, aggregate)
-        self.aggregate = aggregate
-        self.nd2 = Nd2Tracker(recovered.nd2_frames, config.plate.format)
+        self.layout = _vendor_layout(config, self.root)  # .pixel_size_um for rescaling
         channels = config.channels.files()  # the model's channels, then the one segmented on, if another
-        self.join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
+        self.aggregate = PlateAggregate(config.plate.fields_per_well, self.layout)
+        ledger = FrameLedger(joins_channels=len(channels) > 1)
+        recovered = recover(Path(config.journal.path), ledger, self.aggregate)
+        nd2 = Nd2Tracker(recovered.nd2_frames, config.plate.format)
+        join = ChannelJoin(channels, config.channels.missing_after_s) if len(channels) > 1 else None
+        self.ctx = StageContext(config, self.root, metrics, ledger, nd2, join)
+        builder = self._commit_builder(recovered)
+        check_interval_level(config.intervals.level, self.contract, models.contract("cell_live_dead"))
         self._unsent = recovered.unsent
-        dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None
-        self.commits = CommitBuilder(self.contract, self.models, aggregate, recovered.seq,
-                                     cell_type_backend.contract if cell_type_backend is not None else None, dose,
-                                     well_history(self.journal_path) if dose is not None else (),
-                                     cell_live_dead=cell_live_dead_backend.contract if cell_live_dead_backend else None,
-                                     source=config.source, interval_level=config.intervals.level)
-        check_interval_level(config.intervals.level, self.contract, self.cell_live_dead and self.cell_live_dead.contract)
+        self.publisher, self.curve = _open_publisher(config, context or zmq.Context.instance(), metrics, recovered)
 
-        self.context = context or zmq.Context.instance()
-        self.curve = (CurveServer(self.context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
-                      if config.publish.curve_secret_key else None)
-        try:
-            self.publisher = Publisher(self.context, config.publish.endpoint, config.publish.snapshot_endpoint,
-                                       self.journal_path, metrics, config.publish.send_hwm, self.curve,
-                                       source=config.source, heartbeat_s=config.publish.heartbeat_s)
-        except BaseException:
-            if self.curve is not None:
-                self.curve.close()  # its authenticator thread would keep the process alive
-            raise
-        self.publisher.seed_state(recovered.snapshot_state, recovered.last_sent)
-
-        self.stop_event = threading.Event()
-        self.fatal: BaseException | None = None
-        self.prepared: queue.Queue = queue.Queue(maxsize=config.pipeline.queue_size)
+        # the queues, in the order a frame meets them
+        # pipeline.queue_size frames at most between the gate and the inference queue: waiting or being read
+        to_read = queue.Queue(maxsize=max(1, config.pipeline.queue_size - config.pipeline.read_workers))
+        self.to_infer = queue.Queue(maxsize=config.pipeline.queue_size)
         self.to_commit: queue.Queue = queue.Queue()
+        retries = RetrySchedule()  # the read stage's retries, handed out again by the gate
         self.seg_pool = (SegmentationPool(config.segmentation.workers, on_rebuild=metrics.pool_rebuilds.inc)
-                         if self.seg_method != "none" else None)
-        tiling = self.contract.tiling
-        self.diagnostics = Diagnostics(
-            Expectations(channels, config.watch.naming, tiling.tile_size if tiling is not None else None,
-                         self.contract.name),
-            metrics, emit=self.to_commit.put, in_flight=self.ledger.on_their_way,
-            nothing_counted_s=config.report.nothing_counted_s, progress_s=config.report.progress_s,
-            repeat_s=config.report.repeat_s, counted_before=recovered.frames_counted)
-        self.gate = GateStage(config, self.root, naming, self.ledger, metrics, self.journal_path, self.stop_event,
-                              submit=lambda job: self.reader.submit(job), status=self.to_commit.put,
-                              nd2=self.nd2, join=self.join,
-                              needs_layout=self.layout is None and config.plate.layout == "auto",
-                              suspects=recovered.suspects, on_ignored=self.diagnostics.ignored)
-        self.reader = ReadStage(config, self.contract, self.ledger, metrics, self.gate.retries, self.prepared,
-                                failed=self.to_commit.put, stop_event=self.stop_event,
-                                is_fatal=lambda: self.fatal is not None, on_bug=self._stop_for,
-                                seg_model=self.seg_model, seg_pool=self.seg_pool, crop=crop,
-                                join=self.join, nd2=self.nd2, pixel_size=self.pixel_size_um)
+                         if config.segmentation.method != "none" else None)
+        self.diagnostics = self._diagnostics(recovered)
+        self.gate = GateStage(self.ctx, naming, to_read, self.to_commit, retries, self.layout, recovered.suspects,
+                              on_ignored=self.diagnostics.ignored)
+        self.reader = ReadStage(self.ctx, models, to_read, self.to_infer, self.to_commit, retries, self.seg_model,
+                                self.seg_pool, crop)
+        self.inference = InferenceStage(self.ctx, models, self.to_infer, self.to_commit, self.seg_model, self.seg_pool)
+        self.committer = CommitStage(self.ctx, builder, self.to_commit, self.publisher.inbox, self.diagnostics)
         self.discovery = self.gate.discovery
         self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True)
-                         for n, f in (("gate", self.gate.run), ("infer", self._infer_loop),
-                                      ("commit", self._commit_loop))]
+                         for n, f in (("gate", self.gate.run), ("infer", self.inference.run),
+                                      ("commit", self.committer.run))]
+
+    def _commit_builder(self, recovered: Recovered) -> CommitBuilder:
+        config, models = self.config, self.models
+        identities = {self.contract.name: models.live_dead.sha256}  # model name -> sha256, in every message
+        if self.seg_model is not None:
+            identities[self.seg_model.name] = models.segmentation.sha256
+        identities.update({m.contract.name: m.sha256 for m in models.crop_models().values()})
+        dose = DosePublisher(read_plate_map(config.plate.map, config.plate.format)) if config.plate.map else None
+        return CommitBuilder(self.contract, identities, self.aggregate, recovered.seq, models.contract("cell_type"),
+                             dose, well_history(Path(config.journal.path)) if dose is not None else (),
+                             cell_live_dead=models.contract("cell_live_dead"), source=config.source,
+                             interval_level=config.intervals.level)
+
+    def _diagnostics(self, recovered: Recovered) -> Diagnostics:
+        config, tiling = self.config, self.contract.tiling
+        expects = Expectations(config.channels.files(), config.watch.naming,
+                               tiling.tile_size if tiling is not None else None, self.contract.name)
+        return Diagnostics(expects, self.metrics, emit=self.to_commit.put, in_flight=self.ctx.ledger.on_their_way,
+                           nothing_counted_s=config.report.nothing_counted_s, progress_s=config.report.progress_s,
+                           repeat_s=config.report.repeat_s, counted_before=recovered.frames_counted)
 
     @property
     def seq(self) -> int:
-        return self.commits.seq
+        return self.committer.builder.seq
 
-    def pixel_size_um(self, job: FrameJob) -> float | None:
-        """The vendor's pixel size for a frame: its .nd2 file's, else the plate layout's (None: unknown)."""
-        if job.nd2_index is not None and (contents := self.nd2.contents.get(job.path)) is not None:
-            return contents.pixel_size_um
-        layout = self.aggregate.layout
-        return layout.pixel_size_um if layout is not None else None
+    @property
+    def fatal(self) -> BaseException | None:
+        return self.ctx.stopping.fatal
 
     # --- start-up and shutdown ---------------------------------------------------------------
 
@@ -189,12 +151,13 @@ class Pipeline:
         if self._unsent:
             log.info("re-sending %d journaled messages not yet published", len(self._unsent))
             self.publisher.submit(self._unsent)
-        self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.backend.provider,
+        self.to_commit.put(StatusEvent("daemon", {"event": "started", "provider": self.models.live_dead.provider,
                                                   "root": self.root, "segmentation": self.segmentation_name}))
         if self.layout is not None:  # named for the plate its frames will carry
             self.to_commit.put(LayoutEvent(dataclasses.replace(self.layout, plate=self.layout.plate
                                                                or self.gate.naming.default_plate)))
         offered = self.discovery.start()  # before the gate runs: it restarts an observer it finds dead
+        self.reader.start()
         for t in self._threads:
             t.start()
         self.diagnostics.start()
@@ -204,48 +167,47 @@ class Pipeline:
     @property
     def segmentation_name(self) -> str | None:
         """What counts cells: "classical", the segmentation model's name, or None."""
-        if self.seg_method == "none":
+        if self.config.segmentation.method == "none":
             return None
         return self.seg_model.name if self.seg_model is not None else "classical"
 
     def request_stop(self) -> None:
-        self.stop_event.set()
+        self.ctx.stopping.request()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a stop is requested, or a thread died (then `fatal` says why); True if so."""
-        if self.stop_event.wait(timeout):
+        if self.ctx.stopping.event.wait(timeout):
             return True
         self._check_threads()
-        return self.stop_event.is_set()
+        return self.ctx.stopping.is_set()
 
     def _check_threads(self) -> None:
         """A thread that ended on its own stops the daemon with a reason, never silently."""
-        if self.stop_event.is_set():
+        if self.ctx.stopping.is_set():
             return
         if not self.publisher.is_alive():
             error = self.publisher.error
-            self._stop_for(RuntimeError(f"the publisher thread died ({type(error).__name__}: {error}); "
+            self.ctx.stopping.fail(RuntimeError(f"the publisher thread died ({type(error).__name__}: {error}); "
                                         "nothing would reach subscribers" if error else
                                         "the publisher thread ended unexpectedly"))
             return
-        for t in self._threads:
+        for t in self._threads + self.reader.threads:
             if t.ident is not None and not t.is_alive() and self.fatal is None:
-                self._stop_for(RuntimeError(f"the {t.name} thread ended unexpectedly"))
+                self.ctx.stopping.fail(RuntimeError(f"the {t.name} thread ended unexpectedly"))
                 return
 
     def shutdown(self) -> None:
         """Drain: finish frames already being read, score and commit them, publish, close."""
-        self.stop_event.set()
+        self.ctx.stopping.request()
         self.diagnostics.stop()
         self._threads[0].join()  # the gate stops handing out work (and restarting the observer)
         self.discovery.stop()
         if self.fatal is None:
-            self.reader.shutdown(wait=True)
-            self.prepared.put(_STOP)
+            self.reader.finish()  # what the gate handed out is read, then the readers end
+            self.to_infer.put(STOP)  # the inference stage drains, then passes it to the commit stage
             for t in self._threads[1:]:
                 t.join()
-        else:  # a stage died: do not wait on queues it no longer drains; the journal is consistent
-            self.reader.shutdown(wait=False)
+        # else a stage died: do not wait on queues it no longer drains; the journal is consistent
         self.reader.close()
         if self.seg_pool is not None:
             self.seg_pool.shutdown()
@@ -255,98 +217,59 @@ class Pipeline:
             self.curve.close()
         log.info("stopped after seq %d", self.seq)
 
-    def _stop_for(self, error: BaseException) -> None:
-        self.fatal = error
-        self.stop_event.set()
-
     def _guard(self, loop):
         def run():
             try:
                 loop()
             except BaseException as e:
                 log.exception("stage %s failed; stopping", threading.current_thread().name)
-                self._stop_for(e)
+                self.ctx.stopping.fail(e)
         return run
 
-    # --- inference ---------------------------------------------------------------------------
 
-    def _infer_loop(self) -> None:
-        cfg = self.config.batching
-        stage = InferenceStage(self.backend, cfg.max_batch, cfg.max_delay_ms / 1000.0, self.metrics,
-                               emit=self.to_commit.put,
-                               fail=lambda work, reason: self.to_commit.put(FailedFrame(work.job, work.sha256, reason)),
-                               seg_model=self.seg_model, seg_batch=self.config.segmentation.max_batch,
-                               pool=self.seg_pool, cell_type=self.cell_type, cell_live_dead=self.cell_live_dead)
-        while True:
-            wait = stage.seconds_until_due(time.monotonic())
-            try:
-                msg = self.prepared.get(timeout=0.05 if wait is None else min(wait, 0.05))
-            except queue.Empty:
-                msg = None
-            # every frame already prepared joins before the next batch (up to a full one): after a
-            # long batch they are all overdue, and admitting one at a time ran a batch per frame
-            while msg is not None:
-                if msg is _STOP:
-                    stage.drain()
-                    self.to_commit.put(_STOP)
-                    return
-                stage.admit(msg)
-                if stage.waiting >= cfg.max_batch:
-                    break
-                try:
-                    msg = self.prepared.get_nowait()
-                except queue.Empty:
-                    msg = None
-            stage.take_returned()
-            self.metrics.queue_depth.labels("prepared").set(self.prepared.qsize())
-            self.metrics.queue_depth.labels("batch_patches").set(stage.waiting)
-            stage.run_due()
+def _segmentation_and_crops(config: Config, models: Models):
+    """The served segmentation network (None: classical or none) and the crop models' one crop section."""
+    method = config.segmentation.method
+    if config.segmentation.network and models.segmentation is None:
+        raise StartupError(f"segmentation.method = {method!r} needs a segmentation model backend")
+    serve = ServeOptions(config.plate.pixel_size_um, config.segmentation.tta, config.segmentation.cellpose.diameter_um)
+    seg_model = (model_segmenter(models.segmentation, serve, config.segmentation.package)
+                 if config.segmentation.network else None)
+    return seg_model, crop_section(models.cell_type, models.cell_live_dead, method)
 
-    # --- aggregate, journal, outbox ----------------------------------------------------------
 
-    def _commit_loop(self) -> None:
-        journal = Journal(self.journal_path)  # this thread's own connection
-        try:
-            stopping = False
-            while not stopping:
-                group = [self.to_commit.get()]
-                while len(group) < _COMMIT_GROUP:  # whatever else is waiting joins this transaction
-                    try:
-                        group.append(self.to_commit.get_nowait())
-                    except queue.Empty:
-                        break
-                if group[-1] is _STOP:
-                    stopping = True
-                    group.pop()
-                self.metrics.queue_depth.labels("commit").set(self.to_commit.qsize())
-                if group:
-                    self._commit_group(group, journal)
-        finally:
-            journal.close()
+def _watch_root(config: Config) -> str:
+    root = os.path.realpath(config.watch.root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise StartupError(f"watch.root {config.watch.root}: is a file, not a folder; give the folder the "
+                           "acquisition writes its frames into")
+    if not os.path.isdir(root):
+        raise StartupError(f"watch.root {config.watch.root}: folder does not exist")
+    return root
 
-    def _commit_group(self, group: list, journal: Journal) -> None:
-        """Aggregate, journal and announce a group of outcomes in one transaction.
 
-        A database error here is fatal: the daemon stops, and a restart rebuilds the in-memory
-        state (aggregates, seq) from the journal, so nothing half-done survives.
-        """
-        t0 = time.perf_counter()
-        built = self.commits.build(group, journal)
-        for job in built.duplicates:
-            self.metrics.frames.labels("duplicate").inc()
-            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
-        journal.commit(built.records, built.messages)
-        self.diagnostics.committed(group)
-        for record in built.records:
-            self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
-            self.ledger.remember_field_file(record)
-            if record.state == "done" and record.live is not None:  # not a channel file joined into another
-                for call in ("live", "dead", "empty"):
-                    self.metrics.tiles.labels(call).inc(getattr(record, call))
-                if record.version > 1:
-                    log.warning("%s was re-written with new content: version %d replaces the earlier result",
-                                record.path, record.version)
-        for outcome in built.outcomes:
-            self.metrics.frames.labels(outcome).inc()
-        self.publisher.submit(built.messages)
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+def _vendor_layout(config: Config, root: str) -> PlateLayout | None:
+    """The vendor's plate layout (plate.layout = "auto"), None when there is none or it is turned off."""
+    if config.plate.layout != "auto":
+        return None
+    try:
+        return detect_layout(root)
+    except LayoutError as e:
+        raise StartupError(f"{e} (set plate.layout = \"none\" to ignore the vendor files)") from None
+
+
+def _open_publisher(config: Config, context: zmq.Context, metrics: DaemonMetrics,
+                    recovered: Recovered) -> tuple[Publisher, CurveServer | None]:
+    """The publisher, its sockets bound (CURVE when configured), seeded with the snapshot state."""
+    curve = (CurveServer(context, config.publish.curve_secret_key, config.publish.curve_allowed_clients)
+             if config.publish.curve_secret_key else None)
+    try:
+        publisher = Publisher(context, config.publish.endpoint, config.publish.snapshot_endpoint,
+                              Path(config.journal.path), metrics, config.publish.send_hwm, curve,
+                              source=config.source, heartbeat_s=config.publish.heartbeat_s)
+    except BaseException:
+        if curve is not None:
+            curve.close()  # its authenticator thread would keep the process alive
+        raise
+    publisher.seed_state(recovered.snapshot_state, recovered.last_sent)
+    return publisher, curve

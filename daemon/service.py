@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 
 from wellwatch.core.inference.backend import OnnxBackend
+from wellwatch.core.inference.models import Models
 from wellwatch.core.packages.description import is_package
 from wellwatch.core.config import Config, check_model_channels
 from wellwatch.core.errors import StartupError
@@ -20,6 +21,7 @@ from wellwatch.daemon.journal_lock import JournalLock
 from wellwatch.daemon.metrics import DaemonMetrics
 from wellwatch.core.packages.loading import open_package
 from wellwatch.daemon.pipeline import Pipeline
+from wellwatch.core.segmentation.cellpose_flows import cellpose_modules, served_model_file
 from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, bundled_model
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,6 @@ def load_segmentation_backend(config: Config, metrics: DaemonMetrics) -> OnnxBac
 
 
 def load_cellpose_backend(config: Config, metrics: DaemonMetrics) -> OnnxBackend:
-    from wellwatch.core.segmentation.cellpose_flows import cellpose_modules, served_model_file
-
     path = served_model_file(config.segmentation.cellpose.model)
     backend = open_slot("segmentation", path, "segmentation", config.segmentation.max_batch, config, metrics)
     if not backend.contract.is_cellpose:
@@ -136,14 +136,15 @@ class Daemon:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
-        self.backend = backend or load_backend(config, self.metrics)
-        seg_backend = segmentation_backend or load_segmentation_backend(config, self.metrics)
-        type_backend = cell_type_backend or load_cell_type_backend(config, self.metrics)
-        cell_ld_backend = cell_live_dead_backend or load_cell_live_dead_backend(config, self.metrics)
+        # every network, loaded once; a caller (tests, bench) may hand in any slot's backend
+        self.models = Models(backend or load_backend(config, self.metrics),
+                             segmentation_backend or load_segmentation_backend(config, self.metrics),
+                             cell_type_backend or load_cell_type_backend(config, self.metrics),
+                             cell_live_dead_backend or load_cell_live_dead_backend(config, self.metrics))
+        self.backend = self.models.live_dead
         self.journal_lock = JournalLock(config.journal.path)  # before anything writes to the journal
         try:
-            self.pipeline = Pipeline(config, self.backend, self.metrics, segmentation_backend=seg_backend,
-                                     cell_type_backend=type_backend, cell_live_dead_backend=cell_ld_backend)
+            self.pipeline = Pipeline(config, self.models, self.metrics)
         except BaseException:
             self.journal_lock.release()
             raise

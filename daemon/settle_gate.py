@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class _Candidate:
     renamed: bool = False
     provable: bool = True  # False: never accepted by structure (a file that may hold several pages)
     zero_since: float | None = None  # when it was first found settled with its last strip all zero
+    meta: Any = None  # what the caller knows of the file (its parsed name), handed back when ready
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ReadyFile:
     path: str
     size: int
     mtime_ns: int
+    meta: Any = None
 
 
 class CompletenessGate:
@@ -54,8 +56,8 @@ class CompletenessGate:
         self.empty_polls = empty_polls if empty_polls is not None else 10 * settle_polls
         self.candidates: dict[str, _Candidate] = {}
 
-    def offer(self, path: str, renamed: bool = False, provable: bool = True) -> None:
-        c = self.candidates.setdefault(path, _Candidate())
+    def offer(self, path: str, renamed: bool = False, provable: bool = True, meta: Any = None) -> None:
+        c = self.candidates.setdefault(path, _Candidate(meta=meta))
         c.renamed = c.renamed or renamed
         c.provable = c.provable and provable
 
@@ -81,7 +83,7 @@ class CompletenessGate:
             proven = (self.prove is not None and c.provable and new_or_grown and st.st_size > 0 and self.prove(path))
             if (c.renamed and st.st_size > 0) or proven or (c.stable >= needed and not self._zero_tail_wait(path, c)):
                 del self.candidates[path]
-                ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns))
+                ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns, c.meta))
         return ready
 
     def _zero_tail_wait(self, path: str, c: _Candidate) -> bool:

@@ -29,7 +29,9 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from wellwatch.core.files.tiff import FrameLimits
+from wellwatch.core.errors import FrameReadError
+from wellwatch.core.files.multichannel_tiff import decode_channels
+from wellwatch.core.files.tiff import FrameLimits, check_file_size, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +130,6 @@ def _limit_memory(extra_mb: float) -> None:
 
 def _child(path: str, limits_json: str, mode: str) -> int:
     _exit_when_the_daemon_dies()
-    from wellwatch.core.errors import FrameReadError
-    from wellwatch.core.files.multichannel_tiff import decode_channels
-    from wellwatch.core.files.tiff import check_file_size, decode_frame
-
     limits = FrameLimits(**json.loads(limits_json))
     try:
         check_file_size(path, os.stat(path).st_size, limits)

@@ -2,7 +2,7 @@
 
     file list (archive.list_frames)
       -> read + prepare tasks           (stages.read_prepare: reader + prepare_frame + segmentation)
-      -> actor pool, one ORT session    (stages.FrameScorer: pooled batches, commit.frame_counts)
+      -> actor pool, one ORT session    (stages.FrameScorer: pooled batches, core.scoring.frame_counts)
          per model per actor
       -> per-frame rows -> per-well aggregates (aggregate.PlateAggregate) -> Parquet
 

@@ -1,11 +1,13 @@
-"""The reprocessing plan's steps, each a thin shell over the daemon's own stage functions.
+"""The reprocessing plan's steps, each a thin shell over the core functions the daemon's stages call.
 
-    read_prepare  (a task per frame)  reader.decode_frame + prepare.prepare_frame (+ classical
-                                      segmentation and cell crops, or a segmentation network's tiles)
-    FrameScorer   (an actor)          one ONNX Runtime session per model (backend.OnnxBackend);
+    read_prepare  (a task per frame)  core.files.tiff.decode_frame + core.model_inputs.prepare_frame
+                                      (+ classical segmentation and cell crops, or a segmentation
+                                      network's tiles)
+    FrameScorer   (an actor)          one ONNX Runtime session per model (`Models` of OnnxBackend);
                                       a batch of frames' inputs pooled into one run per model, like
-                                      the daemon's lanes; segment.model_cells turns a network's maps
-                                      into cells; commit.frame_counts makes the frame's counts
+                                      the daemon's lanes; segmenters.model_cells turns a network's maps
+                                      into cells; core.scoring.frame_counts, the daemon's own scoring
+                                      function, makes the frame's counts
     frame rows -> aggregate.PlateAggregate (per well and timepoint) in `reprocess.py`
 
 Rows carry only numpy arrays and scalars, so Ray Data can move them between nodes; the same
@@ -21,13 +23,13 @@ import numpy as np
 
 from wellwatch.core.aggregate import live_fraction
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.commit import frame_counts
+from wellwatch.core.inference.models import Models
 from wellwatch.core.config import Config
 from wellwatch.core.contract import CellCrop, ModelContract
 from wellwatch.core.crops import Cells
 from wellwatch.core.errors import FrameReadError
-from wellwatch.daemon.inference_stage import FrameWork
 from wellwatch.core.model_inputs import prepare_frame
+from wellwatch.core.scoring import FrameOutputs, frame_counts
 from wellwatch.core.files.tiff import decode_frame
 from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, ModelSegmenter, model_cells
 from wellwatch.daemon.service import bundled_demo_model
@@ -112,63 +114,55 @@ class FrameScorer:
             return OnnxBackend(path, device=device, max_batch=max_batch, intra_op_threads=intra_op_threads,
                                warmup=False)
 
-        self.backend = session(live_dead, config.batching.max_batch)
-        self.seg = session(seg, config.segmentation.max_batch) if seg else None
-        self.cell_type = session(cell_type, config.batching.max_batch) if cell_type else None
-        self.cell_live_dead = session(cell_live_dead, config.batching.max_batch) if cell_live_dead else None
-        # crop models: (model, the FrameWork attribute its scores go to), as the daemon's crop lanes
-        self.crop_models = [(m, attr) for m, attr in ((self.cell_type, "type_scores"),
-                                                      (self.cell_live_dead, "cell_dead_scores")) if m is not None]
-        self.crop = self.crop_models[0][0].contract.crop if self.crop_models else None
-        self.models = {b.contract.name: b.sha256 for b in (self.backend, self.seg, self.cell_type, self.cell_live_dead)
-                       if b is not None}
+        self.networks = Models(session(live_dead, config.batching.max_batch),
+                               session(seg, config.segmentation.max_batch) if seg else None,
+                               session(cell_type, config.batching.max_batch) if cell_type else None,
+                               session(cell_live_dead, config.batching.max_batch) if cell_live_dead else None)
+        # the crop models, as the daemon's crop lanes: each cell's crop goes to all of them
+        self.crop_models = self.networks.crop_models()
+        self.crop = next(iter(self.crop_models.values())).contract.crop if self.crop_models else None
+        self.models = {b.contract.name: b.sha256 for b in (self.networks.live_dead, self.networks.segmentation,
+                                                           *self.crop_models.values()) if b is not None}
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
-        works = []
-        for i in range(n):
-            if _column(batch, "error", i):
-                works.append(None)
-                continue
-            cells = None
+        live = [i for i in range(n) if not _column(batch, "error", i)]
+        tile_scores = self._pooled(self.networks.live_dead, [np.asarray(batch["patches"][i], np.float32) for i in live])
+        cells, crops, keep = {}, {}, {}  # frame index -> its cells, their crops, which were cropped
+        for i in live:
             if _column(batch, "has_cells", i):
-                cells = Cells(np.asarray(batch["cell_centroids"][i]).reshape(-1, 2), np.asarray(batch["cell_areas"][i]))
-            work = FrameWork(None, _column(batch, "sha256", i), tuple(batch["shape"][i]), None,
-                             np.asarray(batch["tile_origins"][i]).reshape(-1, 2), int(batch["n_empty"][i]), 0.0,
-                             cells=cells, crops=np.asarray(batch["crops"][i], np.float32),
-                             crop_keep=np.asarray(batch["crop_keep"][i], bool))
-            work.patches = np.asarray(batch["patches"][i], np.float32)
-            works.append(work)
-        live = [w for w in works if w is not None]
-        for work, scores in zip(live, self._pooled(self.backend, [w.patches for w in live])):
-            work.scores = scores
-        if self.seg is not None:
-            index = [i for i, w in enumerate(works) if w is not None]
-            tiles = [np.asarray(batch["seg_tiles"][i], np.float32) for i in index]
-            for i, maps in zip(index, self._pooled(self.seg, tiles)):
+                cells[i] = Cells(np.asarray(batch["cell_centroids"][i]).reshape(-1, 2),
+                                 np.asarray(batch["cell_areas"][i]))
+                crops[i], keep[i] = np.asarray(batch["crops"][i], np.float32), np.asarray(batch["crop_keep"][i], bool)
+        if self.networks.segmentation is not None:
+            tiles = [np.asarray(batch["seg_tiles"][i], np.float32) for i in live]
+            for i, maps in zip(live, self._pooled(self.networks.segmentation, tiles)):
                 image = np.asarray(batch["image"][i]) if self.crop is not None else None
-                works[i].cells, works[i].crops, works[i].crop_keep = model_cells(
-                    maps, np.asarray(batch["seg_origins"][i]).reshape(-1, 2), works[i].shape, self.seg.contract,
-                    image, self.crop)
-        cropped = [w for w in live if w.cells is not None]
-        for model, attr in self.crop_models:
-            for work, scores in zip(cropped, self._pooled(model, [w.crops for w in cropped])):
-                setattr(work, attr, scores)
+                cells[i], crops[i], keep[i] = model_cells(
+                    maps, np.asarray(batch["seg_origins"][i]).reshape(-1, 2), tuple(batch["shape"][i]),
+                    self.networks.segmentation.contract, image, self.crop)
+        cropped = [i for i in live if i in cells]
+        crop_scores = {slot: dict(zip(cropped, self._pooled(model, [crops[i] for i in cropped])))
+                       for slot, model in self.crop_models.items()}
         rows: dict[str, list] = {k: [] for k in (*META, "sha256", "state", "reason", "live", "dead", "empty",
                                                   "live_fraction", "cells", "cell_live", "cell_dead", "cell_types")}
-        for i, work in enumerate(works):
+        scored = dict(zip(live, tile_scores))
+        for i in range(n):
             for k in META:
                 rows[k].append(_column(batch, k, i))
             rows["sha256"].append(_column(batch, "sha256", i))
-            if work is None:
+            if i not in scored:
                 rows["state"].append("quarantined")
                 rows["reason"].append(_column(batch, "error", i))
                 for k in ("live", "dead", "empty", "live_fraction", "cells", "cell_live", "cell_dead", "cell_types"):
                     rows[k].append(None)
                 continue
-            counts = frame_counts(work, self.backend.contract,
-                                  self.cell_type.contract if self.cell_type is not None else None,
-                                  self.cell_live_dead.contract if self.cell_live_dead is not None else None)
+            outputs = FrameOutputs(tuple(batch["shape"][i]), np.asarray(batch["tile_origins"][i]).reshape(-1, 2),
+                                   int(batch["n_empty"][i]), scored[i], cells=cells.get(i), crop_keep=keep.get(i),
+                                   cell_type_scores=crop_scores.get("cell_type", {}).get(i),
+                                   cell_dead_scores=crop_scores.get("cell_live_dead", {}).get(i))
+            counts = frame_counts(outputs, self.networks.live_dead.contract, self.networks.contract("cell_type"),
+                                  self.networks.contract("cell_live_dead"))
             rows["state"].append("done")
             rows["reason"].append(None)
             for k in ("live", "dead", "empty", "cells"):

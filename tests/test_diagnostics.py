@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
-from types import SimpleNamespace
+
+import numpy as np
 
 from wellwatch.daemon.diagnostics import Diagnostics, Expectations
-from wellwatch.daemon.jobs import FailedFrame, FrameJob
+from wellwatch.core.scoring import FrameOutputs
+from wellwatch.daemon.messages import FailedFrame, FrameFile, ScoredFrame
 from wellwatch.daemon.metrics import DaemonMetrics
 from wellwatch.core.naming import FrameMeta
 from wellwatch.harness import start_writer
@@ -144,13 +146,13 @@ def test_other_channels_are_no_alarm_once_the_models_channel_was_counted():
 
 
 def _counted_bf_frame():
-    job = FrameJob("/d/b.tif", "b.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 0)
-    return SimpleNamespace(job=job, shape=(256, 256), cells=None, tile_origins=[(0, 0)], n_empty=0)
+    job = FrameFile("/d/b.tif", "b.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 0)
+    return ScoredFrame(job, "", FrameOutputs((256, 256), np.zeros((1, 2), np.int64), 0, np.zeros((1, 2), np.float32)))
 
 
 def test_a_quarantine_is_a_reason():
     d, events = _diagnostics()
-    job = FrameJob("/d/a.tif", "a.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 0)
+    job = FrameFile("/d/a.tif", "a.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 0)
     d.committed([FailedFrame(job, "", "not a TIFF file")])
     d.tick(time.monotonic() + 2)
     assert events[0].body["reasons"] == {"quarantined": 1}

@@ -132,9 +132,9 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
     import dataclasses
 
     from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.daemon.commit import CommitBuilder
-    from wellwatch.daemon.inference_stage import FrameWork
-    from wellwatch.daemon.jobs import FrameJob
+    from wellwatch.daemon.stages.commit import CommitBuilder
+    from wellwatch.core.scoring import FrameOutputs
+    from wellwatch.daemon.messages import FrameFile, ScoredFrame
     from wellwatch.daemon.journal import Journal
     from wellwatch.core.naming import FrameMeta
     from wellwatch.daemon.service import bundled_demo_model
@@ -144,11 +144,11 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
     journal = Journal(tmp_path / "j.sqlite")
 
     def well_message(contract, p_dead: np.ndarray) -> dict:
-        job = FrameJob("/acq/a.tif", "a.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 123)
-        work = FrameWork(job, "s1", (64, 64), None, np.zeros((len(p_dead), 2), np.int64), 0, 0.0)
-        work.scores = np.zeros((len(p_dead), 2), np.float32)
-        work.scores[:, contract.positive_index] = p_dead
-        work.scores[:, 1 - contract.positive_index] = 1 - p_dead
+        job = FrameFile("/acq/a.tif", "a.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 123)
+        scores = np.zeros((len(p_dead), 2), np.float32)
+        scores[:, contract.positive_index] = p_dead
+        scores[:, 1 - contract.positive_index] = 1 - p_dead
+        work = ScoredFrame(job, "s1", FrameOutputs((64, 64), np.zeros((len(p_dead), 2), np.int64), 0, scores))
         built = CommitBuilder(contract, {"m": "x"}, PlateAggregate(1), seq=0).build([work], journal)
         frame = next(m.payload for m in built.messages if m.payload["type"] == "frame")
         well = next(m.payload for m in built.messages if m.payload["type"] == "well")

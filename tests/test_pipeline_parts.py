@@ -7,14 +7,14 @@ import pytest
 
 from wellwatch.core.aggregate import PlateAggregate
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.commit import CommitBuilder
-from wellwatch.daemon.inference_stage import FrameWork
-from wellwatch.daemon.jobs import FailedFrame, FrameJob, StatusEvent
+from wellwatch.daemon.stages.commit import CommitBuilder
+from wellwatch.daemon.messages import FailedFrame, FrameFile, ScoredFrame, StatusEvent
 from wellwatch.daemon.journal import Journal
 from wellwatch.daemon.ledger import FrameLedger
 from wellwatch.core.naming import FrameMeta
 from wellwatch.core.model_inputs import prepare_frame
 from wellwatch.core.preprocess import prepare_tiles
+from wellwatch.core.scoring import FrameOutputs
 from wellwatch.daemon.recovery import recover
 from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 from wellwatch.daemon.service import bundled_demo_model
@@ -48,17 +48,16 @@ def test_prepare_frame_is_the_tiles_and_cells_in_one_call(contract, frame):
         prepare_frame(frame, contract, segmentation="watershed")
 
 
-def _job(rel: str, field: int = 1, sha_size: int = 10) -> FrameJob:
-    return FrameJob(f"/acq/{rel}", rel, FrameMeta("p", "A1", field, 0, 0, "BF"), sha_size, 123)
+def _job(rel: str, field: int = 1, sha_size: int = 10) -> FrameFile:
+    return FrameFile(f"/acq/{rel}", rel, FrameMeta("p", "A1", field, 0, 0, "BF"), sha_size, 123)
 
 
-def _scored(job: FrameJob, contract, sha: str, dead: int, live: int) -> FrameWork:
+def _scored(job: FrameFile, contract, sha: str, dead: int, live: int, members: tuple = ()) -> ScoredFrame:
     scores = np.zeros((dead + live, len(contract.classes)), np.float32)
     scores[:dead, contract.positive_index] = 1.0
     scores[dead:, 1 - contract.positive_index] = 1.0
-    work = FrameWork(job, sha, (64, 64), None, np.zeros((dead + live, 2), np.int64), 2, 0.0)
-    work.scores = scores
-    return work
+    return ScoredFrame(job, sha, FrameOutputs((64, 64), np.zeros((dead + live, 2), np.int64), 2, scores),
+                       members=members)
 
 
 def test_commit_builder_numbers_messages_and_versions_without_threads(tmp_path, contract):
@@ -110,9 +109,9 @@ def test_ledger_and_recovery_agree_with_the_journal(tmp_path, contract):
     assert ledger.claim("b.tif")
 
 
-def _field_job(well: str, field: int, timepoint: int, channel: str = "BF") -> FrameJob:
+def _field_job(well: str, field: int, timepoint: int, channel: str = "BF") -> FrameFile:
     rel = f"{well}--P{field:05d}--T{timepoint:05d}--{channel}.tif"
-    return FrameJob(f"/acq/{rel}", rel, FrameMeta("p", well, field, timepoint, 0, channel), 10, 123)
+    return FrameFile(f"/acq/{rel}", rel, FrameMeta("p", well, field, timepoint, 0, channel), 10, 123)
 
 
 def test_a_written_plate_caught_up_in_one_group_counts_every_field(tmp_path, contract):
@@ -137,8 +136,8 @@ def test_an_evicted_timepoint_refilled_from_the_journal_ignores_joined_channel_f
     journal = Journal(tmp_path / "j.sqlite")
     builder = CommitBuilder(contract, {"demo": "abc"}, PlateAggregate(2), seq=0)
     for field, t in [(1, 0), (1, 1), (1, 2), (2, 0)]:  # one commit each: the refill reads the journal
-        work = _scored(_field_job("A1", field, t), contract, f"s{field}{t}", dead=1, live=3)
-        work.members = ((_field_job("A1", field, t, "LIVE"), f"live{field}{t}"),)
+        work = _scored(_field_job("A1", field, t), contract, f"s{field}{t}", dead=1, live=3,
+                       members=((_field_job("A1", field, t, "LIVE"), f"live{field}{t}"),))
         built = builder.build([work], journal)
         journal.commit(built.records, built.messages)
     well = [m.payload for m in built.messages if m.payload["type"] == "well"][-1]
@@ -157,8 +156,7 @@ def test_a_joined_field_scored_again_for_a_rewritten_partner_is_one_new_version_
     bf, live = _field_job("A1", 1, 0), _field_job("A1", 1, 0, "LIVE")
 
     def field(live_sha: str, dead: int):
-        work = _scored(bf, contract, "bf1", dead=dead, live=4 - dead)
-        work.members = ((live, live_sha),)
+        work = _scored(bf, contract, "bf1", dead=dead, live=4 - dead, members=((live, live_sha),))
         built = builder.build([work], journal)
         journal.commit(built.records, built.messages)
         return built

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from wellwatch.client import follow
 from wellwatch.daemon.journal import Journal, OutboxMessage
 from wellwatch.daemon.metrics import DaemonMetrics
-from wellwatch.daemon.publish import Publisher
+from wellwatch.daemon.stages.publish import Publisher
 from wellwatch.core.stream_schema import envelope, well_topic
 from wellwatch.harness import free_port
 

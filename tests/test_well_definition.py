@@ -13,9 +13,9 @@ import pytest
 
 from wellwatch.core.aggregate import PlateAggregate, image_key, well_complete
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.commit import CommitBuilder
-from wellwatch.daemon.inference_stage import FrameWork
-from wellwatch.daemon.jobs import FrameJob
+from wellwatch.daemon.stages.commit import CommitBuilder
+from wellwatch.core.scoring import FrameOutputs
+from wellwatch.daemon.messages import FrameFile, ScoredFrame
 from wellwatch.daemon.journal import Journal
 from wellwatch.core.naming import FrameMeta
 from wellwatch.daemon.service import bundled_demo_model
@@ -29,17 +29,15 @@ def contract():
     return OnnxBackend(bundled_demo_model(), device="cpu", warmup=False).contract
 
 
-def scored(contract, rel: str, meta: FrameMeta, sha: str, members: tuple = ()) -> FrameWork:
-    job = FrameJob(f"/acq/{rel}", rel, meta, 10, 123)
+def scored(contract, rel: str, meta: FrameMeta, sha: str, members: tuple = ()) -> ScoredFrame:
+    job = FrameFile(f"/acq/{rel}", rel, meta, 10, 123)
     scores = np.zeros((4, len(contract.classes)), np.float32)
     scores[:1, contract.positive_index] = 1.0
     scores[1:, 1 - contract.positive_index] = 1.0
-    work = FrameWork(job, sha, (64, 64), None, np.zeros((4, 2), np.int64), 2, 0.0, members=members)
-    work.scores = scores
-    return work
+    return ScoredFrame(job, sha, FrameOutputs((64, 64), np.zeros((4, 2), np.int64), 2, scores), members=members)
 
 
-def journal_of(tmp_path, contract, works: list[FrameWork], images_expected: int):
+def journal_of(tmp_path, contract, works: list[ScoredFrame], images_expected: int):
     """Commit `works` as the daemon does; -> (journal path, the daemon's last well message)."""
     path = tmp_path / "journal.sqlite"
     journal = Journal(path)
@@ -89,7 +87,7 @@ def test_a_joined_channel_is_on_its_fields_row_in_results_and_the_qc_table(tmp_p
     """BF scored with LIVE and PI joined: one row per field, not three."""
     works = []
     for field in (1, 2):
-        members = tuple((FrameJob(f"/acq/A1_f{field}_{c}.tif", f"A1_f{field}_{c}.tif",
+        members = tuple((FrameFile(f"/acq/A1_f{field}_{c}.tif", f"A1_f{field}_{c}.tif",
                                   FrameMeta("p", "A1", field, 0, 0, c), 10, 123), f"{c}{field}")
                         for c in ("LIVE", "PI"))
         works.append(scored(contract, f"A1_f{field}_BF.tif", FrameMeta("p", "A1", field, 0, 0, "BF"), f"bf{field}",
@@ -111,7 +109,7 @@ def test_a_joined_channel_is_on_its_fields_row_in_results_and_the_qc_table(tmp_p
 
 def test_counts_of_a_joined_channel_field_are_the_daemons(tmp_path, contract):
     works = [scored(contract, "A1_f1_BF.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), "bf",
-                    ((FrameJob("/acq/A1_f1_PI.tif", "A1_f1_PI.tif", FrameMeta("p", "A1", 1, 0, 0, "PI"), 10, 1),
+                    ((FrameFile("/acq/A1_f1_PI.tif", "A1_f1_PI.tif", FrameMeta("p", "A1", 1, 0, 0, "PI"), 10, 1),
                       "pi"),))]
     journal, daemon_says = journal_of(tmp_path, contract, works, images_expected=1)
     [history] = JournalView(journal).wells()

@@ -1,12 +1,14 @@
-"""The read workers (thread pool "prepare"): file -> bytes -> content hash -> image -> model inputs.
+"""The read stage (threads "read_N", `pipeline.read_workers` of them): file -> bytes -> content hash
+-> image -> model inputs.
 
-A thin shell around the pure steps (`reader.decode_frame`, `prepare.prepare_frame`). It owns the
-worker pool and the back-pressure semaphore (at most `pipeline.queue_size` frames in flight), and
-decides what a failure means: a damaged file is retried later, then quarantined.
+A thin shell around the pure steps (`core.files.tiff.decode_frame`, `core.model_inputs.prepare_frame`).
+Its workers take `FrameFile`s from the readers' queue (bounded: `pipeline.queue_size`, the gate's
+back-pressure) and put a `ReadFrame` on the inference queue, or a `FailedFrame` on the commit queue;
+it decides what a failure means: a damaged file is retried later, then quarantined.
 
 What a frame's model channels come from: one file (one-channel model); a field's channel files,
 joined by `ChannelJoin` (a file waits there until the field's other channels arrive; the first
-channel's job then carries the others as `members`; a re-written file of a field counted before
+channel's file then carries the others as `members`; a re-written file of a field counted before
 brings its partners' current files from disk, as the gate does not offer them again); one TIFF
 with all channels in its pages (a name without a channel, multi-channel model); or one .nd2 frame
 (channels picked by name).
@@ -21,28 +23,23 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable
 
 import numpy as np
 
-from wellwatch.daemon.channel_join import ChannelJoin
-from wellwatch.core.config import Config
-from wellwatch.core.contract import CellCrop, ModelContract
+from wellwatch.core.contract import CellCrop
 from wellwatch.core.errors import FrameReadError
-from wellwatch.daemon.gate_stage import RetrySchedule
-from wellwatch.daemon.inference_stage import FrameWork
-from wellwatch.daemon.jobs import FailedFrame, FrameJob
-from wellwatch.daemon.ledger import FrameLedger
-from wellwatch.daemon.metrics import DaemonMetrics
 from wellwatch.core.files.multichannel_tiff import decode_channels, pick_channels
-from wellwatch.core.naming import FrameMeta
-from wellwatch.core.files.nd2 import Nd2Tracker, read_nd2_frame, select_channels
-from wellwatch.core.model_inputs import PreparedFrame, prepare_frame
-from wellwatch.daemon.preparation_processes import PreparePool, WorkerDied
+from wellwatch.core.files.nd2 import read_nd2_frame, select_channels
 from wellwatch.core.files.tiff import check_file_size, decode_frame
+from wellwatch.core.inference.models import Models
+from wellwatch.core.model_inputs import PreparedFrame, prepare_frame
+from wellwatch.core.naming import FrameMeta
 from wellwatch.core.segmentation.segmenters import ModelSegmenter
+from wellwatch.daemon.context import StageContext
+from wellwatch.daemon.messages import STOP, FailedFrame, FrameFile, ReadFrame
+from wellwatch.daemon.preparation_processes import PreparePool, WorkerDied
+from wellwatch.daemon.retry import RetrySchedule
 from wellwatch.daemon.segmentation_pool import SegmentationPool
 
 log = logging.getLogger(__name__)
@@ -58,30 +55,26 @@ def prepare_slots(cfg) -> int:
 
 
 class ReadStage:
-    def __init__(self, config: Config, contract: ModelContract, ledger: FrameLedger, metrics: DaemonMetrics,
-                 retries: RetrySchedule, prepared: queue.Queue, failed: Callable[[FailedFrame], None],
-                 stop_event: threading.Event, is_fatal: Callable[[], bool], on_bug: Callable[[BaseException], None],
-                 seg_model: ModelSegmenter | None = None, seg_pool: SegmentationPool | None = None,
-                 crop: CellCrop | None = None, join: ChannelJoin | None = None, nd2: Nd2Tracker | None = None,
-                 pixel_size: Callable[[FrameJob], float | None] = lambda job: None):
-        self.config, self.contract, self.ledger, self.metrics = config, contract, ledger, metrics
-        self.retries, self.prepared, self.failed = retries, prepared, failed
-        self.stop_event, self.is_fatal, self.on_bug = stop_event, is_fatal, on_bug
+    def __init__(self, ctx: StageContext, models: Models, to_read: queue.Queue, to_infer: queue.Queue,
+                 to_commit: queue.Queue, retries: RetrySchedule, seg_model: ModelSegmenter | None = None,
+                 seg_pool: SegmentationPool | None = None, crop: CellCrop | None = None):
+        config, contract = ctx.config, models.live_dead.contract
+        self.ctx, self.config, self.contract, self.ledger, self.metrics = ctx, config, contract, ctx.ledger, ctx.metrics
+        self.to_read, self.to_infer, self.to_commit, self.retries = to_read, to_infer, to_commit, retries
         self.seg_model, self.seg_pool, self.crop = seg_model, seg_pool, crop
-        self.join, self.nd2, self.pixel_size = join, nd2, pixel_size
-        self.root = os.path.realpath(config.watch.root)  # as the gate's: a journaled rel path is under it
+        self.join, self.nd2, self.root = ctx.join, ctx.nd2, ctx.root  # a journaled rel path is under root
         self.channels = config.channels.files()  # the file channels: the model's, in its order, then segment_on
         self.model_channels = len(config.channels.label_free)
         self.segment_index = config.channels.segment_index()
-        self._in_flight = threading.BoundedSemaphore(config.pipeline.queue_size)
-        self.pool = ThreadPoolExecutor(config.pipeline.read_workers, thread_name_prefix="prepare")
         # tiles only, one file per frame: preparation can run in processes (pipeline.prepare_workers)
         tiles_only = (config.segmentation.method == "none" and contract.tiling is not None
                       and len(self.channels) == 1 and not contract.normalisation_in_graph)
         self.prepare_pool = (PreparePool(config.pipeline.prepare_workers, contract, config.limits,
                                          slots=prepare_slots(config.pipeline),
-                                         on_rebuild=metrics.prepare_pool_rebuilds.inc)
+                                         on_rebuild=ctx.metrics.prepare_pool_rebuilds.inc)
                              if config.pipeline.prepare_workers and tiles_only else None)
+        self.threads = [threading.Thread(target=self._worker, name=f"read_{i}", daemon=True)
+                        for i in range(config.pipeline.read_workers)]
 
     def worker_pids(self) -> dict[str, int]:
         """The preparation processes, by label (empty when preparation runs in these threads)."""
@@ -89,31 +82,39 @@ class ReadStage:
             return {}
         return {f"prepare_process_{i}": pid for i, pid in enumerate(self.prepare_pool.pids())}
 
-    def submit(self, job: FrameJob) -> None:
-        """Hand a job to a worker; blocks while queue_size frames are in flight (back-pressure)."""
-        while not self._in_flight.acquire(timeout=0.1):
-            if self.stop_event.is_set():
-                return
-        self.pool.submit(self._guarded, job)
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
 
-    def shutdown(self, wait: bool) -> None:
-        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+    def finish(self) -> None:
+        """At shutdown, once the gate has stopped: read what is queued, then end the workers."""
+        for _ in self.threads:
+            self.to_read.put(STOP)
+        for t in self.threads:
+            t.join()
 
     def close(self) -> None:
         """After the inference stage has drained: stop the preparation processes, free their buffers."""
         if self.prepare_pool is not None:
             self.prepare_pool.shutdown()
 
-    def _guarded(self, job: FrameJob) -> None:
-        try:
-            self.run(job)
-        except BaseException as e:
-            log.exception("prepare failed on %s; stopping", job.rel)
-            self.on_bug(e)
-        finally:
-            self._in_flight.release()
+    def _worker(self) -> None:
+        stopping = self.ctx.stopping
+        while stopping.fatal is None:  # a stage died: what is still queued is left to the next start
+            try:
+                file = self.to_read.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if file is STOP:
+                return
+            try:
+                self.run(file)
+            except BaseException as e:
+                log.exception("reading failed on %s; stopping", file.rel)
+                stopping.fail(e)
+                return
 
-    def run(self, job: FrameJob) -> None:
+    def run(self, job: FrameFile) -> None:
         t0 = time.perf_counter()
         if self.prepare_pool is not None and job.nd2_index is None and self.join is None:
             read = self._read_bytes(job)
@@ -133,14 +134,13 @@ class ReadStage:
             return  # failed, a duplicate, gone, or a channel waiting for the rest of its field
         job, sha, images, members = loaded
         t1 = time.perf_counter()
-        pixel_size_um = self.pixel_size(job)
         try:
             segment_image = images[self.segment_index] if self.segment_index else None
             prepared = prepare_frame(images[:self.model_channels], self.contract,
                                      segmentation=self.config.segmentation.method,
                                      classical=self.config.segmentation.classical, seg_model=self.seg_model,
                                      crop=self.crop, run_classical=self._classical_in_pool,
-                                     pixel_size_um=pixel_size_um, tiles_as_views=True, segment_image=segment_image)
+                                     pixel_size_um=job.pixel_size_um, tiles_as_views=True, segment_image=segment_image)
         except MACHINE_FAULTS as e:  # the machine, not the frame: try again, never a permanent quarantine
             log.warning("cannot prepare %s now (%s: %s); trying again later", job.rel, type(e).__name__, e)
             self.fail(job, sha, FrameReadError(job.path, f"could not be prepared ({type(e).__name__}: {e})"),
@@ -151,28 +151,27 @@ class ReadStage:
             reason = f"cannot be prepared for the model ({type(e).__name__}: {e})"
             self.fail(job, sha, FrameReadError(job.path, reason, retryable=False))
             for member, member_sha in members:  # the field's other channel files share its fate
-                self.failed(FailedFrame(member, member_sha, f"channel of {job.rel}, which {reason}"))
+                self.to_commit.put(FailedFrame(member, member_sha, f"channel of {job.rel}, which {reason}"))
             return
-        self._hand_on(job, sha, prepared, members, pixel_size_um, t0, t1, time.perf_counter())
+        self._hand_on(job, sha, prepared, members, t0, t1, time.perf_counter())
 
-    def _hand_on(self, job: FrameJob, sha: str, prepared: PreparedFrame, members: tuple,
-                 pixel_size_um: float | None, t0: float, t1: float, t2: float) -> None:
+    def _hand_on(self, job: FrameFile, sha: str, prepared: PreparedFrame, members: tuple,
+                 t0: float, t1: float, t2: float) -> None:
         """Record the stage times and put the frame's work on the inference queue (back-pressure)."""
         self.metrics.stage_seconds.labels("read").observe(t1 - t0)
         self.metrics.stage_seconds.labels("prepare").observe(t2 - t1)
         if prepared.segment_s is not None:
             self.metrics.stage_seconds.labels("segment").observe(prepared.segment_s)
-        work = FrameWork.of(job, sha, prepared, time.monotonic(), members=members,
-                            channels=self.channels[:self.model_channels],
-                            pixel_size_um=pixel_size_um)
-        while not self.is_fatal():  # bounded queue: back-pressure, unless the inference stage died
+        frame = ReadFrame(job, sha, prepared, time.monotonic(), members=members,
+                          channels=self.channels[:self.model_channels])
+        while self.ctx.stopping.fatal is None:  # bounded queue: back-pressure, unless the inference stage died
             try:
-                self.prepared.put(work, timeout=0.5)
+                self.to_infer.put(frame, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    def _prepare_in_pool(self, job: FrameJob, sha: str, data: bytes, t0: float, t1: float) -> bool:
+    def _prepare_in_pool(self, job: FrameFile, sha: str, data: bytes, t0: float, t1: float) -> bool:
         """Prepare a frame in a worker process (`prepare_pool`); False when every shared buffer is
         busy (then this thread prepares it), True when the frame was handed on or failed."""
         try:
@@ -192,10 +191,10 @@ class ReadStage:
             return False
         tiles, origins, empty = out
         prepared = PreparedFrame(tiles.planes.shape[1:], tiles, origins[~empty], int(empty.sum()))
-        self._hand_on(job, sha, prepared, (), None, t0, t1, time.perf_counter())
+        self._hand_on(job, sha, prepared, (), t0, t1, time.perf_counter())
         return True
 
-    def _read_bytes(self, job: FrameJob, counted_ok: bool = False) -> tuple[bytes, str] | None:
+    def _read_bytes(self, job: FrameFile, counted_ok: bool = False) -> tuple[bytes, str] | None:
         """The file's bytes and their sha256, unless it failed, vanished or is a duplicate (content
         already counted: wanted only when `counted_ok`, for a field scored again)."""
         try:
@@ -217,7 +216,7 @@ class ReadStage:
             return None
         return data, sha
 
-    def _load_file(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
+    def _load_file(self, job: FrameFile) -> tuple[FrameFile, str, list[np.ndarray], tuple] | None:
         limits = self.config.limits
         m = job.meta
         key = (m.plate, m.well, m.timepoint, m.field, m.z)
@@ -236,13 +235,13 @@ class ReadStage:
             return None
         if self.join is None:
             return job, sha, [image], ()
-        parts = self.join.add(key, m.channel, (job, sha, image)) or self._bring_counted_partners(key)
+        parts = self.join.add(key, m.channel, (job, sha, image)) or self._bring_counted_partners(key, job.pixel_size_um)
         if parts is None:
             return None  # stays claimed in the ledger until its field completes
         (first, first_sha, _), rest = parts[0], parts[1:]
         return first, first_sha, [image for _, _, image in parts], tuple((j, s) for j, s, _ in rest)
 
-    def _bring_counted_partners(self, key: tuple) -> list | None:
+    def _bring_counted_partners(self, key: tuple, pixel_size_um: float | None) -> list | None:
         """A re-written channel file of a field counted before (a new version) waits for partners the
         gate will not offer again: unchanged, they are counted. Read their current files from disk,
         as the gate would have, and join them; the field is complete then, and scored again. A
@@ -261,14 +260,14 @@ class ReadStage:
                 self.ledger.release(rel)
                 continue
             plate, well, timepoint, field_index, z = key
-            job = FrameJob(path, rel, FrameMeta(plate, well, field_index, timepoint, z, channel), st.st_size,
-                           st.st_mtime_ns)
+            job = FrameFile(path, rel, FrameMeta(plate, well, field_index, timepoint, z, channel), st.st_size,
+                            st.st_mtime_ns, pixel_size_um=pixel_size_um)
             log.info("%s joins its re-written field again (%s %s timepoint %d field %d z %d)", rel, plate, well,
                      timepoint, field_index, z)
             parts = self._join_read(job, key) or parts
         return parts
 
-    def _join_read(self, job: FrameJob, key: tuple) -> list | None:
+    def _join_read(self, job: FrameFile, key: tuple) -> list | None:
         """Read, hash and decode a counted partner the usual way, and add it to its field."""
         read = self._read_bytes(job, counted_ok=True)
         if read is None:
@@ -281,7 +280,7 @@ class ReadStage:
             return None
         return self.join.add(key, job.meta.channel, (job, sha, image))
 
-    def _load_nd2(self, job: FrameJob) -> tuple[FrameJob, str, list[np.ndarray], tuple] | None:
+    def _load_nd2(self, job: FrameFile) -> tuple[FrameFile, str, list[np.ndarray], tuple] | None:
         try:
             frame = read_nd2_frame(job.path, job.nd2_index)
             contents = self.nd2.contents.get(job.path) if self.nd2 is not None else None
@@ -295,7 +294,7 @@ class ReadStage:
             return None
         return dataclasses.replace(job, size=sum(i.nbytes for i in images)), sha, images, ()
 
-    def _duplicate(self, job: FrameJob, sha: str) -> bool:
+    def _duplicate(self, job: FrameFile, sha: str) -> bool:
         if self.ledger.is_latest_content(job.rel, sha):  # touched but unchanged: already counted
             self.metrics.frames.labels("duplicate").inc()
             self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
@@ -305,7 +304,7 @@ class ReadStage:
     def _classical_in_pool(self, image: np.ndarray, params, crop, crop_from=None):
         return self.seg_pool.classical(image, params, crop, crop_from).result()
 
-    def fail(self, job: FrameJob, sha: str, error: FrameReadError, machine: bool = False) -> None:
+    def fail(self, job: FrameFile, sha: str, error: FrameReadError, machine: bool = False) -> None:
         """Retry a retryable failure later (up to pipeline.max_retries), else quarantine the frame.
         A machine fault is never journaled: past its retries the frame waits for the next scan."""
         cfg = self.config.pipeline
@@ -320,4 +319,4 @@ class ReadStage:
             self.metrics.frames.labels("deferred").inc()
             self.ledger.release(job.rel)
             return
-        self.failed(FailedFrame(job, sha, error.reason))
+        self.to_commit.put(FailedFrame(job, sha, error.reason))

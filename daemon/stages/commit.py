@@ -1,62 +1,41 @@
-"""Commit: outcomes -> journal rows + stream messages, numbered by seq. No threads in here.
+"""The commit stage (thread "commit"): outcomes -> journal rows + stream messages, numbered by seq.
 
-`CommitBuilder` owns the seq counter, the per-well aggregates and the models' identities; its
-`build` turns a group of outcomes (scored frames, failed frames, status events, the plate layout)
+`CommitStage` takes what the commit queue holds (scored and failed frames, status events, the plate
+layout), as many as are waiting, and commits them in one transaction; then it tells the ledger and
+the diagnostics, and puts the messages on the publisher's queue. `CommitBuilder` owns the seq
+counter, the per-well aggregates and the models' identities; its `build` turns a group of outcomes
 into the frame records and outbox messages one transaction writes. A multi-channel field is one
 scored frame: its first channel's file carries the counts, its other channel files are journaled
 beside it (state done, no counts). With a plate layout, `status/plate` announces each timepoint at
-which every expected well is complete, and the whole plate once all are. It reads the journal (duplicates, versions)
-through the connection it is given, so a test drives it with a real journal and no threads.
+which every expected well is complete, and the whole plate once all are. A scored frame's counts come
+from `core.scoring.frame_counts`, the one scoring function reprocessing uses too. The builder reads
+the journal (duplicates, versions) through the connection it is given, so a test drives it with a real
+journal and no threads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import queue
 import time
 from typing import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from wellwatch.core.aggregate import PlateAggregate, TileCounts, cell_fields, count_tiles, live_fraction
-from wellwatch.core.cell_calls import cell_dead_probability, crop_dead_probability, live_dead_cells, type_counts
+from wellwatch.core.aggregate import PlateAggregate, TileCounts, cell_fields, live_fraction
 from wellwatch.core.contract import ModelContract
-from wellwatch.daemon.dose_publisher import DosePublisher, dose_message
-from wellwatch.daemon.inference_stage import FrameWork
 from wellwatch.core.intervals import live_fraction_fields
-from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
-from wellwatch.daemon.journal import FrameRecord, Journal, OutboxMessage
+from wellwatch.core.scoring import frame_counts
 from wellwatch.core.stream_schema import envelope, frame_topic, status_topic, well_topic
+from wellwatch.daemon.context import StageContext
+from wellwatch.daemon.diagnostics import Diagnostics
+from wellwatch.daemon.dose_publisher import DosePublisher, dose_message
+from wellwatch.daemon.journal import FrameRecord, Journal, OutboxMessage
+from wellwatch.daemon.messages import STOP, FailedFrame, FrameFile, LayoutEvent, ScoredFrame, StatusEvent
 
 log = logging.getLogger(__name__)
 
-
-def frame_counts(work: FrameWork, contract: ModelContract, cell_type: ModelContract | None = None,
-                 cell_live_dead: ModelContract | None = None) -> TileCounts:
-    """Tile calls; with segmentation also cells, their live/dead calls (from a per-cell crop model's
-    calls on each cell's crop, else from the tiles at each centroid) and (with a model) types."""
-    c = contract
-    dead_p = work.scores[:, c.positive_index] if len(work.scores) else np.zeros(0, np.float32)
-    counts = count_tiles(dead_p, work.n_empty, c.decision_threshold)
-    if work.cells is None:
-        return counts
-    if cell_live_dead is not None:
-        k = cell_live_dead
-        p_cell = crop_dead_probability(len(work.cells), work.crop_keep, work.cell_dead_scores, k.positive_index)
-        cell_live, cell_dead = live_dead_cells(p_cell, k.decision_threshold)
-    else:
-        p_cell = cell_dead_probability(work.cells.centroids, work.tile_origins, c.tiling.tile_size, dead_p)
-        cell_live, cell_dead = live_dead_cells(p_cell, c.decision_threshold)
-    cell_p_sum = float(np.nansum(p_cell)) if len(p_cell) else 0.0  # over the called cells (NaN = no call)
-    types = None
-    if cell_type is not None:
-        t = cell_type
-        types = type_counts(work.type_scores if len(work.type_scores) else np.zeros((0, len(t.classes))),
-                            t.classes, t.positive_index, t.decision_threshold)
-    return dataclasses.replace(counts, cells=len(work.cells), cell_live=cell_live, cell_dead=cell_dead,
-                               cell_types=types, cell_dead_p_sum=cell_p_sum)
+_COMMIT_GROUP = 256  # outcomes per transaction at most
 
 
 @dataclass
@@ -65,7 +44,7 @@ class Built:
     records: list[FrameRecord] = field(default_factory=list)
     messages: list[OutboxMessage] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)  # processed / quarantined, per record
-    duplicates: list[FrameJob] = field(default_factory=list)  # their path's latest version has this content
+    duplicates: list[FrameFile] = field(default_factory=list)  # their path's latest version has this content
 
 
 class CommitBuilder:
@@ -110,7 +89,7 @@ class CommitBuilder:
                 summary["layout_file"] = summary.pop("source")  # `source` names the daemon in every message
                 built.messages.append(self.status_message(StatusEvent("plate", {"event": "layout", **summary})))
                 continue
-            job, sha = msg.job, msg.sha256
+            job, sha = msg.file, msg.sha256
             sha = sha or f"unread:{job.size}:{job.mtime_ns}"
             previous = latest.get(job.rel) or (journal.latest_version(job.rel), journal.latest_sha256(job.rel))
             if previous[1] == sha and not self.member_is_new(msg, latest, journal):
@@ -127,7 +106,7 @@ class CommitBuilder:
                 built.outcomes.append("processed")
             built.records.append(record)
             built.messages.extend(new)
-            if isinstance(msg, FrameWork):
+            if isinstance(msg, ScoredFrame):
                 for member, member_sha in msg.members:  # each scoring of a field names all its files
                     prior = latest.get(member.rel) or (journal.latest_version(member.rel),
                                                        journal.latest_sha256(member.rel))
@@ -170,7 +149,7 @@ class CommitBuilder:
                              envelope(seq, "status", self.models, source=self.source, kind=event.kind, **event.body))
 
     def quarantined(self, failed: FailedFrame, sha: str, version: int) -> tuple[FrameRecord, list[OutboxMessage]]:
-        job, meta = failed.job, failed.job.meta
+        job, meta = failed.file, failed.file.meta
         log.error("quarantined %s: %s", job.rel, failed.reason)
         seq = self.next_seq()
         message = OutboxMessage(seq, status_topic("quarantine"), envelope(
@@ -181,9 +160,9 @@ class CommitBuilder:
                              None, None, None, job.mtime_ns / 1e9, time.time(), message.seq)
         return record, [message]
 
-    def scored(self, work: FrameWork, version: int, journal: Journal) -> tuple[FrameRecord, list[OutboxMessage]]:
-        job, meta = work.job, work.job.meta
-        counts = frame_counts(work, self.contract, self.cell_type, self.cell_live_dead)
+    def scored(self, work: ScoredFrame, version: int, journal: Journal) -> tuple[FrameRecord, list[OutboxMessage]]:
+        job, meta = work.file, work.file.meta
+        counts = frame_counts(work.outputs, self.contract, self.cell_type, self.cell_live_dead)
         state = self.aggregate.add(meta.plate, meta.well, meta.timepoint, meta.field, counts, z=meta.z,
                                    history=lambda: self.history(journal, meta.plate, meta.well, meta.timepoint))
         seq = self.next_seq()
@@ -193,7 +172,7 @@ class CommitBuilder:
             counts={"live": counts.live, "dead": counts.dead, "empty": counts.empty},
             live_fraction=live_fraction(counts.live, counts.dead), unit="tile", **cell_fields(counts),
             t_file=job.mtime_ns / 1e9, channels=list(work.channels) or [meta.channel],
-            pixel_size_um=work.pixel_size_um, **self.calls_usable_fields()))
+            pixel_size_um=job.pixel_size_um, **self.calls_usable_fields()))
         seq = self.next_seq()
         well_msg = OutboxMessage(seq, well_topic(meta.plate, meta.well), envelope(
             seq, "well", self.models, meta.plate, meta.well, meta.timepoint, source=self.source,
@@ -242,3 +221,58 @@ class CommitBuilder:
             out.append(OutboxMessage(seq, *dose_message(seq, self.models, well_payload["plate"], timepoint, body,
                                                                   self.source)))
         return out
+
+
+class CommitStage:
+    """The commit thread: groups of outcomes -> one transaction each -> the publisher's queue.
+
+    A database error here is fatal: the daemon stops, and a restart rebuilds the in-memory state
+    (aggregates, seq) from the journal, so nothing half-done survives."""
+
+    def __init__(self, ctx: StageContext, builder: CommitBuilder, to_commit: queue.Queue, to_publish: queue.Queue,
+                 diagnostics: Diagnostics):
+        self.journal_path, self.ledger, self.metrics = ctx.config.journal.path, ctx.ledger, ctx.metrics
+        self.builder, self.to_commit, self.to_publish, self.diagnostics = builder, to_commit, to_publish, diagnostics
+
+    def run(self) -> None:
+        journal = Journal(self.journal_path)  # this thread's own connection
+        try:
+            stopping = False
+            while not stopping:
+                group = [self.to_commit.get()]
+                while len(group) < _COMMIT_GROUP:  # whatever else is waiting joins this transaction
+                    try:
+                        group.append(self.to_commit.get_nowait())
+                    except queue.Empty:
+                        break
+                if group[-1] is STOP:
+                    stopping = True
+                    group.pop()
+                self.metrics.queue_depth.labels("commit").set(self.to_commit.qsize())
+                if group:
+                    self.commit(group, journal)
+        finally:
+            journal.close()
+
+    def commit(self, group: list, journal: Journal) -> None:
+        """Aggregate, journal and announce a group of outcomes in one transaction."""
+        t0 = time.perf_counter()
+        built = self.builder.build(group, journal)
+        for job in built.duplicates:
+            self.metrics.frames.labels("duplicate").inc()
+            self.ledger.unchanged(job.rel, job.size, job.mtime_ns)
+        journal.commit(built.records, built.messages)
+        self.diagnostics.committed(group)
+        for record in built.records:
+            self.ledger.remember(record.path, record.size, record.mtime_ns, record.sha256)
+            self.ledger.remember_field_file(record)
+            if record.state == "done" and record.live is not None:  # not a channel file joined into another
+                for call in ("live", "dead", "empty"):
+                    self.metrics.tiles.labels(call).inc(getattr(record, call))
+                if record.version > 1:
+                    log.warning("%s was re-written with new content: version %d replaces the earlier result",
+                                record.path, record.version)
+        for outcome in built.outcomes:
+            self.metrics.frames.labels(outcome).inc()
+        self.to_publish.put(built.messages)
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)

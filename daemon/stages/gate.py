@@ -1,11 +1,14 @@
-"""The gate stage: discovery in, complete files out to the readers (one thread, "gate").
+"""The gate stage (thread "gate"): discovery in, complete files out to the readers.
 
 It owns the watcher (`Discovery`: observer + scans), the completeness gate, the names it has
-ignored and the retry schedule. `.nd2` files skip the gate: each poll hands out the frames that
-became readable in them (nd2_reader.Nd2Tracker), and the first one supplies the plate layout when
-no vendor file did. Fields still short of a model channel are reported from here (ChannelJoin). Per poll: take what discovery offered, let the gate decide what is
-complete, journal those as on their way (`inflight`), hand them out, and hand out retries that
-are due. A periodic reconcile scan finds what events missed and notices the root going and coming.
+ignored and the retry schedule's hand-outs. A file's name is parsed once, when discovery offers it,
+and travels with it as a `FrameFile`, which also carries the vendor's pixel size. `.nd2` files skip
+the gate: each poll hands out the frames that became readable in them (Nd2Tracker), and the first
+one supplies the plate layout when no vendor file did. Fields still short of a model channel are
+reported from here (ChannelJoin). Per poll: take what discovery offered, let the gate decide what is
+complete, journal those as on their way (`inflight`), put them on the readers' queue, and put back
+retries that are due. A periodic reconcile scan finds what events missed and notices the root going
+and coming.
 """
 
 from __future__ import annotations
@@ -14,22 +17,20 @@ import dataclasses
 import logging
 import os
 import queue
-import threading
 import time
 from typing import Callable
 
-from wellwatch.daemon.channel_join import ChannelJoin
-from wellwatch.core.config import Config
 from wellwatch.core.errors import FrameReadError, NamingError
-from wellwatch.daemon.settle_gate import CompletenessGate, ReadyFile
-from wellwatch.daemon.jobs import FailedFrame, FrameJob, LayoutEvent, StatusEvent
-from wellwatch.daemon.journal import Journal
-from wellwatch.daemon.ledger import FrameLedger
-from wellwatch.daemon.metrics import DaemonMetrics
-from wellwatch.core.naming import FrameMeta, NamingScheme
-from wellwatch.core.files.nd2 import Nd2Tracker, frame_key, nd2_layout
-from wellwatch.daemon.suspect_read import SuspectReads
+from wellwatch.core.files.nd2 import frame_key, nd2_layout
 from wellwatch.core.files.tiff_complete import tiff_is_complete, tiff_being_filled
+from wellwatch.core.layouts import PlateLayout
+from wellwatch.core.naming import FrameMeta, NamingScheme
+from wellwatch.daemon.context import StageContext
+from wellwatch.daemon.journal import Journal
+from wellwatch.daemon.messages import FailedFrame, FrameFile, LayoutEvent, StatusEvent
+from wellwatch.daemon.retry import RetrySchedule
+from wellwatch.daemon.settle_gate import CompletenessGate, ReadyFile
+from wellwatch.daemon.suspect_read import SuspectReads
 from wellwatch.daemon.watcher import Discovery
 
 log = logging.getLogger(__name__)
@@ -37,50 +38,31 @@ log = logging.getLogger(__name__)
 _WATCH_CHECK_S = 0.2  # how often the gate checks the root folder and the observer (a stat call)
 
 
-class RetrySchedule:
-    """Frames to try again later (thread-safe: readers add, the gate takes the due ones)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._due: list[tuple[float, FrameJob]] = []
-
-    def add(self, at: float, job: FrameJob) -> None:
-        with self._lock:
-            self._due.append((at, job))
-
-    def take_due(self, now: float) -> list[FrameJob]:
-        with self._lock:
-            due = [j for t, j in self._due if t <= now]
-            self._due = [(t, j) for t, j in self._due if t > now]
-        return due
-
-
 class GateStage:
-    def __init__(self, config: Config, root: str, naming: NamingScheme, ledger: FrameLedger,
-                 metrics: DaemonMetrics, journal_path, stop_event: threading.Event,
-                 submit: Callable[[FrameJob], None], status: Callable[[StatusEvent | FailedFrame], None],
-                 nd2: Nd2Tracker | None = None, join: ChannelJoin | None = None, needs_layout: bool = False,
+    def __init__(self, ctx: StageContext, naming: NamingScheme, to_read: queue.Queue, to_commit: queue.Queue,
+                 retries: RetrySchedule, layout: PlateLayout | None = None,
                  suspects: dict[tuple[str, int, int], tuple[int, int]] | None = None,
                  on_ignored: Callable[..., None] = lambda rel, reason, channel=None: None):
-        self.config, self.root, self.naming, self.ledger, self.metrics = config, root, naming, ledger, metrics
-        self.journal_path, self.stop_event = journal_path, stop_event
-        self.submit, self.status, self.on_ignored = submit, status, on_ignored  # on_ignored: diagnostics
-        self.nd2 = nd2 or Nd2Tracker(plate_format=config.plate.format)
-        self.join = join
-        self.needs_layout = needs_layout  # no vendor layout yet: an .nd2 file's metadata may give one
+        config = ctx.config
+        self.config, self.root, self.naming, self.metrics = config, ctx.root, naming, ctx.metrics
+        self.ledger, self.nd2, self.join, self.stop_event = ctx.ledger, ctx.nd2, ctx.join, ctx.stopping.event
+        self.to_read, self.to_commit, self.retries = to_read, to_commit, retries
+        self.on_ignored = on_ignored  # diagnostics
+        self.layout = layout  # the vendor's plate layout: the pixel size the frames carry
+        # no vendor layout yet: an .nd2 file's metadata may give one
+        self.needs_layout = layout is None and config.plate.layout == "auto"
         self._nd2_files: set[str] = set()  # .nd2 paths still growing or not yet fully handed out
         self._nd2_seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at its last look
         # (rel, size, mtime_ns) -> daemon deaths while it was being read (with others, alone): each
         # is read first in an isolated process, which alone decides a quarantine (suspect_read.py)
         self.suspects = suspects or {}
         self.suspect_reads = SuspectReads(config.limits)
-        self._outgoing: list[FrameJob] = []  # claimed this poll, handed to readers at its end
-        self.retries = RetrySchedule()
+        self._outgoing: list[FrameFile] = []  # claimed this poll, handed to readers at its end
         self.discovered: queue.Queue = queue.Queue()
         self._ignored: set[str] = set()
         self._inflight_marks: list[tuple[str, int, int, str]] = []
         self._root_was_available = True
-        self.discovery = Discovery(root, self._on_path, config.watch.observer, config.watch.recursive,
+        self.discovery = Discovery(self.root, self._on_path, config.watch.observer, config.watch.recursive,
                                    config.watch.extensions)
         self._root_identity = self.discovery.root_identity()  # the folder the observer watches
         self._next_watch_check = 0.0
@@ -115,7 +97,7 @@ class GateStage:
     # --- the thread --------------------------------------------------------------------------
 
     def run(self) -> None:
-        journal = Journal(self.journal_path)  # this thread's connection: records files seen and read
+        journal = Journal(self.config.journal.path)  # this thread's connection: records files seen and read
         try:
             self._polls(journal)
         finally:
@@ -148,13 +130,22 @@ class GateStage:
             if self._inflight_marks or released:  # one transaction per poll, and before readers can finish them
                 journal.mark_inflight(self._inflight_marks, forget=released)
                 self._inflight_marks = []
-            for job in outgoing:
-                self.submit(job)
+            for file in outgoing:
+                self._hand_to_readers(file)
             self._offer_nd2_frames(journal)
             self._report_missing_channels()
             self._dispatch_due_retries(t0)
             self.metrics.queue_depth.labels("gate").set(len(gate))
             self._wait_for_discovery(t0 + interval)
+
+    def _hand_to_readers(self, file: FrameFile) -> None:
+        """Put a file on the readers' queue; blocks while it is full (back-pressure on discovery)."""
+        while not self.stop_event.is_set():
+            try:
+                self.to_read.put(file, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _wait_for_discovery(self, until: float) -> None:
         """Sleep until the next poll, but wake at once for a new file: renamed files need no settling."""
@@ -173,7 +164,8 @@ class GateStage:
             if path.lower().endswith(".nd2"):
                 self._nd2_files.add(path)  # polled for readable frames; no naming, no gate
                 continue
-            meta = self.accept_name(path)
+            candidate = gate.candidates.get(path)  # a file being written: its name was parsed at its first event
+            meta = candidate.meta if candidate is not None else self.accept_name(path)
             if meta is None:
                 continue
             try:
@@ -186,7 +178,7 @@ class GateStage:
                     self._inflight_marks.append((*identity, "seen"))
                 # a file holding a field's channels may be a stack written page by page: each page
                 # leaves a valid, shorter TIFF that no structure tells from the finished one
-                gate.offer(path, renamed, provable=self.join is None or bool(meta.channel))
+                gate.offer(path, renamed, provable=self.join is None or bool(meta.channel), meta=meta)
 
     def _watch_the_watcher(self, now: float) -> None:
         """The root gone, back, or replaced by a new folder, or the observer dead: act at once (a
@@ -203,7 +195,7 @@ class GateStage:
             event = "root_available" if available else "root_unavailable"
             log.warning("watch.root %s is %s", self.root, "back" if available else
                         "gone (share dropped?); results so far are kept, watching for its return")
-            self.status(StatusEvent("watch", {"event": event, "root": self.root}))
+            self.to_commit.put(StatusEvent("watch", {"event": event, "root": self.root}))
         if not available or self.stop_event.is_set():
             return
         why = ("root_replaced" if identity != self._root_identity or self.discovery.root_lost.is_set() else
@@ -212,7 +204,8 @@ class GateStage:
             self._root_identity = identity
             if not came_back:  # a folder deleted and re-created between two checks, or a dead thread
                 log.warning("watch.root %s: %s; observer restarted", self.root, why.replace("_", " "))
-                self.status(StatusEvent("watch", {"event": "observer_restarted", "reason": why, "root": self.root}))
+                self.to_commit.put(StatusEvent("watch", {"event": "observer_restarted", "reason": why,
+                                                         "root": self.root}))
             self.discovery.scan()  # what was written while nothing watched
 
     def _reconcile(self) -> None:
@@ -220,17 +213,15 @@ class GateStage:
             self.discovery.scan()
 
     def _dispatch(self, ready: ReadyFile) -> None:
-        meta = self.accept_name(ready.path)
-        if meta is None:
-            return
-        job = FrameJob(ready.path, self.rel(ready.path), meta, ready.size, ready.mtime_ns)
+        job = FrameFile(ready.path, self.rel(ready.path), ready.meta, ready.size, ready.mtime_ns,
+                        pixel_size_um=self.layout.pixel_size_um if self.layout is not None else None)
         if not self.ledger.claim(job.rel):
             return
         if (job.rel, job.size, job.mtime_ns) in self.suspects:
             # nothing waits behind it: the other files of the plate (its field's other channels
             # too) go on to the readers while it is checked
             log.info("%s was being read when the daemon died: reading it in an isolated process first", job.rel)
-            self.suspect_reads.submit(job, channels=self.join is not None and not meta.channel)
+            self.suspect_reads.submit(job, channels=self.join is not None and not job.meta.channel)
         else:
             self._outgoing.append(job)
 
@@ -242,7 +233,7 @@ class GateStage:
                 self._outgoing.append(job)
             else:
                 log.error("%s: %s; quarantined instead of read in the daemon", job.rel, reason)
-                self.status(FailedFrame(job, "", reason))
+                self.to_commit.put(FailedFrame(job, "", reason))
 
     def _dispatch_due_retries(self, now: float) -> None:
         for job in self.retries.take_due(now):
@@ -252,7 +243,7 @@ class GateStage:
                 st = None
             if st is not None and job.nd2_index is None:
                 job = dataclasses.replace(job, size=st.st_size, mtime_ns=st.st_mtime_ns)
-            self.submit(job)
+            self._hand_to_readers(job)
 
     # --- .nd2 files and multi-channel fields -------------------------------------------------
 
@@ -273,19 +264,21 @@ class GateStage:
             contents = self.nd2.contents.get(path)
             if contents is not None and self.needs_layout:
                 self.needs_layout = False
-                self.status(LayoutEvent(nd2_layout(contents, self.naming.default_well, self.naming.default_plate)))
+                self.layout = nd2_layout(contents, self.naming.default_well, self.naming.default_plate)
+                self.to_commit.put(LayoutEvent(self.layout))
             marks, jobs = [], []
             for f in frames:
                 meta = FrameMeta(self.naming.default_plate, f.well or self.naming.default_well, f.field,
                                  f.timepoint, f.z, self.config.channels.label_free[0])
-                job = FrameJob(path, frame_key(rel, f.index), meta, 0, st.st_mtime_ns, nd2_index=f.index)
+                job = FrameFile(path, frame_key(rel, f.index), meta, 0, st.st_mtime_ns, nd2_index=f.index,
+                                pixel_size_um=contents.pixel_size_um if contents is not None else None)
                 marks.append((job.rel, 0, st.st_mtime_ns, "read"))
                 jobs.append(job)
             if marks:  # as for files: the frame_status view shows them on their way
                 journal.mark_inflight(marks)
             for job in jobs:
                 if self.ledger.claim(job.rel):
-                    self.submit(job)
+                    self._hand_to_readers(job)
             if self.nd2.finished(path):
                 self._nd2_files.discard(path)  # closed and all handed out; a later write re-adds it
 
@@ -298,6 +291,6 @@ class GateStage:
             log.warning("%s %s timepoint %d field %d z %d: channel(s) %s missing %.0f s after %s arrived; "
                         "the field is scored if they arrive", plate, well, timepoint, field_index, z,
                         list(m.missing), m.waited_s, list(m.present))
-            self.status(StatusEvent("channel_missing", {
+            self.to_commit.put(StatusEvent("channel_missing", {
                 "plate": plate, "well": well, "timepoint": timepoint, "field": field_index, "z": z,
                 "present": list(m.present), "missing": list(m.missing), "waited_s": round(m.waited_s, 3)}))
