@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, load_segmenter
+from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
+from wellwatch.core.segmentation.segmenters import load_segmenter
 from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -18,7 +18,7 @@ import numpy as np
 def main() -> None:
     import onnxruntime as ort
 
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=92)

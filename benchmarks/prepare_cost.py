@@ -52,7 +52,7 @@ def main() -> int:
     from wellwatch.core import preprocess
     from wellwatch.core.files import tiff as reader
     from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
     from wellwatch.simulator.plate import iter_fields
     from wellwatch.simulator.spec import SimulationSpec, parse_wells
     from wellwatch.simulator.writer import tiff_bytes

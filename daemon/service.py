@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -22,15 +21,10 @@ from wellwatch.daemon.metrics import DaemonMetrics
 from wellwatch.core.packages.loading import open_package
 from wellwatch.daemon.pipeline import Pipeline
 from wellwatch.core.segmentation.cellpose_flows import cellpose_modules, served_model_file
-from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, bundled_model
+from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL, bundled_demo_model
 
 log = logging.getLogger(__name__)
 
-
-
-def bundled_demo_model() -> Path:
-    """The demo model shipped in the package (see wellwatch/models/README.md)."""
-    return bundled_model("demo-live-dead.onnx")
 
 
 def open_slot(slot: str, path: str, task: str, max_batch: int, config: Config, metrics: DaemonMetrics) -> OnnxBackend:

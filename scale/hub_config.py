@@ -19,7 +19,6 @@ from typing import Any
 from wellwatch.core.config_files import check_endpoint, check_endpoint_pair, default_snapshot_endpoint, read_toml
 from wellwatch.core.errors import ConfigError
 from wellwatch.core.validation import between, build
-from wellwatch.client import default_snapshot_endpoint
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from wellwatch.core.errors import FrameReadError
 from wellwatch.core.model_inputs import prepare_frame
 from wellwatch.core.scoring import FrameOutputs, frame_counts
 from wellwatch.core.files.tiff import decode_frame
-from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, ModelSegmenter, model_cells
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
+from wellwatch.core.segmentation.segmenters import ModelSegmenter, model_cells
+from wellwatch.core.bundled_models import bundled_demo_model
 
 META = ("root", "path", "plate", "well", "field", "timepoint", "z", "channel")
 

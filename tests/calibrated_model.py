@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wellwatch.core.contract import METADATA_KEY, ModelContract
 from wellwatch.core.intervals import Calibration
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 
 
 def calibrated_demo_model(path: Path, calibration: Calibration) -> Path:

@@ -27,7 +27,8 @@ from wellwatch.core.packages.backend import PackageBackend  # noqa: E402
 from wellwatch.core.packages.loading import open_package  # noqa: E402
 from wellwatch.core.packages.ops import apply_ops  # noqa: E402
 from wellwatch.core.segmentation.package import PackageParams, PackageServing, labels_from_map, stitch_cores  # noqa: E402
-from wellwatch.core.segmentation.segmenters import bundled_model, load_segmenter  # noqa: E402
+from wellwatch.core.bundled_models import bundled_model  # noqa: E402
+from wellwatch.core.segmentation.segmenters import load_segmenter  # noqa: E402
 
 from .conftest import SHARED_DATA  # noqa: E402
 

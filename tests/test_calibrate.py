@@ -88,7 +88,7 @@ def test_a_per_cell_snippet_segments_as_the_calibration_did(tmp_path):
     from wellwatch.core.contract import CellCrop, Normalisation
     from wellwatch.core.intervals import Calibration
     from wellwatch.core.inference.backend import OnnxBackend
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
     from wellwatch.training.calibrate import CalibrateOptions
     from wellwatch.training.calibrate_report import write_config_snippet
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.config import InferenceConfig
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 
 
 def allow_spinning(cfg: InferenceConfig) -> str | None:

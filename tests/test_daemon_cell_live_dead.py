@@ -174,7 +174,7 @@ def test_slots_refuse_the_wrong_kind_of_live_dead_model(feature_model, tmp_path)
     seg = {"segmentation.method": "classical", "inference.device": "cpu", "inference.warmup": False}
     with pytest.raises(StartupError, match=r"models\.live_dead\.path .*per-cell .*\[models\.cell_live_dead\]"):
         load_backend(load_config(None, {"models.live_dead.path": str(crop_model), **seg}), metrics)
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
 
     with pytest.raises(StartupError, match=r"models\.cell_live_dead\.path .*without a crop section"):
         load_cell_live_dead_backend(load_config(None, {"models.cell_live_dead.path": str(bundled_demo_model()),

@@ -215,7 +215,7 @@ class SlowBackend:
 
     def __init__(self, seconds: float):
         from wellwatch.core.inference.backend import OnnxBackend
-        from wellwatch.daemon.service import bundled_demo_model
+        from wellwatch.core.bundled_models import bundled_demo_model
 
         self.inner = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False)
         self.path, self.contract, self.sha256, self.provider = (self.inner.path, self.inner.contract,

@@ -165,7 +165,7 @@ def test_startup_errors_are_one_line_naming_the_key(tmp_path, key, value, expect
 def _cuda_really_available() -> str:
     import onnxruntime as ort
 
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
 
     ort.set_default_logger_severity(4)
     s = ort.InferenceSession(str(bundled_demo_model()), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -188,7 +188,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 
 def test_model_without_contract_is_refused(tmp_path):
     onnx = pytest.importorskip("onnx")
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
 
     proto = onnx.load(str(bundled_demo_model()))
     del proto.metadata_props[:]

@@ -237,7 +237,8 @@ def test_nis_timelapse_cells_per_frame_with_the_bundled_model(tmp_path):
     import shutil
 
     from tests.conftest import StreamRecorder, shared_data
-    from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL, load_segmenter
+    from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
+    from wellwatch.core.segmentation.segmenters import load_segmenter
     from wellwatch.harness import local_config, start_daemon
 
     folder = shared_data("nis-timelapse")

@@ -384,7 +384,7 @@ def test_missing_checkpoint_is_an_export_error(tmp_path):
 
 def test_the_bundled_demo_model_was_made_by_export_checkpoint():
     """`make demo-model` exports through the same entry point: its manifest carries that path's records."""
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
 
     path = bundled_demo_model()
     m = verify_manifest(path)  # the shipped file is the one the manifest describes

@@ -17,7 +17,7 @@ from wellwatch.core.errors import ConfigError, ContractError, ProviderError
 from wellwatch.core.model_inputs import prepare_frame
 from wellwatch.core.inference.providers import CPU, CUDA, TENSORRT, provider_chain
 from wellwatch.core.files.tiff import read_frame
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 
 from .conftest import shared_data
 
@@ -223,7 +223,7 @@ def retarget(tmp_path, norm: Normalisation):
 
 def test_only_affine_tile_models_move_their_normalisation_into_the_graph(tmp_path):
     pytest.importorskip("onnx")
-    from wellwatch.daemon.service import bundled_model
+    from wellwatch.core.bundled_models import bundled_model
     from wellwatch.export.errors import ExportError
     from wellwatch.export.in_graph import with_normalisation_in_graph
 

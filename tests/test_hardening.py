@@ -163,7 +163,7 @@ def test_unwritable_journal_at_start_is_one_line_and_exit_2(tmp_path):
 
 def test_bit_flipped_model_in_inspect_is_one_line_and_exit_2(tmp_path, caplog):
     from wellwatch.cli import main
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
     from wellwatch.simulator.hostile import flip_bit
 
     damaged = tmp_path / "flipped.onnx"

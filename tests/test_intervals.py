@@ -137,7 +137,7 @@ def test_well_messages_carry_the_interval_and_mark_unusable_calls(tmp_path):
     from wellwatch.daemon.messages import FrameFile, ScoredFrame
     from wellwatch.daemon.journal import Journal
     from wellwatch.core.naming import FrameMeta
-    from wellwatch.daemon.service import bundled_demo_model
+    from wellwatch.core.bundled_models import bundled_demo_model
 
     demo = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False).contract
     cal = Calibration("mean_probability", {"0.8": 0.05, "0.9": 0.1}, "per-well fractions only")

@@ -173,7 +173,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_daemon_imports_neither_training_nor_export_nor_torch():
     offenders = {}
-    for path in sorted((ROOT / "daemon").glob("*.py")):
+    for path in sorted((ROOT / "daemon").rglob("*.py")):
         bad = {m for m in imported_modules(path)
                if m.split(".")[0] in ("torch", "torchvision", "onnx")
                or any(part in ("training", "export") for part in m.strip(".").split("."))
@@ -257,28 +257,14 @@ def test_daemon_imports_no_tools():
     assert found == []
 
 
-DAEMON_USES_OUTSIDE_THE_DAEMON = {
-    # reprocessing counts frames with the daemon's own commit rule and inference lanes, so an archive is
-    # scored exactly as the live daemon scores it
-    ("scale/stages.py", "wellwatch.daemon.commit"),
-    ("scale/stages.py", "wellwatch.daemon.inference_stage"),
-    # the bundled demo model's path, for a reprocess run configured without a model
-    ("scale/stages.py", "wellwatch.daemon.service"),
-}
-
-
 def test_tools_build_on_core_not_on_the_daemon():
     found = {(str(i.path.relative_to(ROOT)), i.target) for i in project_imports()
              if package_of(i.module) in ("training", "export", "dashboard", "scale", "simulator", "results", "net")
              and package_of(i.target) == "daemon"}
-    assert found - DAEMON_USES_OUTSIDE_THE_DAEMON == set()
-    assert DAEMON_USES_OUTSIDE_THE_DAEMON - found == set(), "an exception no longer needed: remove it"
+    assert found == set()
 
 
 MAX_HIDDEN_IMPORTS = 10
-# Modules whose function-local imports are the old style, not a deferral (none of them defers a heavy
-# dependency); they are hoisted where the frame path's stage modules are rewritten.
-NOT_YET_HOISTED = {"daemon/service.py", "daemon/suspect_read.py"}
 
 
 def test_function_local_imports_only_defer_heavy_dependencies():
@@ -287,9 +273,6 @@ def test_function_local_imports_only_defer_heavy_dependencies():
     uncommented = []
     for imp in hidden:
         lines = imp.path.read_text().splitlines()
-        if str(imp.path.relative_to(ROOT)) not in NOT_YET_HOISTED and \
-                not any("#" in line for line in lines[max(0, imp.line - 5):imp.line]):  # on it or just above
+        if not any("#" in line for line in lines[max(0, imp.line - 5):imp.line]):  # on it or just above
             uncommented.append(where(imp))
     assert uncommented == [], "a function-local import says why (a heavy optional dependency) or moves to the top"
-    files = {str(i.path.relative_to(ROOT)) for i in hidden}
-    assert NOT_YET_HOISTED - files == set(), "hoisted: remove it from NOT_YET_HOISTED"

@@ -17,7 +17,7 @@ from wellwatch.core.preprocess import prepare_tiles
 from wellwatch.core.scoring import FrameOutputs
 from wellwatch.daemon.recovery import recover
 from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 

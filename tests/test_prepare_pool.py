@@ -18,7 +18,7 @@ from wellwatch.core.errors import FrameReadError
 from wellwatch.daemon.preparation_processes import PreparePool, WorkerDied
 from wellwatch.core.preprocess import prepare_tiles
 from wellwatch.core.files.tiff import FrameLimits, decode_frame
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import tiff_bytes, write_plate

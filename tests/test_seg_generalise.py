@@ -252,7 +252,7 @@ def test_bundled_onnx_rebuilds_into_a_trainable_unet_with_the_same_output():
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
-    from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL
+    from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
     from wellwatch.core.segmentation.maps import serve_tiles
     from wellwatch.training.seg_init import load_initial_model
     from wellwatch.training.unet import SegmentationMaps
@@ -272,7 +272,7 @@ def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_pat
     torch = pytest.importorskip("torch")
     import json
 
-    from wellwatch.core.segmentation.segmenters import BUNDLED_SEGMENTATION_MODEL
+    from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
     from wellwatch.training.seg_restamp import restamp
     from wellwatch.training.seg_checkpoint import load_seg_checkpoint
 

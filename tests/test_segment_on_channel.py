@@ -21,7 +21,7 @@ from wellwatch.core.config import ConfigError, load_config
 from wellwatch.core.contract import CellCrop
 from wellwatch.core.crops import cells_of, prepare_crops
 from wellwatch.core.model_inputs import prepare_frame
-from wellwatch.core.segmentation.segmenters import bundled_model
+from wellwatch.core.bundled_models import bundled_model
 from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 
 ADCC = shared_data("adcc-paired", "data")

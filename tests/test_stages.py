@@ -23,7 +23,7 @@ from wellwatch.daemon import messages
 from wellwatch.daemon.context import StageContext
 from wellwatch.daemon.ledger import FrameLedger
 from wellwatch.daemon.metrics import DaemonMetrics
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 from wellwatch.daemon.settle_gate import CompletenessGate
 from wellwatch.daemon.stages import commit
 from wellwatch.daemon.stages.infer import InferenceStage

@@ -18,7 +18,7 @@ from wellwatch.core.scoring import FrameOutputs
 from wellwatch.daemon.messages import FrameFile, ScoredFrame
 from wellwatch.daemon.journal import Journal
 from wellwatch.core.naming import FrameMeta
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 from wellwatch.results.journal_reader import JournalView
 from wellwatch.results.tables import write_results
 from wellwatch.scale.reprocess import well_rows as reprocess_well_rows

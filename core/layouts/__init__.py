@@ -22,6 +22,8 @@ from wellwatch.core.layouts.ome import read_ome
 from wellwatch.core.layouts.operetta import read_index_xml
 from wellwatch.core.layouts.scanr import read_experiment_descriptor
 
+__all__ = ["LayoutError", "PlateLayout", "detect_layout", "find_layout_file", "find_layout_files"]
+
 log = logging.getLogger(__name__)
 
 

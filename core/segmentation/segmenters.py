@@ -17,12 +17,11 @@ cell-type model) are module-level functions so the daemon's process pool
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
 from wellwatch.core.contract import CellCrop, ModelContract
 from wellwatch.core.crops import cells_of, prepare_crops
 from wellwatch.core.errors import ContractError
@@ -33,16 +32,6 @@ from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.packages.description import is_package
 from wellwatch.core.config import InferenceConfig
 from wellwatch.core.packages.loading import open_package
-
-def bundled_model(name: str) -> Path:
-    """A model shipped inside the installed package (wellwatch/models/), wherever it is installed."""
-    from importlib.resources import files
-
-    return Path(str(files("wellwatch") / "models" / name))
-
-
-BUNDLED_SEGMENTATION_MODEL = bundled_model("phase-segmentation.onnx")
-
 
 class Segmenter(Protocol):
     name: str

@@ -32,7 +32,7 @@ import tifffile
 from wellwatch.client import follow
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.preprocess import prepare_tiles
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 from wellwatch.harness import local_config, start_daemon
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec, parse_wells

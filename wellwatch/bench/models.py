@@ -20,7 +20,7 @@ import numpy as np
 
 from wellwatch.core.contract import ModelContract, Tiling
 from wellwatch.core.inference.backend import OnnxBackend
-from wellwatch.daemon.service import bundled_demo_model
+from wellwatch.core.bundled_models import bundled_demo_model
 
 RESNET18_TILE = 224
 _VERSION = 1  # bump when what is built changes: a new cache file
