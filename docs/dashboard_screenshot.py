@@ -18,7 +18,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from wellwatch.dashboard.cli import ServerThread
-from wellwatch.dashboard.journal_view import JournalView
+from wellwatch.results.journal_reader import JournalView
 from wellwatch.dashboard.live import LiveState, Source
 from wellwatch.dashboard.server import create_app
 from wellwatch.harness import free_port, local_config, start_daemon, start_writer

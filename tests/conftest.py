@@ -13,6 +13,17 @@ from wellwatch.client import follow, request_snapshot
 from wellwatch.harness import local_config, start_daemon
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KINDS = ("unit", "integration")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test says its kind: unit (functions on arrays, files and a SQLite file, in one process) or
+    integration (a running daemon, hub or dashboard, sockets, subprocesses, a browser, Prometheus, Ray)."""
+    unmarked = [item.nodeid for item in items
+                if sum(1 for kind in KINDS if item.get_closest_marker(kind)) != 1]
+    if unmarked:
+        raise pytest.UsageError("tests marked neither unit nor integration (or both): " + ", ".join(unmarked[:10])
+                                + (f" and {len(unmarked) - 10} more" if len(unmarked) > 10 else ""))
 
 
 def shared_data(*parts: str) -> Path:

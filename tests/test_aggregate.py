@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from wellwatch.core.aggregate import PlateAggregate, TileCounts, count_tiles, live_fraction
+
+pytestmark = pytest.mark.unit
 
 
 def test_count_tiles_threshold_is_inclusive_for_dead():

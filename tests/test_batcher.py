@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from wellwatch.daemon.batcher import PatchBatcher
+
+pytestmark = pytest.mark.unit
 
 
 def patches(frame_id: int, n: int) -> np.ndarray:

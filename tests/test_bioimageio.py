@@ -64,6 +64,7 @@ def refusal(caplog, argv) -> str:
 
 # --- reading the shared package -----------------------------------------------------------------
 
+@pytest.mark.unit
 @needs_nuclei
 def test_the_shared_package_is_read_by_its_description():
     pkg = read_package(NUCLEI)
@@ -80,6 +81,7 @@ def test_the_shared_package_is_read_by_its_description():
     assert pkg.identity.startswith("bioimageio:")
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_the_shared_test_tensors_are_reproduced_through_the_daemon_backend():
     backend = PackageBackend(read_package(NUCLEI), CPU)
@@ -90,6 +92,7 @@ def test_the_shared_test_tensors_are_reproduced_through_the_daemon_backend():
     np.testing.assert_allclose(backend.infer(x), np.load(NUCLEI / "test_output.npy"), atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_a_parameterised_input_size_gives_the_smallest_valid_tile(tmp_path):
     pkg = copy_package(tmp_path)
@@ -102,6 +105,7 @@ def test_a_parameterised_input_size_gives_the_smallest_valid_tile(tmp_path):
 
 # --- refusals: one line, exit 2 -----------------------------------------------------------------
 
+@pytest.mark.unit
 @needs_nuclei
 def test_a_tampered_test_output_is_refused_naming_the_package_and_the_worst_deviation(tmp_path, caplog):
     pkg = copy_package(tmp_path)
@@ -114,6 +118,7 @@ def test_a_tampered_test_output_is_refused_naming_the_package_and_the_worst_devi
     assert "worst |difference| 0.25" in line and "100 of 262144 elements" in line
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_missing_weights_are_refused(tmp_path, caplog):
     pkg = copy_package(tmp_path)
@@ -122,6 +127,7 @@ def test_missing_weights_are_refused(tmp_path, caplog):
     assert str(pkg) in line and "weights.onnx" in line
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_changed_weights_are_refused_by_their_sha256(tmp_path, caplog):
     pkg = copy_package(tmp_path)
@@ -132,6 +138,7 @@ def test_changed_weights_are_refused_by_their_sha256(tmp_path, caplog):
     assert str(pkg) in line and "sha256" in line
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_unsupported_processing_is_refused_by_name(tmp_path, caplog):
     pkg = copy_package(tmp_path)
@@ -141,6 +148,7 @@ def test_unsupported_processing_is_refused_by_name(tmp_path, caplog):
     assert str(pkg) in line and "unsupported processing 'scale_mean_variance'" in line
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_a_preprocessing_option_that_cannot_be_served_is_refused_by_name(tmp_path, caplog):
     pkg = copy_package(tmp_path)
@@ -151,6 +159,7 @@ def test_a_preprocessing_option_that_cannot_be_served_is_refused_by_name(tmp_pat
     assert str(pkg) in line and "unsupported processing 'scale_range' with a reference_tensor" in line
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_a_package_with_other_weight_formats_only_is_refused_by_name(tmp_path, caplog):
     pkg = copy_package(tmp_path)
@@ -161,6 +170,7 @@ def test_a_package_with_other_weight_formats_only_is_refused_by_name(tmp_path, c
     assert "no onnx weights" in line and "torchscript" in line
 
 
+@pytest.mark.unit
 def test_a_missing_package_is_refused_with_one_line(tmp_path, caplog):
     line = refusal(caplog, ["check-package", str(tmp_path / "nope"), "--device", "cpu"])
     assert str(tmp_path / "nope") in line
@@ -168,6 +178,7 @@ def test_a_missing_package_is_refused_with_one_line(tmp_path, caplog):
 
 # --- serving -------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_threshold_and_distance_watershed_split_touching_disks():
     yy, xx = np.mgrid[:120, :200]
     fg = (((yy - 60) ** 2 + (xx - 60) ** 2 < 30 ** 2) | ((yy - 60) ** 2 + (xx - 112) ** 2 < 30 ** 2)
@@ -177,6 +188,7 @@ def test_threshold_and_distance_watershed_split_touching_disks():
     assert labels_from_map(fg, PackageParams(min_distance=10, min_area=300)).max() == 2  # the small one dropped
 
 
+@pytest.mark.unit
 def test_stitching_takes_each_pixel_from_a_tile_whose_core_covers_it():
     serving = PackageServing("t", (64, 64), (8, 8), PackageParams())
     origins = np.array([[0, 0], [0, 48]])  # overlap of 2 halos: columns 48..63
@@ -187,6 +199,7 @@ def test_stitching_takes_each_pixel_from_a_tile_whose_core_covers_it():
     assert (core_rows[:, 48:56] < 1.01).all() and (core_rows[:, 56:64] > 1.99).all()  # the halos give way
 
 
+@pytest.mark.unit
 @needs_nuclei
 def test_the_package_segments_a_frame_larger_than_its_tile_with_halo_overlap():
     segmenter = load_segmenter(str(NUCLEI), device="cpu")
@@ -201,6 +214,7 @@ def test_the_package_segments_a_frame_larger_than_its_tile_with_halo_overlap():
     assert abs(int(np.unique(stitched[:400]).size) - int(np.unique(whole[:400]).size)) <= 2
 
 
+@pytest.mark.unit
 def test_the_package_table_is_validated(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "bioimageio.yaml").write_text("type: model\n")
@@ -232,6 +246,7 @@ def simulated_frame(tmp_path: Path) -> Path:
     return sorted((tmp_path / "frames" / "data").glob("*BF.tif"))[0]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("model", ["demo-live-dead.onnx", "ldc-live-dead.onnx", "phase-segmentation.onnx"])
 def test_a_bundled_model_exports_to_a_valid_package_that_is_read_back_and_served(tmp_path, model):
     from bioimageio.spec import load_model_description
@@ -281,6 +296,7 @@ SLOTS = {"demo-live-dead.onnx": lambda path: {"models.live_dead.path": path},
          "ldc-live-dead.onnx": lambda path: {"models.live_dead.path": path}}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model", [  # the demo model's run is the fast one of the same path
     "demo-live-dead.onnx", *(pytest.param(m, marks=pytest.mark.slow) for m in ("ldc-live-dead.onnx",
                                                                             "phase-segmentation.onnx"))])
@@ -306,6 +322,7 @@ ADCC = SHARED_DATA / "adcc-paired" / "data"
 ADCC_FIELDS = ("A1--W00001--P00001", "A6--W00006--P00001")
 
 
+@pytest.mark.integration
 @needs_nuclei
 @pytest.mark.skipif(not ADCC.is_dir(), reason="../shared/data/adcc-paired absent")
 def test_the_daemon_segments_nuclei_on_the_live_channel_with_the_shared_package(tmp_path):
@@ -339,6 +356,7 @@ def test_the_daemon_segments_nuclei_on_the_live_channel_with_the_shared_package(
         assert f["models"][identity] == read_package(NUCLEI).weights_sha256
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["tile", "crop"])
 def test_export_with_bioimageio_writes_a_package_of_the_trained_model(tmp_path, kind):
     """`wellwatch export RUN/best.pt --out M.onnx --bioimageio PKG`: the freshly exported model, packaged."""
@@ -362,6 +380,7 @@ def test_export_with_bioimageio_writes_a_package_of_the_trained_model(tmp_path, 
     assert "synthetic blobs" in readme and '"auc": 0.9' in readme  # the contract's training data and metrics
 
 
+@pytest.mark.integration
 def test_a_configured_package_without_the_extra_is_refused_naming_the_extra(tmp_path):
     """A runtime without bioimageio.spec: one line that names the extra to install."""
     import subprocess

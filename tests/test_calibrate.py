@@ -35,6 +35,7 @@ def calibrated(tmp_path_factory):
     return rc, out
 
 
+@pytest.mark.unit
 def test_calibrate_serves_a_model_with_its_calibration(calibrated):
     rc, out = calibrated
     assert rc == 0
@@ -53,6 +54,7 @@ def test_calibrate_serves_a_model_with_its_calibration(calibrated):
     assert summary["aucs"]["pooled_auc"]["ci95"] is not None
 
 
+@pytest.mark.integration
 def test_report_and_config_snippet(calibrated):
     rc, out = calibrated
     page = (out / "report.html").read_text()
@@ -66,6 +68,7 @@ def test_report_and_config_snippet(calibrated):
     assert config.intervals.level == 0.9 and config.channels.label_free == ("BF",)
 
 
+@pytest.mark.integration
 def test_recalibration_fine_tunes_the_previous_model_and_reports_before_and_after(calibrated, tmp_path):
     rc, first = calibrated
     out = tmp_path / "again"
@@ -81,6 +84,7 @@ def test_recalibration_fine_tunes_the_previous_model_and_reports_before_and_afte
                  "--out", str(tmp_path / "x")]) == 2  # a missing model: one clear line, exit 2
 
 
+@pytest.mark.unit
 def test_a_per_cell_snippet_segments_as_the_calibration_did(tmp_path):
     """--segment-on: the snippet's [segmentation.classical] is the calibration dataset's, and loads."""
     import dataclasses

@@ -7,6 +7,7 @@ import csv
 import sqlite3
 import time
 
+import pytest
 import zmq
 
 from wellwatch.client import request_snapshot
@@ -16,6 +17,8 @@ from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
 from .conftest import wait_ready
+
+pytestmark = pytest.mark.integration
 
 
 def test_start_on_a_written_plate_counts_both_fields_of_every_well_and_timepoint(tmp_path):

@@ -83,6 +83,7 @@ def _states(ds, truth, tolerance=4.0):
     return np.array(out, dtype=object)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("segment_on, extra", [("BF", CLASSICAL_BF),
                                                ("NUC", ["--classical", "foreground=intensity",
                                                         "--classical", "downsample=1", "--min-area", "10"])])
@@ -109,6 +110,7 @@ def test_labels_agree_with_the_simulated_cells_state(plate, segment_on, extra, c
     assert ds.cell_crop == CellCrop(48, 16.0, 10 if segment_on == "NUC" else 60, 2000) and ds.tiling is None
 
 
+@pytest.mark.integration
 def test_trained_crop_model_has_a_live_dead_contract_with_a_crop_section(plate):
     ds_dir = plate / "ds-BF"
     if not (ds_dir / "dataset.json").exists():  # built by the test above when it ran first
@@ -127,6 +129,7 @@ def test_trained_crop_model_has_a_live_dead_contract_with_a_crop_section(plate):
 
 # --- the measurement and the labels, on data with known answers ----------------------------------
 
+@pytest.mark.unit
 def test_stain_signal_over_an_uneven_background():
     """Two objects on a noisy background that rises 4-fold across the field: each is measured against
     the background where it sits, in noise units, not against the field's mean."""
@@ -143,6 +146,7 @@ def test_stain_signal_over_an_uneven_background():
         assert 12 < dead < 30 and abs(live) < 3, (measure, dead, live)
 
 
+@pytest.mark.unit
 def test_a_stain_without_dead_cells_is_refused_naming_the_acquisition(plate):
     out = plate / "ds-flat"
     with pytest.raises(CellDatasetError, match=r"dead stain 'FLAT' of plate: .*(overlap|no dead|no second class|"
@@ -156,6 +160,7 @@ def test_a_stain_without_dead_cells_is_refused_naming_the_acquisition(plate):
     assert (labels == 0).sum() > 250 and (labels == 1).sum() > 150 and fit.separation.ashman_d > 2
 
 
+@pytest.mark.unit
 def test_options_are_checked_with_their_names(plate):
     base = ["dataset", "cells", str(plate / "plate"), "--out", str(plate / "bad"), "--label-free", "BF"] + CROP
     with pytest.raises(CellDatasetError, match="--dead-stain labels cells live/dead: --marker"):
@@ -168,6 +173,7 @@ def test_options_are_checked_with_their_names(plate):
         _run(base + ["--dead-stain", "PI", "--stain-statistic", "median"] + CLASSICAL_BF)
 
 
+@pytest.mark.unit
 def test_live_dead_contract_has_tiles_or_a_crop_section():
     from wellwatch.core.contract import EmptyFilter, Normalisation, Tiling
     from wellwatch.core.errors import ContractError

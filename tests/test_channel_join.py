@@ -8,6 +8,8 @@ from wellwatch.core.aggregate import PlateAggregate, TileCounts
 from wellwatch.daemon.channel_join import ChannelJoin
 from wellwatch.core.layouts import PlateLayout
 
+pytestmark = pytest.mark.unit
+
 
 class Clock:
     def __init__(self):

@@ -38,6 +38,7 @@ def assert_one_line_exit_2(proc, *fragments: str) -> str:
     return err
 
 
+@pytest.mark.integration
 def test_help_imports_none_of_the_heavy_modules():
     code = ("import sys\nfrom wellwatch.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -48,6 +49,7 @@ def test_help_imports_none_of_the_heavy_modules():
     assert "simulate" in proc.stdout and "dashboard" in proc.stdout
 
 
+@pytest.mark.unit
 def test_lazy_help_strings_are_the_modules_own():
     """`--help` lists each command with the help its module registers (the table cannot drift)."""
     from wellwatch.cli import LAZY_COMMANDS, build_parser
@@ -65,6 +67,7 @@ def test_lazy_help_strings_are_the_modules_own():
 SIMULATE = ["simulate", "OUT", "--wells", "4", "--timepoints", "50", "--interval-s", "0.2"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv, after_s", [(SIMULATE, 0.05), (SIMULATE, 0.2), (SIMULATE, 1.0),
                                            (["train", "OUT", "--out", "OUT/run"], 0.5)],  # while torch imports
                          ids=["simulate-0.05s", "simulate-0.2s", "simulate-1s", "train-0.5s"])
@@ -83,21 +86,25 @@ def test_ctrl_c_at_start_is_one_line_and_130(tmp_path, argv, after_s):
     assert err.strip().splitlines()[-1] == "wellwatch: interrupted"
 
 
+@pytest.mark.integration
 def test_version():
     proc = wellwatch("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("wellwatch "), proc
 
 
+@pytest.mark.integration
 def test_verbose_after_the_command_is_accepted(tmp_path):
     proc = wellwatch("run", "-v", "--config", str(tmp_path / "missing.toml"))
     assert_one_line_exit_2(proc, "missing.toml", "does not exist")
 
 
+@pytest.mark.integration
 def test_dashboard_without_its_extra_names_it():
     proc = wellwatch("dashboard", "--endpoint", "tcp://127.0.0.1:5556", block=("uvicorn",))
     assert_one_line_exit_2(proc, "uvicorn", "pip install 'wellwatch[dashboard]'")
 
 
+@pytest.mark.integration
 def test_dashboard_on_a_taken_port_says_so_before_printing_its_url():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -108,6 +115,7 @@ def test_dashboard_on_a_taken_port_says_so_before_printing_its_url():
     assert "http://" not in proc.stdout
 
 
+@pytest.mark.integration
 def test_subscribe_without_a_scheme():
     proc = wellwatch("subscribe", "127.0.0.1:5556", "--timeout", "1")
     assert_one_line_exit_2(proc, "'127.0.0.1:5556'", "tcp://HOST:PORT")
@@ -120,21 +128,25 @@ def journal(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_results_to_an_unknown_format(tmp_path, journal):
     proc = wellwatch("results", "--journal", str(journal), "--out", str(tmp_path / "r.xlsx"))
     assert_one_line_exit_2(proc, "r.xlsx", ".csv or .parquet")
 
 
+@pytest.mark.integration
 def test_results_parquet_without_pyarrow(tmp_path, journal):
     proc = wellwatch("results", "--journal", str(journal), "--out", str(tmp_path / "r.parquet"), block=("pyarrow",))
     assert_one_line_exit_2(proc, "pyarrow")
 
 
+@pytest.mark.integration
 def test_layout_of_a_folder_without_one(tmp_path):
     proc = wellwatch("layout", str(tmp_path))
     assert_one_line_exit_2(proc, str(tmp_path), "no vendor layout file")
 
 
+@pytest.mark.integration
 def test_run_on_a_root_that_is_a_file(tmp_path):
     (tmp_path / "frames.tif").write_bytes(b"not a folder")
     (tmp_path / "c.toml").write_text(
@@ -152,17 +164,20 @@ def free() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_keys_into_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = wellwatch("keys", str(tmp_path / "afile"), "server")
     assert_one_line_exit_2(proc, "afile: cannot make the key folder")
 
 
+@pytest.mark.integration
 def test_evaluate_a_model_that_does_not_exist(tmp_path):
     proc = wellwatch("evaluate", str(tmp_path / "missing.onnx"), str(tmp_path), "--out", str(tmp_path / "rep"))
     assert_one_line_exit_2(proc, "missing.onnx: no such run folder, checkpoint or .onnx file")
 
 
+@pytest.mark.unit
 def test_an_os_error_that_names_no_file_says_where_it_was_raised():
     from wellwatch.cli import user_error_line
 

@@ -10,6 +10,8 @@ import pytest
 from wellwatch.core.config import Config, load_config
 from wellwatch.core.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
 
 

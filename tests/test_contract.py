@@ -10,6 +10,8 @@ from wellwatch.core.contract import (METADATA_KEY, EmptyFilter, ModelContract, N
                                        contract_from_metadata)
 from wellwatch.core.errors import ContractError
 
+pytestmark = pytest.mark.unit
+
 
 def live_dead_contract(**changes) -> ModelContract:
     base = dict(

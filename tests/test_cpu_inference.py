@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.config import InferenceConfig
 from wellwatch.core.bundled_models import bundled_demo_model
+
+pytestmark = pytest.mark.unit
 
 
 def allow_spinning(cfg: InferenceConfig) -> str | None:

@@ -48,6 +48,7 @@ def wait_states(journal: str, n: int, timeout: float) -> dict[str, str]:
     return states
 
 
+@pytest.mark.unit
 def test_a_suspect_killed_in_its_isolated_reader_is_the_files_fault(tmp_path):
     good = tmp_path / "good.tif"
     write_plate(plate(wells=("A1",), fields=1, timepoints=1), tmp_path / "acq")
@@ -58,6 +59,7 @@ def test_a_suspect_killed_in_its_isolated_reader_is_the_files_fault(tmp_path):
         str(good), FrameLimits(), on_start=lambda proc: proc.kill())
 
 
+@pytest.mark.integration
 def test_a_suspect_that_needs_more_memory_than_its_reader_may_take_is_quarantined(run_daemon, tmp_path):
     spec = plate(wells=("A1", "A2"), fields=1, timepoints=1)
     write_plate(spec, tmp_path / "acquisition")
@@ -71,6 +73,7 @@ def test_a_suspect_that_needs_more_memory_than_its_reader_may_take_is_quarantine
     assert "limits.read_memory_mb = 300 MB" in quarantine_reasons(config.journal.path)[bomb]
 
 
+@pytest.mark.integration
 def test_suspect_in_a_joined_channel_field_does_not_stall_the_daemon(run_daemon, tmp_path):
     """Defect 1: segment_on a second channel; the daemon died while reading field 1's BF file, before
     its PI file was written. Restarted, it must count that field and every later one."""
@@ -144,6 +147,7 @@ POOLS = {"prepare": ({"pipeline.prepare_workers": "2"}, 3),
          "segmentation": ({"segmentation.method": '"classical"', "segmentation.workers": "2"}, 3)}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("pool", sorted(POOLS))
 def test_no_worker_outlives_a_kill_9_of_the_daemon_pid_alone(tmp_path, pool):
     extra, n = POOLS[pool]
@@ -162,6 +166,7 @@ def test_no_worker_outlives_a_kill_9_of_the_daemon_pid_alone(tmp_path, pool):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("pool", sorted(POOLS))
 def test_ctrl_c_stops_the_daemon_cleanly_and_leaks_nothing(tmp_path, pool):
     """Ctrl-C in a terminal sends SIGINT to the whole process group, workers included: they must
@@ -183,6 +188,7 @@ def test_ctrl_c_stops_the_daemon_cleanly_and_leaks_nothing(tmp_path, pool):
     assert not alive(kids)
 
 
+@pytest.mark.integration
 def test_a_preallocated_file_stalled_half_way_is_read_once_whole(run_daemon, recorder_for, tmp_path):
     """Defect 6: a writer that creates the whole TIFF (header, IFD, zero pixels), fills it, and
     stalls 3 s half-way. The file must be read once, whole: one version, never a half-zero one."""

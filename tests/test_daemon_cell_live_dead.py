@@ -120,10 +120,12 @@ def crop_model(calibration):
     return root / "cell-ld.onnx"
 
 
+@pytest.mark.integration
 def test_daemon_publishes_a_crop_models_per_cell_calls(feature_model, run_daemon, recorder_for, tmp_path):
     serve_and_check(feature_model, run_daemon, recorder_for, tmp_path, max_mae=0.05)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_daemon_serves_a_crop_model_trained_and_exported_by_the_chain(crop_model, run_daemon, recorder_for,
                                                                      tmp_path):
@@ -164,6 +166,7 @@ def serve_and_check(model_path, run_daemon, recorder_for, tmp_path, max_mae: flo
     assert sum(sum(m["cell_counts"].values()) for m in frames) > 100
 
 
+@pytest.mark.unit
 def test_slots_refuse_the_wrong_kind_of_live_dead_model(feature_model, tmp_path):
     crop_model = feature_model
     from wellwatch.daemon.service import load_backend, load_cell_live_dead_backend
@@ -188,6 +191,7 @@ def test_slots_refuse_the_wrong_kind_of_live_dead_model(feature_model, tmp_path)
                                                        "channels.label_free": ["BF", "PH"], **seg}), metrics)
 
 
+@pytest.mark.integration
 def test_a_cell_type_model_must_share_the_crop_geometry(feature_model, run_daemon):
     crop_model = feature_model
     spec = plate(seed=16)
@@ -197,6 +201,7 @@ def test_a_cell_type_model_must_share_the_crop_geometry(feature_model, run_daemo
             **{f"segmentation.classical.{k}": v for k, v in SIMULATED_BF.items()}})
 
 
+@pytest.mark.integration
 def test_a_crop_model_given_in_code_needs_segmented_cells_as_a_configured_one_does(run_daemon):
     with pytest.raises(ConfigError, match=r"models\.cell_type\.path.*cell types need segmented cells: set "
                                           r"segmentation\.method"):
@@ -221,6 +226,7 @@ class CropMeanLiveDead(CropStdClassifier):
         return np.stack([1 - p, p], axis=1).astype(np.float32)
 
 
+@pytest.mark.integration
 def test_cell_types_and_per_cell_live_dead_share_pooled_crop_batches(run_daemon, recorder_for, tmp_path):
     from wellwatch.core.cell_calls import type_counts
 

@@ -19,6 +19,8 @@ from wellwatch.client import request_snapshot
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
+pytestmark = pytest.mark.integration
+
 
 def small_plate(**kw) -> SimulationSpec:
     base = dict(wells=("A1", "A6", "A12", "B1"), fields=2, timepoints=2, size=256, cells_per_field=12,

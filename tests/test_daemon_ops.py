@@ -20,6 +20,8 @@ from wellwatch.simulator.writer import write_plate
 
 from .conftest import StreamRecorder, wait_ready
 
+pytestmark = pytest.mark.integration
+
 WELLWATCH = [sys.executable, "-m", "wellwatch"]
 
 

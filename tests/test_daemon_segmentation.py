@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import ndimage as ndi
 
 from wellwatch.core.config import load_config
@@ -42,6 +43,7 @@ def last_well_messages(rec) -> dict:
     return latest
 
 
+@pytest.mark.integration
 def test_classical_cells_per_frame_and_well_match_the_segmenter_and_the_truth(run_daemon, recorder_for, tmp_path):
     spec = plate(seed=11)
     overrides = {"segmentation.method": "classical", "segmentation.workers": 2,
@@ -75,6 +77,7 @@ def test_classical_cells_per_frame_and_well_match_the_segmenter_and_the_truth(ru
     assert journaled == {m["path"]: m["cells"] for m in frames}
 
 
+@pytest.mark.integration
 def test_without_segmentation_cells_are_null(run_daemon, recorder_for, tmp_path):
     spec = plate(seed=12, wells=("A1",), fields=1, timepoints=1)
     config, _ = run_daemon(spec)
@@ -111,6 +114,7 @@ class ThresholdNetwork:
         return np.stack([1 - cell, cell * 0.9, cell * 0.1, distance], axis=1).astype(np.float32)
 
 
+@pytest.mark.integration
 def test_network_tiles_pooled_across_frames_come_back_to_their_frames(run_daemon, recorder_for, tmp_path):
     spec = plate(seed=13, write_mode="rename")
     network = ThresholdNetwork()
@@ -130,6 +134,7 @@ def test_network_tiles_pooled_across_frames_come_back_to_their_frames(run_daemon
     assert max(daemon_batches) == 7  # batches filled to segmentation.max_batch
 
 
+@pytest.mark.unit
 def test_journal_from_before_cells_existed_is_migrated(tmp_path):
     from wellwatch.core.aggregate import TileCounts
     from wellwatch.daemon.journal import FrameRecord, Journal
@@ -157,6 +162,7 @@ def test_journal_from_before_cells_existed_is_migrated(tmp_path):
         journal.close()
 
 
+@pytest.mark.unit
 def test_segmentation_config_errors_name_the_key(tmp_path):
     import pytest
 
@@ -190,6 +196,7 @@ class CropStdClassifier:
         return np.stack([1 - p, p], axis=1).astype(np.float32)
 
 
+@pytest.mark.integration
 def test_cell_types_and_per_cell_live_dead_in_frame_and_well_messages(run_daemon, recorder_for, tmp_path):
     from wellwatch.core.cell_calls import type_counts
     from wellwatch.core.segmentation.segmenters import classical_cells
@@ -230,6 +237,7 @@ def test_cell_types_and_per_cell_live_dead_in_frame_and_well_messages(run_daemon
 MANUAL_COUNT_T01 = 58 + 6
 
 
+@pytest.mark.integration
 def test_nis_timelapse_cells_per_frame_with_the_bundled_model(tmp_path):
     """The real NIS-Elements time-lapse (no channel in its names) through the daemon with the
     bundled phase-contrast segmentation model: a `cells` count for every frame, equal to

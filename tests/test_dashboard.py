@@ -40,6 +40,7 @@ def last_well_messages(recorder) -> dict:
     return out
 
 
+@pytest.mark.integration
 def test_api_and_events_agree_with_the_stream(run_daemon, recorder_for, dashboards, tmp_path):
     config, _ = run_daemon(SMALL, **{"watch.settle_s": 0.05})
     rec = recorder_for(config)
@@ -67,6 +68,7 @@ def test_api_and_events_agree_with_the_stream(run_daemon, recorder_for, dashboar
     assert event == "event: changes" and len(data["wells"]) == len(expected)
 
 
+@pytest.mark.integration
 def test_history_comes_from_the_journal_for_a_late_dashboard(run_daemon, recorder_for, dashboards, tmp_path):
     config, _ = run_daemon(SMALL, **{"watch.settle_s": 0.05})
     rec = recorder_for(config)
@@ -80,6 +82,7 @@ def test_history_comes_from_the_journal_for_a_late_dashboard(run_daemon, recorde
     assert state["plate_map"]["wells"]["A1"]["role"] == "control"
 
 
+@pytest.mark.unit
 def test_source_from_config_and_bad_inputs(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text('[publish]\nendpoint = "tcp://127.0.0.1:6001"\nsnapshot_endpoint = "tcp://127.0.0.1:6011"\n'
@@ -104,6 +107,7 @@ STREAMED = SimulationSpec(wells=tuple(f"{r}{c}" for r in "AB" for c in range(1, 
                           control_columns=1, interval_s=0.08, write_mode="rename", plate_name="live-plate", seed=2)
 
 
+@pytest.mark.integration
 def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_daemon, recorder_for, dashboards,
                                                                           tmp_path):
     if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
@@ -168,6 +172,7 @@ def test_browser_sees_the_plate_fill_in_a_time_course_and_the_dose_curve(run_dae
             browser.close()
 
 
+@pytest.mark.integration
 def test_the_command_serves_the_page_with_its_bundled_plotting_library(tmp_path):
     """`wellwatch dashboard` as a user starts it; no daemon yet: the page says it is not connected."""
     import subprocess
@@ -201,6 +206,7 @@ def test_the_command_serves_the_page_with_its_bundled_plotting_library(tmp_path)
     assert f"http://127.0.0.1:{port}/" in out
 
 
+@pytest.mark.unit
 def test_dashboard_reads_the_daemon_only_through_the_client_journal_and_pure_modules():
     """The design's rule: the stream through wellwatch.client, the journal read-only through
     wellwatch.results; of the science core only its pure modules (fits, plate map and formats, config,
@@ -220,6 +226,7 @@ def test_dashboard_reads_the_daemon_only_through_the_client_journal_and_pure_mod
     assert "wellwatch.results.journal_reader" in used and used <= allowed, sorted(used - allowed)
 
 
+@pytest.mark.integration
 def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():
     if os.environ.get("WELLWATCH_REQUIRE_BROWSER") != "1":
         pytest.importorskip("playwright.sync_api")
@@ -252,6 +259,7 @@ def test_browser_draws_a_384_well_plate_and_says_the_daemon_is_missing():
         state.stop()
 
 
+@pytest.mark.integration
 def test_browser_shows_a_calibrated_models_intervals(run_daemon, recorder_for, dashboards, browser, tmp_path):
     from wellwatch.core.intervals import Calibration
 

@@ -16,6 +16,8 @@ from wellwatch.simulator.spec import SimulationSpec
 
 from .dashboard_helpers import Dashboard, browser, dashboards, launch_chromium  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.integration
+
 
 def wait_until(predicate, timeout: float = 30, what: str = "condition"):
     deadline = time.monotonic() + timeout

@@ -13,6 +13,8 @@ from wellwatch.training.voc import build_voc_dataset, parse_voc, read_grey
 
 from .test_training_data import blob_dataset
 
+pytestmark = pytest.mark.unit
+
 VOC = """<annotation><folder>x</folder><filename>{name}</filename>
 <size><width>{w}</width><height>{h}</height><depth>1</depth></size>
 {objects}</annotation>"""

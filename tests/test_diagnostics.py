@@ -16,6 +16,7 @@ from wellwatch.core.naming import FrameMeta
 from wellwatch.harness import start_writer
 from wellwatch.simulator.spec import SimulationSpec
 from prometheus_client import CollectorRegistry
+import pytest
 
 FAST = {"report.nothing_counted_s": 0.5, "report.progress_s": 0.5}
 
@@ -31,6 +32,7 @@ def wait_status(recorder, kind: str, timeout: float = 20, **match) -> dict:
                          f"{[m.get('kind') for m in recorder.of_type('status')]}")
 
 
+@pytest.mark.integration
 def test_a_channel_the_files_do_not_have_is_named_within_seconds(tmp_path, run_daemon, recorder_for, caplog):
     spec = SimulationSpec(wells=("A1", "A2"), fields=1, timepoints=1, size=128, cells_per_field=5,
                           channels=("BF", "PI"))
@@ -49,6 +51,7 @@ def test_a_channel_the_files_do_not_have_is_named_within_seconds(tmp_path, run_d
     assert recorder.of_type("frame") == []
 
 
+@pytest.mark.integration
 def test_frames_smaller_than_one_tile_are_named(tmp_path, run_daemon, recorder_for):
     spec = SimulationSpec(wells=("A1",), fields=2, timepoints=1, size=48, cells_per_field=1, channels=("BF",))
     config, daemon = run_daemon(spec, **FAST)
@@ -61,6 +64,7 @@ def test_frames_smaller_than_one_tile_are_named(tmp_path, run_daemon, recorder_f
                                                    {"outcome": "smaller_than_tile"}) == 2
 
 
+@pytest.mark.integration
 def test_names_the_preset_does_not_match_then_counting_resumes(tmp_path, run_daemon, recorder_for):
     spec = SimulationSpec(wells=("A1",), fields=1, timepoints=1, size=128, cells_per_field=5, channels=("BF",))
     config, daemon = run_daemon(spec, **FAST)
@@ -74,6 +78,7 @@ def test_names_the_preset_does_not_match_then_counting_resumes(tmp_path, run_dae
     assert daemon.daemon.registry.get_sample_value("wellwatch_nothing_counted") == 0
 
 
+@pytest.mark.integration
 def test_progress_reports_counts_last_well_latency_and_backlog_apart(tmp_path, run_daemon, recorder_for, caplog):
     before = SimulationSpec(wells=("A1",), fields=2, timepoints=1, size=128, cells_per_field=5, channels=("BF",))
     start_writer(before, tmp_path / "acquisition").join()  # there before the daemon starts: backlog
@@ -108,6 +113,7 @@ def _diagnostics(in_flight=lambda: 0, **kw):
     return d, events
 
 
+@pytest.mark.unit
 def test_nothing_counted_waits_while_frames_are_on_their_way_and_is_rate_limited():
     busy = [1]
     d, events = _diagnostics(in_flight=lambda: busy[0])
@@ -127,6 +133,7 @@ def test_nothing_counted_waits_while_frames_are_on_their_way_and_is_rate_limited
     assert len(events) == 2  # nothing new arrived: nothing new to say
 
 
+@pytest.mark.unit
 def test_other_channels_are_no_alarm_once_the_models_channel_was_counted():
     """A slow acquisition (fields minutes apart) or a restart mid-plate: PI and LIVE files arriving
     while the next BF is still being imaged are expected, not a mistyped channel."""
@@ -150,6 +157,7 @@ def _counted_bf_frame():
     return ScoredFrame(job, "", FrameOutputs((256, 256), np.zeros((1, 2), np.int64), 0, np.zeros((1, 2), np.float32)))
 
 
+@pytest.mark.unit
 def test_a_quarantine_is_a_reason():
     d, events = _diagnostics()
     job = FrameFile("/d/a.tif", "a.tif", FrameMeta("p", "A1", 1, 0, 0, "BF"), 10, 0)
@@ -159,6 +167,7 @@ def test_a_quarantine_is_a_reason():
     assert "a.tif: not a TIFF file" in events[0].body["message"]
 
 
+@pytest.mark.unit
 def test_the_demo_model_warning_names_the_next_step(caplog):
     from wellwatch.core.config import load_config
     from wellwatch.daemon.service import load_backend

@@ -57,6 +57,7 @@ def wellwatch_lines(path: Path) -> list[str]:
     return [c for block in fenced_blocks(path, "bash") for c in shell_commands(block) if c.startswith("wellwatch ")]
 
 
+@pytest.mark.integration
 def test_every_config_key_is_on_the_configuration_page():
     page = (DOCS / "operating" / "configuration.md").read_text()
     sections = re.split(r"^#{2,3} .*?`\[([\w.]+)\]`.*$", page, flags=re.M)
@@ -75,12 +76,14 @@ def test_every_config_key_is_on_the_configuration_page():
     assert not missing, f"config.toml keys without a row on docs/operating/configuration.md: {missing}"
 
 
+@pytest.mark.unit
 def test_the_command_line_splitter_sees_each_command():
     block = "wellwatch run --config a.toml &\nmake demo && wellwatch subscribe tcp://x:1 \\\n    --count 3  # note\n"
     assert shell_commands(block) == ["wellwatch run --config a.toml", "make demo",
                                      "wellwatch subscribe tcp://x:1 --count 3"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", [README, *PAGES], ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_wellwatch_command_in_the_docs_parses(path, capsys):
     parser = build_parser()
@@ -92,12 +95,14 @@ def test_every_wellwatch_command_in_the_docs_parses(path, capsys):
                 pytest.fail(f"{path.relative_to(ROOT)}: `{line}` does not parse: {capsys.readouterr().err.strip()}")
 
 
+@pytest.mark.unit
 def test_readme_and_getting_started_show_commands_that_are_checked():
     # the parse test above must have something to check where a newcomer starts
     assert any(line.startswith("wellwatch run --config") for line in wellwatch_lines(README))
     assert any(line.startswith("wellwatch subscribe") for line in wellwatch_lines(GETTING_STARTED))
 
 
+@pytest.mark.unit
 def test_first_acquisition_config_is_one_and_loads(tmp_path):
     readme_toml, = fenced_blocks(README, "toml")
     assert readme_toml in fenced_blocks(GETTING_STARTED, "toml"), "README and getting started show different configs"
@@ -108,12 +113,14 @@ def test_first_acquisition_config_is_one_and_loads(tmp_path):
     assert Path(config.journal.path) == tmp_path / "plate-journal.sqlite"
 
 
+@pytest.mark.unit
 def test_pages_stay_short():
     assert len(README.read_text().splitlines()) <= 200
     long = {str(p.relative_to(ROOT)): n for p in PAGES if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"pages over 400 lines: {long}"
 
 
+@pytest.mark.unit
 def test_nothing_points_outside_the_repository_or_at_development_process():
     pattern = re.compile(r"\.\./shared|DESIGN\.md|\bissues? \d+|\bthe lead\b", re.I)
     allowed = {DOCS / "contributing.md": {"../shared"}}  # where the optional data folder is described
@@ -126,6 +133,7 @@ def test_nothing_points_outside_the_repository_or_at_development_process():
     assert not found, "\n".join(found)
 
 
+@pytest.mark.unit
 def test_code_names_no_development_issues():
     """Comments, docstrings and messages explain themselves; they cite no tracker or design card."""
     pattern = re.compile(r"\bissues? #?\d+|DESIGN\.md|design card", re.I)
@@ -146,6 +154,7 @@ def ports_free(*ports: int) -> bool:
     return True
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_first_real_acquisition_runs_as_written(tmp_path):
     """The README's config and shell block, on a real scanR folder whose files arrive one by one."""

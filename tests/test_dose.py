@@ -12,6 +12,8 @@ from wellwatch.simulator.plate import plan_plate
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import DOSE_TRUTH, PLATE_MAP, ground_truth, plate_map_csv, write_plate
 
+pytestmark = pytest.mark.unit
+
 CONC = np.geomspace(0.01, 100, 8)
 
 

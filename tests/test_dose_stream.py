@@ -19,6 +19,7 @@ SPEC = SimulationSpec(wells=("A1", "A2", "A3", "A4", "A5", "A6"), fields=1, time
                       channels=("BF",), treatment="dose_series", control_columns=1, plate_name="dose-stream", seed=6)
 
 
+@pytest.mark.integration
 def test_daemon_publishes_a_fit_per_compound_when_each_timepoint_completes(run_daemon, recorder_for, tmp_path):
     (tmp_path / "map.csv").write_text(plate_map_csv(plan_plate(SPEC)))
     config, _ = run_daemon(SPEC, **{"plate.map": str(tmp_path / "map.csv"), "watch.settle_s": 0.05})
@@ -45,6 +46,7 @@ def test_daemon_publishes_a_fit_per_compound_when_each_timepoint_completes(run_d
     assert [d["seq"] for d in journaled] == [d["seq"] for d in doses]
 
 
+@pytest.mark.unit
 def test_a_missing_plate_map_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="plate.map.*no such file"):
         load_config(None, {"plate.map": str(tmp_path / "nope.csv")})
@@ -54,6 +56,7 @@ SIMULATED_CELLS = {"foreground": "texture", "texture_window": 5, "threshold_fact
                    "closing_radius": 0, "min_distance": 6, "min_area": 60, "downsample": 1, "dist_sigma": 1.0}
 
 
+@pytest.mark.integration
 def test_a_restarted_daemon_keeps_its_dose_history(tmp_path):
     """Stopped after two timepoints and started again: the fits already published are not sent
     again, and the third timepoint's GR still counts from the first timepoint (from the journal)."""

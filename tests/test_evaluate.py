@@ -14,6 +14,8 @@ from wellwatch.training.run import train_run
 
 from .test_training_data import blob_dataset
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -88,6 +88,7 @@ def altered(src: Path, dst: Path, change) -> Path:
 
 # --- round trip ---------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_round_trip_parity_passes_and_the_file_carries_its_contract(checkpoint, exported):
     assert exported.path.is_file() and exported.parity.passed
     assert exported.parity.mismatched == 0 and exported.parity.max_abs_diff < 1e-5
@@ -104,6 +105,7 @@ def test_round_trip_parity_passes_and_the_file_carries_its_contract(checkpoint, 
     onnx.checker.check_model(proto)
 
 
+@pytest.mark.integration
 def test_batch_axis_is_dynamic(exported):
     import onnxruntime as ort
 
@@ -117,6 +119,7 @@ def test_batch_axis_is_dynamic(exported):
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # probabilities, as the contract says
 
 
+@pytest.mark.unit
 def test_logits_contract_gives_a_graph_without_softmax(tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.pt", tiny_contract(output="logits"))
     result = export_checkpoint(ckpt, tmp_path / "logits.onnx", parity_images=NO_IMAGES)
@@ -129,6 +132,7 @@ def test_logits_contract_gives_a_graph_without_softmax(tmp_path):
     assert not np.allclose(logits.sum(axis=1), 1.0)  # really logits
 
 
+@pytest.mark.integration
 def test_eight_view_model_exports_with_its_view_averaging_in_the_graph(tmp_path):
     """cropnet8 averages the 8 rotations/flips inside its forward: the ONNX file must compute the same
     (parity) and so give one call for a cell however it is turned, served with no daemon change."""
@@ -146,6 +150,7 @@ def test_eight_view_model_exports_with_its_view_averaging_in_the_graph(tmp_path)
         np.testing.assert_allclose(session.run(None, {"input": np.ascontiguousarray(turned)})[0], p, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_cell_type_two_channel_model_exports_with_real_patches(tmp_path):
     contract = tiny_contract(task="cell_type", classes=("lmpp", "prob", "other"), positive_class="prob", tiling=None,
                              channels=("dic", "phase"), empty_filter=EmptyFilter("none"))
@@ -159,6 +164,7 @@ def test_cell_type_two_channel_model_exports_with_real_patches(tmp_path):
 
 # --- parity failures ------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_altered_weight_fails_parity_with_a_full_report(checkpoint, exported, tmp_path):
     def bump_first_conv(proto):
         name = next(n.input[1] for n in proto.graph.node if n.op_type == "Conv")
@@ -180,6 +186,7 @@ def test_altered_weight_fails_parity_with_a_full_report(checkpoint, exported, tm
     assert f"{report.mismatched} of 80 elements ({report.mismatched_ppm:.1f} ppm)" in message
 
 
+@pytest.mark.unit
 def test_altered_graph_fails_parity(checkpoint, exported, tmp_path):
     def relu_to_sigmoid(proto):
         next(n for n in proto.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
@@ -190,6 +197,7 @@ def test_altered_graph_fails_parity(checkpoint, exported, tmp_path):
         verify_parity(model, bad, contract, random_cases(contract))
 
 
+@pytest.mark.unit
 def test_a_failed_export_leaves_no_model_behind(checkpoint, tmp_path, monkeypatch):
     real_write = onnx_export.write_onnx
 
@@ -205,6 +213,7 @@ def test_a_failed_export_leaves_no_model_behind(checkpoint, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []  # no model, no manifest, no staging file
 
 
+@pytest.mark.unit
 def test_tolerances_are_options(checkpoint, exported, tmp_path):
     def scale_head(proto):
         init = next(i for i in proto.graph.initializer if i.name.endswith("head.weight"))
@@ -219,6 +228,7 @@ def test_tolerances_are_options(checkpoint, exported, tmp_path):
     assert verify_parity(model, bad, contract, cases, atol=0.2, rtol=0.2).passed
 
 
+@pytest.mark.unit
 def test_compare_counts_ppm_and_flags_nan():
     expected = np.zeros((1000, 2), np.float32)
     actual = expected.copy()
@@ -232,6 +242,7 @@ def test_compare_counts_ppm_and_flags_nan():
     assert r.mismatched == 1 and r.where == "input set 'b', sample 10, output 1 (dead)" and r.max_abs_diff == 0.5
 
 
+@pytest.mark.unit
 def test_compare_decisions_tells_borderline_from_real_disagreements():
     ref = np.array([[0.9, 0.1], [0.505, 0.495], [0.2, 0.8], [0.6, 0.4]])
     var = np.array([[0.9, 0.1], [0.49, 0.51], [0.2, 0.8], [0.3, 0.7]])
@@ -245,6 +256,7 @@ def test_compare_decisions_tells_borderline_from_real_disagreements():
 
 # --- float16 ----------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_fp16_variant_keeps_float32_io_and_the_decisions(exported):
     assert exported.fp16_path.name == "model.fp16.onnx" and exported.fp16_path.is_file()
     proto = onnx.load(str(exported.fp16_path))
@@ -262,6 +274,7 @@ def test_fp16_variant_keeps_float32_io_and_the_decisions(exported):
     assert manifest["decisions"]["agreement"] == exported.fp16_decisions.agreement
 
 
+@pytest.mark.unit
 def test_fp16_nan_or_changed_decisions_fail(checkpoint, exported, tmp_path):
     model, _, contract, _ = load_checkpoint(checkpoint)
     cases = random_cases(contract)
@@ -288,6 +301,7 @@ def test_fp16_nan_or_changed_decisions_fail(checkpoint, exported, tmp_path):
 
 # --- real inputs ------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_real_patches_are_cut_with_the_daemon_preprocessing():
     from wellwatch.core.preprocess import prepare_tiles
     from wellwatch.core.files.tiff import read_frame
@@ -303,6 +317,7 @@ def test_real_patches_are_cut_with_the_daemon_preprocessing():
     assert [len(c.batch) for c in cases] == [64, 1]
 
 
+@pytest.mark.unit
 def test_export_default_uses_the_shared_real_image(checkpoint, tmp_path):
     shared_data("usiigaci-phase", "set1", "raw.tif")
     result = export_checkpoint(checkpoint, tmp_path / "m.onnx")
@@ -310,6 +325,7 @@ def test_export_default_uses_the_shared_real_image(checkpoint, tmp_path):
     assert json.loads(manifest_path(result.path).read_text())["parity"]["inputs"] == result.inputs
 
 
+@pytest.mark.unit
 def test_given_patches_join_the_parity_inputs(checkpoint, tmp_path):
     x, _ = synthetic_patches(20)
     result = export_checkpoint(checkpoint, tmp_path / "m.onnx", real_inputs=x, parity_images=NO_IMAGES)
@@ -320,6 +336,7 @@ def test_given_patches_join_the_parity_inputs(checkpoint, tmp_path):
 
 # --- manifest and inspect ---------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_manifest_records_hash_size_contract_and_tools(exported, checkpoint):
     m = verify_manifest(exported.path)
     assert m["sha256"] == file_sha256(exported.path) == exported.sha256
@@ -330,6 +347,7 @@ def test_manifest_records_hash_size_contract_and_tools(exported, checkpoint):
     assert m["parity"]["mismatched"] == 0 and m["exported"].endswith("Z")
 
 
+@pytest.mark.unit
 def test_a_changed_file_fails_verification(exported, tmp_path):
     def nudge(proto):  # one weight, slightly: the file still loads, but it is not what was exported
         init = proto.graph.initializer[0]
@@ -346,6 +364,7 @@ def test_a_changed_file_fails_verification(exported, tmp_path):
     assert inspect_model(exported.path).hash_check == "manifest"
 
 
+@pytest.mark.unit
 def test_inspect_prints_the_contract(exported):
     text = format_info(inspect_model(exported.path))
     for expected in ("task           live_dead", "live, dead (output order; positive: dead)", "robust_zscore",
@@ -354,6 +373,7 @@ def test_inspect_prints_the_contract(exported):
         assert expected in text, expected
 
 
+@pytest.mark.unit
 def test_cli_export_and_inspect(checkpoint, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     assert wellwatch_main(["export", str(checkpoint), "--out", str(out), "--fp16", "--no-real-images",
@@ -369,6 +389,7 @@ def test_cli_export_and_inspect(checkpoint, tmp_path, capsys):
     assert wellwatch_main(["export", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
 
 
+@pytest.mark.unit
 def test_model_without_manifest_is_inspected_but_unverified(exported, tmp_path):
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(exported.path.read_bytes())
@@ -376,12 +397,14 @@ def test_model_without_manifest_is_inspected_but_unverified(exported, tmp_path):
     assert inspect_model(lone, exported.sha256).hash_check == "expected"
 
 
+@pytest.mark.unit
 def test_missing_checkpoint_is_an_export_error(tmp_path):
     with pytest.raises(ExportError, match="does not exist"):
         export_checkpoint(tmp_path / "nope.pt", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.unit
 def test_the_bundled_demo_model_was_made_by_export_checkpoint():
     """`make demo-model` exports through the same entry point: its manifest carries that path's records."""
     from wellwatch.core.bundled_models import bundled_demo_model
@@ -397,6 +420,7 @@ def test_the_bundled_demo_model_was_made_by_export_checkpoint():
     assert info.contract.tool.startswith("wellwatch ") and " export " in info.contract.tool
 
 
+@pytest.mark.integration
 def test_the_bundled_ldc_model_serves_crops_cut_by_dataset_voc():
     """`make ldc-model`'s file: the daemon's loader accepts it, its manifest matches, its contract says
     what it fits, and it calls real LDC crops cut by today's `dataset voc` defaults (a change to the

@@ -37,6 +37,7 @@ def exported_model(tmp_path, name: str = "m", **contract_changes):
     return export_checkpoint(ckpt, tmp_path / f"{name}.onnx", parity_images=NO_IMAGES), ckpt
 
 
+@pytest.mark.unit
 def test_real_image_through_the_daemon_backend_equals_pytorch(tmp_path):
     """The acceptance check: a real frame, the daemon's preprocessing and ONNX Runtime session,
     against the PyTorch model on the same patches."""
@@ -55,6 +56,7 @@ def test_real_image_through_the_daemon_backend_equals_pytorch(tmp_path):
     assert ((served[:, 1] >= 0.5) == (expected[:, 1] >= 0.5)).all()
 
 
+@pytest.mark.unit
 def test_daemon_refuses_a_cell_type_model_in_the_live_dead_slot(tmp_path):
     result, _ = exported_model(tmp_path, name="celltype", task="cell_type", classes=("lmpp", "prob"),
                                positive_class="prob", tiling=None, empty_filter=EmptyFilter("none"))
@@ -64,6 +66,7 @@ def test_daemon_refuses_a_cell_type_model_in_the_live_dead_slot(tmp_path):
     assert str(result.path) in str(e.value) and "task is 'cell_type', not 'live_dead'" in str(e.value)
 
 
+@pytest.mark.unit
 def test_daemon_refuses_a_model_whose_channels_do_not_match_the_config(tmp_path):
     result, _ = exported_model(tmp_path, name="twochannel", channels=("brightfield", "dic"))
     config = local_config(tmp_path, plate(), model=str(result.path))  # channels.label_free = BF: one channel
@@ -74,6 +77,7 @@ def test_daemon_refuses_a_model_whose_channels_do_not_match_the_config(tmp_path)
     assert f"model {result.path} ('twochannel') expects 2 (brightfield, dic)" in message
 
 
+@pytest.mark.unit
 def test_daemon_refuses_models_without_a_contract_or_with_a_graph_that_contradicts_it(tmp_path):
     result, _ = exported_model(tmp_path)
     bare = altered(result.path, tmp_path / "bare.onnx", lambda p: p.metadata_props.__delitem__(slice(None)))
@@ -91,6 +95,7 @@ def test_daemon_refuses_models_without_a_contract_or_with_a_graph_that_contradic
     assert e.value.path == str(lying)
 
 
+@pytest.mark.integration
 def test_every_published_message_carries_the_model_sha256(tmp_path, recorder_for):
     from wellwatch.harness import start_daemon
 

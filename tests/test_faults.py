@@ -28,6 +28,8 @@ from wellwatch.simulator.writer import write_plate
 from .conftest import wait_ready
 from .test_daemon_ops import WELLWATCH, config_of, plate, wait_rows, write_config
 
+pytestmark = pytest.mark.integration
+
 
 def per_field_results(journal: str) -> dict[str, tuple]:
     with sqlite3.connect(journal) as db:

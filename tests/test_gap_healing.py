@@ -64,6 +64,7 @@ class LossyLink(threading.Thread):
         self.join(5)
 
 
+@pytest.mark.unit
 def test_since_requests_round_trip_and_bad_ones_name_what_is_allowed():
     asked = parse_snapshot_request(snapshot_request(since={"scope-a": 41}))
     assert asked == SnapshotRequest(None, {"scope-a": 41}) and asked.since_for("scope-a") == 41
@@ -76,6 +77,7 @@ def test_since_requests_round_trip_and_bad_ones_name_what_is_allowed():
             parse_snapshot_request(bad)
 
 
+@pytest.mark.unit
 def test_load_since_keeps_what_it_holds_and_takes_each_sources_seq():
     state = StreamState()
     state.load_snapshot({"seqs": {"a": 5, "b": 9}, "wells": [
@@ -103,6 +105,7 @@ def view(wells) -> dict:
             for w in wells}
 
 
+@pytest.mark.integration
 def test_a_gap_spanning_timepoints_is_healed_exactly(tmp_path):
     """Timepoints 1 and 2 of every well are lost on the way (the subscriber never held any of them);
     at the gap the daemon's latest timepoint is 2, so the plain snapshot plus ranges of open

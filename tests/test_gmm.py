@@ -10,6 +10,8 @@ from wellwatch.training.livedead import build_live_dead_dataset, equal_posterior
 from wellwatch.training.patches import PairedField
 from wellwatch.training.stain_labels import SEED_STUDY_RULE
 
+pytestmark = pytest.mark.unit
+
 LIVE, DEAD = (100.0, 8.0), (220.0, 25.0)  # (mean, sd) of mean PI per patch
 TRUE_LIVE_BELOW = LIVE[0] + LIVE[1]       # 108
 TRUE_DEAD_ABOVE = DEAD[0] - DEAD[1]       # 195

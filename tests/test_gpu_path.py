@@ -40,6 +40,7 @@ NO_GPU = not cuda_really_works()
 
 # --- config and the provider chain -------------------------------------------------------
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, key, why", [
     ("[inference.cuda]\ncudnn_conv_algo_search = 'FAST'\n", "inference.cuda.cudnn_conv_algo_search",
      "allowed: EXHAUSTIVE, HEURISTIC, DEFAULT"),
@@ -67,6 +68,7 @@ def test_bad_inference_values_name_the_dotted_key(tmp_path, text, key, why):
     assert e.value.key == key
 
 
+@pytest.mark.unit
 def test_provider_chain_names_the_options_as_onnx_runtime_does(tmp_path):
     cfg = InferenceConfig(cuda=CudaConfig(device_id=1, cudnn_conv_algo_search="HEURISTIC", gpu_mem_limit_mb=512,
                                           do_copy_in_default_stream=False),
@@ -89,6 +91,7 @@ def test_provider_chain_names_the_options_as_onnx_runtime_does(tmp_path):
                           inputs, [4]) == [(CPU, {})]
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not NO_GPU, reason="CUDA works here: the fallback cannot be seen")
 def test_the_provider_really_got_is_reported_and_a_required_gpu_refused(caplog):
     backend = OnnxBackend(bundled_demo_model(), warmup=False)
@@ -98,6 +101,7 @@ def test_the_provider_really_got_is_reported_and_a_required_gpu_refused(caplog):
         OnnxBackend(bundled_demo_model(), require_gpu=True, warmup=False)
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not NO_GPU, reason="CUDA works here: the fallback cannot be seen")
 def test_a_tensorrt_provider_that_cannot_load_falls_back_with_one_line_and_a_clean_stdout(tmp_path, capsys, caplog):
     import onnxruntime as ort
@@ -118,6 +122,7 @@ def real_tiles(contract, n_frames: int = 2) -> np.ndarray:
     return np.concatenate([prepare_frame(f, contract).patches for f in frames])
 
 
+@pytest.mark.unit
 def test_io_binding_with_padding_gives_the_unpadded_outputs_on_real_tiles():
     plain = OnnxBackend(bundled_demo_model(), device="cpu", warmup=False)
     bound = OnnxBackend(bundled_demo_model(), max_batch=64, inference=InferenceConfig(
@@ -148,6 +153,7 @@ def model_with_fp16_twin(tmp_path):
     return model
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not NO_GPU, reason="on a GPU the twin is chosen (benchmarks/gpu.sh measures it)")
 def test_the_fp16_twin_is_used_only_on_a_gpu(model_with_fp16_twin):
     auto = OnnxBackend(model_with_fp16_twin, warmup=False)
@@ -156,6 +162,7 @@ def test_the_fp16_twin_is_used_only_on_a_gpu(model_with_fp16_twin):
         OnnxBackend(model_with_fp16_twin, inference=InferenceConfig(precision="fp16", warmup=False))
 
 
+@pytest.mark.unit
 def test_fp16_without_a_twin_is_refused_naming_the_file(tmp_path):
     model = tmp_path / "alone.onnx"
     model.write_bytes(bundled_demo_model().read_bytes())
@@ -181,6 +188,7 @@ REAL_FRAMES = [("usiigaci-phase", "set3", "raw.tif"), ("usiigaci-phase", "set17"
                ("adcc-paired", "data", "A1--W00001--P00001--Z00000--T00000--BF.tif")]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("method", ["robust_zscore", "percentile", "fixed"])
 def test_in_graph_normalisation_equals_the_daemons_on_real_frames(tmp_path, raw_model, method):
     from wellwatch.export.in_graph import with_normalisation_in_graph
@@ -221,6 +229,7 @@ def retarget(tmp_path, norm: Normalisation):
     return out, tmp_path / f"demo-{norm.method}.raw.onnx"
 
 
+@pytest.mark.unit
 def test_only_affine_tile_models_move_their_normalisation_into_the_graph(tmp_path):
     pytest.importorskip("onnx")
     from wellwatch.core.bundled_models import bundled_model
@@ -235,6 +244,7 @@ def test_only_affine_tile_models_move_their_normalisation_into_the_graph(tmp_pat
         flat.validate("x")
 
 
+@pytest.mark.integration
 def test_the_daemon_serves_a_raw_model_with_the_counts_of_the_float_model(tmp_path, raw_model, recorder_for):
     from wellwatch.harness import local_config, start_daemon
     from wellwatch.simulator.spec import SimulationSpec
@@ -258,6 +268,7 @@ def test_the_daemon_serves_a_raw_model_with_the_counts_of_the_float_model(tmp_pa
     assert counts["raw"] == counts["float"] and sum(c[1] + c[2] for c in counts["raw"]) > 0
 
 
+@pytest.mark.unit
 def test_export_raw_command_checks_real_frames_and_writes_the_manifest(tmp_path, capsys):
     pytest.importorskip("onnx")
     import json

@@ -36,6 +36,7 @@ def concrete(expr: str, window: str) -> str:
     return expr.replace("$__rate_interval", window).replace("$instance", ".*")
 
 
+@pytest.mark.unit
 def test_dashboard_uses_only_metrics_the_daemon_exports():
     text = generate_latest(DaemonMetrics(CollectorRegistry()).registry).decode()
     exported = set(re.findall(r"^# TYPE (\w+) (\w+)", text, re.M))
@@ -69,6 +70,7 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.25)
 
 
+@pytest.mark.integration
 def test_prometheus_scrapes_the_daemon_and_answers_the_dashboards_queries(tmp_path):
     prometheus = shutil.which("prometheus")
     if prometheus is None:

@@ -29,6 +29,7 @@ def vm_peak_mb() -> float:
     pytest.skip("no /proc/self/status")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("width, height, pages, reason", [
     (60000, 60000, 1, "limits.max_pixels"), (20000, 20000, 1, "limits.max_pixels"),
     (20000, 20000, 3, "3 pages"), (512, 512, 5000, "more than 1 pages")])
@@ -43,6 +44,7 @@ def test_bombs_are_refused_from_the_header_without_allocating(tmp_path, width, h
     assert vm_peak_mb() - before < 100
 
 
+@pytest.mark.unit
 def test_file_bigger_than_max_file_mb_is_not_read(tmp_path):
     path = tmp_path / "big.tif"
     path.write_bytes(b"II*\0" + bytes(2_000_000))
@@ -60,6 +62,7 @@ def quarantine_reasons(journal: str) -> dict[str, str]:
         return dict(db.execute("SELECT path, reason FROM frames WHERE state = 'quarantined'").fetchall())
 
 
+@pytest.mark.integration
 def test_daemon_quarantines_bombs_and_keeps_counting(run_daemon, recorder_for, tmp_path):
     spec = plate(wells=("A1",), fields=1, timepoints=1)
     config, running = run_daemon(spec)
@@ -78,6 +81,7 @@ def test_daemon_quarantines_bombs_and_keeps_counting(run_daemon, recorder_for, t
     assert running.daemon.pipeline.fatal is None
 
 
+@pytest.mark.integration
 def test_file_restored_to_earlier_pixels_is_a_new_version(run_daemon, recorder_for, tmp_path):
     spec = plate(wells=("A1",), fields=1, timepoints=1, size=256, cells_per_field=12)
     config, _ = run_daemon(spec, **{"watch.reconcile_s": 0.3})
@@ -103,6 +107,7 @@ def watch_events(rec) -> list[dict]:
     return [m for m in rec.updates if m["type"] == "status" and m.get("kind") == "watch"]
 
 
+@pytest.mark.integration
 def test_root_deleted_and_recreated_is_watched_again_at_once(run_daemon, recorder_for, tmp_path):
     spec = plate(wells=("A1",), fields=1, timepoints=1)
     config, running = run_daemon(spec, **{"watch.reconcile_s": 3600.0})  # no reconcile scan to fall back on
@@ -122,6 +127,7 @@ def test_root_deleted_and_recreated_is_watched_again_at_once(run_daemon, recorde
     assert events in ([("observer_restarted", "root_replaced")], [("root_unavailable", None), ("root_available", None)])
 
 
+@pytest.mark.integration
 def test_dead_observer_is_restarted(run_daemon, recorder_for, tmp_path):
     spec = plate(wells=("A1",), fields=1, timepoints=1)
     config, running = run_daemon(spec, **{"watch.reconcile_s": 3600.0})
@@ -143,6 +149,7 @@ def make_unwritable(path: Path) -> bool:
     return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
 
 
+@pytest.mark.integration
 def test_unwritable_journal_at_start_is_one_line_and_exit_2(tmp_path):
     from wellwatch.daemon.journal import Journal
 
@@ -161,6 +168,7 @@ def test_unwritable_journal_at_start_is_one_line_and_exit_2(tmp_path):
     assert "journal.path" in last and str(journal) in last and "cannot write" in last
 
 
+@pytest.mark.unit
 def test_bit_flipped_model_in_inspect_is_one_line_and_exit_2(tmp_path, caplog):
     from wellwatch.cli import main
     from wellwatch.core.bundled_models import bundled_demo_model
@@ -174,6 +182,7 @@ def test_bit_flipped_model_in_inspect_is_one_line_and_exit_2(tmp_path, caplog):
     assert "not valid UTF-8" in caplog.text and str(damaged) in caplog.text
 
 
+@pytest.mark.integration
 def test_dead_publisher_stops_the_daemon_with_exit_1_and_a_reason(run_daemon, recorder_for, tmp_path):
     spec = plate(wells=("A1",), fields=1, timepoints=1)
     config, running = run_daemon(spec)
@@ -191,6 +200,7 @@ def test_dead_publisher_stops_the_daemon_with_exit_1_and_a_reason(run_daemon, re
     assert "injected" in str(running.daemon.pipeline.fatal)
 
 
+@pytest.mark.integration
 def test_oversized_snapshot_request_is_dropped_and_others_still_answered(run_daemon, recorder_for):
     import zmq
 
@@ -210,6 +220,7 @@ def test_oversized_snapshot_request_is_dropped_and_others_still_answered(run_dae
     assert running.daemon.pipeline.fatal is None
 
 
+@pytest.mark.unit
 def test_pool_worker_killed_from_outside_costs_no_task():
     import os
     import signal
@@ -229,6 +240,7 @@ def test_pool_worker_killed_from_outside_costs_no_task():
         pool.shutdown()
 
 
+@pytest.mark.unit
 def test_frame_that_kills_its_worker_fails_alone_and_the_rest_succeed():
     from wellwatch.daemon.segmentation_pool import FrameFault, SegmentationPool
     from wellwatch.simulator.hostile import die_in_worker, nap
@@ -244,6 +256,7 @@ def test_frame_that_kills_its_worker_fails_alone_and_the_rest_succeed():
         pool.shutdown()
 
 
+@pytest.mark.integration
 def test_daemon_with_a_killed_segmentation_worker_loses_no_frame(run_daemon, recorder_for, tmp_path):
     import os
     import signal
@@ -261,6 +274,7 @@ def test_daemon_with_a_killed_segmentation_worker_loses_no_frame(run_daemon, rec
     assert pool.rebuilds >= 1 and running.daemon.metrics.pool_rebuilds._value.get() >= 1
 
 
+@pytest.mark.integration
 def test_good_file_at_daemon_deaths_is_read_in_isolation_and_counted(run_daemon, tmp_path):
     """The operator killing the daemon twice while a good file was being read
     alone is no verdict on the file; its isolated read is."""
@@ -295,6 +309,7 @@ def test_good_file_at_daemon_deaths_is_read_in_isolation_and_counted(run_daemon,
         assert db.execute("SELECT COUNT(*) FROM suspects").fetchone()[0] == 0
 
 
+@pytest.mark.unit
 def test_aggregate_keeps_recent_timepoints_and_reloads_a_late_one():
     from wellwatch.core.aggregate import PlateAggregate, TileCounts
 
@@ -311,6 +326,7 @@ def test_aggregate_keeps_recent_timepoints_and_reloads_a_late_one():
     assert sorted(k[2] for k in agg.wells) == [3, 4]
 
 
+@pytest.mark.integration
 def test_snapshot_is_the_latest_timepoint_per_well_older_ones_by_range(run_daemon, recorder_for, tmp_path):
     import zmq
 

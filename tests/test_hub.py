@@ -172,6 +172,7 @@ class ScopesBehindHub:
             self.hub.stop()
 
 
+@pytest.mark.integration
 def test_three_daemons_behind_a_hub_one_killed_and_restarted(tmp_path):
     specs = {f"scope-{k}": plate(f"plate-{k}", seed) for k, seed in (("a", 1), ("b", 2), ("c", 3))}
     scopes = ScopesBehindHub(tmp_path, specs)
@@ -256,6 +257,7 @@ def daemon_state(journal_path: str) -> dict:
     return full_view(well_history(journal_path))
 
 
+@pytest.mark.integration
 def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber(tmp_path):
     """Three daemons behind the hub; scope-c is killed (SIGKILL) after timepoint 0 and stays down
     while timepoints 1-3 land; it restarts and catches up on them at once, before the hub's XSUB has
@@ -299,6 +301,7 @@ def test_a_daemon_down_for_several_timepoints_comes_back_whole_at_the_subscriber
         scopes.stop_hub()
 
 
+@pytest.mark.integration
 def test_merged_snapshot_is_the_union_of_live_daemon_snapshots(tmp_path):
     specs = {f"scope-{k}": plate(f"plate-{k}", seed) for k, seed in (("a", 4), ("b", 5), ("c", 6))}
     configs = {s: local_config(tmp_path / s, spec, **{"publish.source": s}) for s, spec in specs.items()}
@@ -339,6 +342,7 @@ def test_merged_snapshot_is_the_union_of_live_daemon_snapshots(tmp_path):
             d.stop()
 
 
+@pytest.mark.unit
 def test_merge_keeps_what_daemons_add_and_tags_items_with_their_source():
     a = {"schema": 1, "type": "snapshot", "source": "a", "seq": 7,
          "wells": [{"plate": "p", "well": "A1", "timepoint": 3, "seq": 7}], "older": [{"timepoint": 1}],
@@ -351,6 +355,7 @@ def test_merge_keeps_what_daemons_add_and_tags_items_with_their_source():
     assert merged["unreachable"] == ["tcp://c:2"] and merged["sources"]["a"]["endpoint"] == "tcp://a:2"
 
 
+@pytest.mark.unit
 def test_stream_state_tracks_seq_per_source():
     state = StreamState()
     state.load_snapshot({"seqs": {"a": 5, "b": 100}, "wells": []})
@@ -363,6 +368,7 @@ def test_stream_state_tracks_seq_per_source():
     assert state.seqs == {"a": 6, "b": 101}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("data, key", [
     ({"daemons": []}, "daemons"),
     ({"daemons": [{"endpoint": "127.0.0.1:5556"}]}, "daemons[0].endpoint"),
@@ -380,6 +386,7 @@ def test_hub_config_errors_name_the_key(data, key):
     assert e.value.key == key
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["missing", "a folder", "not utf-8", "not toml"])
 def test_hub_and_daemon_configs_that_cannot_be_read_say_so_alike(tmp_path, kind):
     """One reader for both files: the same key, and the same reason for the same fault."""
@@ -405,6 +412,7 @@ def test_hub_and_daemon_configs_that_cannot_be_read_say_so_alike(tmp_path, kind)
             "not toml": "not valid TOML"}[kind] in hub.allowed
 
 
+@pytest.mark.integration
 def test_hub_command_serves_subscribe_and_stops_on_sigterm(tmp_path):
     spec = plate("plate-x", 9)
     config = local_config(tmp_path / "x", spec, **{"publish.source": "scope-x"})
@@ -443,6 +451,7 @@ def test_hub_command_serves_subscribe_and_stops_on_sigterm(tmp_path):
     assert hub.returncode == 0, hub_out
 
 
+@pytest.mark.integration
 def test_hub_command_bad_config_is_one_line(tmp_path):
     bad = tmp_path / "hub.toml"
     bad.write_text('[[daemons]]\nendpoint = "scope-1:5556"\n')
@@ -452,6 +461,7 @@ def test_hub_command_bad_config_is_one_line(tmp_path):
     assert "daemons[0].endpoint" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.unit
 def test_source_defaults_to_the_host_name(tmp_path):
     import socket
 

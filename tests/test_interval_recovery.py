@@ -62,6 +62,7 @@ def assert_same(got, want, where: str = "") -> None:
         assert got == want, f"{where}: {got!r} != {want!r}"
 
 
+@pytest.mark.unit
 def test_old_journal_rows_give_a_null_estimate_never_a_wrong_one(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:  # the frames table as the release before the P(dead) sums made it
@@ -103,6 +104,7 @@ def run_to_the_end(cfg: Path, journal: Path, rows: int) -> None:
         proc.kill()
 
 
+@pytest.mark.integration
 def test_well_estimates_after_kill_9_and_restart_equal_an_uninterrupted_runs(tmp_path):
     spec = plate(wells=("A1", "A2"), fields=2, timepoints=1)
     write_plate(spec, tmp_path / "staged")
@@ -141,6 +143,7 @@ def test_well_estimates_after_kill_9_and_restart_equal_an_uninterrupted_runs(tmp
         assert_same(got[key], message, str(key))
 
 
+@pytest.mark.integration
 def test_a_refilled_evicted_timepoint_publishes_what_an_uninterrupted_run_does(tmp_path):
     """Cells (a cell calibration, classical segmentation): timepoint 0 leaves memory when timepoint 2
     arrives (two are kept); its second field then brings its first back from the journal."""

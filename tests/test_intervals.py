@@ -19,6 +19,8 @@ from wellwatch.core.errors import ContractError
 from wellwatch.core.intervals import Calibration, conformal_half_width, dead_fraction, live_fraction_fields
 from wellwatch.training.calibration import calibrate_scores
 
+pytestmark = pytest.mark.unit
+
 CAL_WELLS = 19  # (19 + 1) * 0.9 = 18: the 18th of 19 errors, exact 90% coverage in expectation
 THRESHOLD = 0.5
 

@@ -23,6 +23,8 @@ from tests.two_channel_model import build_two_channel_model, expected_dead_tiles
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
+pytestmark = pytest.mark.integration
+
 CHANNELS = ("DIC", "PH")
 SPEC = SimulationSpec(wells=("A1",), fields=1, timepoints=1, size=128, cells_per_field=6,
                       channels=CHANNELS, plate_name="rewrite", seed=5)

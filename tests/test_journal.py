@@ -10,6 +10,8 @@ import pytest
 from wellwatch.core.errors import StartupError
 from wellwatch.daemon.journal import FrameRecord, Journal, OutboxMessage, filesystem_type
 
+pytestmark = pytest.mark.unit
+
 
 def record(path: str, sha: str = "a" * 64, version: int = 1, live: int = 3) -> FrameRecord:
     return FrameRecord(path=path, size=100, mtime_ns=123, sha256=sha, version=version, state="done", reason=None,

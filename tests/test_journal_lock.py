@@ -22,6 +22,8 @@ from wellwatch.simulator.spec import SimulationSpec
 from .conftest import wait_ready
 from .test_daemon_ops import WELLWATCH, write_config
 
+pytestmark = pytest.mark.integration
+
 HOLD = """
 import sys, time
 from wellwatch.daemon.journal_lock import JournalLock

@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Package -> its folder (pyproject's package-dir). Every other module under wellwatch/ (the CLI, the
@@ -171,6 +173,7 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+@pytest.mark.unit
 def test_daemon_imports_neither_training_nor_export_nor_torch():
     offenders = {}
     for path in sorted((ROOT / "daemon").rglob("*.py")):
@@ -183,6 +186,7 @@ def test_daemon_imports_neither_training_nor_export_nor_torch():
     assert offenders == {}
 
 
+@pytest.mark.integration
 def test_runtime_commands_work_without_torch(tmp_path):
     """A microscope PC installs only the runtime: block torch and onnx, then load every runtime piece."""
     code = (
@@ -201,6 +205,7 @@ def test_runtime_commands_work_without_torch(tmp_path):
     assert "2/2 frames counted" in proc.stdout
 
 
+@pytest.mark.unit
 def test_the_walk_sees_every_kind_of_import(tmp_path, monkeypatch):
     """The rules below are only as good as the walk: relative, aliased, from-package and
     function-local imports all resolve to the module they load."""
@@ -221,11 +226,13 @@ def test_the_walk_sees_every_kind_of_import(tmp_path, monkeypatch):
     assert cycles({("a", "b"): 1, ("b", "c"): 1}) == []
 
 
+@pytest.mark.unit
 def test_the_root_package_imports_nothing_of_the_project():
     """package_of() leaves the root package out of the graph: that holds while its __init__ imports nothing."""
     assert not [i for i in imports_of(ROOT / "wellwatch" / "__init__.py", set()) if package_of(i.target)]
 
 
+@pytest.mark.unit
 def test_no_cycles_between_packages():
     edges = package_graph(project_imports())
     assert cycles(edges) == [], "\n".join(
@@ -243,6 +250,7 @@ CORE_EXCEPTIONS = {
 }
 
 
+@pytest.mark.unit
 def test_core_is_pure():
     found = {(str(i.path.relative_to(ROOT)), i.target.split(".")[0]) for i in project_imports()
              if package_of(i.module) == "core"
@@ -251,12 +259,14 @@ def test_core_is_pure():
     assert CORE_EXCEPTIONS - found == set(), "an exception no longer needed: remove it"
 
 
+@pytest.mark.unit
 def test_daemon_imports_no_tools():
     found = [where(i) for i in project_imports()
              if package_of(i.module) == "daemon" and package_of(i.target) in ("training", "export", "dashboard", "scale")]
     assert found == []
 
 
+@pytest.mark.unit
 def test_tools_build_on_core_not_on_the_daemon():
     found = {(str(i.path.relative_to(ROOT)), i.target) for i in project_imports()
              if package_of(i.module) in ("training", "export", "dashboard", "scale", "simulator", "results", "net")
@@ -267,6 +277,7 @@ def test_tools_build_on_core_not_on_the_daemon():
 MAX_HIDDEN_IMPORTS = 10
 
 
+@pytest.mark.unit
 def test_function_local_imports_only_defer_heavy_dependencies():
     hidden = hidden_imports(project_imports())
     assert len(hidden) <= MAX_HIDDEN_IMPORTS, "\n".join(map(where, hidden))

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from tests.conftest import shared_data
 from wellwatch.cli import main
+
+pytestmark = pytest.mark.unit
 
 
 def layout_json(capsys, path) -> object:

@@ -12,6 +12,8 @@ from wellwatch.core.layouts import LayoutError, detect_layout
 from wellwatch.core.layouts.imagexpress import read_htd
 from wellwatch.core.layouts.ome import read_ome
 
+pytestmark = pytest.mark.unit
+
 
 def test_imagexpress_htd_wells_sites_waves_timepoints_z():
     root = shared_data("vendor-folders", "ImageXpress_exported")

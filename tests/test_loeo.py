@@ -29,6 +29,7 @@ def spot_dataset(n_per_group=60, groups=("A1", "A2", "A3"), seed=0) -> Dataset:
                    wells, np.full(n, "plate"), ("live", "dead"), {})
 
 
+@pytest.mark.unit
 def test_group_fractions_compare_model_and_labels_per_group():
     y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
     score = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.6, 0.4, 0.3])
@@ -40,6 +41,7 @@ def test_group_fractions_compare_model_and_labels_per_group():
     assert f["per_group"]["a"]["auc"] == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_sampling_weights_balance_classes_within_groups():
     y = np.array([0, 0, 0, 1, 0, 1, 1, 1])
     groups = np.array(["a"] * 4 + ["b"] * 4)
@@ -52,6 +54,7 @@ def test_sampling_weights_balance_classes_within_groups():
     assert plain[y == 0].sum() == pytest.approx(plain[y == 1].sum())
 
 
+@pytest.mark.integration
 def test_leave_one_experiment_out_scores_every_patch_out_of_its_group(tmp_path):
     pytest.importorskip("torch")
     from wellwatch.training.loeo import run
@@ -75,6 +78,7 @@ def test_leave_one_experiment_out_scores_every_patch_out_of_its_group(tmp_path):
     assert np.isfinite(scores["score"]).all() and len(scores["score"]) == len(ds)
 
 
+@pytest.mark.unit
 def test_pooled_auc_parts_separate_ranking_experiments_from_ranking_samples():
     from wellwatch.training.fractions import pooled_auc_parts
 
@@ -94,6 +98,7 @@ def test_pooled_auc_parts_separate_ranking_experiments_from_ranking_samples():
     assert q["group_fraction_auc"] == pytest.approx(p["group_fraction_auc"])  # a property of the labels only
 
 
+@pytest.mark.unit
 def test_the_report_warns_when_a_pooled_auc_only_ranks_wells():
     from wellwatch.training.evaluate import ranks_wells_not_samples
     from wellwatch.training.fractions import pooled_auc_parts

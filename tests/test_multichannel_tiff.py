@@ -9,6 +9,8 @@ import tifffile
 from wellwatch.core.errors import FrameReadError
 from wellwatch.core.files.multichannel_tiff import decode_channels, pick_channels
 
+pytestmark = pytest.mark.unit
+
 
 def stack() -> np.ndarray:
     rng = np.random.default_rng(0)

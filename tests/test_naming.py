@@ -10,6 +10,8 @@ from wellwatch.core.errors import ConfigError, NamingError
 from wellwatch.core.naming import FrameMeta, NamingScheme, format_nis, format_scanr
 from wellwatch.core.plate import PLATE_FORMATS, all_wells, well_from_index, well_index
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

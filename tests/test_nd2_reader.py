@@ -10,6 +10,8 @@ from tests.nd2_writer import copy_in_chunks, write_live
 from wellwatch.core.errors import FrameReadError
 from wellwatch.core.files.nd2 import frame_key, nd2_contents, read_nd2_frame
 
+pytestmark = pytest.mark.unit
+
 nd2 = pytest.importorskip("nd2")
 
 

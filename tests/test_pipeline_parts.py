@@ -21,6 +21,8 @@ from wellwatch.core.bundled_models import bundled_demo_model
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def contract():

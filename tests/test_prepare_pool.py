@@ -43,6 +43,7 @@ def pool(contract):
     p.shutdown()
 
 
+@pytest.mark.unit
 def test_processes_prepare_exactly_the_tiles_of_the_read_threads_and_give_buffers_back(pool, contract):
     for size in (256, 384, 256):  # the second frame is bigger: its buffer grows
         image = next(iter_fields(plate(size=size))).images["BF"]
@@ -56,12 +57,14 @@ def test_processes_prepare_exactly_the_tiles_of_the_read_threads_and_give_buffer
         assert pool.buffers.in_use == 0
 
 
+@pytest.mark.unit
 def test_a_damaged_file_is_refused_with_its_reason_and_its_buffer_given_back(pool):
     with pytest.raises(FrameReadError, match="bad.tif: TIFF has no pages"):
         pool.prepare("bad.tif", b"II*\x00" + b"\x00" * 100)
     assert pool.buffers.in_use == 0
 
 
+@pytest.mark.unit
 def test_all_buffers_in_use_gives_none_so_the_caller_prepares_the_frame_itself(pool):
     image = tiff_bytes(next(iter_fields(plate())).images["BF"])
     held = [pool.prepare("f.tif", image)[0] for _ in range(2)]  # both slots
@@ -70,6 +73,7 @@ def test_all_buffers_in_use_gives_none_so_the_caller_prepares_the_frame_itself(p
     assert pool.prepare("f.tif", image) is not None
 
 
+@pytest.mark.unit
 def test_a_killed_worker_fails_only_its_frame_with_worker_died_and_the_pool_is_replaced(pool):
     image = tiff_bytes(next(iter_fields(plate())).images["BF"])
     os.kill(pool.pids()[0], signal.SIGKILL)
@@ -110,6 +114,7 @@ def in_threads(spec: SimulationSpec, folder) -> list[tuple]:
         daemon.stop()
 
 
+@pytest.mark.integration
 def test_daemon_with_prepare_processes_counts_as_in_threads_and_survives_killed_workers(run_daemon, tmp_path):
     """Workers are SIGKILLed while frames arrive: every frame is journaled once, done, with the
     counts the in-thread daemon gives; the frames the dead workers held were retried."""
@@ -141,6 +146,7 @@ def test_daemon_with_prepare_processes_counts_as_in_threads_and_survives_killed_
     assert rows == reference  # all done, with the same live/dead/empty counts as in the threads
 
 
+@pytest.mark.integration
 def test_frames_beyond_the_shared_buffers_are_prepared_in_the_threads_with_the_same_counts(run_daemon, tmp_path):
     spec = plate()
     n = len(spec.wells) * spec.fields * spec.timepoints
@@ -153,6 +159,7 @@ def test_frames_beyond_the_shared_buffers_are_prepared_in_the_threads_with_the_s
     assert daemon.daemon.pipeline.reader.prepare_pool.buffers.in_use == 0  # all given back
 
 
+@pytest.mark.unit
 def test_shared_memory_too_short_sends_the_frame_to_the_thread_with_one_warning(pool, monkeypatch, caplog):
     import errno
 

@@ -9,6 +9,8 @@ from wellwatch.core.contract import EmptyFilter, ModelContract, Normalisation, T
 from wellwatch.core.preprocess import (cut_tiles, empty_mask, normalise_frame, prepare_tiles,
                                          tile_origins)
 
+pytestmark = pytest.mark.unit
+
 ROBUST = Normalisation("robust_zscore")
 QC = EmptyFilter("std", {"threshold": 1.5})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
@@ -14,6 +15,8 @@ from wellwatch.daemon.metrics import DaemonMetrics
 from wellwatch.daemon.stages.publish import Publisher
 from wellwatch.core.stream_schema import envelope, well_topic
 from wellwatch.harness import free_port
+
+pytestmark = pytest.mark.integration
 
 
 def well_message(seq: int, well: str, live: int) -> OutboxMessage:

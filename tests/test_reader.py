@@ -12,6 +12,8 @@ import tifffile
 from wellwatch.core.errors import FrameReadError
 from wellwatch.core.files.tiff import read_frame
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

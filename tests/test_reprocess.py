@@ -19,6 +19,8 @@ from wellwatch.scale.reprocess import reprocess, wells_path
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
+pytestmark = pytest.mark.integration
+
 # classical parameters for the simulator's cells (as benchmarks/per_cell_live_dead.py)
 SIMULATED = {"foreground": "texture", "texture_window": 5, "threshold_factor": 0.6, "smooth_sigma": 1.0,
              "closing_radius": 0, "min_distance": 6, "min_area": 60, "downsample": 1, "dist_sigma": 1.0}

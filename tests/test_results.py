@@ -54,6 +54,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.integration
 def test_results_rows_equal_the_journals_frames(finished_plate, tmp_path):
     config, rec, source, rewritten, broken = finished_plate
     out = tmp_path / "results.csv"
@@ -79,6 +80,7 @@ def test_results_rows_equal_the_journals_frames(finished_plate, tmp_path):
     assert {r["model_sha256"] for r in rows if r["state"] == "done"} == {";".join(models[n] for n in sorted(models))}
 
 
+@pytest.mark.integration
 def test_well_table_equals_the_daemons_last_well_messages(finished_plate, tmp_path):
     config, rec, source, rewritten, broken = finished_plate
     out = tmp_path / "results.csv"
@@ -95,6 +97,7 @@ def test_well_table_equals_the_daemons_last_well_messages(finished_plate, tmp_pa
         assert int(w["fields"]) == m["frames"]
 
 
+@pytest.mark.integration
 def test_parquet_has_the_same_rows(finished_plate, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     config, *_ = finished_plate
@@ -106,6 +109,7 @@ def test_parquet_has_the_same_rows(finished_plate, tmp_path):
     assert pq.read_table(wells_path_for(out)).num_rows == len(SPEC.wells) * SPEC.timepoints
 
 
+@pytest.mark.unit
 def test_bad_inputs_say_what_is_wrong(tmp_path, caplog, capsys):
     assert main(["results", "--journal", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path / "r.csv")]) == 2
     assert "missing.sqlite: no such file" in caplog.text
@@ -117,6 +121,7 @@ def test_bad_inputs_say_what_is_wrong(tmp_path, caplog, capsys):
     assert "r.xlsx: expected a .csv or .parquet" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_the_journal_is_opened_read_only(finished_plate):
     import sqlite3 as sql
 
@@ -131,6 +136,7 @@ def test_the_journal_is_opened_read_only(finished_plate):
         db.close()
 
 
+@pytest.mark.integration
 def test_the_one_reader_agrees_with_itself_and_the_stream_on_a_journal_the_daemon_wrote(finished_plate):
     from wellwatch.results.journal_reader import JournalView, well_history
 
@@ -154,6 +160,7 @@ def test_the_one_reader_agrees_with_itself_and_the_stream_on_a_journal_the_daemo
         {k: m["counts"] for k, m in last.items()}
 
 
+@pytest.mark.unit
 def test_the_results_package_reads_the_journal_without_the_daemon():
     """wellwatch.results imports the science core and the standard library only: the dashboard and
     the daemon both import it, so it must not import either of them."""
@@ -170,6 +177,7 @@ def test_the_results_package_reads_the_journal_without_the_daemon():
     assert ours and all(m.startswith("wellwatch.core.") for m in ours), sorted(ours)
 
 
+@pytest.mark.integration
 def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
     from wellwatch.results.journal_reader import JournalView
     from wellwatch.dashboard.live import LiveState, Source
@@ -181,6 +189,7 @@ def test_a_dashboard_started_late_lists_the_quarantined_files(finished_plate):
     assert len(state.wells) == len(SPEC.wells) * SPEC.timepoints
 
 
+@pytest.mark.integration
 def test_a_calibrated_model_puts_its_intervals_on_the_stream_and_in_the_well_table(run_daemon, recorder_for, tmp_path):
     import dataclasses
 

@@ -60,6 +60,7 @@ def model_at(pixel_size_um: float, **post):
 
 # --- pixel size ----------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_scale_factor_is_one_when_a_size_is_unknown_or_equal():
     assert scale_factor(0.0, 0.87) == 1.0 and scale_factor(0.435, 0.0) == 1.0
     assert scale_factor(0.87, 0.871) == 1.0  # within the tolerance: not worth a resample
@@ -69,6 +70,7 @@ def test_scale_factor_is_one_when_a_size_is_unknown_or_equal():
         scale_factor(-1.0, 0.87)
 
 
+@pytest.mark.unit
 def test_frames_resample_to_the_model_and_labels_come_back_at_the_frame_shape():
     frame = np.arange(100 * 120, dtype=np.uint16).reshape(100, 120)
     assert to_model_scale(frame, 0.0, 0.87) is frame
@@ -81,6 +83,7 @@ def test_frames_resample_to_the_model_and_labels_come_back_at_the_frame_shape():
     assert back[0, 0] == 0 and back[-1, -1] == 5
 
 
+@pytest.mark.unit
 def test_a_20x_frame_is_segmented_at_the_model_pixel_size():
     """A 'model' that only finds cells of its training size (area window) finds the 20x frame's
     cells once the frame is resampled to its pixel size, and the labels match at 20x."""
@@ -100,6 +103,7 @@ def test_a_20x_frame_is_segmented_at_the_model_pixel_size():
     assert s["n_pred"] == s["n_gt"] == 16 and s["iou"][0.75]["f1"] == 1.0
 
 
+@pytest.mark.unit
 def test_model_segmenter_rescales_with_its_serve_options():
     frame20, truth20 = discs((384, 384), radius=24, spacing=64)
     contract = model_at(0.87)
@@ -113,6 +117,7 @@ def test_model_segmenter_rescales_with_its_serve_options():
     assert len(as_is.prepare(frame20)[0]) == 16  # unknown pixel size: 192 px after the reduction, 4x4 tiles
 
 
+@pytest.mark.unit
 def test_a_frames_vendor_pixel_size_is_used_unless_the_config_gives_one():
     contract = model_at(0.87)
     unknown = ModelSegmenter(ThresholdNetwork(contract))
@@ -127,6 +132,7 @@ def test_a_frames_vendor_pixel_size_is_used_unless_the_config_gives_one():
 
 # --- test-time augmentation ----------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_tta_tiles_flip_and_merge_undoes_the_flips():
     tiles = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
     aug = tta_tiles(tiles)
@@ -138,6 +144,7 @@ def test_tta_tiles_flip_and_merge_undoes_the_flips():
         merge_tta(aug, 4)
 
 
+@pytest.mark.unit
 def test_tta_segmenter_runs_each_tile_four_times_and_agrees_on_clean_cells():
     frame, truth = discs((200, 210), radius=12, spacing=40)
     contract = model_at(0.0)
@@ -150,6 +157,7 @@ def test_tta_segmenter_runs_each_tile_four_times_and_agrees_on_clean_cells():
 
 # --- illumination-robust normalisation -----------------------------------------------------------
 
+@pytest.mark.unit
 def test_flatfield_normalisation_removes_gradients_and_gain():
     frame, _ = discs((256, 256), radius=8, spacing=32, value=1300.0, background=1000.0)
     noise = np.random.default_rng(1).normal(0, 20, frame.shape)
@@ -169,6 +177,7 @@ def test_flatfield_normalisation_removes_gradients_and_gain():
 
 # --- config --------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_pixel_size_and_tta_keys_are_validated(tmp_path):
     config = load_config(None, {"plate.pixel_size_um": 0.65, "segmentation.tta": True})
     assert config.plate.pixel_size_um == 0.65 and config.segmentation.tta is True
@@ -181,6 +190,7 @@ def test_pixel_size_and_tta_keys_are_validated(tmp_path):
         load_config(None, {"segmentation.tta": "yes"})
 
 
+@pytest.mark.unit
 def test_contract_refuses_a_negative_pixel_size():
     from wellwatch.core.contract import ModelContract
     from wellwatch.core.errors import ContractError
@@ -193,6 +203,7 @@ def test_contract_refuses_a_negative_pixel_size():
 
 # --- acquisition groups --------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_stage_positions_cluster_into_wells():
     from wellwatch.training.seg_groups import FrameMetadata, stage_groups
 
@@ -202,6 +213,7 @@ def test_stage_positions_cluster_into_wells():
     assert len(set(stage_groups(frames, gap_um=500).values())) == 6
 
 
+@pytest.mark.unit
 def test_nis_metadata_doubles_are_read_from_the_blob():
     import struct
 
@@ -214,6 +226,7 @@ def test_nis_metadata_doubles_are_read_from_the_blob():
     assert nis_doubles(blob, ("dXPos", "dCalibration", "dYPos")) == {"dXPos": 12140.1, "dCalibration": 0.8708}
 
 
+@pytest.mark.unit
 def test_usiigaci_sets_fall_into_three_wells_at_one_pixel_size():
     from wellwatch.training.seg_groups import members, usiigaci_groups
 
@@ -226,6 +239,7 @@ def test_usiigaci_sets_fall_into_three_wells_at_one_pixel_size():
 
 # --- a lab's label exports -----------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_flat_folder_of_cellpose_napari_and_qupath_exports(tmp_path):
     from wellwatch.training.masks import build_mask_set, find_flat_pairs
     from skimage.io import imsave
@@ -248,6 +262,7 @@ def test_flat_folder_of_cellpose_napari_and_qupath_exports(tmp_path):
 
 # --- fine-tuning's starting point ----------------------------------------------------------------
 
+@pytest.mark.integration
 def test_bundled_onnx_rebuilds_into_a_trainable_unet_with_the_same_output():
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
@@ -268,6 +283,7 @@ def test_bundled_onnx_rebuilds_into_a_trainable_unet_with_the_same_output():
     assert sum(p.requires_grad for p in model.parameters()) > 0
 
 
+@pytest.mark.unit
 def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_path):
     torch = pytest.importorskip("torch")
     import json
@@ -290,6 +306,7 @@ def test_restamp_adds_pixel_size_and_scores_without_touching_the_weights(tmp_pat
 
 # --- bench segment: scores per acquisition group ------------------------------------------------
 
+@pytest.mark.unit
 def test_bench_scores_by_group_count_trained_frames_and_print_the_contract_figures():
     import io
 

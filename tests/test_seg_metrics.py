@@ -24,6 +24,7 @@ def squares(shape=(64, 96), size=10, n=6, ids=None):
     return labels, ids[:n]
 
 
+@pytest.mark.unit
 def test_perfect_prediction_scores_one_whatever_the_ids():
     gt, ids = squares()
     renumbered = np.where(gt > 0, gt * 1000 + 7, 0)  # other, non-sequential ids
@@ -35,6 +36,7 @@ def test_perfect_prediction_scores_one_whatever_the_ids():
                                    "f1": 1.0, "ap": 1.0}
 
 
+@pytest.mark.unit
 def test_one_object_removed_is_one_false_negative():
     gt, _ = squares()
     pred = gt.copy()
@@ -46,6 +48,7 @@ def test_one_object_removed_is_one_false_negative():
     assert s["iou"][0.5]["ap"] == pytest.approx(5 / 6) and s["iou"][0.5]["f1"] == pytest.approx(10 / 11)
 
 
+@pytest.mark.unit
 def test_one_object_split_70_30():
     gt, _ = squares(size=10)
     pred = gt.copy()
@@ -62,6 +65,7 @@ def test_one_object_split_70_30():
     assert s["iou"][0.75]["ap"] == pytest.approx(5 / 8)
 
 
+@pytest.mark.unit
 def test_two_objects_merged_match_once_at_exactly_half():
     gt = np.zeros((20, 40), np.uint8)
     gt[5:15, 5:15], gt[5:15, 15:25] = 1, 2  # two touching 10x10 squares
@@ -73,6 +77,7 @@ def test_two_objects_merged_match_once_at_exactly_half():
     assert {k: s["iou"][0.75][k] for k in ("tp", "fp", "fn")} == {"tp": 0, "fp": 1, "fn": 2}
 
 
+@pytest.mark.unit
 def test_iou_of_two_overlapping_squares_is_exact():
     gt = np.zeros((30, 30), np.uint16)
     pred = np.zeros((30, 30), np.int32)
@@ -81,6 +86,7 @@ def test_iou_of_two_overlapping_squares_is_exact():
     assert iou_matrix(gt, pred) == pytest.approx(np.array([[25 / 175]]))  # 5x5 / (100 + 100 - 25)
 
 
+@pytest.mark.unit
 def test_iou_matrix_rows_and_columns_follow_sorted_ids():
     gt = np.zeros((10, 30), np.int32)
     gt[:, 0:10], gt[:, 10:20], gt[:, 20:30] = 30, 10, 20
@@ -91,6 +97,7 @@ def test_iou_matrix_rows_and_columns_follow_sorted_ids():
     assert np.array_equal(iou, [[0, 0], [1, 0], [0, 1]])
 
 
+@pytest.mark.unit
 def test_sparse_path_equals_dense_path(monkeypatch):
     rng = np.random.default_rng(0)
     gt = rng.integers(0, 40, (50, 60)).astype(np.int32)
@@ -104,6 +111,7 @@ def test_sparse_path_equals_dense_path(monkeypatch):
     assert np.array_equal(iou_matrix(gt, big), dense)
 
 
+@pytest.mark.unit
 def test_matching_maximises_the_number_of_matches_like_stardist():
     # 1-D intervals: gt A=[0,10) B=[10,20); pred Q=[0,2) P=[2,14).
     # IoU(A,P) = 8/14, IoU(A,Q) = 2/10, IoU(B,P) = 4/18, IoU(B,Q) = 0. At threshold 0.15 the
@@ -117,6 +125,7 @@ def test_matching_maximises_the_number_of_matches_like_stardist():
     assert {k: s["iou"][0.5][k] for k in ("tp", "fp", "fn")} == {"tp": 1, "fp": 1, "fn": 1}
 
 
+@pytest.mark.unit
 def test_empty_images():
     empty = np.zeros((8, 8), np.uint8)
     one, _ = squares((8, 8), size=4, n=1)
@@ -128,6 +137,7 @@ def test_empty_images():
     assert s["iou"][0.5]["fn"] == 1 and s["iou"][0.5]["f1"] == 0.0 and s["count_error"] == -1
 
 
+@pytest.mark.unit
 def test_bad_inputs_are_refused():
     a = np.zeros((4, 4), np.int32)
     with pytest.raises(ValueError, match="shapes differ"):
@@ -140,6 +150,7 @@ def test_bad_inputs_are_refused():
         match_scores(a, a, thresholds=(0.0,))
 
 
+@pytest.mark.unit
 def test_aggregate_sums_counts_over_images():
     gt, _ = squares()
     removed = gt.copy()
@@ -160,6 +171,7 @@ def test_aggregate_sums_counts_over_images():
         aggregate_scores([])
 
 
+@pytest.mark.unit
 def test_fast_on_a_megapixel_frame_with_a_hundred_objects():
     rng = np.random.default_rng(1)
     gt = np.zeros((1024, 1024), np.int32)
@@ -174,6 +186,7 @@ def test_fast_on_a_megapixel_frame_with_a_hundred_objects():
     assert s["n_gt"] == 100
 
 
+@pytest.mark.integration
 def test_no_torch_import():
     import subprocess
 

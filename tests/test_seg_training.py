@@ -12,6 +12,8 @@ from tests.conftest import shared_data
 from wellwatch.training.masks import build_mask_set, find_mask_pairs, load_mask_set, read_labels, save_mask_set
 from wellwatch.training.seg_targets import class_map, distance_map, downsample_labels
 
+pytestmark = pytest.mark.unit
+
 torch = pytest.importorskip("torch")
 
 

@@ -16,6 +16,8 @@ from wellwatch.core.errors import ConfigError
 from wellwatch.core.segmentation.classical import ClassicalParams, segment_classical
 from wellwatch.training.seg_metrics import iou_matrix, match_scores
 
+pytestmark = pytest.mark.unit
+
 # For synthetic discs: intensity Otsu, no smoothing of the distance map's small features.
 DISC_PARAMS = ClassicalParams(foreground="intensity", closing_radius=2, dist_sigma=2.0, min_distance=10,
                               min_area=100, max_area=100000, downsample=1)

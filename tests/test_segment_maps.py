@@ -16,6 +16,8 @@ from wellwatch.core.segmentation.maps import (BOUNDARY, INTERIOR, PostProcess, b
                                            upsample_labels)
 from wellwatch.training.seg_targets import class_map, distance_map
 
+pytestmark = pytest.mark.unit
+
 
 def seg_contract(tile: int = 64, stride: int = 48, downsample: int = 2, **post) -> ModelContract:
     return ModelContract(

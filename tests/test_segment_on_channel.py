@@ -42,6 +42,7 @@ def _cells(path) -> int:
     return int(segment_classical(tifffile.imread(path), ClassicalParams(**NUCLEI)).max())
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not ADCC.is_dir(), reason="../shared/data/adcc-paired absent")
 def test_cells_come_from_the_nuclear_stain_while_the_model_reads_bright_field(daemons, tmp_path):  # noqa: F811
     root = tmp_path / "watched"
@@ -76,12 +77,14 @@ def test_cells_come_from_the_nuclear_stain_while_the_model_reads_bright_field(da
         (f"{f}--Z00000--T00000--BF.tif", ("BF", "LIVE")) for f in FIELDS)
 
 
+@pytest.mark.unit
 def test_segment_on_needs_a_segmentation_method(tmp_path):
     with pytest.raises(ConfigError, match="channels.segment_on"):
         load_config(None, {"watch.root": str(tmp_path), "journal.path": str(tmp_path / "j.sqlite"),
                            "channels.segment_on": "LIVE"})
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not ADCC.is_dir(), reason="../shared/data/adcc-paired absent")
 def test_crops_are_cut_from_bright_field_around_the_nuclei():
     bf = tifffile.imread(ADCC / f"{FIELDS[0]}--Z00000--T00000--BF.tif")

@@ -13,6 +13,8 @@ from wellwatch.core.segmentation.downsample import block_mean, filter_by_area, u
 from wellwatch.core.validation import between, build, check_fields, choice
 from wellwatch.training.progress import Progress
 
+pytestmark = pytest.mark.unit
+
 
 def test_block_mean_drops_or_pads_the_odd_edge():
     x = np.arange(15, dtype=np.uint16).reshape(3, 5)

@@ -18,6 +18,8 @@ from wellwatch.simulator import SimulationSpec, iter_fields, parse_wells, write_
 from wellwatch.simulator import cli
 from wellwatch.simulator.render import BF_BACKGROUND, PI_BACKGROUND
 
+pytestmark = pytest.mark.unit
+
 SMALL = dict(size=160, cells_per_field=10, wells=("A1", "A2"), fields=2, timepoints=2)
 
 

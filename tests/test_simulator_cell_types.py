@@ -23,6 +23,8 @@ from wellwatch.simulator.render import (DIC_BACKGROUND, MARKER_BACKGROUND, PH_BA
 from wellwatch.simulator.spec import TYPE_FRACTION_RANGE
 from wellwatch.training.gmm import fit_mixture
 
+pytestmark = pytest.mark.unit
+
 TYPES = ("lmpp", "prob")
 SIX = tuple(f"A{i}" for i in range(1, 7))
 ALL_CHANNELS = ("BF", "PH", "DIC", "CD19", "PI")

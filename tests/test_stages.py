@@ -32,6 +32,8 @@ from wellwatch.scale import stages as reprocess_stages
 from wellwatch.simulator.plate import iter_fields
 from wellwatch.simulator.spec import SimulationSpec
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted((ROOT / "daemon" / "stages").glob("*.py"))
 

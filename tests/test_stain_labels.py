@@ -51,6 +51,7 @@ def fields(seeds, **kw):
     return out, truths
 
 
+@pytest.mark.unit
 def test_background_and_noise_are_recovered_under_objects():
     bf, stain, truth = stained_field(1)
     bg = estimate_background(stain)
@@ -73,6 +74,7 @@ def agreement(ds, fs, truths) -> float:
     return float(np.mean([truth_by_id[i] == y for i, y in zip(ds.ids, ds.y)]))
 
 
+@pytest.mark.unit
 def test_default_labels_survive_a_high_uneven_heavy_tailed_stain(tmp_path):
     fs, truths = fields(range(1, 9))
     ds = build_live_dead_dataset(fs, tile=TILE, stride=TILE, empty="none", histogram=tmp_path / "h.png",
@@ -86,6 +88,7 @@ def test_default_labels_survive_a_high_uneven_heavy_tailed_stain(tmp_path):
     assert (tmp_path / "h.png").stat().st_size > 5000
 
 
+@pytest.mark.unit
 def test_the_seed_studys_rule_labels_the_background_gradient_instead(tmp_path):
     """Raw means on an uneven background: the mixture separates bright background from dim, so the
     seed study's rule labels silently wrong -- what the default's background subtraction prevents."""
@@ -94,6 +97,7 @@ def test_the_seed_studys_rule_labels_the_background_gradient_instead(tmp_path):
     assert agreement(ds, fs, truths) < 0.6
 
 
+@pytest.mark.unit
 def test_a_stain_without_dead_cells_is_refused_not_labelled(tmp_path):
     fs, _ = fields(range(1, 9), with_dead=False)
     with pytest.raises(StainFitError) as e:
@@ -103,6 +107,7 @@ def test_a_stain_without_dead_cells_is_refused_not_labelled(tmp_path):
     assert e.value.fit is not None and (tmp_path / "h.png").exists()
 
 
+@pytest.mark.unit
 def test_padded_tiles_are_dropped_and_counted():
     fs, _ = fields([3], pad=20)
     ds = build_live_dead_dataset(fs + fields([4, 5, 6])[0], tile=TILE, stride=TILE, empty="none")
@@ -110,6 +115,7 @@ def test_padded_tiles_are_dropped_and_counted():
     assert not any(i.startswith("p/A3/f1@") and i.endswith(",0") for i in ds.ids)
 
 
+@pytest.mark.unit
 def test_separation_measures():
     from wellwatch.training.gmm import Mixture
 
@@ -122,6 +128,7 @@ def test_separation_measures():
         fit_stain_mixture(rng.normal(0, 1, 2000), "one-population")
 
 
+@pytest.mark.integration
 def test_cli_refusal_is_one_line_and_exit_2(tmp_path):
     data = tmp_path / "acq" / "data"
     data.mkdir(parents=True)

@@ -35,6 +35,7 @@ def ifd_last_tiff(image: np.ndarray) -> bytes:
     return b"II" + struct.pack("<HI", 42, ifd_at) + pixels + ifd
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kwargs", [{}, {"tile": (32, 32)}, {"compression": "zlib"}, {"bigtiff": True},
                                     {"rowsperstrip": 7}, {"photometric": "rgb", "planarconfig": "separate"}])
 def test_complete_files_prove_themselves_and_no_cut_short_of_the_pixels_does(tmp_path, kwargs):
@@ -54,6 +55,7 @@ def test_complete_files_prove_themselves_and_no_cut_short_of_the_pixels_does(tmp
     assert all(cut >= pixels_end for cut in proven), f"{kwargs}: cuts {proven} proven, pixels end at {pixels_end}"
 
 
+@pytest.mark.unit
 def test_ifd_written_last_proves_only_once_it_lands(tmp_path):
     data = ifd_last_tiff(IMAGE[0])
     path = tmp_path / "a.tif"
@@ -65,6 +67,7 @@ def test_ifd_written_last_proves_only_once_it_lands(tmp_path):
         assert not tiff_is_complete(str(path))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("data", [b"", b"not a tiff at all", b"II*\x00\x08\x00\x00\x00" + b"\x00" * 100,
                                   b"II*\x00\x08\x00\x00\x00\x01\x00" + b"\xff" * 20])
 def test_garbage_and_loops_are_not_provable(tmp_path, data):
@@ -73,6 +76,7 @@ def test_garbage_and_loops_are_not_provable(tmp_path, data):
     assert not tiff_is_complete(str(path))
 
 
+@pytest.mark.unit
 def test_an_ifd_chain_that_loops_is_not_provable(tmp_path):
     data = bytearray(ifd_last_tiff(IMAGE[0]))
     ifd_at = struct.unpack("<I", data[4:8])[0]
@@ -88,6 +92,7 @@ def structure_gate(settle_polls: int = 50) -> CompletenessGate:
     return CompletenessGate(settle_polls, prove=tiff_is_complete)
 
 
+@pytest.mark.unit
 def test_file_moved_in_complete_is_released_at_first_look(tmp_path):
     path = tmp_path / "a.tif"
     path.write_bytes(tiff_file(tmp_path))
@@ -97,6 +102,7 @@ def test_file_moved_in_complete_is_released_at_first_look(tmp_path):
     assert ready.size == path.stat().st_size
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("writer", ["ifd_first", "ifd_last"])
 def test_appending_writer_is_released_when_its_last_byte_lands_never_before(tmp_path, writer):
     data = tiff_file(tmp_path, rowsperstrip=8) if writer == "ifd_first" else ifd_last_tiff(IMAGE[0])
@@ -114,6 +120,7 @@ def test_appending_writer_is_released_when_its_last_byte_lands_never_before(tmp_
     assert ready.size == len(data) and path.read_bytes() == data
 
 
+@pytest.mark.unit
 def test_preallocated_file_filled_in_place_waits_for_the_settle_time(tmp_path):
     data = tiff_file(tmp_path)
     path = tmp_path / "a.tif"
@@ -134,6 +141,7 @@ def test_preallocated_file_filled_in_place_waits_for_the_settle_time(tmp_path):
     assert path.read_bytes() == data and ready.size == len(data)
 
 
+@pytest.mark.unit
 def test_preallocated_file_first_seen_full_with_its_header_written_is_not_proven(tmp_path):
     """The race the settle rule alone misses: the gate's first look at full size comes after the
     zeros and the header both landed (it saw the file empty before: "grown")."""
@@ -152,6 +160,7 @@ def test_preallocated_file_first_seen_full_with_its_header_written_is_not_proven
     assert tiff_is_complete(str(path)) is True
 
 
+@pytest.mark.unit
 def test_a_finished_image_ending_in_zeros_is_left_to_the_settle_time(tmp_path):
     image = IMAGE.copy()
     image[-1, -1, -8:] = 0  # the last 8 pixels of the last page are black
@@ -160,6 +169,7 @@ def test_a_finished_image_ending_in_zeros_is_left_to_the_settle_time(tmp_path):
     assert tiff_is_complete(str(path)) is False  # not early, only later: the settle time decides
 
 
+@pytest.mark.unit
 def test_a_file_offered_as_unprovable_waits_for_the_settle_time(tmp_path):
     path = tmp_path / "a.tif"
     path.write_bytes(tiff_file(tmp_path))  # complete, but it may be a stack still gaining pages
@@ -169,6 +179,7 @@ def test_a_file_offered_as_unprovable_waits_for_the_settle_time(tmp_path):
     assert len(gate.poll()) == 1
 
 
+@pytest.mark.unit
 def test_without_a_proof_the_gate_settles_as_before(tmp_path):
     path = tmp_path / "a.tif"
     path.write_bytes(tiff_file(tmp_path))
@@ -187,6 +198,7 @@ def half_filled(tmp_path: Path) -> tuple[Path, bytes]:
     return path, data
 
 
+@pytest.mark.unit
 def test_a_settled_file_whose_last_strip_is_zero_waits_up_to_the_ceiling(tmp_path, caplog):
     path, data = half_filled(tmp_path)
     assert tiff_being_filled(str(path)) and not tiff_being_filled(str(tmp_path / "full.tif"))
@@ -203,6 +215,7 @@ def test_a_settled_file_whose_last_strip_is_zero_waits_up_to_the_ceiling(tmp_pat
     assert ready.path == str(path) and "still all zero after 60 s" in caplog.text
 
 
+@pytest.mark.unit
 def test_a_stalled_file_is_released_once_its_last_pixels_land(tmp_path):
     path, data = half_filled(tmp_path)
     gate = CompletenessGate(2, prove=tiff_is_complete, zero_tail=tiff_being_filled, zero_tail_max_wait_s=60)
@@ -217,6 +230,7 @@ def test_a_stalled_file_is_released_once_its_last_pixels_land(tmp_path):
     assert path.read_bytes() == data and ready.size == len(data)
 
 
+@pytest.mark.unit
 def test_an_image_all_zero_is_not_held_for_its_last_pixels(tmp_path):
     """Nothing filled yet, or a black frame: no writer under way to wait for; the settle time decides."""
     path = tmp_path / "black.tif"

@@ -19,6 +19,8 @@ from wellwatch.training.train import TrainConfig, augment, seed_defaults, train_
 
 from .test_training_data import blob_crops, blob_dataset
 
+pytestmark = pytest.mark.unit
+
 
 def test_cropnet8_averages_the_eight_views_only_when_evaluating():
     torch.manual_seed(0)

@@ -90,6 +90,7 @@ def _match(ds, truth, tolerance=4.0):
 
 # --- the dataset against the simulator's ground truth ----------------------------------------
 
+@pytest.mark.unit
 def test_labels_agree_with_the_ground_truth_types(built, plate):
     ds = load_dataset(built)
     assert ds.classes == ("LMPP", "pro-B") and ds.positive_class == "pro-B"
@@ -102,6 +103,7 @@ def test_labels_agree_with_the_ground_truth_types(built, plate):
     assert min(ds.counts().values()) > 0.3 * len(ds)
 
 
+@pytest.mark.unit
 def test_ambiguous_cells_are_counted_and_left_out(built):
     ds = load_dataset(built)
     c, t = ds.meta["label_counts"], ds.meta["thresholds"]
@@ -119,6 +121,7 @@ def test_ambiguous_cells_are_counted_and_left_out(built):
     assert (mix.posterior(log_marker).max(axis=1) >= 0.8 - 1e-3).all()
 
 
+@pytest.mark.unit
 def test_histogram_groups_areas_and_crop_geometry_are_stored(built):
     assert (built / "marker_histogram.png").stat().st_size > 10_000
     ds = load_dataset(built)
@@ -143,6 +146,7 @@ def test_histogram_groups_areas_and_crop_geometry_are_stored(built):
     np.testing.assert_allclose(ds.x[:, 0][:, mask].mean(axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.unit
 def test_crops_and_marker_are_the_daemons_own(built, plate):
     """Train/serve parity: the crops of one field are what the daemon's segmenter + prepare_crops give."""
     ds = load_dataset(built)
@@ -167,6 +171,7 @@ def test_crops_and_marker_are_the_daemons_own(built, plate):
 
 # --- train and evaluate: the network beside the cell-size SVM ----------------------------------
 
+@pytest.mark.integration
 def test_train_cross_validation_reports_network_and_svm(built, plate, capsys):
     run = plate / "run-cv"
     rc = _run(["train", str(built), "--out", str(run), "--folds", "3", "--group-by", "well", "--epochs", "2",
@@ -196,6 +201,7 @@ def test_train_cross_validation_reports_network_and_svm(built, plate, capsys):
     assert contract.classes == ("LMPP", "pro-B") and contract.positive_class == "pro-B"
 
 
+@pytest.mark.integration
 def test_evaluate_reports_the_svm_on_the_same_test_cells(built, plate, capsys):
     run, report = plate / "run", plate / "report"
     assert _run(["train", str(built), "--out", str(run), "--group-by", "well", "--split", "4/1/1", "--epochs", "1",
@@ -215,6 +221,7 @@ def test_evaluate_reports_the_svm_on_the_same_test_cells(built, plate, capsys):
 
 # --- errors name the file or option -------------------------------------------------------------
 
+@pytest.mark.unit
 def test_missing_marker_channel_names_the_option(plate):
     with pytest.raises(CellDatasetError, match=r"--marker 'GFP'.*channels found: CD19, PH"):
         _run(["dataset", "cells", str(plate / "plate"), "--out", str(plate / "bad")] + CELL_OPTIONS
@@ -225,6 +232,7 @@ def test_missing_marker_channel_names_the_option(plate):
         _run(["dataset", "cells", str(plate / "nowhere"), "--out", str(plate / "bad")])
 
 
+@pytest.mark.unit
 def test_no_cells_in_the_size_range_says_so(plate):
     with pytest.raises(CellDatasetError, match=r"0 of \d+ segmented cells have an area in \[5000, 8000\] px "
                                                r"\(--min-area/--max-area\).*percentile"):
@@ -233,6 +241,7 @@ def test_no_cells_in_the_size_range_says_so(plate):
                 "--classical", "max_area=20000"])
 
 
+@pytest.mark.unit
 def test_cli_errors_exit_2_with_the_message(plate, capsys, caplog):
     from wellwatch.cli import main
 
@@ -244,6 +253,7 @@ def test_cli_errors_exit_2_with_the_message(plate, capsys, caplog):
 
 # --- the pieces, on data with known answers ------------------------------------------------------
 
+@pytest.mark.unit
 def test_marker_thresholds_follow_the_posterior():
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(4.0, 0.3, 600), rng.normal(6.0, 0.5, 400)]
@@ -265,6 +275,7 @@ def test_marker_thresholds_follow_the_posterior():
     assert (label_by_marker(x, marker_thresholds(x, 0.95)) < 0).sum() > (~used).sum()
 
 
+@pytest.mark.unit
 def test_marker_means_on_a_known_frame():
     frame = np.full((64, 64), 100.0, np.float32)
     yy, xx = np.indices(frame.shape)
@@ -274,6 +285,7 @@ def test_marker_means_on_a_known_frame():
     assert marker_means(frame, np.zeros((0, 2)), 5.0).shape == (0,)
 
 
+@pytest.mark.unit
 def test_balance_per_group_trims_the_larger_class_within_each_dish():
     labels = np.array([0, 0, 0, 1, -1, 1, 1, 0, 0, 0, 0])
     groups = np.array(["a"] * 5 + ["b"] * 3 + ["c"] * 3)
@@ -285,6 +297,7 @@ def test_balance_per_group_trims_the_larger_class_within_each_dish():
     assert np.array_equal(keep, balance_per_group(labels, groups, seed=0))
 
 
+@pytest.mark.unit
 def test_cell_size_svm_scores_rank_by_size():
     rng = np.random.default_rng(1)
     area_big, area_small = rng.normal(600, 80, 200), rng.normal(300, 50, 200)
@@ -299,6 +312,7 @@ def test_cell_size_svm_scores_rank_by_size():
     assert np.isnan(cell_size_svm_scores(area[:10], np.zeros(10), area[:3])).all()
 
 
+@pytest.mark.unit
 def test_datasets_without_areas_load_as_before(tmp_path):
     save_dataset(blob_dataset(20, 16, 4), tmp_path / "ds")
     ds = load_dataset(tmp_path / "ds")
@@ -307,6 +321,7 @@ def test_datasets_without_areas_load_as_before(tmp_path):
         assert "area" not in z
 
 
+@pytest.mark.unit
 def test_several_label_free_channels_pair_per_field(tmp_path):
     spec = SimulationSpec(cell_types=("lmpp", "prob"), type_mix="series", channels=("PH", "DIC", "CD19"), size=192,
                           cells_per_field=25, wells=("A1", "A2", "A3"), fields=1, timepoints=2, seed=4)
@@ -326,6 +341,7 @@ def test_several_label_free_channels_pair_per_field(tmp_path):
     assert not np.allclose(ds.x[:, 0], ds.x[:, 1])
 
 
+@pytest.mark.unit
 def test_cross_validation_by_few_dishes_keeps_a_validation_group():
     """With 4 training wells the 10% validation share rounds to none; early stopping then kept epoch 1."""
     from wellwatch.training.run import train_val_split

@@ -8,6 +8,8 @@ import pytest
 from wellwatch.training.empty_filter import (compare_empty_filters, f1_report, supervised_std_threshold,
                                              unsupervised_std_threshold)
 
+pytestmark = pytest.mark.unit
+
 
 def tiles_with_truth(n=360, size=24, seed=0):
     """Normalised tiles: empty ones are unit noise, occupied ones hold a bright disc."""

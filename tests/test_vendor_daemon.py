@@ -27,6 +27,8 @@ from wellwatch.harness import free_port, start_daemon, local_config
 from wellwatch.simulator.spec import SimulationSpec
 from wellwatch.simulator.writer import write_plate
 
+pytestmark = pytest.mark.integration
+
 
 def vendor_config(tmp_path: Path, root: Path, naming: str, channel, **extra):
     values = {"watch.root": str(root), "watch.naming": naming, "watch.settle_s": 0.1, "watch.reconcile_s": 2.0,

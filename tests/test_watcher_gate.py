@@ -14,11 +14,13 @@ from wellwatch.daemon.watcher import Discovery, inside_root
 EXT = (".tif", ".tiff")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["A1--W00001--BF.tif", "x.tiff", "X.TIF", "a.b.tif"])
 def test_candidate_names(name):
     assert is_candidate_name(name, EXT)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", [".x.tif", "~x.tif", "x.tif.part", "x.tmp", "x.tif.tmp", "x.TIF.PART",
                                   "x.tif.crdownload", "x.png", "x.tif.bak", "x.jpg", "tif"])
 def test_rejected_names(name):
@@ -36,6 +38,7 @@ def grow(path: Path, extra: int) -> None:
         f.write(b"\x02" * extra)
 
 
+@pytest.mark.unit
 def test_growing_file_is_released_only_after_settle_polls(tmp_path):
     path = write(tmp_path / "a.tif", 100)
     gate = CompletenessGate(settle_polls=2)
@@ -51,6 +54,7 @@ def test_growing_file_is_released_only_after_settle_polls(tmp_path):
     assert len(gate) == 0 and gate.poll() == []
 
 
+@pytest.mark.unit
 def test_mtime_change_at_same_size_resets_stability(tmp_path):
     path = write(tmp_path / "a.tif", 100)
     gate = CompletenessGate(settle_polls=1)
@@ -62,6 +66,7 @@ def test_mtime_change_at_same_size_resets_stability(tmp_path):
     assert len(gate.poll()) == 1
 
 
+@pytest.mark.unit
 def test_rename_destination_is_released_at_once(tmp_path):
     tmp = write(tmp_path / "a.tif.part", 100)
     final = tmp_path / "a.tif"
@@ -72,6 +77,7 @@ def test_rename_destination_is_released_at_once(tmp_path):
     assert [r.path for r in gate.poll()] == [str(final)]
 
 
+@pytest.mark.unit
 def test_vanished_file_is_dropped(tmp_path):
     path = write(tmp_path / "a.tif", 100)
     gate = CompletenessGate(settle_polls=1)
@@ -81,6 +87,7 @@ def test_vanished_file_is_dropped(tmp_path):
     assert gate.poll() == [] and len(gate) == 0
 
 
+@pytest.mark.unit
 def test_zero_length_file_waits_for_bytes_then_is_released_for_quarantine(tmp_path):
     path = write(tmp_path / "a.tif", 0)
     gate = CompletenessGate(settle_polls=1, empty_polls=5)
@@ -98,6 +105,7 @@ def test_zero_length_file_waits_for_bytes_then_is_released_for_quarantine(tmp_pa
     assert released[5][0].size == 0
 
 
+@pytest.mark.unit
 def test_several_candidates_are_independent(tmp_path):
     a, b = write(tmp_path / "a.tif", 10), write(tmp_path / "b.tif", 10)
     gate = CompletenessGate(settle_polls=1)
@@ -113,6 +121,7 @@ def discovery(root: Path, **kw) -> Discovery:
     return Discovery(str(root), on_path=lambda path, renamed: None, **kw)
 
 
+@pytest.mark.integration
 def test_list_files_recursive_ignoring_temp_names(tmp_path):
     root = tmp_path / "data"
     keep = [write(root / "A1--W00001--P00001--Z00000--T00000--BF.tif", 1),
@@ -124,6 +133,7 @@ def test_list_files_recursive_ignoring_temp_names(tmp_path):
     assert discovery(root, recursive=False).list_files() == [str(keep[0])]
 
 
+@pytest.mark.integration
 def test_scan_offers_every_candidate(tmp_path):
     root = tmp_path / "data"
     files = [write(root / f"f{i}.tif", 1) for i in range(3)]
@@ -133,6 +143,7 @@ def test_scan_offers_every_candidate(tmp_path):
     assert offered == [(str(p), False) for p in files]
 
 
+@pytest.mark.integration
 def test_symlinks_outside_the_root_are_not_followed(tmp_path):
     root, outside = tmp_path / "data", tmp_path / "elsewhere"
     real = write(root / "real.tif", 1)
@@ -146,6 +157,7 @@ def test_symlinks_outside_the_root_are_not_followed(tmp_path):
     assert not inside_root(str(root / "link_out.tif"), os.path.realpath(root))
 
 
+@pytest.mark.integration
 def test_root_given_through_a_symlink(tmp_path):
     real_root = tmp_path / "real"
     f = write(real_root / "a.tif", 1)
@@ -154,6 +166,7 @@ def test_root_given_through_a_symlink(tmp_path):
     assert d.root_available() and [os.path.basename(p) for p in d.list_files()] == [f.name]
 
 
+@pytest.mark.integration
 def test_a_root_gone_between_the_config_check_and_the_observer_is_named_at_start(tmp_path):
     """A share dropping at start-up: one line naming watch.root, not a bare errno from watchdog."""
     from wellwatch.core.errors import StartupError

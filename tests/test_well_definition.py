@@ -23,6 +23,8 @@ from wellwatch.results.journal_reader import JournalView
 from wellwatch.results.tables import write_results
 from wellwatch.scale.reprocess import well_rows as reprocess_well_rows
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def contract():
