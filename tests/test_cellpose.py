@@ -25,6 +25,7 @@ from wellwatch.core.segmentation.cellpose_flows import served_model_file
 USIIGACI_PX_UM = 0.8708
 
 
+@pytest.mark.unit
 def test_config_refuses_cellpose_without_a_model_or_with_tta():
     with pytest.raises(ConfigError, match="segmentation.cellpose.model"):
         load_config(None, {"watch.root": "/tmp/x", "journal.path": "/tmp/j.sqlite", "segmentation.method": "cellpose"})
@@ -33,6 +34,7 @@ def test_config_refuses_cellpose_without_a_model_or_with_tta():
                            "segmentation.cellpose.model": "/m.onnx", "segmentation.tta": True})
 
 
+@pytest.mark.unit
 def test_built_in_name_without_weights_is_refused_with_one_line_naming_them(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "models"))
     with pytest.raises(StartupError) as e:
@@ -99,6 +101,7 @@ def trained(tmp_path_factory):
     return {"root": root, "result": result, "onnx": onnx, "parity": parity, "tmp": tmp, "cp": cp}
 
 
+@pytest.mark.unit
 def test_training_writes_a_cellpose_model_with_its_training_cells_diameter(trained):
     result = trained["result"]
     assert result.model_file.is_file() and np.isfinite(result.final_loss)
@@ -106,6 +109,7 @@ def test_training_writes_a_cellpose_model_with_its_training_cells_diameter(train
     assert 40 < result.diam_labels < 100
 
 
+@pytest.mark.unit
 def test_export_carries_a_cellpose_contract_and_matches_cellpose_eval_on_a_real_frame(trained):
     from wellwatch.core.inference.backend import OnnxBackend
     from wellwatch.export.manifest import manifest_path
@@ -124,6 +128,7 @@ def test_export_carries_a_cellpose_contract_and_matches_cellpose_eval_on_a_real_
     assert manifest["sha256"] == backend.sha256
 
 
+@pytest.mark.unit
 @pytest.mark.slow
 def test_served_masks_match_cellpose_eval_on_whole_real_frames(trained):
     """The daemon's ModelSegmenter (ONNX Runtime + cellpose's own pre/post-processing) against
@@ -150,6 +155,7 @@ def test_served_masks_match_cellpose_eval_on_whole_real_frames(trained):
     assert ap[:, 0].min() > 0.97 and ap[:, 1].min() > 0.95, ap
 
 
+@pytest.mark.unit
 def test_diameter_follows_the_acquisitions_pixel_size(trained):
     """Frames at twice the training pixel size show cells half as wide: Cellpose's resize doubles."""
     from wellwatch.core.inference.backend import OnnxBackend
@@ -164,6 +170,7 @@ def test_diameter_follows_the_acquisitions_pixel_size(trained):
     assert rescale_for(c, 0.5, 15.0) == pytest.approx(p["diam_mean"] / 30.0)  # 15 um at 0.5 um/px = 30 px
 
 
+@pytest.mark.unit
 def test_contract_refuses_a_cellpose_network_stitched_another_way(trained):
     from wellwatch.core.inference.backend import OnnxBackend
 
@@ -178,6 +185,7 @@ def test_contract_refuses_a_cellpose_network_stitched_another_way(trained):
         ModelContract.from_dict(doc)
 
 
+@pytest.mark.unit
 def test_init_from_a_cellpose_model_file_and_export_in_one_command(trained, capsys):
     from wellwatch.cli import main
     from wellwatch.core.inference.backend import OnnxBackend
@@ -198,6 +206,7 @@ def test_init_from_a_cellpose_model_file_and_export_in_one_command(trained, caps
     assert contract.trained_on["images"] == ["set13"]
 
 
+@pytest.mark.unit
 def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
     pytest.importorskip("cellpose")
     from wellwatch.training.cellpose_train import cellpose_model
@@ -207,6 +216,7 @@ def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
         cellpose_model("cyto3")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("size", [256, pytest.param(0, marks=pytest.mark.slow)])
 def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path, size):
     """Real NIS-Elements frames (cropped to `size`; 0 = whole) through the daemon: watcher, batched
@@ -250,6 +260,7 @@ def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path
     assert all(m["cells"] > 0 for m in frames)
 
 
+@pytest.mark.integration
 def test_without_the_cellpose_package_the_daemon_says_which_extra(tmp_path):
     """A runtime-only install (cellpose and torch blocked) that asks for method = "cellpose" gets one
     line naming the extra, through the CLI's user-error path."""
