@@ -26,7 +26,7 @@ import torch
 from wellwatch.training.dataset import load_dataset, save_dataset
 from wellwatch.training.livedead import build_live_dead_dataset, find_pairs, read_pairs
 from wellwatch.training.loeo import run
-from wellwatch.training.train import seed_defaults
+from wellwatch.training.classifier_loop import seed_defaults
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adcc-paired" / "data"
 

@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from wellwatch.core.contract import Normalisation
     from wellwatch.training.evaluate import bootstrap_ci
-    from wellwatch.training.run import fit_split, train_val_split
+    from wellwatch.training.training_run import fit_split, train_val_split
     from wellwatch.training.scores import balanced_accuracy, roc_auc
     from wellwatch.training.splits import grouped_kfold
-    from wellwatch.training.train import predict_proba, seed_defaults
+    from wellwatch.training.classifier_loop import predict_proba, seed_defaults
     from wellwatch.training.voc import build_voc_dataset
 
     torch.set_num_threads(args.threads)

@@ -71,7 +71,7 @@ def write_feature_model(path, ds, feature_threshold: float, slope: float) -> Non
     from onnx import TensorProto, helper
 
     from wellwatch.export.metadata import set_metadata
-    from wellwatch.training.run import make_contract
+    from wellwatch.training.training_run import make_contract
 
     size = ds.x.shape[-1]
     const = lambda name, v: helper.make_node("Constant", [], [name], value=helper.make_tensor(  # noqa: E731

@@ -10,7 +10,7 @@ import pytest
 
 from wellwatch.training.dataset import load_dataset, save_dataset
 from wellwatch.training.evaluate import bootstrap_ci, compute_metrics, evaluate
-from wellwatch.training.run import train_run
+from wellwatch.training.training_run import train_run
 
 from .test_training_data import blob_dataset
 

@@ -29,7 +29,7 @@ from wellwatch.export.parity import (DecisionError, ParityError, Tolerances, com
                                      compare_decisions)
 from wellwatch.export.parity_inputs import random_cases, real_cases, real_patches  # noqa: E402
 from wellwatch.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from wellwatch.training.train import TrainConfig, train_classifier  # noqa: E402
+from wellwatch.training.classifier_loop import TrainConfig, train_classifier  # noqa: E402
 
 from .conftest import shared_data  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 
 from wellwatch.training.dataset import Dataset
 from wellwatch.training.fractions import group_fractions
-from wellwatch.training.train import sampling_weights
+from wellwatch.training.classifier_loop import sampling_weights
 
 
 def spot_dataset(n_per_group=60, groups=("A1", "A2", "A3"), seed=0) -> Dataset:
@@ -58,7 +58,7 @@ def test_sampling_weights_balance_classes_within_groups():
 def test_leave_one_experiment_out_scores_every_patch_out_of_its_group(tmp_path):
     pytest.importorskip("torch")
     from wellwatch.training.loeo import run
-    from wellwatch.training.train import TrainConfig
+    from wellwatch.training.classifier_loop import TrainConfig
 
     ds = spot_dataset()
     s = run(ds, tmp_path, TrainConfig(arch="tiny", epochs=3, batch_size=32), "well")

@@ -13,9 +13,9 @@ import torch
 from wellwatch.training.checkpoint import load_checkpoint
 from wellwatch.training.dataset import save_dataset
 from wellwatch.training.models import PretrainedUnavailable, build_model, cam_layer, penultimate
-from wellwatch.training.run import train_run
+from wellwatch.training.training_run import train_run
 from wellwatch.training.splits import grouped_kfold, grouped_split
-from wellwatch.training.train import TrainConfig, augment, seed_defaults, train_classifier
+from wellwatch.training.classifier_loop import TrainConfig, augment, seed_defaults, train_classifier
 
 from .test_training_data import blob_crops, blob_dataset
 
@@ -42,7 +42,7 @@ def test_cropnet8_averages_the_eight_views_only_when_evaluating():
 
 
 def test_photometric_augmentation_changes_brightness_contrast_and_blur_reproducibly():
-    from wellwatch.training.train import photometric
+    from wellwatch.training.classifier_loop import photometric
 
     x = torch.from_numpy(blob_crops(64, 24, 4)[0])
     a = photometric(x.clone(), torch.Generator().manual_seed(1))
@@ -67,7 +67,7 @@ def test_patience_zero_trains_every_epoch_and_keeps_the_last():
 
 
 def test_crops_from_boxes_default_to_cropnet8_and_cell_crops_keep_ogawa():
-    from wellwatch.training.run import default_arch
+    from wellwatch.training.training_run import default_arch
 
     ds = blob_dataset(16, 16, 4)
     assert default_arch(ds) == "ogawa"
@@ -236,7 +236,7 @@ def test_cross_validation_by_group(tmp_path):
 
 
 def test_final_model_on_every_group_after_cross_validation(tmp_path):
-    from wellwatch.training.run import SplitError
+    from wellwatch.training.training_run import SplitError
 
     save_dataset(blob_dataset(48, 16, 6), tmp_path / "ds")
     s = train_run(tmp_path / "ds", tmp_path / "run", arch="cropnet8", epochs=1, batch_size=16, patience=0, folds=2,

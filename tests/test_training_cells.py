@@ -344,7 +344,7 @@ def test_several_label_free_channels_pair_per_field(tmp_path):
 @pytest.mark.unit
 def test_cross_validation_by_few_dishes_keeps_a_validation_group():
     """With 4 training wells the 10% validation share rounds to none; early stopping then kept epoch 1."""
-    from wellwatch.training.run import train_val_split
+    from wellwatch.training.training_run import train_val_split
 
     groups = np.repeat(["p/A1", "p/A2", "p/A3", "p/A4"], 5)
     train, val = train_val_split(groups, seed=0)

@@ -33,9 +33,9 @@ from .calibration import calibrate_scores
 from .dataset import Dataset, load_dataset
 from .checkpoint import history_dict, load_checkpoint, save_checkpoint
 from .evaluate import check_compatible
-from .train import predict_proba, seed_defaults, train_classifier
+from .classifier_loop import predict_proba, seed_defaults, train_classifier
 from .loeo import leave_one_group_out
-from .run import make_contract
+from .training_run import make_contract
 from .calibrate_report import write_config_snippet, write_report
 from .checkpoint_export import export_checkpoint
 

@@ -177,7 +177,7 @@ def _cells_live_dead(args, files, segmenter, label_free, segment_channel, crop, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import PretrainedUnavailable
-    from .run import SplitError, train_run
+    from .training_run import SplitError, train_run
 
     fractions = tuple(float(f) for f in args.split.split("/"))
     if len(fractions) != 3:

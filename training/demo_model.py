@@ -32,7 +32,7 @@ from .gmm import fit_mixture
 from .patches import PairedField, cut_patches, label_patches
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_split
-from .train import TrainConfig, predict_proba, train_classifier
+from .classifier_loop import TrainConfig, predict_proba, train_classifier
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from .dataset import Dataset, load_dataset
 from .fractions import group_fractions, plot_group_fractions, pooled_auc_parts
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold
-from .train import predict_proba
+from .classifier_loop import predict_proba
 from .checkpoint import load_checkpoint
 from .cells import SVM_DESCRIPTION, cell_size_svm_scores
 from .models import cam_layer, penultimate

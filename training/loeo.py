@@ -27,7 +27,7 @@ from .evaluate import bootstrap_ci
 from .fractions import group_fractions, plot_group_fractions, pooled_auc_parts
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold
-from .train import TrainConfig, predict_proba, train_classifier
+from .classifier_loop import TrainConfig, predict_proba, train_classifier
 
 
 def leave_one_group_out(ds: Dataset, groups: np.ndarray, cfg: TrainConfig, balance_groups: bool = False,

@@ -34,7 +34,7 @@ from .evaluate import bootstrap_ci
 from .progress import Progress
 from .scores import balanced_accuracy, roc_auc
 from .splits import grouped_kfold, grouped_split
-from .train import History, TrainConfig, predict_proba, seed_defaults, train_classifier
+from .classifier_loop import History, TrainConfig, predict_proba, seed_defaults, train_classifier
 
 log = logging.getLogger(__name__)
 
