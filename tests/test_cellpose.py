@@ -198,6 +198,53 @@ def test_init_from_a_cellpose_model_file_and_export_in_one_command(trained, caps
     assert contract.trained_on["images"] == ["set13"]
 
 
+def test_few_frame_adaptation_is_one_command_scored_before_and_after_on_frames_not_trained_on(trained, capsys,
+                                                                                              caplog):
+    """`cellpose train --init M --frames ... --adapt --score rest` on crops of three well-B frames: the
+    human-in-the-loop recipe (SGD, lr 0.1) trains on two, the diameter comes from their masks, and the
+    model before and after are scored through the served path on the third."""
+    from cellpose import utils
+
+    from wellwatch.cli import main
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.segmentation.maps import ServeOptions
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+    from wellwatch.training.masks import MaskSet, build_mask_set, find_mask_pairs, save_mask_set
+
+    root, tmp = trained["root"], trained["tmp"]
+    full = build_mask_set([p for p in find_mask_pairs([root], "raw.tif", "instances_ids.png")
+                           if p[0] in ("set13", "set14", "set16")], progress=False)
+    crops = MaskSet(full.names, [im[:256, :256] for im in full.images], [lb[:256, :256] for lb in full.labels],
+                    full.meta)
+    save_mask_set(crops, tmp / "b3")
+    init = str(trained["result"].model_file)
+    code = main(["cellpose", "train", str(tmp / "b3"), "--init", init, "--frames", "set13,set14", "--adapt",
+                 "--epochs", "1", "--images-per-epoch", "2", "--batch", "2", "--score", "rest",
+                 "--out", str(tmp / "adapted.onnx")])
+    assert code == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    diameter = np.mean([utils.diameters(lb)[0] for lb in crops.labels[:2]])
+    assert report["diam_labels_px"] == pytest.approx(diameter, abs=0.1)
+    contract = OnnxBackend(report["onnx"], device="cpu", warmup=False).contract
+    assert contract.trained_on["optimizer"] == "SGD" and contract.trained_on["learning_rate"] == 0.1
+    assert contract.trained_on["images"] == ["set13", "set14"] and contract.trained_on["epochs"] == 1
+    cells = len(np.unique(crops.labels[2])) - 1
+    for when, onnx in (("before", None), ("after", report["onnx"])):
+        scores = report[when]
+        assert scores["frames"] == ["set16"] and scores["cells"] == cells > 5
+        assert 0.0 <= scores["f1@0.75"] <= scores["f1@0.5"] <= 1.0
+    served = load_segmenter(report["onnx"], options=ServeOptions(1.0, False, report["diam_labels_px"]))
+    assert report["after"]["found"] == pytest.approx(served.segment(crops.images[2]).max(), abs=2)
+    assert "before F1@0.5" in captured.err and "after F1@0.5" in captured.err
+    assert "[cellpose train adapted] 1 epochs in" in captured.err
+
+    code = main(["cellpose", "train", str(tmp / "b3"), "--init", init, "--frames", "set13,set14", "--adapt",
+                 "--score", "set14,set16", "--out", str(tmp / "refused.onnx")])
+    assert code == 2 and "--score set14: frames trained on say nothing" in caplog.text
+    assert not (tmp / "refused.cellpose").exists()
+
+
 def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
     pytest.importorskip("cellpose")
     from wellwatch.training.cellpose_train import cellpose_model
