@@ -245,6 +245,32 @@ def test_few_frame_adaptation_is_one_command_scored_before_and_after_on_frames_n
     assert not (tmp / "refused.cellpose").exists()
 
 
+def test_segment_out_labels_open_as_the_cellpose_gui_and_napari_read_them(trained, tmp_path, capsys):
+    """`wellwatch segment --out IMAGE_masks.tif` beside the image: the name the Cellpose GUI autoloads,
+    read back with the calls the GUI (cellpose.io.imread) and napari's TIFF reader (tifffile.imread)
+    use; ids 1..n with none missing, so the GUI keeps them as they are rather than renumbering."""
+    import fastremap
+    import tifffile
+    from cellpose import io as cellpose_io
+
+    from wellwatch.cli import main
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.maps import ServeOptions
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+
+    image = crop_tiff(trained["root"] / "set16" / "raw.tif", tmp_path / "set16.tif", 320)
+    out = tmp_path / "set16_masks.tif"
+    assert main(["segment", str(image), "--model", str(trained["onnx"]), "--pixel-size", str(USIIGACI_PX_UM),
+                 "--out", str(out)]) == 0
+    cells = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cells"]
+    expected = load_segmenter(str(trained["onnx"]), options=ServeOptions(USIIGACI_PX_UM)).segment(
+        read_frame(str(image)))
+    for masks in (cellpose_io.imread(str(out)), tifffile.imread(out)):
+        assert masks.shape == (320, 320) and np.issubdtype(masks.dtype, np.integer)
+        assert np.array_equal(masks, expected) and masks.max() == cells > 5
+        assert len(fastremap.unique(masks)) == masks.max() + 1
+
+
 def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
     pytest.importorskip("cellpose")
     from wellwatch.training.cellpose_train import cellpose_model
