@@ -271,6 +271,23 @@ def test_segment_out_labels_open_as_the_cellpose_gui_and_napari_read_them(traine
         assert len(fastremap.unique(masks)) == masks.max() + 1
 
 
+def test_adapt_is_cellpose_guis_recipe_and_each_flag_overrides_it():
+    from wellwatch.cellpose_cli import train_settings
+    from wellwatch.cli import build_parser
+
+    def settings(*flags, frames=3):
+        return train_settings(build_parser("cellpose").parse_args(["cellpose", "train", "ds", "--out", "m.onnx",
+                                                                     *flags]), frames)
+
+    adapt = settings("--adapt")
+    assert (adapt.sgd, adapt.learning_rate, adapt.weight_decay, adapt.min_train_masks) == (True, 0.1, 1e-4, 0)
+    assert adapt.images_per_epoch == 8 and settings("--adapt", frames=12).images_per_epoch == 12
+    tuned = settings("--adapt", "--lr", "0.05", "--epochs", "80", "--images-per-epoch", "4")
+    assert (tuned.learning_rate, tuned.epochs, tuned.images_per_epoch, tuned.sgd) == (0.05, 80, 4, True)
+    plain = settings()
+    assert (plain.sgd, plain.learning_rate, plain.epochs, plain.min_train_masks) == (False, 0.005, 100, 1)
+
+
 def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
     pytest.importorskip("cellpose")
     from wellwatch.training.cellpose_train import cellpose_model

@@ -47,7 +47,8 @@ class CellposeTrainSettings:
 # Few-frame adaptation: Cellpose 2.0's human-in-the-loop recipe as Cellpose's own GUI runs it (SGD,
 # learning rate 0.1, weight decay 1e-4, at least 8 random crops of the few frames per epoch, no frame
 # skipped for having few cells; the diameter from the frames' masks, as train_seg always sets it),
-# with the GUI's 100 epochs cut to EPOCHS so that 3 frames adapt within 10 minutes on a 2-core CPU.
+# with the GUI's 100 epochs cut to 50 so that 3 frames adapt within 10 minutes on a 2-core CPU
+# (`cellpose train --adapt` raises the crops per epoch to the number of frames where there are more).
 ADAPTATION = CellposeTrainSettings(epochs=50, learning_rate=0.1, weight_decay=1e-4, sgd=True, batch_size=8,
                                    images_per_epoch=8, min_train_masks=0)
 

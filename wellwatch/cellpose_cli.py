@@ -31,7 +31,7 @@ def cmd_cellpose_train(args: argparse.Namespace) -> int:
     scored = score_set(full, data, args.score)
     out = Path(args.out)
     name = args.name or out.stem
-    settings = train_settings(args)
+    settings = train_settings(args, len(data))
     result = train_cellpose(data, out.parent / f"{name}.cellpose", name, args.init, settings)
     trained_on = {"dataset": str(args.dataset), "images": data.names, "init": args.init or "scratch",
                   "epochs": settings.epochs, "learning_rate": settings.learning_rate,
@@ -53,13 +53,15 @@ def cmd_cellpose_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_settings(args: argparse.Namespace):
+def train_settings(args: argparse.Namespace, frames: int):
     """Cellpose's defaults, or with --adapt the few-frame recipe; a flag given overrides either."""
     import dataclasses
 
     from .training.cellpose_train import ADAPTATION, CellposeTrainSettings
 
-    base = ADAPTATION if args.adapt else CellposeTrainSettings()
+    # the GUI draws max(8, frames) crops per epoch: every frame at least once when there are many
+    base = (dataclasses.replace(ADAPTATION, images_per_epoch=max(ADAPTATION.images_per_epoch, frames))
+            if args.adapt else CellposeTrainSettings())
     given = {key: value for key, value in (("epochs", args.epochs), ("learning_rate", args.lr),
                                            ("batch_size", args.batch), ("images_per_epoch", args.images_per_epoch),
                                            ("weight_decay", args.weight_decay))
@@ -125,7 +127,8 @@ def register(subparsers) -> None:
     p.add_argument("--frames", help="comma-separated image names of the dataset to train on (default: all)")
     p.add_argument("--adapt", action="store_true",
                    help="the few-frame adaptation recipe (Cellpose's human-in-the-loop training: SGD, learning rate "
-                        "0.1, weight decay 1e-4, 50 epochs of 8 crops, frames with few cells kept); use with --init")
+                        "0.1, weight decay 1e-4, 50 epochs of at least 8 crops, frames with few cells kept); "
+                        "use with --init")
     p.add_argument("--score", metavar="FRAMES",
                    help="score the model before (--init) and after on these annotated frames of the dataset, never "
                         "trained on (comma-separated, or `rest`: every frame not in --frames)")
