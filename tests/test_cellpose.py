@@ -207,6 +207,99 @@ def test_init_from_a_cellpose_model_file_and_export_in_one_command(trained, caps
 
 
 @pytest.mark.unit
+def test_few_frame_adaptation_is_one_command_scored_before_and_after_on_frames_not_trained_on(trained, capsys,
+                                                                                              caplog):
+    """`cellpose train --init M --frames ... --adapt --score rest` on crops of three well-B frames: the
+    human-in-the-loop recipe (SGD, lr 0.1) trains on two, the diameter comes from their masks, and the
+    model before and after are scored through the served path on the third."""
+    from cellpose import utils
+
+    from wellwatch.cli import main
+    from wellwatch.core.inference.backend import OnnxBackend
+    from wellwatch.core.segmentation.maps import ServeOptions
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+    from wellwatch.training.masks import MaskSet, build_mask_set, find_mask_pairs, save_mask_set
+
+    root, tmp = trained["root"], trained["tmp"]
+    full = build_mask_set([p for p in find_mask_pairs([root], "raw.tif", "instances_ids.png")
+                           if p[0] in ("set13", "set14", "set16")], progress=False)
+    crops = MaskSet(full.names, [im[:256, :256] for im in full.images], [lb[:256, :256] for lb in full.labels],
+                    full.meta)
+    save_mask_set(crops, tmp / "b3")
+    init = str(trained["result"].model_file)
+    code = main(["cellpose", "train", str(tmp / "b3"), "--init", init, "--frames", "set13,set14", "--adapt",
+                 "--epochs", "1", "--images-per-epoch", "2", "--batch", "2", "--score", "rest",
+                 "--out", str(tmp / "adapted.onnx")])
+    assert code == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    diameter = np.mean([utils.diameters(lb)[0] for lb in crops.labels[:2]])
+    assert report["diam_labels_px"] == pytest.approx(diameter, abs=0.1)
+    contract = OnnxBackend(report["onnx"], device="cpu", warmup=False).contract
+    assert contract.trained_on["optimizer"] == "SGD" and contract.trained_on["learning_rate"] == 0.1
+    assert contract.trained_on["images"] == ["set13", "set14"] and contract.trained_on["epochs"] == 1
+    cells = len(np.unique(crops.labels[2])) - 1
+    for when, onnx in (("before", None), ("after", report["onnx"])):
+        scores = report[when]
+        assert scores["frames"] == ["set16"] and scores["cells"] == cells > 5
+        assert 0.0 <= scores["f1@0.75"] <= scores["f1@0.5"] <= 1.0
+    served = load_segmenter(report["onnx"], options=ServeOptions(1.0, False, report["diam_labels_px"]))
+    assert report["after"]["found"] == pytest.approx(served.segment(crops.images[2]).max(), abs=2)
+    assert "before F1@0.5" in captured.err and "after F1@0.5" in captured.err
+    assert "[cellpose train adapted] 1 epochs in" in captured.err
+
+    code = main(["cellpose", "train", str(tmp / "b3"), "--init", init, "--frames", "set13,set14", "--adapt",
+                 "--score", "set14,set16", "--out", str(tmp / "refused.onnx")])
+    assert code == 2 and "--score set14: frames trained on say nothing" in caplog.text
+    assert not (tmp / "refused.cellpose").exists()
+
+
+@pytest.mark.unit
+def test_segment_out_labels_open_as_the_cellpose_gui_and_napari_read_them(trained, tmp_path, capsys):
+    """`wellwatch segment --out IMAGE_masks.tif` beside the image: the name the Cellpose GUI autoloads,
+    read back with the calls the GUI (cellpose.io.imread) and napari's TIFF reader (tifffile.imread)
+    use; ids 1..n with none missing, so the GUI keeps them as they are rather than renumbering."""
+    import fastremap
+    import tifffile
+    from cellpose import io as cellpose_io
+
+    from wellwatch.cli import main
+    from wellwatch.core.files.tiff import read_frame
+    from wellwatch.core.segmentation.maps import ServeOptions
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+
+    image = crop_tiff(trained["root"] / "set16" / "raw.tif", tmp_path / "set16.tif", 320)
+    out = tmp_path / "set16_masks.tif"
+    assert main(["segment", str(image), "--model", str(trained["onnx"]), "--pixel-size", str(USIIGACI_PX_UM),
+                 "--out", str(out)]) == 0
+    cells = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cells"]
+    expected = load_segmenter(str(trained["onnx"]), options=ServeOptions(USIIGACI_PX_UM)).segment(
+        read_frame(str(image)))
+    for masks in (cellpose_io.imread(str(out)), tifffile.imread(out)):
+        assert masks.shape == (320, 320) and np.issubdtype(masks.dtype, np.integer)
+        assert np.array_equal(masks, expected) and masks.max() == cells > 5
+        assert len(fastremap.unique(masks)) == masks.max() + 1
+
+
+@pytest.mark.unit
+def test_adapt_is_cellpose_guis_recipe_and_each_flag_overrides_it():
+    from wellwatch.cellpose_cli import train_settings
+    from wellwatch.cli import build_parser
+
+    def settings(*flags, frames=3):
+        return train_settings(build_parser("cellpose").parse_args(["cellpose", "train", "ds", "--out", "m.onnx",
+                                                                     *flags]), frames)
+
+    adapt = settings("--adapt")
+    assert (adapt.sgd, adapt.learning_rate, adapt.weight_decay, adapt.min_train_masks) == (True, 0.1, 1e-4, 0)
+    assert adapt.images_per_epoch == 8 and settings("--adapt", frames=12).images_per_epoch == 12
+    tuned = settings("--adapt", "--lr", "0.05", "--epochs", "80", "--images-per-epoch", "4")
+    assert (tuned.learning_rate, tuned.epochs, tuned.images_per_epoch, tuned.sgd) == (0.05, 80, 4, True)
+    plain = settings()
+    assert (plain.sgd, plain.learning_rate, plain.epochs, plain.min_train_masks) == (False, 0.005, 100, 1)
+
+
+@pytest.mark.unit
 def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
     pytest.importorskip("cellpose")
     from wellwatch.training.cellpose_train import cellpose_model

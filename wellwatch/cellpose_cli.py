@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -21,25 +22,69 @@ def cmd_cellpose_export(args: argparse.Namespace) -> int:
 
 def cmd_cellpose_train(args: argparse.Namespace) -> int:
     from .export.cellpose_export import export_cellpose
-    from .training.cellpose_train import CellposeTrainSettings, train_cellpose
+    from .training.cellpose_adapt import init_scores, served_scores
+    from .training.cellpose_train import train_cellpose
     from .training.masks import load_mask_set
 
-    data = load_mask_set(args.dataset)
-    if args.frames:
-        data = data.select(args.frames.split(","))
+    full = load_mask_set(args.dataset)
+    data = full.select(args.frames.split(",")) if args.frames else full
+    scored = score_set(full, data, args.score)
     out = Path(args.out)
     name = args.name or out.stem
-    settings = CellposeTrainSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch,
-                                     images_per_epoch=args.images_per_epoch, seed=args.seed)
+    settings = train_settings(args, len(data))
     result = train_cellpose(data, out.parent / f"{name}.cellpose", name, args.init, settings)
     trained_on = {"dataset": str(args.dataset), "images": data.names, "init": args.init or "scratch",
-                  "epochs": args.epochs, "train_seconds": round(result.seconds, 1)}
+                  "epochs": settings.epochs, "learning_rate": settings.learning_rate,
+                  "optimizer": "SGD" if settings.sgd else "AdamW", "train_seconds": round(result.seconds, 1)}
     onnx, parity = export_cellpose(str(result.model_file), out, args.pixel_size, args.parity_image or [], name,
                                    trained_on, postprocess=mask_settings(args))
-    print(json.dumps({"cellpose_model": str(result.model_file), "onnx": str(onnx), "seconds": round(result.seconds, 1),
-                      "final_loss": round(result.final_loss, 4), "diam_labels_px": round(result.diam_labels, 1),
-                      "parity": None if parity is None else parity.summary()}))
+    report = {"cellpose_model": str(result.model_file), "onnx": str(onnx), "seconds": round(result.seconds, 1),
+              "final_loss": round(result.final_loss, 4), "diam_labels_px": round(result.diam_labels, 1),
+              "parity": None if parity is None else parity.summary()}
+    if scored is not None:
+        # both at the trained frames' cell diameter: what a user of the model before would have set
+        if args.init:
+            report["before"] = init_scores(args.init, scored, result.diam_labels, mask_settings(args))
+        report["after"] = served_scores(onnx, scored, result.diam_labels)
+        print(f"[cellpose train {name}] on {len(scored)} frames not trained on ({report['after']['cells']} cells): "
+              + "; ".join(f"{when} F1@0.5 {report[when]['f1@0.5']:.3f}, F1@0.75 {report[when]['f1@0.75']:.3f}"
+                          for when in ("before", "after") if when in report), file=sys.stderr)
+    print(json.dumps(report))
     return 0
+
+
+def train_settings(args: argparse.Namespace, frames: int):
+    """Cellpose's defaults, or with --adapt the few-frame recipe; a flag given overrides either."""
+    import dataclasses
+
+    from .training.cellpose_train import ADAPTATION, CellposeTrainSettings
+
+    # the GUI draws max(8, frames) crops per epoch: every frame at least once when there are many
+    base = (dataclasses.replace(ADAPTATION, images_per_epoch=max(ADAPTATION.images_per_epoch, frames))
+            if args.adapt else CellposeTrainSettings())
+    given = {key: value for key, value in (("epochs", args.epochs), ("learning_rate", args.lr),
+                                           ("batch_size", args.batch), ("images_per_epoch", args.images_per_epoch),
+                                           ("weight_decay", args.weight_decay))
+             if value is not None}
+    return dataclasses.replace(base, seed=args.seed, **given)
+
+
+def score_set(full, trained, score: str | None):
+    """The frames --score names (`rest`: those not trained on), checked before any training starts."""
+    from .core.errors import UsageError
+    from .training.cellpose_adapt import rest_of
+
+    if not score:
+        return None
+    names = rest_of(full, trained.names) if score == "rest" else score.split(",")
+    if not names:
+        raise UsageError("wellwatch cellpose train: --score rest: every frame of the dataset is trained on, "
+                         "none is left to score")
+    overlap = sorted(set(names) & set(trained.names))
+    if overlap:
+        raise UsageError(f"wellwatch cellpose train: --score {','.join(overlap)}: frames trained on say nothing "
+                         "about the others")
+    return full.select(names)
 
 
 def mask_settings(args: argparse.Namespace) -> dict:
@@ -80,10 +125,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="the ONNX file to write; the Cellpose model file goes beside it")
     p.add_argument("--init", help="start from this Cellpose model file or built-in name (default: from scratch)")
     p.add_argument("--frames", help="comma-separated image names of the dataset to train on (default: all)")
-    p.add_argument("--epochs", type=int, default=100, help="Cellpose epochs (default 100)")
-    p.add_argument("--images-per-epoch", type=int, default=8, help="random crops per epoch (default 8)")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--lr", type=float, default=0.005, help="learning rate (default 0.005, Cellpose's)")
+    p.add_argument("--adapt", action="store_true",
+                   help="the few-frame adaptation recipe (Cellpose's human-in-the-loop training: SGD, learning rate "
+                        "0.1, weight decay 1e-4, 50 epochs of at least 8 crops, frames with few cells kept); "
+                        "use with --init")
+    p.add_argument("--score", metavar="FRAMES",
+                   help="score the model before (--init) and after on these annotated frames of the dataset, never "
+                        "trained on (comma-separated, or `rest`: every frame not in --frames)")
+    p.add_argument("--epochs", type=int, help="Cellpose epochs (default 100; --adapt: 50)")
+    p.add_argument("--images-per-epoch", type=int, help="random crops per epoch (default 8)")
+    p.add_argument("--batch", type=int, help="batch size (default 8)")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.005 with AdamW, Cellpose's; --adapt: 0.1 "
+                                            "with SGD)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default 1e-5; --adapt: 1e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pixel-size", type=float, default=0.0, metavar="UM", help="um per pixel of the training frames")
     p.add_argument("--parity-image", action="append", metavar="TIFF", help="a real frame for the export's parity check")
