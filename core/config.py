@@ -349,3 +349,11 @@ def check_model_channels(label_free: tuple[str, ...], slot: str, path: str, cont
         raise StartupError(f"channels.label_free {list(label_free)} gives {len(label_free)} channel(s) but the "
                            f"{slot} model {path} ({contract.name!r}) expects {len(contract.channels)} "
                            f"({', '.join(contract.channels)})")
+
+
+def check_interval_level(level: float, *contracts) -> None:
+    """intervals.level must be one the served models' calibrations measured."""
+    for c in contracts:
+        if c is not None and c.calibration is not None and not any(abs(level - x) < 1e-9 for x in c.calibration.levels):
+            raise StartupError(f"intervals.level {level} is not calibrated in model {c.name!r}; its calibration "
+                               f"measured levels {', '.join(f'{x:g}' for x in c.calibration.levels)}")

@@ -34,7 +34,7 @@ from pathlib import Path
 import zmq
 
 from wellwatch.core.aggregate import PlateAggregate
-from wellwatch.core.config import Config, check_model_channels
+from wellwatch.core.config import Config, check_interval_level, check_model_channels
 from wellwatch.core.crops import crop_section
 from wellwatch.core.errors import StartupError
 from wellwatch.core.files.nd2 import Nd2Tracker
@@ -64,14 +64,6 @@ from wellwatch.daemon.stages.publish import Publisher
 from wellwatch.daemon.stages.read import ReadStage
 
 log = logging.getLogger(__name__)
-
-
-def check_interval_level(level: float, *contracts) -> None:
-    """intervals.level must be one the served models' calibrations measured."""
-    for c in contracts:
-        if c is not None and c.calibration is not None and not any(abs(level - x) < 1e-9 for x in c.calibration.levels):
-            raise StartupError(f"intervals.level {level} is not calibrated in model {c.name!r}; its calibration "
-                               f"measured levels {', '.join(f'{x:g}' for x in c.calibration.levels)}")
 
 
 class Pipeline:

@@ -196,7 +196,7 @@ def test_an_uncalibrated_level_refuses_to_start():
     from types import SimpleNamespace
 
     from wellwatch.core.errors import StartupError
-    from wellwatch.daemon.pipeline import check_interval_level
+    from wellwatch.core.config import check_interval_level
 
     model = SimpleNamespace(name="m", calibration=Calibration("classify_count", {"0.8": 0.1, "0.9": 0.2},
                                                                "per-well fractions only"))
