@@ -12,15 +12,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from wellwatch.core.segmentation.maps import ServeOptions
+from wellwatch.core.segmentation.segmenters import load_segmenter
+from wellwatch.export.cellpose_export import export_cellpose
+
 from .masks import MaskSet
 from .seg_metrics import aggregate_scores, match_scores
 
 
 def served_scores(onnx: str | Path, data: MaskSet, diameter_px: float, threads: int = 0) -> dict:
     """F1 and AP at IoU 0.5 / 0.75 of a Cellpose ONNX model on `data`, cells taken `diameter_px` wide."""
-    from wellwatch.core.segmentation.maps import ServeOptions
-    from wellwatch.core.segmentation.segmenters import load_segmenter
-
     # a diameter in px is a diameter in "um" on frames of 1 um/px: no pixel size needs to be known
     segmenter = load_segmenter(str(onnx), threads=threads, options=ServeOptions(1.0, False, diameter_px))
     scores = aggregate_scores([match_scores(labels, segmenter.segment(image))
@@ -34,8 +35,6 @@ def init_scores(init: str, data: MaskSet, diameter_px: float, postprocess: dict 
                 threads: int = 0) -> dict:
     """`served_scores` of the model adapted from (a model file or a present built-in), exported on the way
     with the same mask settings (`postprocess`) as the adapted one."""
-    from wellwatch.export.cellpose_export import export_cellpose
-
     with tempfile.TemporaryDirectory(prefix="wellwatch-cellpose-init-") as tmp:
         onnx, _ = export_cellpose(init, Path(tmp) / "init.onnx", postprocess=postprocess)
         return served_scores(onnx, data, diameter_px, threads)
