@@ -22,6 +22,7 @@ import json
 import numpy as np
 
 from wellwatch.core.aggregate import live_fraction
+from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL, bundled_demo_model
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.inference.models import Models
 from wellwatch.core.config import Config
@@ -31,9 +32,7 @@ from wellwatch.core.errors import FrameReadError
 from wellwatch.core.model_inputs import prepare_frame
 from wellwatch.core.scoring import FrameOutputs, frame_counts
 from wellwatch.core.files.tiff import decode_frame
-from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
 from wellwatch.core.segmentation.segmenters import ModelSegmenter, model_cells
-from wellwatch.core.bundled_models import bundled_demo_model
 
 META = ("root", "path", "plate", "well", "field", "timepoint", "z", "channel")
 
