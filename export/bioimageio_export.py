@@ -22,7 +22,6 @@ import numpy as np
 
 from wellwatch.core.inference.backend import OnnxBackend
 from wellwatch.core.packages.description import EXTRA, PackageError, read_package
-from wellwatch.core.config import InferenceConfig
 from wellwatch.core.contract import SEGMENTATION_MAPS, ModelContract, file_sha256
 from wellwatch.core.errors import UsageError
 from wellwatch.core.files.tiff import read_frame

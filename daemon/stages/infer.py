@@ -32,6 +32,7 @@ from wellwatch.daemon.segmentation_pool import SegmentationPool
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(eq=False)
 class _InFlight:
     """One frame between intake and emission. Not the `ReadFrame` itself: its inputs go to the lanes'
