@@ -16,7 +16,6 @@ import os
 import threading
 import time
 
-
 from wellwatch.core.contract import ModelContract
 from wellwatch.core.preprocess import cut_tiles, empty_mask, normalise_frame, prepare_tiles, tile_origins
 from wellwatch.core.files.tiff import decode_frame
