@@ -20,10 +20,7 @@ def source_packages(package_dirs: dict[str, str]) -> set[str]:
     for package, folder in package_dirs.items():
         base = ROOT / folder
         for init in base.rglob("__init__.py"):
-            rel = init.parent.relative_to(base)
-            if package == "wellwatch" and rel.parts and rel.parts[0] in {d for d in package_dirs.values()}:
-                continue
-            found.add(".".join((package, *rel.parts)))
+            found.add(".".join((package, *init.parent.relative_to(base).parts)))
     return found
 
 
