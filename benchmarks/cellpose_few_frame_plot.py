@@ -2,7 +2,8 @@
 
     python benchmarks/cellpose_few_frame_plot.py OUT.png "LABEL=REPORT.json:before" "LABEL=REPORT.json:after" ...  (a / in LABEL breaks the line)
 
-Each REPORT.json is the JSON line `cellpose train` prints; `before` / `after` picks which scores.
+Each REPORT.json is the JSON line `cellpose train` prints, or the report.json `wellwatch finetune` writes;
+`before` / `after` picks which scores.
 """
 import json, sys
 import matplotlib
@@ -14,7 +15,8 @@ labels, f50, f75 = [], [], []
 for spec in specs:
     label, rest = spec.split("=", 1)
     path, key = rest.rsplit(":", 1)
-    scores = json.loads(open(path).read().strip().splitlines()[-1])[key]
+    text = open(path).read().strip()
+    scores = (json.loads(text) if text.startswith("{") else json.loads(text.splitlines()[-1]))[key]
     labels.append(f"{label.replace('/', chr(10))}\n{scores['found']} of {scores['cells']} cells")
     f50.append(scores["f1@0.5"]); f75.append(scores["f1@0.75"])
 x = np.arange(len(labels))

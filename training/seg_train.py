@@ -41,6 +41,7 @@ from .seg_targets import class_map, distance_map, downsample_labels
 from .unet import DISTANCE_MAP, SegmentationMaps, UNet
 from .seg_init import load_initial_model
 
+FREEZE = ("none", "encoder")
 CLASS_WEIGHTS = (1.0, 1.0, 3.0)  # boundary pixels are few and decide where touching cells part
 DISTANCE_WEIGHT = 4.0
 
@@ -74,12 +75,16 @@ class SegTrainConfig:
     tta: bool = False                # score with test-time augmentation
     groups: dict[str, str] = field(default_factory=dict)  # image -> acquisition group, for the record
     balance_groups: bool = False     # draw crops from each acquisition group equally often (needs groups)
+    freeze: str = "none"             # "encoder": only the decoder learns (few-frame adaptation)
+    choose_watershed: bool = True    # False (with init): keep the start's; a few cells choose it badly
     # leave-group-out scores of this recipe (benchmarks/seg_leave_group_out.py), carried into the contract
     leave_group_out: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.augment not in RECIPES:
             raise ValueError(f"augment {self.augment!r}; allowed: {', '.join(RECIPES)}")
+        if self.freeze not in FREEZE:
+            raise ValueError(f"freeze {self.freeze!r}; allowed: {', '.join(FREEZE)}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ValueError(f"scale range {self.scale_min}..{self.scale_max} must satisfy 0 < min <= max")
 
@@ -198,8 +203,19 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             m.eval()
 
 
-def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig, progress: bool = True) -> dict:
-    """Train, select the best weights on validation, tune the watershed; write RUN/best.pt + summary.json."""
+def trainable_parameters(model: UNet, freeze: str) -> list[nn.Parameter]:
+    """The parameters the optimiser moves; a frozen encoder keeps the features the start learned from
+    many frames, so a few frames can only re-tune how they are read out."""
+    if freeze == "encoder":
+        for p in model.down.parameters():
+            p.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_segmentation(dataset: str | Path | MaskSet, out: str | Path, cfg: SegTrainConfig, progress: bool = True) -> dict:
+    """Train, select the best weights on validation, tune the watershed; write RUN/best.pt + summary.json.
+
+    `dataset`: a `dataset masks` folder, or a MaskSet already in memory (its meta's "source" names it)."""
     report = Progress("train segmentation", progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +223,8 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     rng = np.random.default_rng(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ds = load_mask_set(dataset)
+    ds = dataset if isinstance(dataset, MaskSet) else load_mask_set(dataset)
+    source = ds.meta.get("source", "in memory") if isinstance(dataset, MaskSet) else str(dataset)
     train_set, val_set = ds.select(list(cfg.train)), ds.select(list(cfg.val))
     test_set = ds.select(list(cfg.test)) if cfg.test else None
     init_info = {}
@@ -239,9 +256,9 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         report.line(f"{cfg.init} before fine-tuning: validation F1@0.5 {start['iou'][0.5]['f1']:.3f} "
             f"F1@0.75 {start['iou'][0.75]['f1']:.3f}")
     loss_fn = SegLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable_parameters(model, cfg.freeze), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    history, best, best_state = [], -1.0, None
+    history, best, best_state, best_step = [], -1.0, None, 0
     if cfg.init:  # fine-tuning must beat the model it starts from, or the start is kept
         best, best_state = quality(start), {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append({"step": 0, "loss": float("nan"), "val_f1_50": start["iou"][0.5]["f1"],
@@ -269,14 +286,16 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
             report.line(f"step {step}: validation F1@0.5 {agg['iou'][0.5]['f1']:.3f} "
                 f"F1@0.75 {agg['iou'][0.75]['f1']:.3f}" + (" (best so far)" if q > best else ""))
             if q > best:
-                best, best_state = q, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best, best_step = q, step
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 # kept on disk as it improves, so an interrupted run still leaves its best weights
                 save_seg_checkpoint(out / "best.pt", model, cfg, contract, history)
     train_seconds = time.time() - t0
     model.load_state_dict(best_state)
     model.eval()
-    report.line("choosing the watershed's parameters on the validation images")
-    grid = postprocess_grid() + ([before] if cfg.init else [])
+    keep = cfg.init and not cfg.choose_watershed
+    report.line("keeping the start's watershed" if keep else "choosing the watershed's parameters on the validation images")
+    grid = [before] if keep else postprocess_grid() + ([before] if cfg.init else [])
     results = score(model, val_set, contract, grid, options)
     i = int(np.argmax([quality(r) for r in results]))
     post, val = grid[i], results[i]
@@ -292,7 +311,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
         metrics["fine_tuning"] = {**init_info, "train_seconds": round(train_seconds, 1)}
     if cfg.leave_group_out:
         metrics["leave_group_out"] = cfg.leave_group_out
-    trained_on = {"dataset": str(dataset), "images": list(cfg.train), "validation": list(cfg.val),
+    trained_on = {"dataset": source, "images": list(cfg.train), "validation": list(cfg.val),
                   "test": list(cfg.test), "groups": dict(cfg.groups),
                   "provenance": ds.meta.get("provenance", {}).get("images", [])[:1] and "see dataset.json",
                   "steps": cfg.steps, "train_seconds": round(train_seconds, 1), **init_info,
@@ -300,6 +319,7 @@ def train_segmentation(dataset: str | Path, out: str | Path, cfg: SegTrainConfig
     contract = segmentation_contract(cfg, post, trained_on, metrics, pixel_size_um=model_px)
     save_seg_checkpoint(out / "best.pt", model, cfg, contract, history)
     summary = {"task": "segmentation", "metrics": metrics, "postprocess": asdict(post), "history": history,
+               "best_step": best_step,
                "train_seconds": train_seconds, "steps": cfg.steps, "config": trained_on["config"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_history(history, out / "history.png")

@@ -211,6 +211,9 @@ LAZY_COMMANDS = {
                                           "boxes, masks for segmentation, cells from paired marker fluorescence)"),
     "train": ("wellwatch.training.cli", "train a classifier (or, with --task segmentation, a U-Net); writes "
                                         "RUN/best.pt"),
+    "finetune": ("wellwatch.training.finetune_cli", "adapt the segmentation U-Net to a lab's cells from a few annotated "
+                                                    "frames; scores the other annotated frames before and after; "
+                                                    "writes NAME.onnx"),
     "evaluate": ("wellwatch.training.cli", "metrics, plots and a report for a run or an exported ONNX model"),
     "hub": ("wellwatch.scale.cli", "fan many daemons' streams into one, with a merged snapshot (see docs/operating/facility-scale.md)"),
     "reprocess": ("wellwatch.scale.cli", "re-run archived acquisitions with the daemon's stages -> Parquet"),
