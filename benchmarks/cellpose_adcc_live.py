@@ -166,7 +166,8 @@ def wait_for(condition, daemon: subprocess.Popen, timeout: float, run_dir: Path)
     raise TimeoutError(f"the daemon did not finish in {timeout} s; see {run_dir / 'daemon.log'}")
 
 
-def figure(onnx: Path, package: str, frame_path: Path, teacher: str, out: Path, crop=(slice(150, 406), slice(150, 406))) -> None:
+def figure(onnx: Path, package: str, frame_path: Path, teacher: str, out: Path,
+           crop=(slice(150, 406), slice(150, 406))) -> None:
     """The held-out field with both segmentations' outlines, whole and a crop (both by the daemon's code)."""
     import matplotlib
     matplotlib.use("Agg")
