@@ -54,6 +54,13 @@ def per_field(package: str, data: Path) -> tuple[list[dict], dict]:
     return rows, {k: float(np.median(v)) for k, v in seconds.items()}
 
 
+def stretched(frame: np.ndarray) -> np.ndarray:
+    """The frame contrast-stretched to 0..1 between its 1st and 99.5th percentiles, for display."""
+    frame = np.asarray(frame, np.float32)
+    low, high = np.percentile(frame, 1), np.percentile(frame, 99.5)
+    return np.clip((frame - low) / (high - low), 0, 1)
+
+
 def figure(package: str, data: Path, field: str, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -61,7 +68,7 @@ def figure(package: str, data: Path, field: str, out: Path) -> None:
     from skimage.segmentation import find_boundaries
 
     frame = tifffile.imread(data / f"{field}--Z00000--T00000--LIVE.tif").astype(np.float32)
-    shown = np.clip((frame - np.percentile(frame, 1)) / (np.percentile(frame, 99.5) - np.percentile(frame, 1)), 0, 1)
+    shown = stretched(frame)
     labels = {"BioImage.IO unet2d_nuclei_broad": load_segmenter(package, device="cpu").segment(frame),
               "classical (intensity Otsu)": segment_classical(frame, NUCLEI)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 6.3))

@@ -309,6 +309,24 @@ def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
         cellpose_model("cyto3")
 
 
+def daemon_frames(config, files: list[Path], n: int) -> list[dict]:
+    """The daemon's frame messages once `files` are renamed into its watched folder, whole, one by one."""
+    from wellwatch.harness import start_daemon
+
+    daemon = start_daemon(config)
+    try:
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(30)
+        data = Path(config.watch.root)
+        for src in files:
+            shutil.copy(src, data / (src.name + ".part"))
+            (data / (src.name + ".part")).rename(data / src.name)
+        return rec.wait_frames(n, timeout=240)
+    finally:
+        assert daemon.stop() == 0
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("size", [256, pytest.param(0, marks=pytest.mark.slow)])
 def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path, size):
@@ -317,7 +335,7 @@ def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path
     model run directly with `wellwatch segment`'s code."""
     from wellwatch.core.files.tiff import read_frame
     from wellwatch.core.segmentation.segmenters import load_segmenter
-    from wellwatch.harness import local_config, start_daemon
+    from wellwatch.harness import local_config
     from wellwatch.simulator.spec import SimulationSpec
 
     folder = shared_data("nis-timelapse")
@@ -334,23 +352,43 @@ def test_daemon_serves_the_cellpose_model_on_the_nis_timelapse(trained, tmp_path
                                              "plate.pixel_size_um": USIIGACI_PX_UM,
                                              "segmentation.method": "cellpose", "segmentation.workers": 1,  # one cellpose import
                                              "segmentation.cellpose.model": str(trained["onnx"])})
-    daemon = start_daemon(config)
-    try:
-        rec = StreamRecorder(config)
-        rec.start()
-        assert rec.connected.wait(30)
-        data = Path(config.watch.root)
-        for src in sorted(staged.iterdir()):
-            shutil.copy(src, data / (src.name + ".part"))
-            (data / (src.name + ".part")).rename(data / src.name)
-        frames = rec.wait_frames(len(sources), timeout=240)
-    finally:
-        assert daemon.stop() == 0
+    frames = daemon_frames(config, sorted(staged.iterdir()), len(sources))
     direct = load_segmenter(str(trained["onnx"]))
     assert trained["onnx"].stem in frames[0]["models"]
     for m in frames:
         assert m["cells"] == int(direct.segment(read_frame(str(staged / m["path"]))).max()), m["path"]
     assert all(m["cells"] > 0 for m in frames)
+
+
+@pytest.mark.integration
+def test_daemon_serves_cellpose_on_a_nuclear_stain_at_the_acquisitions_pixel_size(trained, tmp_path):
+    """adcc-paired's scanR fields (0.3112 um/px) with `segment_on = "LIVE"`: the live/dead model reads
+    bright field, the Cellpose network (trained at Usiigaci's 0.8708 um/px) segments the LIVE stain,
+    resized for [plate] pixel_size_um. Every field's `cells` equals the same model run directly on the
+    LIVE frame at that pixel size, and not its count at the training pixel size or on bright field."""
+    import tifffile
+
+    from wellwatch.core.segmentation.maps import ServeOptions
+    from wellwatch.core.segmentation.segmenters import load_segmenter
+    from wellwatch.harness import local_config
+    from wellwatch.simulator.spec import SimulationSpec
+
+    adcc, px = shared_data("adcc-paired", "data"), 0.3112
+    fields = ("A2--W00002--P00004", "A6--W00006--P00001")
+    config = local_config(tmp_path, SimulationSpec(naming="scanr"), **{
+        "channels.segment_on": "LIVE", "plate.pixel_size_um": px, "plate.fields_per_well": 0,
+        "segmentation.method": "cellpose", "segmentation.workers": 1,  # one cellpose import
+        "segmentation.cellpose.model": str(trained["onnx"])})
+    frames = daemon_frames(config, [adcc / f"{f}--Z00000--T00000--{c}.tif" for f in fields for c in ("BF", "LIVE")],
+                           len(fields))
+    at_px = load_segmenter(str(trained["onnx"]), options=ServeOptions(px))
+    at_training_px = load_segmenter(str(trained["onnx"]))
+    assert sorted(m["path"] for m in frames) == sorted(f"{f}--Z00000--T00000--BF.tif" for f in fields)
+    for m in frames:
+        live = tifffile.imread(adcc / m["path"].replace("--BF.tif", "--LIVE.tif"))
+        assert m["cells"] == int(at_px.segment(live).max()) > 0, m["path"]
+        assert m["cells"] != int(at_training_px.segment(live).max()), m["path"]
+        assert m["cells"] != int(at_px.segment(tifffile.imread(adcc / m["path"])).max()), m["path"]
 
 
 @pytest.mark.integration
