@@ -8,7 +8,6 @@ compare two ways of running the same (weak but real) network on the same real fr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
