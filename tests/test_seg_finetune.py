@@ -99,3 +99,13 @@ def test_adapting_the_bundled_model_scores_the_other_frames_before_and_after_and
     assert backend.contract.segmentation.postprocess == report["postprocess"]
     labels = ModelSegmenter(backend).segment(data.images[2])
     assert labels.shape == (512, 640) and labels.max() > 10
+
+
+@pytest.mark.unit
+def test_unknown_recipe_choices_are_refused_with_the_allowed_ones():
+    from wellwatch.training.seg_train import SegTrainConfig
+
+    with pytest.raises(ValueError, match="watershed 'strips'; allowed: validation, train\\+validation, keep"):
+        SegTrainConfig(train=("a",), val=("b",), watershed="strips")
+    with pytest.raises(ValueError, match="freeze 'decoder'; allowed: none, encoder"):
+        SegTrainConfig(train=("a",), val=("b",), freeze="decoder")

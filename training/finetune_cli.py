@@ -8,6 +8,9 @@ import json
 from dataclasses import replace
 
 
+WATERSHED_ON = {"strips": "validation", "frames": "train+validation", "keep": "keep"}
+
+
 class FinetuneError(SystemExit):
     def __init__(self, message: str):
         super().__init__(f"wellwatch finetune: {message}")
@@ -36,7 +39,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("freeze", args.freeze),
                                    ("augment", args.augment), ("eval_every", args.eval_every),
                                    ("check_fraction", args.check_fraction), ("seed", args.seed),
-                                   ("choose_watershed", None if args.watershed is None else args.watershed == "choose"))
+                                   ("watershed", WATERSHED_ON.get(args.watershed)))
                  if v is not None}
     try:
         data = load_mask_set(args.dataset)
@@ -62,16 +65,16 @@ def register(sub) -> None:
     p.add_argument("--init", help="the model to adapt: a segmentation .onnx or .pt (default: the bundled one)")
     p.add_argument("--pixel-size", type=float, default=0.0, metavar="UM",
                    help="um per pixel of the annotated frames; they are resampled to the model's (0 = unknown)")
-    p.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--freeze", choices=["none", "encoder"], help="layers kept as they are (default: the recipe's)")
-    p.add_argument("--augment", choices=["basic", "scale", "microscope"], help="training crops' augmentation")
-    p.add_argument("--watershed", choices=["choose", "keep"],
-                   help="choose the watershed's parameters on the check strips, or keep the start's (default: the "
-                        "recipe's)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--freeze", choices=["none", "encoder"], help="layers kept as they are (default none)")
+    p.add_argument("--augment", choices=["basic", "scale", "microscope"], help="training crops' augmentation (default basic)")
+    p.add_argument("--watershed", choices=list(WATERSHED_ON),
+                   help="choose the watershed's parameters on the check strips, on the whole annotated frames, or "
+                        "keep the start's (default frames)")
     p.add_argument("--eval-every", type=int, help="steps between scorings of the check strips")
     p.add_argument("--check-fraction", type=float,
-                   help="part of each frame kept out of training to choose weights and the watershed on (default 0.25)")
+                   help="part of each frame kept out of training to choose the weights on (default 0.25)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -42,6 +42,7 @@ from .unet import DISTANCE_MAP, SegmentationMaps, UNet
 from .seg_init import load_initial_model
 
 FREEZE = ("none", "encoder")
+WATERSHED_CHOICES = ("validation", "train+validation", "keep")
 CLASS_WEIGHTS = (1.0, 1.0, 3.0)  # boundary pixels are few and decide where touching cells part
 DISTANCE_WEIGHT = 4.0
 
@@ -76,13 +77,16 @@ class SegTrainConfig:
     groups: dict[str, str] = field(default_factory=dict)  # image -> acquisition group, for the record
     balance_groups: bool = False     # draw crops from each acquisition group equally often (needs groups)
     freeze: str = "none"             # "encoder": only the decoder learns (few-frame adaptation)
-    choose_watershed: bool = True    # False (with init): keep the start's; a few cells choose it badly
+    watershed: str = "validation"    # chosen on: "validation", "train+validation" (more cells), or "keep" the
+                                     # start's (with init)
     # leave-group-out scores of this recipe (benchmarks/seg_leave_group_out.py), carried into the contract
     leave_group_out: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.augment not in RECIPES:
             raise ValueError(f"augment {self.augment!r}; allowed: {', '.join(RECIPES)}")
+        if self.watershed not in WATERSHED_CHOICES:
+            raise ValueError(f"watershed {self.watershed!r}; allowed: {', '.join(WATERSHED_CHOICES)}")
         if self.freeze not in FREEZE:
             raise ValueError(f"freeze {self.freeze!r}; allowed: {', '.join(FREEZE)}")
         if not 0 < self.scale_min <= self.scale_max:
@@ -293,11 +297,16 @@ def train_segmentation(dataset: str | Path | MaskSet, out: str | Path, cfg: SegT
     train_seconds = time.time() - t0
     model.load_state_dict(best_state)
     model.eval()
-    keep = cfg.init and not cfg.choose_watershed
-    report.line("keeping the start's watershed" if keep else "choosing the watershed's parameters on the validation images")
+    keep = cfg.init and cfg.watershed == "keep"
+    report.line("keeping the start's watershed" if keep
+                else f"choosing the watershed's parameters on the {cfg.watershed} images")
     grid = [before] if keep else postprocess_grid() + ([before] if cfg.init else [])
     results = score(model, val_set, contract, grid, options)
-    i = int(np.argmax([quality(r) for r in results]))
+    if cfg.watershed == "train+validation":  # the choice from all annotated cells; the figures stay validation's
+        on_train = score(model, train_set, contract, grid, options)
+        i = int(np.argmax([quality(r) + quality(t) for r, t in zip(results, on_train)]))
+    else:
+        i = int(np.argmax([quality(r) for r in results]))
     post, val = grid[i], results[i]
     report.line(f"best post-processing {asdict(post)}: validation F1@0.5 "
         f"{val['iou'][0.5]['f1']:.3f} F1@0.75 {val['iou'][0.75]['f1']:.3f}")
