@@ -1,6 +1,7 @@
 """Before and after a few-frame adaptation, side by side, on a frame neither looked at.
 
-    python benchmarks/few_frame_overlay.py DATASET FRAME START.onnx ADAPTED.onnx OUT.png [--crop Y,X,SIZE] [--pixel-size UM]
+    python benchmarks/few_frame_overlay.py DATASET FRAME START.onnx ADAPTED.onnx OUT.png \
+        [--crop Y,X,SIZE] [--pixel-size UM]
 
 Annotated outlines red, the model's green (wellwatch/overlay.py's colours), each model served the
 daemon's way (its contract's tiling and watershed).

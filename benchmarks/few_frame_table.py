@@ -16,7 +16,8 @@ def row(label: str, report: dict) -> str:
     watershed = r.get("watershed") or ("validation" if r.get("choose_watershed", True) else "keep")
     watershed = {"validation": "the strips", "train+validation": "the whole frames", "keep": "the start's"}[watershed]
     recipe = f"{r['steps']} steps, lr {r['lr']:g}, freeze {r['freeze']}, {r['augment']}; watershed: {watershed}"
-    return (f"| {label} | {recipe} | {b['f1@0.5']:.3f} / {b['f1@0.75']:.3f} | **{a['f1@0.5']:.3f} / {a['f1@0.75']:.3f}** "
+    return (f"| {label} | {recipe} | {b['f1@0.5']:.3f} / {b['f1@0.75']:.3f} "
+            f"| **{a['f1@0.5']:.3f} / {a['f1@0.75']:.3f}** "
             f"| {a['ap@0.5']:.3f} | {a['found']} / {a['cells']} | {report['best_step']} | {report['seconds']:.0f} s |")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -110,3 +111,19 @@ def recorder_for():
         return r
 
     return make
+
+
+def daemon_frames(config, files: list[Path], n: int) -> list[dict]:
+    """The daemon's frame messages once `files` are renamed into its watched folder, whole, one by one."""
+    daemon = start_daemon(config)
+    try:
+        rec = StreamRecorder(config)
+        rec.start()
+        assert rec.connected.wait(30)
+        data = Path(config.watch.root)
+        for src in files:
+            shutil.copy(src, data / (src.name + ".part"))
+            (data / (src.name + ".part")).rename(data / src.name)
+        return rec.wait_frames(n, timeout=240)
+    finally:
+        assert daemon.stop() == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import StreamRecorder, shared_data
+from tests.conftest import daemon_frames, shared_data
 from wellwatch.core.config import load_config
 from wellwatch.core.contract import ModelContract
 from wellwatch.core.errors import ConfigError, ContractError, StartupError
@@ -306,24 +306,6 @@ def test_init_from_a_missing_built_in_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=f"--init cyto3: .*{tmp_path}/cyto3 are not on this machine"):
         cellpose_model("cyto3")
-
-
-def daemon_frames(config, files: list[Path], n: int) -> list[dict]:
-    """The daemon's frame messages once `files` are renamed into its watched folder, whole, one by one."""
-    from wellwatch.harness import start_daemon
-
-    daemon = start_daemon(config)
-    try:
-        rec = StreamRecorder(config)
-        rec.start()
-        assert rec.connected.wait(30)
-        data = Path(config.watch.root)
-        for src in files:
-            shutil.copy(src, data / (src.name + ".part"))
-            (data / (src.name + ".part")).rename(data / src.name)
-        return rec.wait_frames(n, timeout=240)
-    finally:
-        assert daemon.stop() == 0
 
 
 @pytest.mark.integration

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,29 +241,16 @@ def test_nis_timelapse_cells_per_frame_with_the_bundled_model(tmp_path):
     """The real NIS-Elements time-lapse (no channel in its names) through the daemon with the
     bundled phase-contrast segmentation model: a `cells` count for every frame, equal to
     `wellwatch segment` on the same file, and t01 close to a manual count."""
-    import shutil
-
-    from tests.conftest import StreamRecorder, shared_data
+    from tests.conftest import daemon_frames, shared_data
     from wellwatch.core.bundled_models import BUNDLED_SEGMENTATION_MODEL
     from wellwatch.core.segmentation.segmenters import load_segmenter
-    from wellwatch.harness import local_config, start_daemon
+    from wellwatch.harness import local_config
 
     folder = shared_data("nis-timelapse")
     spec = SimulationSpec(naming="nis", plate_name="T98G")  # only for the config's naming/plate keys
     config = local_config(tmp_path, spec, **{"channels.label_free": "phase", "plate.fields_per_well": 1,
                                              "segmentation.method": "model", "segmentation.workers": 2})
-    daemon = start_daemon(config)
-    try:
-        rec = StreamRecorder(config)
-        rec.start()
-        assert rec.connected.wait(30)
-        data = Path(config.watch.root)
-        for src in sorted(folder.glob("*.tif")):
-            shutil.copy(src, data / (src.name + ".part"))
-            (data / (src.name + ".part")).rename(data / src.name)
-        frames = rec.wait_frames(8, timeout=240)
-    finally:
-        assert daemon.stop() == 0
+    frames = daemon_frames(config, sorted(folder.glob("*.tif")), 8)
     by_time = {m["timepoint"]: m for m in frames}
     assert sorted(by_time) == list(range(1, 9))
     direct = load_segmenter("")

@@ -95,7 +95,8 @@ def test_adapting_the_bundled_model_scores_the_other_frames_before_and_after_and
 
     backend = OnnxBackend(tmp_path / "lab.onnx", device="cpu", warmup=False)
     trained_on = backend.contract.trained_on
-    assert trained_on["images"] == ["set13:fit", "set14:fit"] and trained_on["validation"] == ["set13:check", "set14:check"]
+    assert trained_on["images"] == ["set13:fit", "set14:fit"]
+    assert trained_on["validation"] == ["set13:check", "set14:check"]
     assert backend.contract.segmentation.postprocess == report["postprocess"]
     labels = ModelSegmenter(backend).segment(data.images[2])
     assert labels.shape == (512, 640) and labels.max() > 10

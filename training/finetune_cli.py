@@ -68,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--freeze", choices=["none", "encoder"], help="layers kept as they are (default none)")
-    p.add_argument("--augment", choices=["basic", "scale", "microscope"], help="training crops' augmentation (default basic)")
+    p.add_argument("--augment", choices=["basic", "scale", "microscope"],
+                   help="training crops' augmentation (default basic)")
     p.add_argument("--watershed", choices=list(WATERSHED_ON),
                    help="choose the watershed's parameters on the check strips, on the whole annotated frames, or "
                         "keep the start's (default frames)")

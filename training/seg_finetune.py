@@ -73,10 +73,6 @@ def split_for_checking(data: MaskSet, frames: list[str], fraction: float) -> Mas
     return MaskSet(names, images, labels, data.meta)
 
 
-def rest_of(data: MaskSet, frames: list[str]) -> list[str]:
-    return [name for name in data.names if name not in set(frames)]
-
-
 def with_scored(split: MaskSet, data: MaskSet, score: list[str]) -> MaskSet:
     """The split frames plus the whole frames to score, in one set for the training run."""
     scored = data.select(score)
@@ -133,7 +129,8 @@ def adaptation_report(summary: dict, frames: list[str], score: list[str], init: 
     return {"model": str(out), "init": init, "frames": frames, "recipe": asdict(recipe),
             "scored_frames": score,
             "before": _scores(tuning.get("test_before")), "after": _scores(metrics.get("test")),
-            "check_strips": {"before": _scores(tuning.get("validation_before")), "after": _scores(metrics["validation"])},
+            "check_strips": {"before": _scores(tuning.get("validation_before")),
+                             "after": _scores(metrics["validation"])},
             "best_step": summary["best_step"], "kept_start": summary["best_step"] == 0,
             "postprocess": summary["postprocess"], "train_seconds": round(summary["train_seconds"], 1),
             "seconds": round(seconds, 1)}

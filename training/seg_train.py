@@ -216,7 +216,8 @@ def trainable_parameters(model: UNet, freeze: str) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train_segmentation(dataset: str | Path | MaskSet, out: str | Path, cfg: SegTrainConfig, progress: bool = True) -> dict:
+def train_segmentation(dataset: str | Path | MaskSet, out: str | Path, cfg: SegTrainConfig,
+                       progress: bool = True) -> dict:
     """Train, select the best weights on validation, tune the watershed; write RUN/best.pt + summary.json.
 
     `dataset`: a `dataset masks` folder, or a MaskSet already in memory (its meta's "source" names it)."""
