@@ -110,3 +110,17 @@ def test_unknown_recipe_choices_are_refused_with_the_allowed_ones():
         SegTrainConfig(train=("a",), val=("b",), watershed="strips")
     with pytest.raises(ValueError, match="freeze 'decoder'; allowed: none, encoder"):
         SegTrainConfig(train=("a",), val=("b",), freeze="decoder")
+
+
+@pytest.mark.unit
+def test_frames_smaller_than_the_training_crop_are_refused_with_the_size_and_the_option(tmp_path, capsys):
+    from wellwatch.cli import main
+    from wellwatch.training.masks import save_mask_set
+
+    save_mask_set(_mask_set({"f1": (128, 160), "f2": (128, 160)}), tmp_path / "ds")
+    code = main(["finetune", str(tmp_path / "ds"), "--frames", "f1", "--score", "f2",
+                 "--out", str(tmp_path / "lab.onnx")])
+    assert code == 2
+    # the fit part (128 x 120 px) at the bundled model's half resolution: 60 px, under the 192 px crop
+    assert "crop 192 is larger than a training image at model resolution (60 px): give a smaller --crop" in \
+        capsys.readouterr().err

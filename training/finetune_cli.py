@@ -38,7 +38,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("freeze", args.freeze),
                                    ("augment", args.augment), ("eval_every", args.eval_every),
-                                   ("check_fraction", args.check_fraction), ("seed", args.seed),
+                                   ("check_fraction", args.check_fraction), ("seed", args.seed), ("crop", args.crop),
                                    ("watershed", WATERSHED_ON.get(args.watershed)))
                  if v is not None}
     try:
@@ -76,6 +76,8 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int, help="steps between scorings of the check strips")
     p.add_argument("--check-fraction", type=float,
                    help="part of each frame kept out of training to choose the weights on (default 0.25)")
+    p.add_argument("--crop", type=int,
+                   help="training crop at model resolution (default 192; smaller for small frames, a multiple of 16)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -251,7 +251,8 @@ def train_segmentation(dataset: str | Path | MaskSet, out: str | Path, cfg: SegT
     images = prepare(train_set, contract, cfg.pixel_size_um)
     weights = group_balanced_weights(train_set.names, cfg.groups) if cfg.balance_groups else None
     if min(min(im.raw.shape) for im in images) < cfg.crop:
-        raise ValueError(f"crop {cfg.crop} is larger than a training image at model resolution")
+        raise ValueError(f"crop {cfg.crop} is larger than a training image at model resolution "
+                         f"({min(min(im.raw.shape) for im in images)} px): give a smaller --crop")
     if cfg.init:
         model.eval()
         start = score(model, val_set, contract, [before], options)[0]
