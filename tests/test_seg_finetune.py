@@ -46,13 +46,15 @@ def test_encoder_frozen_leaves_only_the_decoder_to_learn():
 
 
 @pytest.mark.unit
-def test_score_rest_means_every_frame_not_adapted_on_and_none_left_is_refused():
-    from wellwatch.training.finetune_cli import FinetuneError, scored_frames
+def test_score_rest_means_every_frame_not_adapted_on_and_none_left_or_overlap_is_refused():
+    from wellwatch.training.masks import frames_to_score
 
-    assert scored_frames(["a", "b", "c", "d"], ["a", "c"], "rest") == ["b", "d"]
-    assert scored_frames(["a", "b"], ["a"], None) == []
-    with pytest.raises(FinetuneError, match="none is left to score"):
-        scored_frames(["a", "b"], ["a", "b"], "rest")
+    assert frames_to_score(["a", "b", "c", "d"], ["a", "c"], "rest") == ["b", "d"]
+    assert frames_to_score(["a", "b"], ["a"], None) == []
+    with pytest.raises(ValueError, match="none is left to score"):
+        frames_to_score(["a", "b"], ["a", "b"], "rest")
+    with pytest.raises(ValueError, match="--score b: frames trained on say nothing about the others"):
+        frames_to_score(["a", "b", "c"], ["a", "b"], "b,c")
 
 
 @pytest.mark.unit
@@ -65,7 +67,7 @@ def test_a_frame_both_adapted_on_and_scored_is_refused_before_training(tmp_path,
                  str(tmp_path / "lab.onnx")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "wellwatch finetune" in err and "['f2'] are both trained on and scored" in err
+    assert "wellwatch finetune: --score f2: frames trained on say nothing about the others" in err
     assert not (tmp_path / "lab.finetune").exists()
 
 

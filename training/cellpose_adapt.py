@@ -38,8 +38,3 @@ def init_scores(init: str, data: MaskSet, diameter_px: float, postprocess: dict 
     with tempfile.TemporaryDirectory(prefix="wellwatch-cellpose-init-") as tmp:
         onnx, _ = export_cellpose(init, Path(tmp) / "init.onnx", postprocess=postprocess)
         return served_scores(onnx, data, diameter_px, threads)
-
-
-def rest_of(data: MaskSet, trained: list[str]) -> list[str]:
-    """The dataset's frames not trained on."""
-    return [name for name in data.names if name not in set(trained)]

@@ -16,26 +16,12 @@ class FinetuneError(SystemExit):
         super().__init__(f"wellwatch finetune: {message}")
 
 
-def scored_frames(names: list[str], frames: list[str], score: str | None) -> list[str]:
-    """The frames --score names (`rest`: every frame not adapted on), checked before any training."""
-    if not score:
-        return []
-    chosen = [n for n in names if n not in set(frames)] if score == "rest" else [s for s in score.split(",") if s]
-    if not chosen:
-        raise FinetuneError("--score rest: every annotated frame is adapted on, none is left to score "
-                            "(annotate a few more frames than you adapt on)")
-    return chosen
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
-    import torch
-
-    from .masks import load_mask_set
+    from .masks import frames_to_score, load_mask_set
     from .seg_finetune import FewFrameRecipe, finetune_segmentation
 
     if not args.out.endswith(".onnx"):
         raise FinetuneError(f"--out {args.out}: give the served model's file name, NAME.onnx")
-    torch.set_num_threads(args.threads or torch.get_num_threads())
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("freeze", args.freeze),
                                    ("augment", args.augment), ("eval_every", args.eval_every),
                                    ("check_fraction", args.check_fraction), ("seed", args.seed), ("crop", args.crop),
@@ -44,7 +30,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         data = load_mask_set(args.dataset)
         frames = [f for f in args.frames.split(",") if f]
-        report = finetune_segmentation(data, frames, scored_frames(data.names, frames, args.score), args.out,
+        report = finetune_segmentation(data, frames, frames_to_score(data.names, frames, args.score), args.out,
                                        init=args.init or "", recipe=replace(FewFrameRecipe(), **overrides),
                                        pixel_size_um=args.pixel_size, threads=args.threads, progress=not args.quiet)
     except (ValueError, KeyError, OSError) as e:

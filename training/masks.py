@@ -49,6 +49,21 @@ class MaskSet:
                        [self.labels[i] for i in idx], self.meta)
 
 
+def frames_to_score(names: list[str], trained: list[str], score: str | None) -> list[str]:
+    """The frames `--score` names (`rest`: every frame not trained on), checked before any training: a
+    frame both trained on and scored would say nothing about the acquisition's others."""
+    if not score:
+        return []
+    chosen = [n for n in names if n not in set(trained)] if score == "rest" else [s for s in score.split(",") if s]
+    if not chosen:
+        raise ValueError("--score rest: every annotated frame is trained on, none is left to score "
+                         "(annotate a few more frames than you train on)")
+    overlap = sorted(set(chosen) & set(trained))
+    if overlap:
+        raise ValueError(f"--score {','.join(overlap)}: frames trained on say nothing about the others")
+    return chosen
+
+
 def read_labels(path: Path) -> np.ndarray:
     """A label image (PNG or TIFF) as int32; colour label images are refused, not guessed."""
     if path.suffix.lower() in (".tif", ".tiff"):

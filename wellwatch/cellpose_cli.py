@@ -70,21 +70,15 @@ def train_settings(args: argparse.Namespace, frames: int):
 
 
 def score_set(full, trained, score: str | None):
-    """The frames --score names (`rest`: those not trained on), checked before any training starts."""
+    """The frames --score names, as a MaskSet (None without --score), checked before any training starts."""
     from .core.errors import UsageError
-    from .training.cellpose_adapt import rest_of
+    from .training.masks import frames_to_score
 
-    if not score:
-        return None
-    names = rest_of(full, trained.names) if score == "rest" else score.split(",")
-    if not names:
-        raise UsageError("wellwatch cellpose train: --score rest: every frame of the dataset is trained on, "
-                         "none is left to score")
-    overlap = sorted(set(names) & set(trained.names))
-    if overlap:
-        raise UsageError(f"wellwatch cellpose train: --score {','.join(overlap)}: frames trained on say nothing "
-                         "about the others")
-    return full.select(names)
+    try:
+        names = frames_to_score(full.names, trained.names, score)
+    except ValueError as e:
+        raise UsageError(f"wellwatch cellpose train: {e}") from None
+    return full.select(names) if names else None
 
 
 def mask_settings(args: argparse.Namespace) -> dict:
